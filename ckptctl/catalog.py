@@ -1,0 +1,188 @@
+"""One directory scan: every entry with what its name and ``stat`` say, metadata read lazily.
+
+The filesystem is the truth: nothing is cached across calls. Order is by kind, then step, then
+timestamp from the name (never mtime). ``Entry.status()`` reads the checkpoint's pickle (not its
+tensors) on first use only, so commands that need names and sizes alone (``du``, ``prune``)
+never open a checkpoint file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_module
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from . import naming
+from .errors import BadInputError, CheckpointError, UnreadableCheckpoint
+from .metadata import Metadata, summarize
+from .naming import Kind, ParsedName
+from .reader import CheckpointFile, read_checkpoint
+
+STATUS_OK = "ok"
+STATUS_UNREADABLE = "unreadable"
+STATUS_UNSAFE = "unsafe"
+STATUS_PARTIAL = "partial"
+
+
+@dataclass
+class Entry:
+    """One file in a checkpoint directory."""
+
+    path: Path
+    parsed: ParsedName
+    size_bytes: int
+    inode: int
+    nlink: int
+    allocated_bytes: int
+    mtime: float
+    _read: tuple[CheckpointFile | None, Metadata | None, CheckpointError | None] | None = field(
+        default=None, repr=False
+    )
+
+    @property
+    def name(self) -> str:
+        return self.parsed.name
+
+    @property
+    def kind(self) -> Kind:
+        return self.parsed.kind
+
+    @property
+    def step(self) -> int | None:
+        return self.parsed.step
+
+    def read(self) -> tuple[CheckpointFile | None, Metadata | None, CheckpointError | None]:
+        """Read the checkpoint safely once; later calls return the same result."""
+        if self._read is None:
+            try:
+                ckpt = read_checkpoint(self.path)
+                self._read = (ckpt, summarize(ckpt), None)
+            except CheckpointError as exc:
+                self._read = (None, None, exc)
+        return self._read
+
+    @property
+    def metadata(self) -> Metadata | None:
+        return self.read()[1]
+
+    def status(self) -> tuple[str, str | None]:
+        """(status, error) as ``list`` shows them: ok / unreadable / unsafe / partial."""
+        if self.kind is Kind.PARTIAL:
+            return STATUS_PARTIAL, None
+        _ckpt, _meta, error = self.read()
+        if error is None:
+            return STATUS_OK, None
+        return error.status, error.reason
+
+    @property
+    def effective_step(self) -> int | None:
+        """Step from the name, else from the metadata (fixed names like latest.pt carry none)."""
+        if self.parsed.step is not None:
+            return self.parsed.step
+        meta = self.metadata
+        return meta.step if meta else None
+
+    @property
+    def saved_at(self) -> datetime | None:
+        """Saved time from the metadata, else from the name (emergency checkpoints carry one)."""
+        meta = self.metadata if self.kind is not Kind.PARTIAL else None
+        if meta and meta.timestamp:
+            return meta.timestamp
+        return self.parsed.timestamp.astimezone() if self.parsed.timestamp else None
+
+
+def check_directory(directory: str | os.PathLike[str]) -> Path:
+    """Resolve a user-given checkpoint directory or raise BadInputError with one clear line."""
+    path = Path(directory)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise BadInputError(f"no such directory: {path}") from None
+    except PermissionError:
+        raise BadInputError(f"permission denied: {path}") from None
+    except OSError as exc:  # ELOOP (symlink loop), ENAMETOOLONG, ...
+        raise BadInputError(f"cannot open {path}: {exc.strerror or exc}") from None
+    if not stat_module.S_ISDIR(info.st_mode):
+        raise BadInputError(f"not a directory: {path} (give the directory that holds the checkpoints)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BadInputError(f"permission denied: {path}")
+    return path
+
+
+def scan(directory: str | os.PathLike[str], *, require_checkpoints: bool = False) -> list[Entry]:
+    """Every regular file of ``directory`` as an Entry, in the stable catalog order.
+
+    With ``require_checkpoints`` an empty directory, or one with no checkpoint names, is bad input.
+    """
+    path = check_directory(directory)
+    entries: list[Entry] = []
+    try:
+        with os.scandir(path) as it:
+            for dirent in it:
+                entry = _entry(path, dirent)
+                if entry is not None:
+                    entries.append(entry)
+    except PermissionError:
+        raise BadInputError(f"permission denied: {path}") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    entries.sort(key=lambda e: naming.sort_key(e.parsed))
+    if require_checkpoints:
+        if not entries:
+            raise BadInputError(f"empty directory: {path} (no checkpoints)")
+        if not any(e.parsed.is_checkpoint or e.kind is Kind.PARTIAL for e in entries):
+            raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
+    return entries
+
+
+def _entry(directory: Path, dirent: os.DirEntry[str]) -> Entry | None:
+    try:
+        info = dirent.stat(follow_symlinks=True)
+    except OSError:
+        return None  # dangling symlink or vanished file: not part of the directory's content
+    if not stat_module.S_ISREG(info.st_mode):
+        return None
+    return Entry(
+        path=directory / dirent.name,
+        parsed=naming.parse(dirent.name),
+        size_bytes=info.st_size,
+        inode=info.st_ino,
+        nlink=info.st_nlink,
+        allocated_bytes=getattr(info, "st_blocks", 0) * 512,
+        mtime=info.st_mtime,
+    )
+
+
+def entry_for_file(path: str | os.PathLike[str]) -> Entry:
+    """An Entry for a single file the user named (for ``inspect``/``validate`` of one file)."""
+    file_path = Path(path)
+    try:
+        info = file_path.stat()
+    except FileNotFoundError:
+        raise BadInputError(f"no such file: {file_path}") from None
+    except PermissionError:
+        raise BadInputError(f"permission denied: {file_path}") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot open {file_path}: {exc.strerror or exc}") from None
+    if stat_module.S_ISDIR(info.st_mode):
+        raise BadInputError(f"is a directory: {file_path} (give a checkpoint file)")
+    if not os.access(file_path, os.R_OK):
+        raise BadInputError(f"permission denied: {file_path}")
+    return Entry(
+        path=file_path,
+        parsed=naming.parse(file_path.name),
+        size_bytes=info.st_size,
+        inode=info.st_ino,
+        nlink=info.st_nlink,
+        allocated_bytes=getattr(info, "st_blocks", 0) * 512,
+        mtime=info.st_mtime,
+    )
+
+
+def by_kind(entries: list[Entry], *kinds: Kind) -> list[Entry]:
+    return [e for e in entries if e.kind in kinds]
+
+
+__all__ = ["Entry", "scan", "check_directory", "entry_for_file", "by_kind", "UnreadableCheckpoint"]

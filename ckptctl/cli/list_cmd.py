@@ -1,0 +1,91 @@
+"""``ckptctl list DIR``: the "AVAILABLE CHECKPOINTS" report, grouped by kind, with a val_loss trend."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..listing import Listing, Row, list_checkpoints
+from ..naming import GROUP_OF
+from . import render
+from .options import DirArg, JsonOpt
+from .output import handle_errors, out_console, plain_table, print_json, stdout_is_terminal
+
+GROUP_TITLES = {
+    "latest": "Latest", "best": "Best", "rolling": "Rolling", "emergency": "Emergency",
+    "epoch": "Epoch", "partial": "Partial writes", "other": "Other files",
+}  # fmt: skip
+HEADERS = ("name", "step", "epoch", "val_loss", "size", "saved", "status")
+
+
+@handle_errors
+def list_command(
+    directory: DirArg,
+    kind: Annotated[
+        Optional[list[str]],
+        typer.Option("--kind", "-k", help="Only this kind or group (latest, best, rolling, emergency, epoch, ...); repeatable."),
+    ] = None,
+    sort: Annotated[str, typer.Option("--sort", help="Order: kind (grouped), step, name, size, time, val_loss.")] = "kind",
+    json_output: JsonOpt = False,
+) -> None:
+    """List the checkpoints in DIR with step, epoch, val_loss, size, age and status."""
+    listing = list_checkpoints(directory, kind, sort)
+    if json_output:
+        print_json(listing.to_json())
+    elif stdout_is_terminal():
+        _rich_report(listing, grouped=sort == "kind")
+    else:
+        _plain_report(listing)
+
+
+def _cells(row: Row) -> list[str]:
+    data = row.to_json()
+    status = row.status if not row.error else f"{row.status}: {row.error}"
+    return [
+        row.entry.name,
+        render.number(data["step"]),
+        render.number(data["epoch"]),
+        render.number(data["val_loss"]),
+        render.size(row.entry.size_bytes),
+        render.age(row.entry.saved_at) if data["saved_at"] else "-",
+        status,
+    ]
+
+
+def _plain_report(listing: Listing) -> None:
+    print(plain_table(HEADERS, (_cells(r) for r in listing.rows)))
+    print(_footer(listing))
+
+
+def _footer(listing: Listing) -> str:
+    trend = listing.val_loss_trend()
+    line = f"{len(listing.rows)} files, total storage {render.size(listing.total_bytes)}"
+    if len(trend) >= 2:
+        first, last = trend[0], trend[-1]
+        line += (
+            f"\nval_loss by step {first[0]}..{last[0]}: {render.sparkline([v for _, v in trend])}"
+            f"  {render.number(first[1])} -> {render.number(last[1])}"
+        )
+    return line
+
+
+def _rich_report(listing: Listing, grouped: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = out_console()
+    console.print(Text(f"AVAILABLE CHECKPOINTS in {listing.directory}", style="bold"))
+    groups: dict[str, list[Row]] = {}
+    for row in listing.rows:
+        groups.setdefault(GROUP_OF[row.kind] if grouped else "all", []).append(row)
+    for group, rows in groups.items():
+        table = Table(title=GROUP_TITLES.get(group), title_justify="left", header_style="bold")
+        for header in HEADERS:
+            table.add_column(header, justify="right" if header in ("step", "epoch", "val_loss", "size") else "left")
+        for row in rows:
+            cells = _cells(row)
+            style = {"ok": "green", "partial": "yellow"}.get(row.status, "red")
+            table.add_row(*cells[:-1], Text(cells[-1], style=style))
+        console.print(table)
+    console.print(Text(_footer(listing)))

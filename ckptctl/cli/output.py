@@ -1,0 +1,118 @@
+"""Where output goes: data to stdout, everything else to stderr; Rich on a terminal, plain when piped.
+
+Also the one table that maps core exceptions to a single line on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import typer
+
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, CkptctlError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("CKPTCTL_DEBUG", "") not in ("", "0")
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def err_console():
+    """A Rich console on stderr (markup off: file names are never interpreted as markup)."""
+    from rich.console import Console
+
+    return Console(stderr=True, markup=False, highlight=False)
+
+
+def out_console():
+    from rich.console import Console
+
+    return Console(markup=False, highlight=False)
+
+
+def warn(message: str) -> None:
+    print(f"ckptctl: {message}", file=sys.stderr)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print one error line on stderr; return the Exit to raise (``raise fail(...)``)."""
+    print(f"ckptctl: error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout."""
+    json.dump(document, sys.stdout, indent=2, default=_json_default, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return repr(value)
+
+
+def handle_errors(func: F) -> F:
+    """Turn expected errors into one stderr line and their exit code; tracebacks only in debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except CkptctlError as exc:
+            if debug_enabled():
+                traceback.print_exc()
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("ckptctl: interrupted", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            _silence_broken_pipe()
+            raise typer.Exit(0) from None
+        except Exception as exc:  # an unexpected bug: still one line, trace with CKPTCTL_DEBUG=1
+            if debug_enabled():
+                traceback.print_exc()
+            raise fail(f"internal error: {type(exc).__name__}: {exc} (set CKPTCTL_DEBUG=1 for the trace)", 70) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _silence_broken_pipe() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Aligned plain-text columns for pipes (no box drawing, no colour)."""
+    rows = [list(map(str, r)) for r in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)

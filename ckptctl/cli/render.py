@@ -1,0 +1,75 @@
+"""Formatting shared by the commands: sizes, ages, inert values as JSON, a val_loss sparkline."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from ..values import jsonable
+
+SPARK_CHARS = "▁▂▃▄▅▆▇█"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    import humanize
+
+    return humanize.naturalsize(n, binary=True)
+
+
+def age(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return "-"
+    import humanize
+
+    now = now or datetime.now(timezone.utc)
+    return humanize.naturaltime(now - when)
+
+
+def local_time(when: datetime | None) -> str:
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-"
+
+
+def iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+def number(value: float | int | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+
+
+def short(value: Any, width: int = 60) -> str:
+    """A one-line description of an inert value."""
+    if isinstance(value, dict) and set(value) == {"tensor", "shape"}:
+        text = f"tensor {value['tensor']} {value['shape']}"
+    elif isinstance(value, dict) and set(value) == {"ndarray", "shape"}:
+        text = f"ndarray {value['ndarray']} {value['shape']}"
+    elif isinstance(value, dict):
+        text = f"dict with {len(value)} keys"
+    elif isinstance(value, (list, tuple)) and len(value) > 8:
+        text = f"{type(value).__name__} of {len(value)}"
+    else:
+        text = repr(jsonable(value)) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def sparkline(values: list[float]) -> str:
+    """A one-line trend of ``values`` (lower blocks = lower loss)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = hi - lo or 1.0
+    chars = []
+    for v in values:
+        if v is None or not math.isfinite(v):
+            chars.append(" ")
+        else:
+            chars.append(SPARK_CHARS[min(len(SPARK_CHARS) - 1, int((v - lo) / span * (len(SPARK_CHARS) - 1) + 0.5))])
+    return "".join(chars)

@@ -1,0 +1,58 @@
+"""Exceptions of the core, each carrying the documented exit code the CLI turns it into.
+
+Exit codes (DESIGN.md): 0 ok, 1 findings, 2 usage or bad input, 3 directory locked, 130 interrupted.
+The core raises these; the CLI maps them to one line on stderr and the exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130
+
+
+class CkptctlError(Exception):
+    """Base of every expected error; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = EXIT_USAGE
+
+
+class BadInputError(CkptctlError):
+    """A path or value the user gave cannot be used (missing, wrong type, no permission...)."""
+
+    exit_code = EXIT_USAGE
+
+
+class CheckpointError(CkptctlError):
+    """A checkpoint file could not be read as a checkpoint. ``reason`` is the short verdict."""
+
+    exit_code = EXIT_FINDINGS
+    status = "unreadable"
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """Damaged, truncated, or not a checkpoint at all."""
+
+    status = "unreadable"
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """The pickle references callables outside the allowlist; it was not executed."""
+
+    status = "unsafe"
+
+    def __init__(self, globals_: list[str], reason: str | None = None):
+        self.globals = sorted(set(globals_))
+        super().__init__(reason or "references " + ", ".join(self.globals))
+
+
+class LockedError(CkptctlError):
+    """Another process (a running training, a prune) holds the directory lock."""
+
+    exit_code = EXIT_LOCKED

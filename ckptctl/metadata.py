@@ -1,0 +1,206 @@
+"""What a person wants to know about a checkpoint, distilled from its inert object graph.
+
+The checkpoint dict of the layout is ``step, epoch, model, optimizer, train_loss, val_loss,
+rng_state{...}, dataloader_state{...}, args{...}, timestamp, checkpoint_type``; unknown extra keys
+are kept and shown. Everything here works on the placeholders from :mod:`ckptctl.unpickler`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .reader import CheckpointFile, iter_tensors
+from .unpickler import Namespace, NumpyArray, TensorRef
+
+KNOWN_KEYS = (
+    "step", "epoch", "model", "optimizer", "train_loss", "val_loss", "rng_state",
+    "dataloader_state", "args", "timestamp", "checkpoint_type",
+)  # fmt: skip
+OPTIMIZER_HYPERPARAMS = ("lr", "betas", "momentum", "weight_decay", "eps", "dampening", "nesterov", "amsgrad")
+
+
+@dataclass
+class TensorGroupSummary:
+    """Counts for a group of tensors (a model's state dict, an optimizer's state)."""
+
+    tensor_count: int = 0
+    parameter_count: int = 0  # elements of distinct tensors (tied weights counted once)
+    bytes_by_dtype: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_by_dtype.values())
+
+
+@dataclass
+class OptimizerSummary:
+    type: str | None
+    param_groups: list[dict[str, Any]]
+    state_entries: int
+    tensors: TensorGroupSummary
+
+
+@dataclass
+class Metadata:
+    """The layout's fields (None where absent or not a plain value), plus summaries."""
+
+    step: int | None
+    epoch: int | None
+    train_loss: float | None
+    val_loss: float | None
+    timestamp: datetime | None
+    checkpoint_type: str | None
+    args: dict[str, Any] | None
+    dataloader_state: Any
+    rng_states: list[str]
+    model: TensorGroupSummary | None
+    optimizer: OptimizerSummary | None
+    extra_keys: list[str]
+    all_tensors: TensorGroupSummary
+
+
+def summarize(ckpt: CheckpointFile) -> Metadata:
+    """Distil ``ckpt.root`` into :class:`Metadata`; tolerant of any shape of root object."""
+    root = ckpt.root if isinstance(ckpt.root, dict) else {}
+    model = root.get("model")
+    rng = root.get("rng_state")
+    return Metadata(
+        step=as_int(root.get("step")),
+        epoch=as_int(root.get("epoch")),
+        train_loss=as_float(root.get("train_loss")),
+        val_loss=as_float(root.get("val_loss")),
+        timestamp=as_datetime(root.get("timestamp")),
+        checkpoint_type=root.get("checkpoint_type") if isinstance(root.get("checkpoint_type"), str) else None,
+        args=args_dict(root.get("args")),
+        dataloader_state=root.get("dataloader_state"),
+        rng_states=sorted(k for k, v in rng.items() if v is not None) if isinstance(rng, dict) else [],
+        model=tensor_summary(model) if isinstance(model, dict) else None,
+        optimizer=optimizer_summary(root.get("optimizer")),
+        extra_keys=[str(k) for k in root if k not in KNOWN_KEYS],
+        all_tensors=tensor_summary(ckpt.root),
+    )
+
+
+def as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    number = _numpy_scalar(value)
+    return int(number) if number is not None and float(number).is_integer() else None
+
+
+def as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    number = _numpy_scalar(value)
+    return float(number) if number is not None else None
+
+
+_SCALAR_FORMATS = {"<f8": "<d", "<f4": "<f", "<i8": "<q", "<i4": "<i", "f8": "<d", "f4": "<f", "i8": "<q", "i4": "<i"}
+
+
+def _numpy_scalar(value: Any) -> float | int | None:
+    """Decode a pickled numpy scalar (``np.float64(0.5)``) from its raw bytes, without numpy."""
+    if not isinstance(value, NumpyArray) or value.shape != ():
+        return None
+    fmt = _SCALAR_FORMATS.get(value.dtype)
+    if fmt is None or len(value.raw) != struct.calcsize(fmt):
+        return None
+    return struct.unpack(fmt, value.raw)[0]
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """Timestamps are stored as ISO strings, UNIX seconds, or datetimes; normalise to UTC-aware."""
+    try:
+        if isinstance(value, datetime):
+            result = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        elif isinstance(value, str):
+            result = datetime.fromisoformat(value.strip())
+        else:
+            return None
+    except (ValueError, OverflowError, OSError):
+        return None
+    return result if result.tzinfo else result.astimezone()
+
+
+def args_dict(value: Any) -> dict[str, Any] | None:
+    """Saved ``args`` as a dict, whether a dict or an ``argparse.Namespace`` was saved."""
+    if isinstance(value, Namespace):
+        return dict(value.attrs)
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    return None
+
+
+def tensor_summary(obj: Any) -> TensorGroupSummary:
+    summary = TensorGroupSummary()
+    seen: set[tuple] = set()
+    by_dtype: Counter[str] = Counter()
+    counted_storage: set[str] = set()
+    for _name, tensor in iter_tensors(obj):
+        summary.tensor_count += 1
+        identity = (tensor.storage.key, tensor.offset, tensor.shape, tensor.stride)
+        if identity not in seen:
+            seen.add(identity)
+            summary.parameter_count += tensor.numel
+        if tensor.storage.key not in counted_storage:  # views share storage: count bytes per storage
+            counted_storage.add(tensor.storage.key)
+            by_dtype[tensor.dtype] += tensor.storage.nbytes
+    summary.bytes_by_dtype = dict(sorted(by_dtype.items()))
+    return summary
+
+
+def optimizer_summary(value: Any) -> OptimizerSummary | None:
+    if not isinstance(value, dict) or "param_groups" not in value:
+        return None
+    groups_raw = value.get("param_groups")
+    state = value.get("state") if isinstance(value.get("state"), dict) else {}
+    groups = []
+    for group in groups_raw if isinstance(groups_raw, list) else []:
+        if not isinstance(group, dict):
+            continue
+        entry = {k: _plain(group[k]) for k in OPTIMIZER_HYPERPARAMS if k in group}
+        params = group.get("params")
+        entry["params"] = len(params) if isinstance(params, list) else None
+        groups.append(entry)
+    return OptimizerSummary(_guess_optimizer(value, state), groups, len(state), tensor_summary(state))
+
+
+def _guess_optimizer(value: dict, state: dict) -> str | None:
+    """Optimizer state dicts do not name their class; infer it from the state's keys."""
+    explicit = value.get("type") or value.get("optimizer_type")
+    if isinstance(explicit, str):
+        return explicit
+    groups = value.get("param_groups") if isinstance(value.get("param_groups"), list) else []
+    keys: set[str] = set()
+    for entry in state.values():
+        if isinstance(entry, dict):
+            keys.update(str(k) for k in entry)
+    if {"exp_avg", "exp_avg_sq"} <= keys:
+        decoupled = any(isinstance(g, dict) and g.get("decoupled_weight_decay") for g in groups)
+        return "AdamW" if decoupled else "Adam"
+    if "momentum_buffer" in keys:
+        return "SGD"
+    if "square_avg" in keys:
+        return "RMSprop"
+    if "sum" in keys:
+        return "Adagrad"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, TensorRef):
+        return repr(value)
+    return value

@@ -1,0 +1,163 @@
+"""Read a checkpoint's object graph safely: container + restricted unpickler, no torch.
+
+``read_checkpoint(path)`` is the one entry point every read path uses (list, inspect, validate,
+compare, resume-cmd, prune's best-k, the manager's start-up). It reads only the container's
+directory and its pickle, never tensor bytes, and cross-checks the storages the pickle names
+against the records that hold them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .container import Container, open_container, read_record, sniff_format
+from .errors import UnreadableCheckpoint, UnsafeCheckpoint
+from .unpickler import (
+    DTYPE_ITEMSIZE,
+    Namespace,
+    SafeUnpickler,
+    StorageRef,
+    TensorRef,
+    run_unpickler,
+    safe_loads,
+)
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one storage's bytes lie in the file, and the CRC-32 recorded for them (zip only)."""
+
+    key: str
+    offset: int
+    size: int
+    crc32: int | None
+
+
+@dataclass
+class CheckpointFile:
+    """A checkpoint read without running code: the inert object graph and where its bytes are."""
+
+    path: Path
+    format: str  # "zip" or "legacy"
+    size_bytes: int
+    root: Any
+    storages: dict[str, StorageRef]
+    spans: dict[str, Span]  # storage key -> bytes in the file
+    container: Container | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def tensors(self) -> Iterator[tuple[str, TensorRef]]:
+        """Every tensor placeholder with a dotted path (``model.0.weight``), in pickle order."""
+        yield from iter_tensors(self.root)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointFile:
+    """Parse ``path`` safely. Raises UnreadableCheckpoint or UnsafeCheckpoint (never executes)."""
+    path = Path(path)
+    try:
+        fh = open(path, "rb")
+    except IsADirectoryError:
+        raise UnreadableCheckpoint("is a directory") from None
+    except OSError as exc:
+        raise UnreadableCheckpoint(f"cannot open: {exc.strerror or exc}") from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise UnreadableCheckpoint("empty file")
+        kind = sniff_format(fh)
+        if kind == "zip":
+            return _read_zip(path, fh, size)
+        if kind == "legacy":
+            return _read_legacy(path, fh, size)
+    raise UnreadableCheckpoint("not a checkpoint: unknown file format")
+
+
+def _read_zip(path: Path, fh: io.BufferedReader, size: int) -> CheckpointFile:
+    container = open_container(path, fh)
+    if container.suspicious:
+        raise UnsafeCheckpoint([], reason="suspicious container: " + "; ".join(container.suspicious))
+    root, storages = safe_loads(read_record(fh, container.pickle_record))
+    spans: dict[str, Span] = {}
+    for key, storage in storages.items():
+        record = container.storage_record(key)
+        if record is None:
+            raise UnreadableCheckpoint(f"missing record data/{key}")
+        if record.size != storage.nbytes:
+            raise UnreadableCheckpoint(
+                f"record data/{key} holds {record.size} bytes, the pickle expects {storage.nbytes}"
+            )
+        spans[key] = Span(key, record.data_offset, record.size, record.crc32)
+    return CheckpointFile(path, "zip", size, root, storages, spans, container)
+
+
+def _read_legacy(path: Path, fh: io.BufferedReader, size: int) -> CheckpointFile:
+    """The pre-1.6 format: magic, protocol, sys_info, the object pickle, storage keys, raw storages."""
+    fh.seek(0)
+    magic = run_unpickler(SafeUnpickler(fh))
+    if magic != LEGACY_MAGIC:
+        raise UnreadableCheckpoint("not a checkpoint: a pickle without torch's magic number")
+    protocol = run_unpickler(SafeUnpickler(fh))
+    if protocol != LEGACY_PROTOCOL:
+        raise UnreadableCheckpoint(f"unsupported legacy protocol {protocol!r}")
+    run_unpickler(SafeUnpickler(fh))  # sys_info: endianness and type sizes
+    unpickler = SafeUnpickler(fh)
+    root = run_unpickler(unpickler)
+    keys = run_unpickler(SafeUnpickler(fh))
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise UnreadableCheckpoint("corrupt legacy storage key list")
+    spans = _legacy_spans(fh, keys, unpickler.storages, size)
+    return CheckpointFile(path, "legacy", size, root, unpickler.storages, spans, None, ["legacy format: no checksums"])
+
+
+def _legacy_spans(fh: io.BufferedReader, keys: list[str], storages: dict[str, StorageRef], size: int) -> dict[str, Span]:
+    spans: dict[str, Span] = {}
+    pos = fh.tell()
+    for key in keys:
+        storage = storages.get(key)
+        if storage is None:
+            raise UnreadableCheckpoint(f"legacy storage {key} is not referenced by the pickle")
+        header = os.pread(fh.fileno(), 8, pos)
+        if len(header) < 8:
+            raise UnreadableCheckpoint(f"truncated: legacy storage {key} missing")
+        numel = int.from_bytes(header, "little", signed=True)
+        if numel != storage.numel:
+            raise UnreadableCheckpoint(f"legacy storage {key}: {numel} elements in file, {storage.numel} expected")
+        nbytes = numel * DTYPE_ITEMSIZE[storage.dtype]
+        spans[key] = Span(key, pos + 8, nbytes, None)
+        pos += 8 + nbytes
+    if pos > size:
+        raise UnreadableCheckpoint("truncated: legacy storage data is short")
+    missing = set(storages) - set(spans)
+    if missing:
+        raise UnreadableCheckpoint(f"legacy storages missing: {', '.join(sorted(missing)[:5])}")
+    return spans
+
+
+def iter_tensors(root: Any) -> Iterator[tuple[str, TensorRef]]:
+    """Depth-first, iterative walk yielding (dotted path, tensor) pairs."""
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        prefix, item = stack.pop()
+        if isinstance(item, TensorRef):
+            yield prefix, item
+            continue
+        children = _named_children(item)
+        for name, child in reversed(children):
+            stack.append((f"{prefix}.{name}" if prefix else str(name), child))
+
+
+def _named_children(item: Any) -> list[tuple[str, Any]]:
+    if isinstance(item, dict):
+        return [(str(k), v) for k, v in item.items()]
+    if isinstance(item, (list, tuple)):
+        return [(str(i), v) for i, v in enumerate(item)]
+    if isinstance(item, Namespace):
+        return [(str(k), v) for k, v in item.attrs.items()]
+    return []

@@ -1,0 +1,454 @@
+"""A restricted unpickler that turns a checkpoint's pickle into inert data, never running its code.
+
+``torch.load(weights_only=False)`` calls whatever a pickle names. Here ``find_class`` consults an
+exact allowlist (``ALLOWED``): tensors and storages become placeholders (dtype, shape, storage key,
+byte count), numpy arrays and ``argparse.Namespace`` become plain records, a few harmless builtin
+types are themselves. Any other global is *not* looked up: it is recorded by name and replaced by
+an inert stand-in, so a single pass reports every unsafe reference ("references os.system"), and
+the caller refuses the file. Neither torch nor numpy is imported.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import io
+import math
+import pathlib
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import UnreadableCheckpoint, UnsafeCheckpoint
+
+MAX_DEPTH = 200
+MAX_OBJECTS = 20_000_000
+
+# dtype name -> bytes per element (torch's own names, without the "torch." prefix).
+DTYPE_ITEMSIZE: dict[str, int] = {
+    "float32": 4, "float64": 8, "float16": 2, "bfloat16": 2,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
+    "uint16": 2, "uint32": 4, "uint64": 8,
+    "complex32": 4, "complex64": 8, "complex128": 16,
+    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
+    "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
+}  # fmt: skip
+DTYPE_ALIASES = {
+    "float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
+    "short": "int16", "cfloat": "complex64", "cdouble": "complex128", "chalf": "complex32",
+}  # fmt: skip
+STORAGE_DTYPE: dict[str, str] = {
+    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
+    "QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4", "UntypedStorage": "uint8",
+}  # fmt: skip
+FLOAT_DTYPES = frozenset(
+    {"float32", "float64", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"}
+)
+
+
+@dataclass(frozen=True)
+class DtypeRef:
+    """A torch dtype named in the pickle (``torch.float32``), kept as its name."""
+
+    name: str
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_ITEMSIZE[self.name]
+
+
+@dataclass(frozen=True)
+class StorageType:
+    """A storage class named in the pickle (``torch.FloatStorage``); fixes the dtype of its storages."""
+
+    dtype: str
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A storage the pickle points at; its bytes live in record ``data/<key>`` (or the legacy stream)."""
+
+    key: str
+    dtype: str
+    numel: int  # in elements of ``dtype``
+    location: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_ITEMSIZE[self.dtype]
+
+
+@dataclass
+class TensorRef:
+    """A tensor placeholder: what torch would build, without its values."""
+
+    storage: StorageRef
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+    requires_grad: bool = False
+    is_parameter: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_ITEMSIZE[self.dtype]
+
+    def __repr__(self) -> str:
+        return f"tensor({self.dtype}, shape={list(self.shape)})"
+
+
+@dataclass
+class NumpyArray:
+    """An inert numpy array: dtype string, shape and raw bytes (e.g. the numpy RNG state)."""
+
+    dtype: str = "?"
+    shape: tuple[int, ...] = ()
+    raw: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"ndarray({self.dtype}, shape={list(self.shape)})"
+
+
+@dataclass
+class NumpyDtype:
+    """An inert numpy dtype description (``numpy.dtype('u4')``)."""
+
+    descr: str = "?"
+    state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class Namespace:
+    """An inert ``argparse.Namespace``: its attributes as a dict (nothing from argparse is imported).
+
+    Not a dataclass: pickle's NEWOBJ creates it with ``__new__`` alone, so ``attrs`` is created
+    on first use rather than in ``__init__``.
+    """
+
+    def __init__(self, attrs: dict[str, Any] | None = None):
+        self.attrs: dict[str, Any] = dict(attrs or {})
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slotstate) form
+            state = state[0]
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError("malformed argparse.Namespace state")
+        self.__dict__.setdefault("attrs", {}).update(state)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "attrs":
+            self.__dict__["attrs"] = {}
+            return self.__dict__["attrs"]
+        raise AttributeError(name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Namespace) and self.attrs == other.attrs
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.attrs!r})"
+
+
+class _Refused:
+    """Stand-in for a refused global: accepts anything, does nothing, so scanning can go on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Refused":
+        return _Refused()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and v >= 0 for v in value):
+        raise pickle.UnpicklingError(f"malformed tensor {what}")
+    return tuple(value)
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                    hooks: Any = None, *rest: Any, dtype: str | None = None) -> TensorRef:  # fmt: skip
+    if not isinstance(storage, StorageRef) or not isinstance(offset, int) or offset < 0:
+        raise pickle.UnpicklingError("malformed tensor: bad storage reference")
+    shape = _int_tuple(size, "shape")
+    strides = _int_tuple(stride, "stride")
+    tensor = TensorRef(storage, offset, shape, strides, dtype or storage.dtype, bool(requires_grad))
+    _check_bounds(tensor)
+    return tensor
+
+
+def _check_bounds(tensor: TensorRef) -> None:
+    """A tensor must lie inside its storage, as torch itself checks when it rebuilds one."""
+    if tensor.numel == 0:
+        return
+    last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride))
+    end_bytes = (last + 1) * DTYPE_ITEMSIZE[tensor.dtype]
+    if end_bytes > tensor.storage.nbytes:
+        raise pickle.UnpicklingError(f"malformed tensor: reads past its storage {tensor.storage.key}")
+
+
+def rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                      hooks: Any = None, *rest: Any) -> TensorRef:  # fmt: skip
+    return _rebuild_tensor(storage, offset, size, stride, requires_grad, hooks)
+
+
+def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any,
+                      dtype: Any, *rest: Any) -> TensorRef:  # fmt: skip
+    if not isinstance(dtype, DtypeRef):
+        raise pickle.UnpicklingError("malformed tensor: bad dtype")
+    if isinstance(storage, StorageRef) and storage.dtype != dtype.name:
+        # v3 stores untyped (byte) storages; re-express the storage in the tensor's dtype.
+        storage = StorageRef(storage.key, dtype.name, storage.nbytes // dtype.itemsize, storage.location)
+    return _rebuild_tensor(storage, offset, size, stride, requires_grad, hooks, dtype=dtype.name)
+
+
+def rebuild_parameter(data: Any, requires_grad: Any = True, hooks: Any = None, *rest: Any) -> TensorRef:
+    if not isinstance(data, TensorRef):
+        raise pickle.UnpicklingError("malformed parameter")
+    data.is_parameter = True
+    data.requires_grad = bool(requires_grad)
+    return data
+
+
+class TensorType:
+    """Stand-in for ``torch.Tensor`` / ``torch.nn.Parameter`` when used as a type argument."""
+
+    def __init__(self, parameter: bool):
+        self.parameter = parameter
+
+
+def rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> TensorRef:
+    if func not in (rebuild_tensor_v2, rebuild_tensor_v3, rebuild_parameter) or not isinstance(new_type, TensorType):
+        raise pickle.UnpicklingError("malformed tensor subclass reconstruction")
+    if not isinstance(args, tuple):
+        raise pickle.UnpicklingError("malformed tensor arguments")
+    tensor = func(*args)
+    if new_type.parameter:
+        tensor.is_parameter = True
+    return tensor
+
+
+def codecs_encode(text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
+    """Protocol-2 pickles spell ``bytes`` as ``_codecs.encode(str, 'latin1')``; allow exactly that."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+        raise pickle.UnpicklingError("unexpected use of _codecs.encode")
+    return text.encode(encoding)
+
+
+def numpy_reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> NumpyArray:
+    if cls is not NumpyArray:
+        raise pickle.UnpicklingError("unexpected numpy reconstruction")
+    return NumpyArray()
+
+
+def _numpy_array_setstate(self: NumpyArray, state: Any) -> None:
+    # ndarray state: (version, shape, dtype, is_fortran, rawdata)
+    if not isinstance(state, tuple) or len(state) != 5:
+        raise pickle.UnpicklingError("malformed numpy array state")
+    _version, shape, dtype, _fortran, raw = state
+    self.shape = _int_tuple(shape, "numpy shape")
+    self.dtype = dtype.descr if isinstance(dtype, NumpyDtype) else str(dtype)
+    self.raw = raw if isinstance(raw, (bytes, bytearray)) else b""
+
+
+NumpyArray.__setstate__ = _numpy_array_setstate  # type: ignore[attr-defined]
+
+
+def numpy_dtype(descr: Any = "?", *rest: Any) -> NumpyDtype:
+    if not isinstance(descr, str):
+        raise pickle.UnpicklingError("malformed numpy dtype")
+    return NumpyDtype(descr)
+
+
+def numpy_scalar(dtype: Any, raw: Any = b"") -> NumpyArray:
+    return NumpyArray(dtype.descr if isinstance(dtype, NumpyDtype) else "?", (), raw if isinstance(raw, bytes) else b"")
+
+
+def copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    """Protocol 0/1 spelling of ``cls.__new__(cls)``; only for our inert classes."""
+    if cls is not Namespace or base is not object:
+        raise pickle.UnpicklingError("unexpected copyreg reconstruction")
+    return Namespace()
+
+
+def _path(*parts: Any) -> str:
+    if not all(isinstance(p, str) for p in parts):
+        raise pickle.UnpicklingError("malformed path")
+    return str(pathlib.PurePosixPath(*parts)) if parts else "."
+
+
+ALLOWED: dict[str, Any] = {
+    "collections.OrderedDict": collections.OrderedDict,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.complex": complex,
+    "builtins.slice": slice,
+    "builtins.object": object,
+    "__builtin__.set": set,
+    "__builtin__.frozenset": frozenset,
+    "__builtin__.object": object,
+    "_codecs.encode": codecs_encode,
+    "copy_reg._reconstructor": copyreg_reconstructor,
+    "copyreg._reconstructor": copyreg_reconstructor,
+    "argparse.Namespace": Namespace,
+    "datetime.datetime": datetime.datetime,
+    "datetime.date": datetime.date,
+    "datetime.time": datetime.time,
+    "datetime.timedelta": datetime.timedelta,
+    "datetime.timezone": datetime.timezone,
+    "pathlib.PosixPath": _path,
+    "pathlib.PurePosixPath": _path,
+    "pathlib.WindowsPath": _path,
+    "pathlib.PureWindowsPath": _path,
+    "pathlib.Path": _path,
+    "pathlib._local.PosixPath": _path,
+    "pathlib._local.PurePosixPath": _path,
+    "torch._utils._rebuild_tensor_v2": rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": rebuild_tensor_v3,
+    "torch._utils._rebuild_parameter": rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": rebuild_from_type_v2,
+    "torch._utils._rebuild_from_type_v2": rebuild_from_type_v2,
+    "torch.Tensor": TensorType(parameter=False),
+    "torch.nn.parameter.Parameter": TensorType(parameter=True),
+    "torch.storage.UntypedStorage": StorageType("uint8"),
+    "numpy.core.multiarray._reconstruct": numpy_reconstruct,
+    "numpy._core.multiarray._reconstruct": numpy_reconstruct,
+    "numpy.core.multiarray.scalar": numpy_scalar,
+    "numpy._core.multiarray.scalar": numpy_scalar,
+    "numpy.ndarray": NumpyArray,
+    "numpy.dtype": numpy_dtype,
+}
+ALLOWED.update({f"torch.{name}": StorageType(dtype) for name, dtype in STORAGE_DTYPE.items()})
+ALLOWED.update({f"torch.{name}": DtypeRef(name) for name in DTYPE_ITEMSIZE})
+ALLOWED.update({f"torch.{alias}": DtypeRef(name) for alias, name in DTYPE_ALIASES.items()})
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` whose ``find_class`` never imports anything outside ``ALLOWED``."""
+
+    def __init__(self, file: io.BufferedIOBase, storage_hook: Callable[[StorageRef], None] | None = None):
+        super().__init__(file, encoding="latin1")
+        self.refused: list[str] = []
+        self._storage_hook = storage_hook
+        self.storages: dict[str, StorageRef] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        allowed = ALLOWED.get(full)
+        if allowed is None:
+            self.refused.append(full)
+            return _Refused
+        return allowed
+
+    def persistent_load(self, pid: Any) -> Any:
+        # zip format: ('storage', storage_type, key, location, numel)
+        # legacy format: ('storage', storage_type, root_key, location, numel, view_metadata)
+        if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
+            raise pickle.UnpicklingError(f"unsupported persistent id {type(pid).__name__}")
+        storage_type, key, location, numel = pid[1], pid[2], pid[3], pid[4]
+        if not isinstance(storage_type, StorageType):
+            if storage_type is _Refused:
+                return _Refused()
+            raise pickle.UnpicklingError("malformed storage reference")
+        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError("malformed storage reference")
+        existing = self.storages.get(key)
+        if existing is not None:
+            return existing
+        ref = StorageRef(key, storage_type.dtype, numel, str(location))
+        self.storages[key] = ref
+        if self._storage_hook:
+            self._storage_hook(ref)
+        return ref
+
+
+def safe_loads(data: bytes) -> tuple[Any, dict[str, StorageRef]]:
+    """Unpickle ``data`` into inert objects. Raises UnsafeCheckpoint or UnreadableCheckpoint."""
+    unpickler = SafeUnpickler(io.BytesIO(data))
+    obj = run_unpickler(unpickler)
+    return obj, unpickler.storages
+
+
+def run_unpickler(unpickler: SafeUnpickler) -> Any:
+    """Load one pickle with ``unpickler``, mapping every failure to a checkpoint verdict."""
+    try:
+        obj = unpickler.load()
+    except RecursionError:
+        raise UnreadableCheckpoint("pickle nests too deeply") from None
+    except MemoryError:
+        raise UnreadableCheckpoint("pickle too large to read") from None
+    except Exception as exc:  # any malformed pickle: EOFError, UnpicklingError, TypeError, ...
+        if unpickler.refused:
+            raise UnsafeCheckpoint(unpickler.refused) from None
+        raise UnreadableCheckpoint(f"corrupt pickle: {type(exc).__name__}: {_short(exc)}") from None
+    if unpickler.refused:
+        raise UnsafeCheckpoint(unpickler.refused)
+    check_structure(obj)
+    return obj
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:120]
+
+
+def check_structure(obj: Any) -> None:
+    """Bound what later code walks: nesting depth, object count, no cycles (all iterative)."""
+    seen_done: set[int] = set()
+    on_path: set[int] = set()
+    count = 0
+    stack: list[tuple[Any, int, bool]] = [(obj, 0, False)]
+    while stack:
+        item, depth, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(item))
+            seen_done.add(id(item))
+            continue
+        count += 1
+        if count > MAX_OBJECTS:
+            raise UnreadableCheckpoint("pickle holds too many objects")
+        if depth > MAX_DEPTH:
+            raise UnreadableCheckpoint(f"pickle nests deeper than {MAX_DEPTH} levels")
+        children = _children(item)
+        if children is None:
+            continue
+        if id(item) in on_path:
+            raise UnreadableCheckpoint("pickle contains a reference cycle")
+        if id(item) in seen_done:
+            continue
+        on_path.add(id(item))
+        stack.append((item, depth, True))
+        stack.extend((child, depth + 1, False) for child in children)
+
+
+def _children(item: Any) -> list[Any] | None:
+    if isinstance(item, dict):
+        return [*item.keys(), *item.values()]
+    if isinstance(item, (list, tuple, set, frozenset)):
+        return list(item)
+    if isinstance(item, Namespace):
+        return list(item.attrs.values())
+    return None

@@ -1,0 +1,69 @@
+"""Build real checkpoints with torch: the seed's full dict (model, AdamW, RNG states, args, dataloader)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+
+def make_state(step: int = 100, epoch: int = 1, val_loss: float = 0.5, train_loss: float = 0.6,
+               hidden: int = 16, namespace_args: bool = False, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """The checkpoint dict of the layout, from a real model and a real AdamW step."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(step)
+    model = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    model(torch.randn(4, 8)).sum().backward()
+    optimizer.step()
+    args = {"lr": 3e-4, "batch_size": 32, "data_path": "/data/train", "use_tensorboard": True, "tags": ["a", "b c"]}
+    state = {
+        "step": step,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "rng_state": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "torch_cuda": None,
+        },
+        "dataloader_state": {"epoch": epoch, "batch_idx": step % 50, "seed": 1234},
+        "args": argparse.Namespace(**args) if namespace_args else args,
+        "timestamp": "2026-11-01T12:00:00",
+        "checkpoint_type": "regular",
+    }
+    state.update(extra)
+    return state
+
+
+def write_checkpoint(path: Path, state: dict[str, Any] | None = None, **kwargs: Any) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state if state is not None else make_state(**kwargs), path)
+    return path
+
+
+def populate_layout(directory: Path) -> Path:
+    """latest(+backup), 3 rolling (+last backup), best triple, 2 epochs, 1 emergency."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, step in enumerate((100, 200, 300)):
+        write_checkpoint(directory / f"rolling_step_{step:06d}.pt", step=step, epoch=i, val_loss=1.0 - 0.1 * i)
+    write_checkpoint(directory / "rolling_last_backup.pt", step=300, epoch=2, val_loss=0.8)
+    write_checkpoint(directory / "latest.pt", step=300, epoch=2, val_loss=0.8)
+    write_checkpoint(directory / "latest_backup.pt", step=200, epoch=1, val_loss=0.9)
+    write_checkpoint(directory / "best_model.pt", step=300, epoch=2, val_loss=0.8)
+    write_checkpoint(directory / "best_model_backup.pt", step=300, epoch=2, val_loss=0.8)
+    write_checkpoint(directory / "best_model_previous.pt", step=200, epoch=1, val_loss=0.9)
+    write_checkpoint(directory / "epoch_00000.pt", step=100, epoch=0, val_loss=1.0)
+    write_checkpoint(directory / "epoch_00001.pt", step=200, epoch=1, val_loss=0.9)
+    state = make_state(step=250, epoch=1, val_loss=0.85)
+    state["checkpoint_type"] = "emergency"
+    write_checkpoint(directory / "emergency_step_000250_20261101_120000.pt", state)
+    return directory
