@@ -56,3 +56,22 @@ class LockedError(CkptctlError):
     """Another process (a running training, a prune) holds the directory lock."""
 
     exit_code = EXIT_LOCKED
+
+
+class SaveError(CkptctlError):
+    """A checkpoint could not be written durably. Nothing visible changed: older files are intact.
+
+    ``errno`` is the operating-system error number when one caused the failure (ENOSPC, EIO, ...).
+    """
+
+    exit_code = EXIT_FINDINGS
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+class NoCheckpointError(CkptctlError):
+    """Nothing loadable was found (every candidate missing, damaged or unsafe)."""
+
+    exit_code = EXIT_FINDINGS
