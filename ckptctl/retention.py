@@ -82,7 +82,7 @@ def plan_retention(entries: list[Entry], policy: Policy) -> RetentionPlan:
         (Kind.EMERGENCY, policy.keep_emergency, "emergency"),
     ):
         ordered = sorted(by_kind[kind], key=lambda e: sort_key(e.parsed))
-        newest = set(id(e) for e in ordered[len(ordered) - count :]) if count else set()
+        newest = set(id(e) for e in ordered[max(0, len(ordered) - count) :]) if count else set()
         for entry in ordered:
             decision = Decision(entry)
             if id(entry) in newest:
