@@ -8,11 +8,12 @@ against the records that hold them.
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .container import Container, open_container, read_record, sniff_format
 from .errors import UnreadableCheckpoint, UnsafeCheckpoint
@@ -140,12 +141,20 @@ def _legacy_spans(fh: io.BufferedReader, keys: list[str], storages: dict[str, St
     return spans
 
 
-def iter_tensors(root: Any) -> Iterator[tuple[str, TensorRef]]:
-    """Depth-first, iterative walk yielding (dotted path, tensor) pairs."""
+def _is_tensor_ref(item: Any) -> bool:
+    return isinstance(item, TensorRef)
+
+
+def iter_tensors(root: Any, is_tensor: Callable[[Any], bool] = _is_tensor_ref) -> Iterator[tuple[str, Any]]:
+    """Depth-first, iterative walk yielding (dotted path, tensor) pairs.
+
+    ``is_tensor`` lets the same walk (and so the same names) run over a ``torch.load``-ed graph
+    (``torch.is_tensor``), which ``compare --values`` matches against the safe reader's inventory.
+    """
     stack: list[tuple[str, Any]] = [("", root)]
     while stack:
         prefix, item = stack.pop()
-        if isinstance(item, TensorRef):
+        if is_tensor(item):
             yield prefix, item
             continue
         children = _named_children(item)
@@ -160,4 +169,6 @@ def _named_children(item: Any) -> list[tuple[str, Any]]:
         return [(str(i), v) for i, v in enumerate(item)]
     if isinstance(item, Namespace):
         return [(str(k), v) for k, v in item.attrs.items()]
+    if isinstance(item, argparse.Namespace):  # the real one, from torch.load
+        return [(str(k), v) for k, v in vars(item).items()]
     return []
