@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from . import inspect_cmd, list_cmd
+from . import resume_cmd
 
 app = typer.Typer(
     name="ckptctl",
@@ -21,6 +22,7 @@ app = typer.Typer(
 
 app.command("list")(list_cmd.list_command)
 app.command("inspect")(inspect_cmd.inspect_command)
+app.command("resume-cmd")(resume_cmd.resume_command)
 
 
 def main() -> None:

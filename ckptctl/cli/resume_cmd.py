@@ -1,0 +1,105 @@
+"""``ckptctl resume-cmd CHECKPOINT``: the command that resumes a run with its saved hyperparameters.
+
+stdout carries only the command line (so ``eval "$(ckptctl resume-cmd ...)"`` and
+``... | bash`` work); warnings and the ``--compare`` table go to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ..resume import BOOL_STYLES, DEFAULT_PYTHON, ResumeCommand, build_resume_command
+from . import render
+from .options import JsonOpt
+from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, warn
+
+HEADERS = ("key", "checkpoint value", "new value", "note")
+
+
+@handle_errors
+def resume_command(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="A checkpoint file, a directory (its newest valid checkpoint), or latest / best (in --dir).",
+            show_default=False,
+        ),
+    ],
+    directory: Annotated[
+        Optional[str], typer.Option("--dir", "-d", help="Directory that latest / best refer to (default: the current one).")
+    ] = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a saved arg (typed like the saved value); repeatable."),
+    ] = None,
+    allow_new: Annotated[bool, typer.Option("--allow-new", help="Allow --set keys the checkpoint's args do not have.")] = False,
+    compare: Annotated[
+        bool, typer.Option("--compare", "-c", help="Table of each --set: saved value, new value, and what it breaks (stderr).")
+    ] = False,
+    script: Annotated[
+        Optional[str], typer.Option("--script", help="Training script (default: recorded in args, else a placeholder).")
+    ] = None,
+    python: Annotated[
+        str, typer.Option("--python", help="Interpreter or launcher, split like a shell would (e.g. 'torchrun --nproc_per_node 4').")
+    ] = DEFAULT_PYTHON,
+    resume_flag: Annotated[str, typer.Option("--resume-flag", help="Option that takes the checkpoint path.")] = "--resume",
+    bools: Annotated[
+        str,
+        typer.Option("--bools", help="flag: True -> --key, False left out (store_true); optional: False -> --no-key."),
+    ] = "flag",
+    json_output: JsonOpt = False,
+) -> None:
+    """Print the command line that resumes training from CHECKPOINT with every saved hyperparameter."""
+    if bools not in BOOL_STYLES:
+        raise typer.BadParameter(f"choose from {', '.join(BOOL_STYLES)}", param_hint="--bools")
+    result = build_resume_command(
+        checkpoint,
+        directory=directory,
+        overrides=overrides,
+        allow_new=allow_new,
+        script=script,
+        python=python,
+        resume_flag=resume_flag,
+        bool_style=bools,
+    )
+    if json_output:
+        print_json(result.to_json())
+        return
+    for message in result.warnings:
+        warn(message)
+    if compare:
+        _print_compare(result)
+    print(result.command)
+
+
+def _cells(result: ResumeCommand) -> list[list[str]]:
+    return [
+        [c.key, "-" if c.is_new_key else render.short(c.checkpoint_value), render.short(c.new_value), c.note or ""]
+        for c in result.changes
+    ]
+
+
+def _print_compare(result: ResumeCommand) -> None:
+    """The comparison goes to stderr: stdout stays a runnable command line."""
+    title = f"resuming {result.checkpoint} (step {render.number(result.step)}, epoch {render.number(result.epoch)})"
+    if not result.changes:
+        warn(f"{title}: no --set overrides, every saved value is kept")
+        return
+    if not stderr_is_terminal():
+        warn(title)
+        print(plain_table(HEADERS, _cells(result)), file=sys.stderr)
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for header in HEADERS:
+        table.add_column(header, overflow="fold")
+    for change, cells in zip(result.changes, _cells(result)):
+        style = "red" if change.risk and change.changed else ("yellow" if change.is_new_key else "")
+        table.add_row(*cells[:3], Text(cells[3], style=style))
+    err_console().print(table)
