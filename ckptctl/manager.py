@@ -1,0 +1,397 @@
+"""CheckpointManager: atomic, durable checkpoints from inside a training loop, and safe resume.
+
+    mgr = CheckpointManager("./checkpoints", keep_last_n=10, keep_emergency_n=10, master_process=rank == 0)
+    mgr.save(state, step=step)                       # rolling_step_N.pt, latest.pt (+ backups), retention
+    mgr.save_best(state, step=step, val_loss=loss)   # only if better than every earlier best
+    mgr.save_epoch(state, epoch=epoch)               # epoch_NNNNN.pt, kept forever
+    mgr.save_emergency(state, step=step)             # emergency_step_N_YYYYMMDD_HHMMSS.pt
+    state = mgr.load("latest")                       # or "best", or a path; falls back if damaged
+
+Each save serialises the state once (``torch.save`` into a verified temp file, see
+:mod:`ckptctl.durable`); every other file of the save is a rename or a hard link, except the
+``_backup`` duplicates, whose mechanism ``backup_mode`` chooses:
+
+- ``"link"`` (default): free, protects against deletion but not bit rot (same blocks);
+- ``"copy"``: independent bytes, survives a damaged block in the original, costs a second write;
+- ``"reflink"``: copy-on-write clone where the file system supports it, else a copy.
+
+Files written while the directory lock is held (``ckptctl prune``/``restore`` wait or exit 3).
+This is the only core module that imports torch at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from . import durable
+from .catalog import Entry, scan
+from .errors import CheckpointError, NoCheckpointError, UnreadableCheckpoint
+from .locking import DirectoryLock
+from .metadata import as_float
+from .naming import Kind, format_name, sort_key
+from .reader import read_checkpoint
+from .retention import Policy, plan_retention
+from .rng import capture_rng_state, restore_rng_state, safe_globals
+
+log = logging.getLogger("ckptctl.manager")
+
+LATEST_CHAIN = (Kind.LATEST, Kind.LATEST_BACKUP, Kind.ROLLING_BACKUP)
+BEST_CHAIN = (Kind.BEST, Kind.BEST_BACKUP, Kind.BEST_PREVIOUS)
+
+
+@dataclass
+class Resumed:
+    """What :meth:`CheckpointManager.resume` restored, and where the loop should continue."""
+
+    path: Path
+    step: int | None
+    epoch: int | None
+    dataloader_state: Any
+    state: dict[str, Any]
+
+
+@dataclass
+class StorageSummary:
+    """Bytes on disk (hard links counted once), files per kind, and free space on the file system."""
+
+    total_bytes: int
+    counts: dict[str, int]
+    free_bytes: int
+
+    def line(self) -> str:
+        import humanize
+
+        kinds = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in ("rolling", "emergency", "epoch"))
+        return (
+            f"Checkpoint storage: {humanize.naturalsize(self.total_bytes)} ({kinds}) — "
+            f"{humanize.naturalsize(self.free_bytes)} free"
+        )
+
+
+class CheckpointManager:
+    """Writes and reads one checkpoint directory in the layout of DESIGN.md."""
+
+    def __init__(
+        self,
+        checkpoint_dir: str | os.PathLike[str],
+        keep_last_n: int = 10,
+        keep_emergency_n: int = 10,
+        master_process: bool = True,
+        *,
+        backup_mode: str = durable.LINK,
+        verify: bool = True,
+        monitor_every: int = 10,
+        lock_wait: float = 300.0,
+    ):
+        if keep_last_n < 1 or keep_emergency_n < 1:
+            raise ValueError("keep_last_n and keep_emergency_n must be at least 1")
+        if backup_mode not in durable.MODES:
+            raise ValueError(f"backup_mode must be one of {', '.join(durable.MODES)}, got {backup_mode!r}")
+        self.directory = Path(checkpoint_dir)
+        self.keep_last_n = keep_last_n
+        self.keep_emergency_n = keep_emergency_n
+        self.master_process = master_process
+        self.backup_mode = backup_mode
+        self.verify = verify
+        self.monitor_every = monitor_every
+        self.lock_wait = lock_wait
+        self.loaded_path: Path | None = None
+        self._saves = 0
+        self._low_space_warned = False
+        if master_process:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with self._lock():  # under the lock every *.tmp belongs to a writer that died
+                for path in durable.clean_stale_temp(self.directory, older_than=0):
+                    log.info("removed partial write left by an interrupted save: %s", path.name)
+        self.best_val_loss: float | None = self._read_best_val_loss()
+
+    # ----------------------------------------------------------------------------------- saving
+
+    def save(self, state: Mapping[str, Any], step: int) -> Path | None:
+        """Rolling save: rolling_step_N.pt, latest.pt (previous one -> latest_backup.pt),
+        rolling_last_backup.pt, then retention. Returns the rolling file (None off the master)."""
+        if not self.master_process:
+            return None
+        payload = self._payload(state, "regular", step=step)
+        with self._lock(), self._stage(format_name(Kind.ROLLING, step=step), payload) as staged:
+            rolling = staged.commit(fsync_dir=False)
+            latest = self._path(Kind.LATEST)
+            if latest.exists():
+                durable.link_or_copy(latest, self._path(Kind.LATEST_BACKUP), durable.LINK)
+            durable.link_or_copy(rolling, latest, durable.LINK)
+            durable.link_or_copy(rolling, self._path(Kind.ROLLING_BACKUP), self.backup_mode)
+            durable.fsync_directory(self.directory)
+            self._apply_retention()
+        self._after_save(rolling, copies=1)
+        return rolling
+
+    def save_best(self, state: Mapping[str, Any], step: int, val_loss: float) -> Path | None:
+        """Save only if ``val_loss`` beats the best so far (also across restarts).
+
+        Old best -> best_model_previous.pt, new -> best_model.pt, duplicate -> best_model_backup.pt.
+        """
+        if not self.master_process or not self.is_better(val_loss):
+            return None
+        payload = self._payload(state, "regular", step=step, val_loss=float(val_loss))
+        with self._lock(), self._stage(format_name(Kind.BEST), payload) as staged:
+            best = self._path(Kind.BEST)
+            if best.exists():
+                durable.link_or_copy(best, self._path(Kind.BEST_PREVIOUS), durable.LINK)
+            staged.commit(fsync_dir=False)
+            durable.link_or_copy(best, self._path(Kind.BEST_BACKUP), self.backup_mode)
+            durable.fsync_directory(self.directory)
+        previous = "none" if self.best_val_loss is None else f"{self.best_val_loss:.6g}"
+        log.info("new best val_loss %.6g (was %s) at step %s", val_loss, previous, step)
+        self.best_val_loss = float(val_loss)
+        self._after_save(best, copies=1)
+        return best
+
+    def save_epoch(self, state: Mapping[str, Any], epoch: int) -> Path | None:
+        """epoch_NNNNN.pt: never deleted by retention."""
+        if not self.master_process:
+            return None
+        payload = self._payload(state, "regular", epoch=epoch)
+        with self._lock(), self._stage(format_name(Kind.EPOCH, epoch=epoch), payload) as staged:
+            path = staged.commit()
+        self._after_save(path, copies=0)
+        return path
+
+    def save_emergency(self, state: Mapping[str, Any], step: int) -> Path | None:
+        """emergency_step_N_<time>.pt, with its own retention: never touches latest or rolling files."""
+        if not self.master_process:
+            return None
+        payload = self._payload(state, "emergency", step=step)
+        name = format_name(Kind.EMERGENCY, step=step, timestamp=datetime.now())
+        with self._lock(), self._stage(name, payload) as staged:
+            path = staged.commit()
+            self._apply_retention()
+        log.warning("emergency checkpoint saved: %s", path)
+        self._after_save(path, copies=0)
+        return path
+
+    def is_better(self, val_loss: float) -> bool:
+        """True if ``val_loss`` is finite and lower than the best so far."""
+        try:
+            value = float(val_loss)
+        except (TypeError, ValueError):
+            return False
+        return math.isfinite(value) and (self.best_val_loss is None or value < self.best_val_loss)
+
+    def _payload(self, state: Mapping[str, Any], checkpoint_type: str, **fields: Any) -> dict[str, Any]:
+        """A shallow copy of the caller's dict with the layout's bookkeeping keys filled in."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        payload = dict(state)
+        payload.update(fields)  # the step/epoch in the file name must match the metadata
+        payload.setdefault("timestamp", datetime.now().astimezone().isoformat(timespec="seconds"))
+        if checkpoint_type == "emergency" or "checkpoint_type" not in payload:
+            payload["checkpoint_type"] = checkpoint_type
+        return payload
+
+    def _stage(self, name: str, payload: dict[str, Any]) -> durable.StagedFile:
+        """Serialise once: torch.save into a verified temp file next to ``name``."""
+        return durable.stage(self.directory, name, lambda fh: torch.save(payload, fh), verify=self.verify)
+
+    def _lock(self) -> DirectoryLock:
+        return DirectoryLock(self.directory, wait=self.lock_wait)
+
+    def _path(self, kind: Kind) -> Path:
+        return self.directory / format_name(kind)
+
+    def _apply_retention(self) -> None:
+        """Delete what the shared retention policy says (the same code ``ckptctl prune`` runs)."""
+        plan = plan_retention(scan(self.directory), Policy(keep_rolling=self.keep_last_n, keep_emergency=self.keep_emergency_n))
+        for decision in plan.remove:
+            try:
+                os.unlink(decision.entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # a file we cannot delete must not fail the save that just succeeded
+                log.warning("retention could not remove %s: %s", decision.entry.name, exc.strerror or exc)
+        if plan.remove:
+            durable.fsync_directory(self.directory)
+
+    # ------------------------------------------------------------------------------ monitoring
+
+    def _after_save(self, path: Path, copies: int) -> None:
+        """Every ``monitor_every`` saves, log the storage line; warn when two more saves would not fit."""
+        self._saves += 1
+        try:
+            per_save = path.stat().st_size * (1 + (copies if self.backup_mode != durable.LINK else 0))
+        except OSError:
+            return
+        periodic = bool(self.monitor_every) and self._saves % self.monitor_every == 0
+        summary = self.storage_summary() if periodic else None
+        free = summary.free_bytes if summary else shutil.disk_usage(self.directory).free
+        if summary:
+            log.info(summary.line())
+        low = free < 2 * per_save
+        if low and (periodic or not self._low_space_warned):
+            log.warning(
+                "low disk space for checkpoints: %d bytes free, the next two saves need about %d", free, 2 * per_save
+            )
+        self._low_space_warned = low
+
+    def storage_summary(self) -> StorageSummary:
+        """What the checkpoints occupy (hard links counted once) and what is left."""
+        entries = scan(self.directory)
+        by_inode = {e.inode: e.allocated_bytes or e.size_bytes for e in entries if e.parsed.is_checkpoint}
+        counts = Counter(e.kind.value for e in entries if e.kind in (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH))
+        return StorageSummary(sum(by_inode.values()), dict(counts), shutil.disk_usage(self.directory).free)
+
+    # ----------------------------------------------------------------------------------- loading
+
+    def load(self, which: str | os.PathLike[str] = "latest", *, map_location: Any = "cpu", unsafe: bool = False) -> dict[str, Any]:
+        """Load ``"latest"``, ``"best"`` or a path; the named chains fall back past damaged files.
+
+        latest -> latest_backup -> rolling_last_backup -> newest rolling/emergency by step;
+        best -> best_backup -> best_previous. Each fallback is logged. ``unsafe=True`` allows
+        ``weights_only=False`` (runs pickle code: only for files you trust).
+        """
+        candidates = self._candidates(which)
+        tried: list[str] = []
+        failed_inodes: dict[tuple[int, int], str] = {}
+        for index, path in enumerate(candidates):
+            following = candidates[index + 1].name if index + 1 < len(candidates) else None
+            try:
+                identity = _identity(path)
+                if identity in failed_inodes:
+                    raise UnreadableCheckpoint(f"same file as {failed_inodes[identity]} (hard link)")
+                state = load_file(path, map_location=map_location, unsafe=unsafe)
+            except CheckpointError as exc:
+                tried.append(f"{path.name}: {exc.reason}")
+                if identity is not None:
+                    failed_inodes.setdefault(identity, path.name)
+                if following:
+                    log.warning("%s unusable (%s); falling back to %s", path.name, exc.reason, following)
+                continue
+            if tried:
+                log.warning("loaded %s after %d fallback(s)", path.name, len(tried))
+            self.loaded_path = path
+            return state
+        detail = "; ".join(tried) if tried else "no candidates"
+        raise NoCheckpointError(f"no loadable {which!s} checkpoint in {self.directory} ({detail})")
+
+    def resume(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        which: str | os.PathLike[str] = "latest",
+        *,
+        scheduler: Any = None,
+        map_location: Any = "cpu",
+        restore_rng: bool = True,
+    ) -> Resumed:
+        """Load a checkpoint into ``model``/``optimizer``/``scheduler``, restore RNG states, say where to continue."""
+        state = self.load(which, map_location=map_location)
+        model.load_state_dict(state["model"])
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if restore_rng:
+            restore_rng_state(state.get("rng_state"))
+        assert self.loaded_path is not None
+        return Resumed(self.loaded_path, state.get("step"), state.get("epoch"), state.get("dataloader_state"), state)
+
+    def _candidates(self, which: str | os.PathLike[str]) -> list[Path]:
+        if which == "latest":
+            chain = [self._path(kind) for kind in LATEST_CHAIN]
+            return chain + [e.path for e in reversed(self._rolling_and_emergency())]
+        if which == "best":
+            return [self._path(kind) for kind in BEST_CHAIN]
+        path = Path(which)
+        if not path.exists() and not path.is_absolute() and (self.directory / path).exists():
+            path = self.directory / path
+        return [path]
+
+    def _rolling_and_emergency(self) -> list[Entry]:
+        """Oldest first, by step then timestamp from the name (never mtime)."""
+        if not self.directory.is_dir():
+            return []
+        entries = [e for e in scan(self.directory) if e.kind in (Kind.ROLLING, Kind.EMERGENCY)]
+        return sorted(entries, key=lambda e: (e.step or 0, e.parsed.timestamp or datetime.min, sort_key(e.parsed)))
+
+    def _read_best_val_loss(self) -> float | None:
+        """The best val_loss of an earlier run, from best_model.pt's pickle only (no tensor bytes read)."""
+        for kind in (Kind.BEST, Kind.BEST_BACKUP):
+            path = self._path(kind)
+            if not path.exists():
+                continue
+            try:
+                root = read_checkpoint(path).root
+            except CheckpointError as exc:
+                log.warning("%s unreadable (%s); trying the next best file", path.name, exc.reason)
+                continue
+            value = as_float(root.get("val_loss")) if isinstance(root, dict) else None
+            if value is not None and math.isfinite(value):
+                return value
+        return None
+
+
+def load_file(path: str | os.PathLike[str], *, map_location: Any = "cpu", unsafe: bool = False) -> Any:
+    """Load one checkpoint with tensor values: safe reader, CRC-32 check, then ``torch.load``.
+
+    ``weights_only=True`` with the scoped allowlist of :func:`ckptctl.rng.safe_globals`; the safe
+    reader has refused anything unsafe before torch sees the file. ``unsafe=True`` skips both
+    guards and uses ``weights_only=False`` — only for files you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableCheckpoint("missing")
+    if not unsafe:
+        read_checkpoint(path)
+    durable.verify_crc(path)
+    try:
+        if unsafe:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with safe_globals():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch reports damage as RuntimeError/UnpicklingError/EOFError...
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableCheckpoint(f"torch.load failed: {first_line}") from exc
+
+
+def build_state(
+    *,
+    step: int,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    train_loss: float | None = None,
+    val_loss: float | None = None,
+    dataloader_state: Mapping[str, Any] | None = None,
+    args: Any = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The layout's checkpoint dict, with every RNG state captured now."""
+    return {
+        "step": step,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "rng_state": capture_rng_state(),
+        "dataloader_state": dict(dataloader_state or {}),
+        "args": vars(args) if hasattr(args, "__dict__") and not isinstance(args, Mapping) else args,
+        **extra,
+    }
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
