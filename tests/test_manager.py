@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ckptctl import durable  # noqa: E402
-from ckptctl.errors import LockedError, NoCheckpointError, SaveError, UnreadableCheckpoint  # noqa: E402
+from ckptctl.errors import LockedError, NoCheckpointError, SaveError, UnreadableCheckpoint, UnsafeCheckpoint  # noqa: E402
 from ckptctl.locking import DirectoryLock  # noqa: E402
 from ckptctl.manager import CheckpointManager, build_state, load_file  # noqa: E402
 from ckptctl.reader import read_checkpoint  # noqa: E402
@@ -379,7 +379,7 @@ def test_hostile_checkpoint_is_refused_without_running_it(tmp_path):
     with pytest.raises(NoCheckpointError, match="references posix.system"):
         CheckpointManager(tmp_path).load("latest")
     assert not marker.exists()
-    with pytest.raises(UnreadableCheckpoint):
+    with pytest.raises(UnsafeCheckpoint, match="posix.system"):
         load_file(path)
     assert not marker.exists()
 
