@@ -65,7 +65,7 @@ RISKS: tuple[Risk, ...] = (
     _risk("learning rate", r"(.*_)?(lr|learning_rate)(_.*)?",
           "optimizer.load_state_dict restores the saved lr{saved_lr}: the new value is ignored "
           "unless the script resets param_groups after loading"),
-    _risk("batch size", r"(.*_)?(batch_size|batch|bs|micro_batch_size|micro_batch|grad_accum\w*|"
+    _risk("batch size", r"(.*_)?(batch_?size|batch|bs|micro_batch_size|micro_batch|grad_accum\w*|"
           r"gradient_accumulation\w*|accumulation_steps|accum_steps)",
           "the effective batch changes: the saved dataloader position and the lr schedule no longer line up"),
     _risk("optimizer betas", r"(.*_)?(betas?\d?|momentum)",

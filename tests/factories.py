@@ -67,3 +67,25 @@ def populate_layout(directory: Path) -> Path:
     state["checkpoint_type"] = "emergency"
     write_checkpoint(directory / "emergency_step_000250_20261101_120000.pt", state)
     return directory
+
+
+def write_hostile_checkpoint(path: Path, marker: Path) -> Path:
+    """A torch-style zip whose pickle calls ``os.system("touch MARKER")`` when loaded unsafely.
+
+    Readers must refuse it without running anything: after any command, ``marker`` must not exist.
+    """
+    import os
+    import pickle
+    import zipfile
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    payload = pickle.dumps({"step": 1, "args": {"lr": 0.1}, "model": Exploit()}, protocol=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", payload)
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/version", "3\n")
+    return path

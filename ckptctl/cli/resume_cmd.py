@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..resume import BOOL_STYLES, DEFAULT_PYTHON, ResumeCommand, build_resume_command
+from ..resume import DEFAULT_PYTHON, ResumeCommand, build_resume_command
 from . import render
 from .options import JsonOpt
 from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, warn
@@ -54,8 +54,6 @@ def resume_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Print the command line that resumes training from CHECKPOINT with every saved hyperparameter."""
-    if bools not in BOOL_STYLES:
-        raise typer.BadParameter(f"choose from {', '.join(BOOL_STYLES)}", param_hint="--bools")
     result = build_resume_command(
         checkpoint,
         directory=directory,
