@@ -73,8 +73,8 @@ class StorageSummary:
 
         kinds = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in ("rolling", "emergency", "epoch"))
         return (
-            f"Checkpoint storage: {humanize.naturalsize(self.total_bytes)} ({kinds}) — "
-            f"{humanize.naturalsize(self.free_bytes)} free"
+            f"Checkpoint storage: {humanize.naturalsize(self.total_bytes, binary=True)} ({kinds}) — "
+            f"{humanize.naturalsize(self.free_bytes, binary=True)} free"
         )
 
 
