@@ -10,6 +10,7 @@ import typer
 
 from . import inspect_cmd, list_cmd
 from . import resume_cmd
+from . import compare_cmd
 from . import demo_cmd
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.command("list")(list_cmd.list_command)
 app.command("inspect")(inspect_cmd.inspect_command)
 app.command("resume-cmd")(resume_cmd.resume_command)
+app.command("compare")(compare_cmd.compare_command)
 app.command("demo")(demo_cmd.demo_command)
 
 

@@ -1,0 +1,213 @@
+"""``ckptctl compare A B``: what changed between two checkpoints. Exit 0 equal, 1 different, 2 bad input."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, Iterable, Sequence
+
+import typer
+
+from ..compare import Comparison, compare, compare_values
+from ..errors import EXIT_FINDINGS, EXIT_OK
+from . import render
+from .options import JsonOpt
+from .output import handle_errors, out_console, plain_table, print_json, stderr_is_terminal, stdout_is_terminal
+
+PROGRESS_MIN_BYTES = 64 * 1024 * 1024
+LIST_LIMIT = 20
+
+PathArg = Annotated[
+    str, typer.Argument(help="A checkpoint file (or a directory: its newest valid checkpoint).", show_default=False)
+]
+
+
+@handle_errors
+def compare_command(
+    a: PathArg,
+    b: PathArg,
+    values: Annotated[
+        bool, typer.Option("--values", "-v", help="Also load tensor values (torch, memory-mapped) and compare them.")
+    ] = False,
+    atol: Annotated[float, typer.Option("--atol", min=0, help="Absolute tolerance for --values.")] = 0.0,
+    rtol: Annotated[float, typer.Option("--rtol", min=0, help="Relative tolerance for --values (|a-b| <= atol + rtol*|b|).")] = 0.0,
+    top: Annotated[int, typer.Option("--top", min=1, help="How many most-changed tensors and layers to show.")] = 10,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compare checkpoints A and B: metadata, args, keys, tensor inventory, optimizer; --values for tensor values."""
+    comparison = compare(a, b)
+    if values:
+        with _ProgressBar(comparison) as progress:
+            compare_values(comparison, atol=atol, rtol=rtol, progress=progress)
+    if json_output:
+        print_json(comparison.to_json())
+    else:
+        _Report(comparison, top).print()
+    raise typer.Exit(EXIT_OK if comparison.equal else EXIT_FINDINGS)
+
+
+class _ProgressBar:
+    """A Rich progress bar on stderr for long value comparisons on a terminal; otherwise nothing."""
+
+    def __init__(self, comparison: Comparison):
+        total = sum(t.nbytes for _n, t in comparison.b.ckpt.tensors())
+        self.enabled = stderr_is_terminal() and total >= PROGRESS_MIN_BYTES
+        self.bar: Any = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from .output import err_console
+
+        self.bar = Progress(TextColumn("comparing values"), BarColumn(), DownloadColumn(binary_units=True),
+                            TimeRemainingColumn(), console=err_console(), transient=True)  # fmt: skip
+        self.bar.start()
+        self.task = self.bar.add_task("values", total=None)
+        return self.update
+
+    def update(self, done: int, total: int, _name: str) -> None:
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class _Report:
+    """Sections as tables: Rich on a terminal, aligned plain text when piped."""
+
+    def __init__(self, comparison: Comparison, top: int):
+        self.c = comparison
+        self.top = top
+        self.rich = stdout_is_terminal()
+        self.console = out_console() if self.rich else None
+
+    def print(self) -> None:
+        c = self.c
+        self.table(None, ("", "file", "format", "size", "step", "epoch"), [self._side("A", c.a), self._side("B", c.b)])
+        self.table("metadata", ("field", "A", "B", "delta"), self._fields())
+        self._args()
+        self._keys()
+        self._tensors()
+        self._optimizer()
+        if c.values is not None:
+            self._values()
+        verdict = "equal" if c.equal else "different"
+        self.line(f"result: {verdict} at the {c.level} level")
+
+    def line(self, text: str = "") -> None:
+        if self.console is not None:
+            from rich.text import Text
+
+            self.console.print(Text(text))
+        else:
+            print(text)
+
+    def table(self, title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        rows = [[str(cell) for cell in row] for row in rows]
+        if self.console is None:
+            if title:
+                print(title)
+            print(plain_table(headers, rows))
+            print()
+            return
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for header in headers:
+            table.add_column(header, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(table)
+
+    @staticmethod
+    def _side(label: str, side) -> list[str]:
+        return [label, str(side.path), side.ckpt.format, render.size(side.ckpt.size_bytes),
+                render.number(side.meta.step), render.number(side.meta.epoch)]  # fmt: skip
+
+    def _fields(self) -> list[list[str]]:
+        rows = []
+        for f in self.c.fields:
+            a, b = (render.local_time(v) if f.name == "timestamp" else _value(v) for v in (f.a, f.b))
+            delta = _delta(f) if not f.equal else "="
+            rows.append([f.name, a, b, delta])
+        return rows
+
+    def _args(self) -> None:
+        diff = self.c.args
+        if diff.equal:
+            self.line("args: same")
+            self.line()
+            return
+        rows = [[k, _value(a), _value(b)] for k, (a, b) in diff.changed.items()]
+        rows += [[k, _value(v), "(absent)"] for k, v in diff.only_a.items()]
+        rows += [[k, "(absent)", _value(v)] for k, v in diff.only_b.items()]
+        self.table("args", ("key", "A", "B"), rows)
+
+    def _keys(self) -> None:
+        diff = self.c.keys
+        parts = [f"changed: {', '.join(diff.changed)}" if diff.changed else "",
+                 f"only in A: {', '.join(diff.only_a)}" if diff.only_a else "",
+                 f"only in B: {', '.join(diff.only_b)}" if diff.only_b else ""]  # fmt: skip
+        self.line("top-level keys: " + ("; ".join(p for p in parts if p) or "same"))
+
+    def _tensors(self) -> None:
+        t = self.c.tensors
+        delta = t.parameters_b - t.parameters_a
+        self.line(f"tensors: {t.count_a} in A, {t.count_b} in B; parameters {t.parameters_a:,} -> {t.parameters_b:,} ({delta:+,})")
+        rows = [[n, "only in A", f"{x.dtype} {list(x.shape)}", "-"] for n, x in t.only_a.items()]
+        rows += [[n, "only in B", "-", f"{x.dtype} {list(x.shape)}"] for n, x in t.only_b.items()]
+        rows += [[n, "dtype/shape", f"{x.dtype} {list(x.shape)}", f"{y.dtype} {list(y.shape)}"] for n, (x, y) in t.changed.items()]
+        if rows:
+            self.table(None, ("tensor", "difference", "A", "B"), _capped(rows, LIST_LIMIT))
+        if not t.bytes_compared:
+            self.line("  tensor bytes not compared (a file has no CRC-32s); use --values")
+        elif t.bytes_differ:
+            names = ", ".join(t.bytes_differ[:5]) + (f", … ({len(t.bytes_differ) - 5} more)" if len(t.bytes_differ) > 5 else "")
+            hint = "" if self.c.values is not None else "; --values for magnitudes"
+            self.line(f"  storage bytes differ (CRC-32) for {len(t.bytes_differ)} tensors: {names}{hint}")
+        else:
+            self.line("  storage bytes identical (CRC-32) for every shared tensor")
+
+    def _optimizer(self) -> None:
+        o = self.c.optimizer
+        if o.type_a is None and o.type_b is None and not (o.groups_a or o.groups_b):
+            return
+        self.line(f"optimizer: {o.type_a or '?'} -> {o.type_b or '?'}, param groups {o.groups_a} -> {o.groups_b}")
+        if o.changed:
+            self.table(None, ("group", "hyperparameter", "A", "B"), [[g, k, _value(a), _value(b)] for g, k, a, b in o.changed])
+
+    def _values(self) -> None:
+        v = self.c.values
+        assert v is not None
+        self.line(f"values (atol={v.atol:g}, rtol={v.rtol:g}): {len(v.differing)} of {len(v.tensors)} tensors differ")
+        ranked = v.most_changed_tensors()
+        rows = [[t.name, t.dtype, list(t.shape), render.number(t.max_abs), render.number(t.rel_l2)] for t in ranked]
+        if rows:
+            self.table("most changed tensors", ("tensor", "dtype", "shape", "max |Δ|", "rel L2"), _capped(rows, self.top))
+            layers = v.most_changed_layers(self.top)
+            self.table("most changed layers", ("layer", "rel L2", "max |Δ|", "tensors"),
+                       [[r["layer"], render.number(r["rel_l2"]), render.number(r["max_abs"]), r["tensors"]] for r in layers])  # fmt: skip
+        for name, reason in list(v.not_compared.items())[:LIST_LIMIT]:
+            self.line(f"  not compared: {name}: {reason}")
+        for note in v.notes:
+            print(f"ckptctl: {note}", file=sys.stderr)
+
+
+def _value(value: Any) -> str:
+    return "-" if value is None else render.short(value, width=48)
+
+
+def _delta(f) -> str:
+    if f.delta is None:
+        return "changed"
+    if f.name == "timestamp":
+        return f"{f.delta:+,.0f} s"
+    return f"{f.delta:+}" if isinstance(f.delta, int) else f"{f.delta:+.4g}"
+
+
+def _capped(rows: list[list[Any]], limit: int) -> list[list[Any]]:
+    if len(rows) <= limit:
+        return rows
+    return rows[:limit] + [[f"… {len(rows) - limit} more (--json for all)"] + [""] * (len(rows[0]) - 1)]

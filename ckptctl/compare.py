@@ -1,0 +1,554 @@
+"""``compare`` as data: what changed between two checkpoints, cheaply first, values on request.
+
+The default level reads both files with the safe reader only (pickle + zip directory, no tensor
+bytes): metadata deltas, args, top-level keys, the tensor inventory, optimizer hyperparameters, and
+the CRC-32 the zip stores for each storage, which tells whether tensor bytes differ without reading
+them. ``compare_values`` (``--values``) then loads both with ``torch.load(weights_only=True,
+mmap=True)`` — only after the safe reader has accepted both files — and walks tensor by tensor in
+fixed-size chunks, releasing mapped pages once compared, so memory stays bounded by the chunk
+size rather than the checkpoint size. torch is imported only there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import mmap as mmap_module
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BadInputError, CkptctlError
+from .metadata import Metadata, summarize
+from .container import read_record
+from .reader import CheckpointFile, iter_tensors, read_checkpoint
+from .resolve import resolve_target
+from .unpickler import Namespace, NumpyArray, TensorRef
+from .values import jsonable
+
+FIELDS = ("step", "epoch", "train_loss", "val_loss", "timestamp", "checkpoint_type")
+CHUNK_ELEMENTS = 1 << 18  # elements per chunk: 2 MiB per float64 temporary
+MADV_DONTNEED = 4  # Linux
+TOP_CHANGED = 10
+
+Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, tensor name)
+
+
+@dataclass
+class Side:
+    """One of the two files: where it is and what the safe reader made of it."""
+
+    path: Path
+    ckpt: CheckpointFile
+    meta: Metadata
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.ckpt.format, "size_bytes": self.ckpt.size_bytes,
+                "step": self.meta.step, "epoch": self.meta.epoch}  # fmt: skip
+
+
+@dataclass
+class FieldDelta:
+    name: str
+    a: Any
+    b: Any
+    delta: float | int | None  # b - a (seconds for timestamps)
+
+    @property
+    def equal(self) -> bool:
+        return _same(self.a, self.b)
+
+
+@dataclass
+class KeyDiff:
+    """Keys only in A, only in B, and in both with different values."""
+
+    only_a: dict[str, Any] = field(default_factory=dict)
+    only_b: dict[str, Any] = field(default_factory=dict)
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    @property
+    def equal(self) -> bool:
+        return not (self.only_a or self.only_b or self.changed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "only_a": jsonable(self.only_a),
+            "only_b": jsonable(self.only_b),
+            "changed": [{"key": k, "a": jsonable(a), "b": jsonable(b)} for k, (a, b) in self.changed.items()],
+        }
+
+
+@dataclass
+class InventoryDiff:
+    """Tensor names, dtypes and shapes; storage bytes compared through their stored CRC-32."""
+
+    count_a: int
+    count_b: int
+    parameters_a: int
+    parameters_b: int
+    only_a: dict[str, TensorRef]
+    only_b: dict[str, TensorRef]
+    changed: dict[str, tuple[TensorRef, TensorRef]]  # dtype or shape differs
+    bytes_differ: list[str]  # same dtype and shape, storage CRC-32 differs
+    bytes_compared: bool  # False when a file has no CRC-32s (legacy format, checksums off)
+
+    @property
+    def equal(self) -> bool:
+        return not (self.only_a or self.only_b or self.changed or self.bytes_differ)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count_a": self.count_a,
+            "count_b": self.count_b,
+            "parameters_a": self.parameters_a,
+            "parameters_b": self.parameters_b,
+            "parameter_delta": self.parameters_b - self.parameters_a,
+            "only_a": [_tensor_json(n, t) for n, t in self.only_a.items()],
+            "only_b": [_tensor_json(n, t) for n, t in self.only_b.items()],
+            "changed": [{"name": n, "a": _tensor_json(None, a), "b": _tensor_json(None, b)} for n, (a, b) in self.changed.items()],
+            "bytes_differ": self.bytes_differ,
+            "bytes_compared": self.bytes_compared,
+        }
+
+
+@dataclass
+class OptimizerDiff:
+    type_a: str | None
+    type_b: str | None
+    groups_a: int
+    groups_b: int
+    changed: list[tuple[int, str, Any, Any]]  # (group index, hyperparameter, a, b)
+
+    @property
+    def equal(self) -> bool:
+        return self.type_a == self.type_b and self.groups_a == self.groups_b and not self.changed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type_a": self.type_a,
+            "type_b": self.type_b,
+            "groups_a": self.groups_a,
+            "groups_b": self.groups_b,
+            "changed": [{"group": g, "key": k, "a": jsonable(a), "b": jsonable(b)} for g, k, a, b in self.changed],
+        }
+
+
+@dataclass
+class TensorValues:
+    """One tensor's value comparison: max |Δ|, ‖Δ‖₂/‖A‖₂, and equality under atol/rtol."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    max_abs: float = 0.0
+    rel_l2: float = 0.0
+    equal: bool = True
+    sq_diff: float = 0.0
+    sq_a: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "max_abs": _num(self.max_abs),
+                "rel_l2": _num(self.rel_l2), "equal": self.equal}  # fmt: skip
+
+
+@dataclass
+class ValuesDiff:
+    atol: float
+    rtol: float
+    tensors: list[TensorValues]
+    not_compared: dict[str, str]  # name -> why
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def differing(self) -> list[TensorValues]:
+        return [t for t in self.tensors if not t.equal]
+
+    @property
+    def equal(self) -> bool:
+        return not self.differing
+
+    def most_changed_tensors(self, limit: int | None = None) -> list[TensorValues]:
+        """Differing tensors, largest relative L2 change first (NaN and inf rank highest)."""
+        ranked = sorted(self.differing, key=lambda t: (-_sortable(t.rel_l2), -_sortable(t.max_abs), t.name))
+        return ranked[:limit] if limit is not None else ranked
+
+    def most_changed_layers(self, limit: int = TOP_CHANGED) -> list[dict[str, Any]]:
+        """Tensors grouped by layer (name minus its last part), ranked by relative L2 change."""
+        layers: dict[str, list[TensorValues]] = {}
+        for t in self.tensors:
+            layers.setdefault(t.name.rpartition(".")[0] or t.name, []).append(t)
+        ranked = []
+        for layer, items in layers.items():
+            sq_diff = sum(t.sq_diff for t in items)
+            if sq_diff == 0 and all(t.equal for t in items):
+                continue
+            ranked.append({"layer": layer, "rel_l2": _rel(sq_diff, sum(t.sq_a for t in items)),
+                           "max_abs": max(t.max_abs for t in items), "tensors": len(items)})  # fmt: skip
+        ranked.sort(key=lambda r: (-_sortable(r["rel_l2"]), -_sortable(r["max_abs"]), r["layer"]))
+        return ranked[:limit]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "compared": len(self.tensors),
+            "differing": len(self.differing),
+            "tensors": [t.to_json() for t in self.tensors],
+            "not_compared": [{"name": n, "reason": r} for n, r in self.not_compared.items()],
+            "most_changed": [{**r, "rel_l2": _num(r["rel_l2"]), "max_abs": _num(r["max_abs"])} for r in self.most_changed_layers()],
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class Comparison:
+    a: Side
+    b: Side
+    fields: list[FieldDelta]
+    args: KeyDiff
+    keys: KeyDiff
+    tensors: InventoryDiff
+    optimizer: OptimizerDiff
+    values: ValuesDiff | None = None
+
+    @property
+    def level(self) -> str:
+        return "values" if self.values is not None else "metadata"
+
+    @property
+    def equal(self) -> bool:
+        """Equal under the chosen level: what the exit code (0 equal, 1 different) reports."""
+        parts = [all(f.equal for f in self.fields), self.args.equal, self.keys.equal, self.optimizer.equal]
+        if self.values is None:
+            parts.append(self.tensors.equal)
+        else:  # values supersede the CRC verdict: bytes may differ while values are close enough
+            parts += [not (self.tensors.only_a or self.tensors.only_b or self.tensors.changed), self.values.equal]
+        return all(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a.to_json(),
+            "b": self.b.to_json(),
+            "level": self.level,
+            "equal": self.equal,
+            "fields": [{"field": f.name, "a": jsonable(f.a), "b": jsonable(f.b), "delta": _num(f.delta),
+                        "equal": f.equal} for f in self.fields],  # fmt: skip
+            "args": self.args.to_json(),
+            "keys": self.keys.to_json(),
+            "tensors": self.tensors.to_json(),
+            "optimizer": self.optimizer.to_json(),
+            "values": self.values.to_json() if self.values is not None else None,
+        }
+
+
+def compare(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> Comparison:
+    """Compare two checkpoints from their pickles only (no tensor bytes are read)."""
+    side_a, side_b = open_side(a), open_side(b)
+    return Comparison(
+        side_a,
+        side_b,
+        field_deltas(side_a.meta, side_b.meta),
+        diff_mappings(side_a.meta.args or {}, side_b.meta.args or {}),
+        diff_mappings(_top_level(side_a.ckpt.root), _top_level(side_b.ckpt.root)),
+        inventory_diff(side_a, side_b),
+        optimizer_diff(side_a.meta, side_b.meta),
+    )
+
+
+def open_side(target: str | os.PathLike[str]) -> Side:
+    """Read one side safely. Any problem is bad input (exit 2): exit 1 means "different"."""
+    try:
+        path = resolve_target(str(target)).path
+        ckpt = read_checkpoint(path)
+    except BadInputError:
+        raise
+    except CkptctlError as exc:
+        status = getattr(exc, "status", None)
+        raise BadInputError(f"{target}: {status + ': ' if status else ''}{exc}") from None
+    return Side(path, ckpt, summarize(ckpt))
+
+
+def _top_level(root: Any) -> dict[str, Any]:
+    return {str(k): v for k, v in root.items()} if isinstance(root, dict) else {"<root>": root}
+
+
+def field_deltas(a: Metadata, b: Metadata) -> list[FieldDelta]:
+    deltas = []
+    for name in FIELDS:
+        va, vb = getattr(a, name), getattr(b, name)
+        deltas.append(FieldDelta(name, va, vb, _delta(va, vb)))
+    return deltas
+
+
+def _delta(a: Any, b: Any) -> float | int | None:
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return (b - a).total_seconds()
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return b - a
+    return None
+
+
+def diff_mappings(a: dict[str, Any], b: dict[str, Any]) -> KeyDiff:
+    """Key-by-key diff of two inert mappings (tensors compare by dtype and shape here)."""
+    diff = KeyDiff()
+    for key in a:
+        if key not in b:
+            diff.only_a[key] = a[key]
+        elif not _same(a[key], b[key]):
+            diff.changed[key] = (a[key], b[key])
+    diff.only_b = {k: v for k, v in b.items() if k not in a}
+    return diff
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of inert values: NaN equals NaN, tensors by dtype/shape, numpy arrays by bytes."""
+    if isinstance(a, TensorRef) or isinstance(b, TensorRef):
+        return isinstance(a, TensorRef) and isinstance(b, TensorRef) and (a.dtype, a.shape) == (b.dtype, b.shape)
+    if isinstance(a, NumpyArray) or isinstance(b, NumpyArray):
+        return isinstance(a, NumpyArray) and isinstance(b, NumpyArray) and (a.dtype, a.shape, a.raw) == (b.dtype, b.shape, b.raw)
+    if isinstance(a, Namespace) and isinstance(b, Namespace):
+        return _same(a.attrs, b.attrs)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def inventory_diff(a: Side, b: Side) -> InventoryDiff:
+    tensors_a, tensors_b = dict(a.ckpt.tensors()), dict(b.ckpt.tensors())
+    changed, bytes_differ = {}, []
+    bytes_compared = _has_crcs(a.ckpt) and _has_crcs(b.ckpt)
+    for name, ta in tensors_a.items():
+        tb = tensors_b.get(name)
+        if tb is None:
+            continue
+        if (ta.dtype, ta.shape) != (tb.dtype, tb.shape):
+            changed[name] = (ta, tb)
+        elif bytes_compared and not _same_bytes(a.ckpt, ta, b.ckpt, tb):
+            bytes_differ.append(name)
+    return InventoryDiff(
+        len(tensors_a), len(tensors_b), _parameters(a.meta), _parameters(b.meta),
+        {n: t for n, t in tensors_a.items() if n not in tensors_b},
+        {n: t for n, t in tensors_b.items() if n not in tensors_a},
+        changed, bytes_differ, bytes_compared,
+    )  # fmt: skip
+
+
+def _has_crcs(ckpt: CheckpointFile) -> bool:
+    return ckpt.container is not None and ckpt.container.has_checksums
+
+
+def _same_bytes(ckpt_a: CheckpointFile, ta: TensorRef, ckpt_b: CheckpointFile, tb: TensorRef) -> bool:
+    """Same storage bytes (by size and stored CRC-32) and the same view into them."""
+    span_a, span_b = ckpt_a.spans[ta.storage.key], ckpt_b.spans[tb.storage.key]
+    return (span_a.size, span_a.crc32, ta.offset, ta.stride) == (span_b.size, span_b.crc32, tb.offset, tb.stride)
+
+
+def _parameters(meta: Metadata) -> int:
+    return (meta.model or meta.all_tensors).parameter_count
+
+
+def optimizer_diff(a: Metadata, b: Metadata) -> OptimizerDiff:
+    groups_a = a.optimizer.param_groups if a.optimizer else []
+    groups_b = b.optimizer.param_groups if b.optimizer else []
+    changed = []
+    for index, (ga, gb) in enumerate(zip(groups_a, groups_b)):
+        for key in dict.fromkeys([*ga, *gb]):
+            if not _same(ga.get(key), gb.get(key)):
+                changed.append((index, key, ga.get(key), gb.get(key)))
+    return OptimizerDiff(
+        a.optimizer.type if a.optimizer else None, b.optimizer.type if b.optimizer else None,
+        len(groups_a), len(groups_b), changed,
+    )  # fmt: skip
+
+
+def compare_values(
+    comparison: Comparison,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    progress: Progress | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> ValuesDiff:
+    """Load both files (already accepted by the safe reader) and compare every shared tensor."""
+    if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
+        raise BadInputError("--atol and --rtol must be finite and >= 0")
+    in_b = dict(comparison.b.ckpt.tensors())
+    wanted = [n for n, _ in comparison.a.ckpt.tensors() if n in in_b and n not in comparison.tensors.changed]
+    result = ValuesDiff(atol, rtol, [], {n: "dtype or shape differs" for n in comparison.tensors.changed})
+    loaded_a, loaded_b = _LoadedFile(comparison.a), _LoadedFile(comparison.b)
+    total = sum(in_b[n].nbytes for n in wanted)
+    done = 0
+    for name in wanted:
+        ta, tb = loaded_a.tensors.get(name), loaded_b.tensors.get(name)
+        if ta is None or tb is None:
+            result.not_compared[name] = "not found in torch.load's result"
+            continue
+        try:
+            result.tensors.append(tensor_values(name, ta, tb, atol, rtol, chunk_elements))
+        except (RuntimeError, TypeError) as exc:  # dtypes torch cannot widen (quantized, ...)
+            result.not_compared[name] = f"cannot compare {ta.dtype}: {_first_line(exc)}"
+        loaded_a.release(ta)
+        loaded_b.release(tb)
+        done += in_b[name].nbytes
+        if progress is not None:
+            progress(done, total, name)
+    result.notes += loaded_a.notes + loaded_b.notes
+    comparison.values = result
+    return result
+
+
+class _LoadedFile:
+    """One side loaded by ``torch.load(weights_only=True)``, memory-mapped when the format allows.
+
+    Pages of a mapped file that have been compared are handed back to the kernel (``madvise``
+    ``MADV_DONTNEED``; they are re-read from the file if touched again), so resident memory does not
+    grow to the file's size. Only ranges inside this file's own mapping (found by device and inode
+    in ``/proc/self/maps``) are ever released, and only when torch did not byte-swap the storages.
+    """
+
+    def __init__(self, side: Side):
+        import torch
+
+        self.notes: list[str] = []
+        self.mmap = side.ckpt.format == "zip"
+        if not self.mmap:
+            self.notes.append(f"{side.path.name}: legacy format, loaded into memory (torch cannot memory-map it)")
+        self.root = _torch_load(side.path, self.mmap)
+        self.tensors = dict(iter_tensors(self.root, torch.is_tensor))
+        self.ranges = _mapped_ranges(side.path) if self.mmap and _native_byteorder(side.ckpt) else []
+
+    def release(self, tensor: Any) -> None:
+        if not self.ranges:
+            return
+        storage = tensor.untyped_storage()
+        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        for low, high in self.ranges:
+            if low <= start and end <= high:
+                page = mmap_module.PAGESIZE
+                first, last = max(low, start - start % page), min(high, -(-end // page) * page)
+                _madvise_dontneed(first, last - first)
+                return
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    """``torch.load`` with weights_only and the layout's scoped allowlist; the safe reader ran first."""
+    import torch
+
+    from .rng import safe_globals
+
+    try:
+        with safe_globals():
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # weights_only refusals and damage surface as many exception types
+        raise BadInputError(f"{path}: torch.load(weights_only=True) failed: {_first_line(exc)}") from None
+
+
+def _native_byteorder(ckpt: CheckpointFile) -> bool:
+    """torch byte-swaps (writes into) storages of a foreign-endian file; never release those pages."""
+    record = ckpt.container.records.get("byteorder") if ckpt.container else None
+    if record is None:
+        return sys.byteorder == "little"
+    with open(ckpt.path, "rb") as fh:
+        return read_record(fh, record, limit=16).decode("ascii", "replace").strip() == sys.byteorder
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges mapping ``path`` into this process (Linux ``/proc/self/maps``); [] elsewhere."""
+    try:
+        info = os.stat(path)
+        with open("/proc/self/maps") as maps:
+            lines = maps.readlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5 or ":" not in parts[3]:
+            continue
+        major, minor = (int(x, 16) for x in parts[3].split(":"))
+        if int(parts[4]) == info.st_ino and os.makedev(major, minor) == info.st_dev:
+            low, high = (int(x, 16) for x in parts[0].split("-"))
+            ranges.append((low, high))
+    return ranges
+
+
+def _madvise_dontneed(address: int, length: int) -> None:
+    libc = _libc()
+    if libc is not None and length > 0:
+        libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), MADV_DONTNEED)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def tensor_values(name: str, a: Any, b: Any, atol: float, rtol: float, chunk: int = CHUNK_ELEMENTS) -> TensorValues:
+    """max |Δ|, relative L2 change and equality of two same-shape tensors, chunk by chunk.
+
+    Every chunk is widened to float64 (complex128 for complex), so temporaries stay a few times
+    ``chunk`` elements whatever the tensor's size. NaN equals NaN; ``atol = rtol = 0`` is exact.
+    """
+    import torch
+
+    result = TensorValues(name, str(a.dtype).removeprefix("torch."), tuple(a.shape))
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    wide = torch.complex128 if (a.is_complex() or b.is_complex()) else torch.float64
+    exact_ints = a.dtype == b.dtype and not (a.is_floating_point() or a.is_complex()) and atol == rtol == 0
+    for start in range(0, flat_a.numel(), chunk):
+        xa, xb = flat_a[start : start + chunk], flat_b[start : start + chunk]
+        x, y = xa.to(wide), xb.to(wide)
+        same = (x == y) | (torch.isnan(x) & torch.isnan(y))
+        diff = torch.where(same, 0.0, (x - y).abs())
+        if result.equal:
+            close = torch.equal(xa, xb) if exact_ints else bool(torch.isclose(x, y, rtol, atol, equal_nan=True).all())
+            result.equal = close
+        result.max_abs = _nan_max(result.max_abs, float(diff.max()))
+        result.sq_diff += float(diff.square().sum())
+        result.sq_a += float(x.abs().square().sum())
+    result.rel_l2 = _rel(result.sq_diff, result.sq_a)
+    return result
+
+
+def _nan_max(current: float, new: float) -> float:
+    if math.isnan(current) or math.isnan(new):
+        return math.nan
+    return max(current, new)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _tensor_json(name: str | None, t: TensorRef) -> dict[str, Any]:
+    doc = {"dtype": t.dtype, "shape": list(t.shape)}
+    return {"name": name, **doc} if name is not None else doc
+
+
+def _rel(sq_diff: float, sq_a: float) -> float:
+    if sq_diff == 0:
+        return 0.0
+    return math.sqrt(sq_diff / sq_a) if sq_a > 0 else math.inf
+
+
+def _sortable(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+def _num(x: Any) -> Any:
+    """JSON has no NaN/Infinity: non-finite floats as strings."""
+    return str(x) if isinstance(x, float) and not math.isfinite(x) else x
