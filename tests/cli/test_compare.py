@@ -1,0 +1,95 @@
+"""ckptctl compare: exit 0 equal, 1 different, 2 bad input; one JSON document with --json."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from ckptctl.cli.app import app
+from tests.factories import make_state, write_checkpoint, write_hostile_checkpoint
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["compare", *args])
+
+
+def test_same_file_is_equal_at_both_levels(ckpt_dir):
+    path = str(ckpt_dir / "latest.pt")
+    for extra in ([], ["--values"]):
+        result = invoke(path, path, *extra)
+        assert result.exit_code == 0, result.stderr
+        assert "storage bytes identical" in result.stdout
+        assert result.stdout.rstrip().endswith(f"result: equal at the {'values' if extra else 'metadata'} level")
+
+
+def test_one_changed_element_is_named_with_values(tmp_path):
+    state = make_state()
+    a = write_checkpoint(tmp_path / "a.pt", state)
+    state["model"]["0.weight"][3, 4] = 42.0
+    b = write_checkpoint(tmp_path / "b.pt", state)
+    result = invoke(str(a), str(b), "--values")
+    assert result.exit_code == 1
+    assert "values (atol=0, rtol=0): 1 of 17 tensors differ" in result.stdout
+    table = result.stdout.split("most changed tensors", 1)[1].splitlines()
+    assert table[2].split()[0] == "model.0.weight"
+    doc = json.loads(invoke(str(a), str(b), "--values", "--json").stdout)
+    assert doc["equal"] is False and doc["level"] == "values"
+    assert [t["name"] for t in doc["values"]["tensors"] if not t["equal"]] == ["model.0.weight"]
+    assert doc["values"]["most_changed"][0]["layer"] == "model.0"
+    assert doc["tensors"]["bytes_differ"] == ["model.0.weight"]
+
+
+def test_tolerance_makes_it_equal(tmp_path):
+    state = make_state()
+    a = write_checkpoint(tmp_path / "a.pt", state)
+    state["model"]["0.bias"][0] += 1e-6
+    b = write_checkpoint(tmp_path / "b.pt", state)
+    assert invoke(str(a), str(b), "--values", "--atol", "1e-5").exit_code == 0
+    assert invoke(str(a), str(b), "--values").exit_code == 1
+    assert invoke(str(a), str(b)).exit_code == 1  # bytes differ (CRC-32) at the metadata level
+
+
+def test_backup_json_document(ckpt_dir):
+    result = invoke(str(ckpt_dir / "latest.pt"), str(ckpt_dir / "latest_backup.pt"), "--json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert set(doc) >= {"a", "b", "level", "equal", "fields", "args", "keys", "tensors", "optimizer", "values"}
+    step = next(f for f in doc["fields"] if f["field"] == "step")
+    assert (step["a"], step["b"], step["delta"], step["equal"]) == (300, 200, -100, False)
+    assert doc["a"]["step"] == 300 and doc["b"]["path"].endswith("latest_backup.pt")
+
+
+def test_plain_report_sections(ckpt_dir):
+    result = invoke(str(ckpt_dir / "latest.pt"), str(ckpt_dir / "epoch_00000.pt"))
+    assert result.exit_code == 1
+    out = result.stdout
+    for fragment in ("metadata", "step             300", "args: same", "top-level keys: changed: step",
+                     "tensors: 17 in A, 17 in B", "optimizer: AdamW -> AdamW", "result: different at the metadata level"):  # fmt: skip
+        assert fragment in out
+
+
+def test_different_models_list_shape_changes(tmp_path):
+    a = write_checkpoint(tmp_path / "a.pt", make_state(hidden=16))
+    b = write_checkpoint(tmp_path / "b.pt", make_state(hidden=4))
+    result = invoke(str(a), str(b), "--values")
+    assert result.exit_code == 1
+    assert "model.0.weight" in result.stdout and "float32 [16, 8]" in result.stdout and "float32 [4, 8]" in result.stdout
+    assert "not compared: model.0.weight: dtype or shape differs" in result.stdout
+
+
+def test_hostile_file_exit_2_without_running_it(tmp_path, ckpt_dir):
+    marker = tmp_path / "pwned"
+    evil = write_hostile_checkpoint(tmp_path / "evil.pt", marker)
+    for extra in ([], ["--values"], ["--json"]):
+        result = invoke(str(ckpt_dir / "latest.pt"), str(evil), *extra)
+        assert result.exit_code == 2
+        assert result.stdout == "" and result.stderr.count("\n") == 1 and "unsafe" in result.stderr
+    assert not marker.exists()
+
+
+def test_bad_input_exit_2(tmp_path, ckpt_dir):
+    assert invoke(str(tmp_path / "missing.pt"), str(ckpt_dir / "latest.pt")).exit_code == 2
+    assert invoke(str(ckpt_dir / "latest.pt"), str(ckpt_dir / "latest.pt"), "--atol", "-1").exit_code == 2
