@@ -392,7 +392,8 @@ def compare_values(
             result.not_compared[name] = "not found in torch.load's result"
             continue
         try:
-            result.tensors.append(tensor_values(name, ta, tb, atol, rtol, chunk_elements))
+            done_with = lambda xa, xb: (loaded_a.release(xa), loaded_b.release(xb))  # noqa: E731
+            result.tensors.append(tensor_values(name, ta, tb, atol, rtol, chunk_elements, done_with))
         except (RuntimeError, TypeError) as exc:  # dtypes torch cannot widen (quantized, ...)
             result.not_compared[name] = f"cannot compare {ta.dtype}: {_first_line(exc)}"
         loaded_a.release(ta)
@@ -426,10 +427,14 @@ class _LoadedFile:
         self.ranges = _mapped_ranges(side.path) if self.mmap and _native_byteorder(side.ckpt) else []
 
     def release(self, tensor: Any) -> None:
+        """Drop the mapped pages under ``tensor`` (a whole tensor or a chunk view of one)."""
         if not self.ranges:
             return
-        storage = tensor.untyped_storage()
-        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        if tensor.is_contiguous():
+            start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
+        else:
+            storage = tensor.untyped_storage()
+            start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
         for low, high in self.ranges:
             if low <= start and end <= high:
                 page = mmap_module.PAGESIZE
@@ -496,11 +501,15 @@ def _libc() -> Any:
         return None
 
 
-def tensor_values(name: str, a: Any, b: Any, atol: float, rtol: float, chunk: int = CHUNK_ELEMENTS) -> TensorValues:
+def tensor_values(
+    name: str, a: Any, b: Any, atol: float, rtol: float, chunk: int = CHUNK_ELEMENTS,
+    done_with: Callable[[Any, Any], Any] | None = None,
+) -> TensorValues:  # fmt: skip
     """max |Δ|, relative L2 change and equality of two same-shape tensors, chunk by chunk.
 
     Every chunk is widened to float64 (complex128 for complex), so temporaries stay a few times
-    ``chunk`` elements whatever the tensor's size. NaN equals NaN; ``atol = rtol = 0`` is exact.
+    ``chunk`` elements whatever the tensor's size; ``done_with(chunk_a, chunk_b)`` lets the caller
+    drop each chunk's mapped pages. NaN equals NaN; ``atol = rtol = 0`` is exact.
     """
     import torch
 
@@ -519,6 +528,8 @@ def tensor_values(name: str, a: Any, b: Any, atol: float, rtol: float, chunk: in
         result.max_abs = _nan_max(result.max_abs, float(diff.max()))
         result.sq_diff += float(diff.square().sum())
         result.sq_a += float(x.abs().square().sum())
+        if done_with is not None:
+            done_with(xa, xb)
     result.rel_l2 = _rel(result.sq_diff, result.sq_a)
     return result
 
