@@ -11,11 +11,14 @@ the caller refuses the file. Neither torch nor numpy is imported.
 from __future__ import annotations
 
 import collections
+import copyreg
 import datetime
 import io
 import math
 import pathlib
 import pickle
+import pickletools
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,25 +54,99 @@ FLOAT_DTYPES = frozenset(
 )
 
 
-@dataclass(frozen=True)
+class Misuse(pickle.UnpicklingError):
+    """An allowlisted global called in a way torch never does: deliberate, so reported as unsafe.
+
+    ``global_name`` is filled in by :class:`_Allowed` with the name the pickle used.
+    """
+
+    global_name: str = "?"
+
+
+class _Sealed(type):
+    """Metaclass of the classes a pickle can name. Once sealed they are read-only.
+
+    Pickle's BUILD opcode sets attributes on whatever object is on the stack, including a class
+    that ``find_class`` returned. Without sealing, one hostile file could change how every later
+    file in the same process is read (``list`` reads a whole directory in one process).
+    """
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        if cls.__dict__.get("_sealed"):
+            raise AttributeError(f"{cls.__name__} is read-only")
+        super().__setattr__(name, value)
+
+    def __delattr__(cls, name: str) -> None:
+        if cls.__dict__.get("_sealed"):
+            raise AttributeError(f"{cls.__name__} is read-only")
+        super().__delattr__(name)
+
+
+def _seal(*classes: type) -> None:
+    for cls in classes:
+        type.__setattr__(cls, "_sealed", True)
+
+
+class _Allowed:
+    """An allowlisted function as a pickle sees it: read-only, and misuse is named.
+
+    Plain functions have writable ``__defaults__``/``__dict__`` that a pickle's BUILD could patch
+    for later files; this wrapper has no ``__dict__`` and refuses ``setattr``.
+    """
+
+    __slots__ = ("name", "fn")
+
+    def __init__(self, name: str, fn: Callable[..., Any]):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "fn", fn)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("read-only")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("read-only")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.fn(*args, **kwargs)
+        except Misuse as exc:
+            if exc.global_name == "?":
+                exc.global_name = self.name
+            raise
+
+    def __repr__(self) -> str:
+        return f"<allowed {self.name}>"
+
+
+def _read_only_setstate(self: Any, state: Any) -> None:
+    """``__setstate__`` of the shared allowlist instances: a pickle's BUILD must not change them.
+
+    (dataclass's own ``__setstate__`` for frozen slotted classes would bypass ``frozen``.)
+    """
+    raise pickle.UnpicklingError(f"{type(self).__name__} objects are read-only")
+
+
+@dataclass(frozen=True, slots=True)
 class DtypeRef:
     """A torch dtype named in the pickle (``torch.float32``), kept as its name."""
 
     name: str
+    __setstate__ = _read_only_setstate
 
     @property
     def itemsize(self) -> int:
         return DTYPE_ITEMSIZE[self.name]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageType:
     """A storage class named in the pickle (``torch.FloatStorage``); fixes the dtype of its storages."""
 
     dtype: str
+    __setstate__ = _read_only_setstate
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StorageRef:
     """A storage the pickle points at; its bytes live in record ``data/<key>`` (or the legacy stream)."""
 
@@ -108,7 +185,7 @@ class TensorRef:
 
 
 @dataclass
-class NumpyArray:
+class NumpyArray(metaclass=_Sealed):
     """An inert numpy array: dtype string, shape and raw bytes (e.g. the numpy RNG state)."""
 
     dtype: str = "?"
@@ -120,7 +197,7 @@ class NumpyArray:
 
 
 @dataclass
-class NumpyDtype:
+class NumpyDtype(metaclass=_Sealed):
     """An inert numpy dtype description (``numpy.dtype('u4')``)."""
 
     descr: str = "?"
@@ -130,7 +207,7 @@ class NumpyDtype:
         self.state = state
 
 
-class Namespace:
+class Namespace(metaclass=_Sealed):
     """An inert ``argparse.Namespace``: its attributes as a dict (nothing from argparse is imported).
 
     Not a dataclass: pickle's NEWOBJ creates it with ``__new__`` alone, so ``attrs`` is created
@@ -160,7 +237,7 @@ class Namespace:
         return f"Namespace({self.attrs!r})"
 
 
-class _Refused:
+class _Refused(metaclass=_Sealed):
     """Stand-in for a refused global: accepts anything, does nothing, so scanning can go on."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -232,16 +309,18 @@ def rebuild_parameter(data: Any, requires_grad: Any = True, hooks: Any = None, *
     return data
 
 
+@dataclass(frozen=True, slots=True)
 class TensorType:
     """Stand-in for ``torch.Tensor`` / ``torch.nn.Parameter`` when used as a type argument."""
 
-    def __init__(self, parameter: bool):
-        self.parameter = parameter
+    parameter: bool
+    __setstate__ = _read_only_setstate
 
 
 def rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> TensorRef:
-    if func not in (rebuild_tensor_v2, rebuild_tensor_v3, rebuild_parameter) or not isinstance(new_type, TensorType):
-        raise pickle.UnpicklingError("malformed tensor subclass reconstruction")
+    rebuilders = (rebuild_tensor_v2, rebuild_tensor_v3, rebuild_parameter)
+    if not (isinstance(func, _Allowed) and func.fn in rebuilders) or not isinstance(new_type, TensorType):
+        raise Misuse("only torch's tensor rebuilders with torch.Tensor or Parameter")
     if not isinstance(args, tuple):
         raise pickle.UnpicklingError("malformed tensor arguments")
     tensor = func(*args)
@@ -253,13 +332,13 @@ def rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None)
 def codecs_encode(text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
     """Protocol-2 pickles spell ``bytes`` as ``_codecs.encode(str, 'latin1')``; allow exactly that."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
-        raise pickle.UnpicklingError("unexpected use of _codecs.encode")
+        raise Misuse(f"encoding {encoding!r} of a {type(text).__name__}; only str to latin1/utf-8 is allowed")
     return text.encode(encoding)
 
 
 def numpy_reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> NumpyArray:
     if cls is not NumpyArray:
-        raise pickle.UnpicklingError("unexpected numpy reconstruction")
+        raise Misuse("only numpy.ndarray may be reconstructed")
     return NumpyArray()
 
 
@@ -289,7 +368,7 @@ def numpy_scalar(dtype: Any, raw: Any = b"") -> NumpyArray:
 def copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     """Protocol 0/1 spelling of ``cls.__new__(cls)``; only for our inert classes."""
     if cls is not Namespace or base is not object:
-        raise pickle.UnpicklingError("unexpected copyreg reconstruction")
+        raise Misuse("only argparse.Namespace may be reconstructed")
     return Namespace()
 
 
@@ -344,6 +423,8 @@ ALLOWED: dict[str, Any] = {
 ALLOWED.update({f"torch.{name}": StorageType(dtype) for name, dtype in STORAGE_DTYPE.items()})
 ALLOWED.update({f"torch.{name}": DtypeRef(name) for name in DTYPE_ITEMSIZE})
 ALLOWED.update({f"torch.{alias}": DtypeRef(name) for alias, name in DTYPE_ALIASES.items()})
+ALLOWED.update({name: _Allowed(name, fn) for name, fn in ALLOWED.items() if isinstance(fn, types.FunctionType)})
+_seal(NumpyArray, NumpyDtype, Namespace, _Refused)
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -351,9 +432,19 @@ class SafeUnpickler(pickle.Unpickler):
 
     def __init__(self, file: io.BufferedIOBase, storage_hook: Callable[[StorageRef], None] | None = None):
         super().__init__(file, encoding="latin1")
+        self._file = file
         self.refused: list[str] = []
         self._storage_hook = storage_hook
         self.storages: dict[str, StorageRef] = {}
+
+    def load(self) -> Any:
+        """Refuse extension-code globals before loading (see :func:`extension_globals`)."""
+        if copyreg._inverted_registry:  # type: ignore[attr-defined]
+            names = extension_globals(self._file)
+            if names:
+                self.refused.extend(names)
+                raise Misuse("extension opcodes")
+        return super().load()
 
     def find_class(self, module: str, name: str) -> Any:
         full = f"{module}.{name}"
@@ -385,6 +476,27 @@ class SafeUnpickler(pickle.Unpickler):
         return ref
 
 
+def extension_globals(file: Any) -> list[str]:
+    """Globals a pickle names through EXT1/EXT2/EXT4 opcodes (the ``copyreg`` extension registry).
+
+    The C unpickler resolves an extension code from a process-wide cache *before* calling
+    ``find_class``, so once anything in the process has loaded that code, ``find_class`` never sees
+    it. Only relevant when some library registered extensions, so only scanned then; ``file`` is
+    left where it was.
+    """
+    start = file.tell()
+    names: list[str] = []
+    try:
+        for opcode, arg, _pos in pickletools.genops(file):
+            if opcode.name in ("EXT1", "EXT2", "EXT4"):
+                pair = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
+                names.append(".".join(pair) if pair else f"extension code {arg}")
+    except Exception:  # malformed stream: the real load reports it
+        pass
+    file.seek(start)
+    return names
+
+
 def safe_loads(data: bytes) -> tuple[Any, dict[str, StorageRef]]:
     """Unpickle ``data`` into inert objects. Raises UnsafeCheckpoint or UnreadableCheckpoint."""
     unpickler = SafeUnpickler(io.BytesIO(data))
@@ -396,6 +508,10 @@ def run_unpickler(unpickler: SafeUnpickler) -> Any:
     """Load one pickle with ``unpickler``, mapping every failure to a checkpoint verdict."""
     try:
         obj = unpickler.load()
+    except Misuse as exc:
+        names = [*unpickler.refused, exc.global_name] if exc.global_name != "?" else unpickler.refused
+        reason = None if unpickler.refused else f"misuses {exc.global_name}: {exc}"
+        raise UnsafeCheckpoint(names, reason=reason) from None
     except RecursionError:
         raise UnreadableCheckpoint("pickle nests too deeply") from None
     except MemoryError:

@@ -1,0 +1,233 @@
+"""Builders of hostile checkpoints: pickles that run code when loaded unsafely, and damaged files.
+
+Every "live" payload, unpickled by the standard ``pickle`` module, creates ``marker`` (a test in
+test_unpickler proves it), so a reader that refuses it is shown not to execute it when ``marker``
+is still absent afterwards. Pickles are assembled opcode by opcode (no ``__reduce__`` classes), so
+each one uses exactly the opcode path it is named for: GLOBAL, STACK_GLOBAL, INST, OBJ, EXT1, ...
+"""
+
+from __future__ import annotations
+
+import copyreg
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+EXT_CODE = 0xF1  # an extension code no library registers
+SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+
+
+def _str(text: str) -> bytes:
+    """A protocol-2 safe string push (BINUNICODE)."""
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _global(module: str, name: str) -> bytes:
+    """Protocol 0-2 GLOBAL opcode."""
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _stack_global(module: str, name: str) -> bytes:
+    """Protocol 4 STACK_GLOBAL: module and name come from the stack."""
+    return _str(module) + _str(name) + b"\x93"
+
+
+def _call(func: bytes, *args: bytes) -> bytes:
+    """``func(*args)`` through REDUCE."""
+    return func + b"(" + b"".join(args) + b"tR"
+
+
+def _touch(marker: Path) -> str:
+    return f"touch '{marker}'"
+
+
+def _wrap(body: bytes, proto: int = 2) -> bytes:
+    """A dict ``{"step": 1, "model": <body>}``: looks like a checkpoint until ``model`` is built."""
+    return bytes([0x80, proto]) + b"}(" + _str("step") + b"K\x01" + _str("model") + body + b"u."
+
+
+def system_global(marker: Path) -> bytes:
+    return _wrap(_call(_global("os", "system"), _str(_touch(marker))))
+
+
+def system_stack_global(marker: Path) -> bytes:
+    return _wrap(_call(_stack_global("os", "system"), _str(_touch(marker))), proto=4)
+
+
+def posix_system(marker: Path) -> bytes:
+    return _wrap(_call(_global("posix", "system"), _str(_touch(marker))))
+
+
+def exec_builtin(marker: Path) -> bytes:
+    return _wrap(_call(_global("builtins", "exec"), _str(f"open({str(marker)!r}, 'w').close()")))
+
+
+def eval_builtin(marker: Path) -> bytes:
+    return _wrap(_call(_stack_global("builtins", "eval"), _str(f"open({str(marker)!r}, 'w').close()")), proto=4)
+
+
+def subprocess_popen(marker: Path) -> bytes:
+    argv = b"(" + _str("touch") + _str(str(marker)) + b"l"  # a list ['touch', marker]
+    return _wrap(_call(_global("subprocess", "Popen"), argv))
+
+
+def import_module_chain(marker: Path) -> bytes:
+    """getattr(importlib.import_module('os'), 'system')('touch marker')."""
+    module = _call(_global("importlib", "import_module"), _str("os"))
+    system = _call(_global("builtins", "getattr"), module, _str("system"))
+    return _wrap(system + b"(" + _str(_touch(marker)) + b"tR")
+
+
+def protocol0_inst(marker: Path) -> bytes:
+    """Protocol 0 INST: ``(S'cmd'\\nios\\nsystem\\n`` instantiates os.system with the marked args."""
+    return b"(dS'model'\n(S'" + _touch(marker).encode() + b"'\nios\nsystem\ns."
+
+
+def protocol0_obj(marker: Path) -> bytes:
+    """Protocol 1 OBJ: MARK, class, args, ``o``."""
+    return b"(dS'model'\n(" + _global("os", "system") + b"S'" + _touch(marker).encode() + b"'\nos."
+
+
+def reduce_through_allowed(marker: Path) -> bytes:
+    """An allowed callable (torch's _rebuild_from_type_v2) asked to call os.system for us."""
+    func = _global("torch._tensor", "_rebuild_from_type_v2")
+    args = _global("os", "system") + _global("torch", "Tensor") + b"(" + _str(_touch(marker)) + b"t" + b"N"
+    return _wrap(func + b"(" + args + b"tR")
+
+
+def numpy_hostile_class(marker: Path) -> bytes:
+    """numpy's _reconstruct with a 'class' that is os.system's result (built before the call)."""
+    cls = _call(_global("os", "system"), _str(_touch(marker)))
+    return _wrap(_call(_global("numpy.core.multiarray", "_reconstruct"), cls, b"(K\x00t", _str("b")))
+
+
+def codecs_nested(marker: Path) -> bytes:
+    """_codecs.encode (allowed for bytes) whose text argument is os.system's result."""
+    inner = _call(_global("os", "system"), _str(_touch(marker)))
+    return _wrap(_call(_global("_codecs", "encode"), inner, _str("latin1")))
+
+
+def persistent_storage_type(marker: Path) -> bytes:
+    """A torch storage persistent id whose 'storage type' is os.system('touch marker')."""
+    storage_type = _call(_global("os", "system"), _str(_touch(marker)))
+    pid = b"(" + _str("storage") + storage_type + _str("0") + _str("cpu") + b"K\x04t"
+    return _wrap(pid + b"Q")
+
+
+def ext_opcode(marker: Path) -> bytes:
+    """EXT1: a global named by an extension code (see :func:`registered_extension`)."""
+    return _wrap(b"\x82" + bytes([EXT_CODE]) + b"(" + _str(_touch(marker)) + b"tR")
+
+
+class registered_extension:
+    """Register ``os.system`` as extension code EXT_CODE (as a careless library could), then undo."""
+
+    def __enter__(self) -> None:
+        copyreg.add_extension("os", "system", EXT_CODE)
+
+    def __exit__(self, *exc: object) -> None:
+        copyreg.remove_extension("os", "system", EXT_CODE)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A hostile pickle builder and the global name a safe reader must report."""
+
+    name: str
+    build: Callable[[Path], bytes]
+    reported: str
+
+
+PAYLOADS: tuple[Payload, ...] = (
+    Payload("global-os.system", system_global, "os.system"),
+    Payload("stack-global-os.system", system_stack_global, "os.system"),
+    Payload("posix.system", posix_system, "posix.system"),
+    Payload("builtins.exec", exec_builtin, "builtins.exec"),
+    Payload("builtins.eval", eval_builtin, "builtins.eval"),
+    Payload("subprocess.Popen", subprocess_popen, "subprocess.Popen"),
+    Payload("importlib.import_module", import_module_chain, "importlib.import_module"),
+    Payload("protocol0-INST", protocol0_inst, "os.system"),
+    Payload("protocol1-OBJ", protocol0_obj, "os.system"),
+    Payload("reduce-through-allowed", reduce_through_allowed, "os.system"),
+    Payload("numpy-reconstruct", numpy_hostile_class, "os.system"),
+    Payload("codecs-nested", codecs_nested, "os.system"),
+    Payload("persistent-id", persistent_storage_type, "os.system"),
+)
+
+# Not executable without help, but hostile: misuse of allowed globals, reported by the allowed name.
+MISUSES: dict[str, tuple[bytes, str]] = {
+    "codecs-zlib": (_wrap(_call(_global("_codecs", "encode"), _str("x" * 64), _str("zlib_codec"))), "_codecs.encode"),
+    "codecs-rot13": (_wrap(_call(_global("_codecs", "encode"), _str("x"), _str("rot13"))), "_codecs.encode"),
+    "numpy-allowed-class": (
+        _wrap(_call(_global("numpy.core.multiarray", "_reconstruct"), _global("argparse", "Namespace"),
+                    b"(K\x00t", _str("b"))),  # fmt: skip
+        "numpy.core.multiarray._reconstruct",
+    ),
+    "copyreg-other-class": (
+        _wrap(_call(_global("copyreg", "_reconstructor"), _global("collections", "OrderedDict"),
+                    _global("builtins", "object"), b"N")),  # fmt: skip
+        "copyreg._reconstructor",
+    ),
+}
+
+
+def torch_zip(path: Path, data_pkl: bytes, records: dict[str, bytes] | None = None, prefix: str = "archive") -> Path:
+    """A torch-style zip (stored records under one prefix) holding ``data_pkl`` as data.pkl."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{prefix}/data.pkl", data_pkl)
+        zf.writestr(f"{prefix}/byteorder", "little")
+        for key, data in (records or {}).items():
+            zf.writestr(f"{prefix}/data/{key}", data)
+        zf.writestr(f"{prefix}/version", "3\n")
+    return path
+
+
+def legacy_file(path: Path, object_pickle: bytes, keys: list[str] | None = None) -> Path:
+    """A pre-1.6 torch file (magic, protocol, sys_info, the object pickle, storage keys)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [pickle.dumps(LEGACY_MAGIC, 2), pickle.dumps(1001, 2), pickle.dumps(SYS_INFO, 2), object_pickle,
+             pickle.dumps(keys or [], 2)]  # fmt: skip
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def legacy_hostile_magic(path: Path, marker: Path) -> Path:
+    """A legacy file whose very first pickle (where the magic number belongs) is hostile."""
+    path.write_bytes(system_global(marker) + pickle.dumps(1001, 2))
+    return path
+
+
+def flip_byte_in_pickle(path: Path, offset_in_pickle: int = 10) -> Path:
+    """Flip one byte inside data.pkl of a real torch zip (found through the zip's own directory)."""
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("/data.pkl"))
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + offset_in_pickle] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def drop_data_pkl(source: Path, target: Path) -> Path:
+    """A copy of a real torch zip without its data.pkl record."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            if not info.filename.endswith("/data.pkl"):
+                dst.writestr(info, src.read(info))
+    return target
+
+
+def two_prefixes(source: Path, target: Path) -> Path:
+    """A copy of a real torch zip with one extra record under a second top-level folder."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("other/data.pkl", pickle.dumps({"step": 9}, 2))
+    return target
