@@ -161,21 +161,23 @@ class CheckpointManager:
         if not self.master_process:
             return None
         payload = self._payload(state, "regular", epoch=epoch)
-        with self._lock(), self._stage(format_name(Kind.EPOCH, epoch=epoch), payload) as staged:
-            path = staged.commit()
-        self._after_save(path, copies=0)
-        return path
+        return self._save_single(format_name(Kind.EPOCH, epoch=epoch), payload, retention=False)
 
     def save_emergency(self, state: Mapping[str, Any], step: int) -> Path | None:
         """emergency_step_N_<time>.pt, with its own retention: never touches latest or rolling files."""
         if not self.master_process:
             return None
         payload = self._payload(state, "emergency", step=step)
-        name = format_name(Kind.EMERGENCY, step=step, timestamp=datetime.now())
+        path = self._save_single(format_name(Kind.EMERGENCY, step=step, timestamp=datetime.now()), payload, retention=True)
+        log.warning("emergency checkpoint saved: %s", path)
+        return path
+
+    def _save_single(self, name: str, payload: dict[str, Any], retention: bool) -> Path:
+        """A save that writes one file and updates nothing else."""
         with self._lock(), self._stage(name, payload) as staged:
             path = staged.commit()
-            self._apply_retention()
-        log.warning("emergency checkpoint saved: %s", path)
+            if retention:
+                self._apply_retention()
         self._after_save(path, copies=0)
         return path
 

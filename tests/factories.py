@@ -89,3 +89,42 @@ def write_hostile_checkpoint(path: Path, marker: Path) -> Path:
         zf.writestr("archive/byteorder", "little")
         zf.writestr("archive/version", "3\n")
     return path
+
+
+def flip_byte_in_largest_record(path: Path) -> None:
+    """Simulate bit rot: invert one byte in the middle of the file's largest zip record (a tensor)."""
+    from ckptctl.container import open_container
+
+    with open(path, "rb") as fh:
+        record = max(open_container(path, fh).records.values(), key=lambda r: r.size)
+    offset = record.data_offset + record.size // 2
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        value = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([value ^ 0xFF]))
+
+
+class DiskFullFile:
+    """Wraps a file opened for writing; fails like a full disk (ENOSPC from write) after ``limit`` bytes."""
+
+    def __init__(self, fh: Any, limit: int):
+        self._fh, self._limit, self._written = fh, limit, 0
+
+    def write(self, data: bytes) -> int:
+        import errno
+        import os
+
+        if self._written + len(data) > self._limit:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._written += len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> "DiskFullFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()

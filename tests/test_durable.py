@@ -6,37 +6,20 @@ import errno
 import os
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from ckptctl import durable
 from ckptctl.errors import SaveError, UnreadableCheckpoint
 from ckptctl.reader import read_checkpoint
-from tests.factories import make_state, write_checkpoint
+from tests.factories import DiskFullFile, flip_byte_in_largest_record, make_state, write_checkpoint
 
 
 def _torch_writer(state):
     import torch
 
     return lambda fh: torch.save(state, fh)
-
-
-def _record_offset(path, min_size=1000):
-    """Byte offset inside the first large tensor record (local headers carry torch's alignment padding)."""
-    from ckptctl.container import open_container
-
-    with open(path, "rb") as fh:
-        container = open_container(path, fh)
-    record = next(r for r in container.records.values() if r.key.startswith("data/") and r.size >= min_size)
-    return record.data_offset + record.size // 2
-
-
-def _flip_byte(path, offset):
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        value = fh.read(1)[0]
-        fh.seek(offset)
-        fh.write(bytes([value ^ 0xFF]))
 
 
 def _temp_files(directory):
@@ -67,8 +50,8 @@ def test_temp_names_are_partial_and_unique(tmp_path):
 
 def test_verify_crc_detects_a_flipped_bit(tmp_path):
     path = write_checkpoint(tmp_path / "a.pt", step=3, hidden=256)
-    _flip_byte(path, _record_offset(path))
-    with pytest.raises(UnreadableCheckpoint, match="CRC-32 mismatch in record data/"):
+    flip_byte_in_largest_record(path)
+    with pytest.raises(UnreadableCheckpoint, match="CRC-32 mismatch in record "):
         durable.verify_crc(path)
 
 
@@ -97,8 +80,7 @@ def test_verification_failure_never_becomes_visible(tmp_path):
 
         torch.save(make_state(step=2, hidden=256), fh)
         fh.flush()
-        name = fh.name if isinstance(fh.name, str) else f"/proc/self/fd/{fh.fileno()}"
-        _flip_byte(name, _record_offset(name))
+        flip_byte_in_largest_record(Path(f"/proc/self/fd/{fh.fileno()}"))
 
     with pytest.raises(SaveError, match="verification failed: CRC-32 mismatch"):
         durable.write_atomic(tmp_path, "latest.pt", corrupting_writer)
@@ -106,32 +88,10 @@ def test_verification_failure_never_becomes_visible(tmp_path):
     assert _temp_files(tmp_path) == []
 
 
-class _DiskFullFile:
-    """A file wrapper that fails like a full disk after ``limit`` bytes (what write(2) says: ENOSPC)."""
-
-    def __init__(self, fh, limit):
-        self._fh, self._limit, self._written = fh, limit, 0
-
-    def write(self, data):
-        if self._written + len(data) > self._limit:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._written += len(data)
-        return self._fh.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._fh.close()
-
-
 def test_disk_full_raises_a_clear_error_and_removes_the_temp(tmp_path, monkeypatch):
     durable.write_atomic(tmp_path, "latest.pt", _torch_writer(make_state(step=1)))
     real_open = durable._open_temp
-    monkeypatch.setattr(durable, "_open_temp", lambda path: _DiskFullFile(real_open(path), 4096))
+    monkeypatch.setattr(durable, "_open_temp", lambda path: DiskFullFile(real_open(path), 4096))
     with pytest.raises(SaveError, match="disk full") as info:
         durable.write_atomic(tmp_path, "latest.pt", _torch_writer(make_state(step=2, hidden=512)))
     assert info.value.errno == errno.ENOSPC
@@ -202,32 +162,24 @@ def test_a_copy_protects_against_bit_rot_a_link_does_not(tmp_path):
     src = write_checkpoint(tmp_path / "best_model.pt", step=1, hidden=256)
     durable.link_or_copy(src, tmp_path / "linked.pt", "link")
     durable.link_or_copy(src, tmp_path / "copied.pt", "copy")
-    _flip_byte(src, _record_offset(src))
+    flip_byte_in_largest_record(src)
     with pytest.raises(UnreadableCheckpoint):
         durable.verify_crc(tmp_path / "linked.pt")
     assert durable.verify_crc(tmp_path / "copied.pt") > 0
 
 
-def test_link_falls_back_to_copy_when_links_are_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode, refused", [("link", "link"), ("copy", "sendfile"), ("reflink", "ioctl")])
+def test_falls_back_to_a_plain_copy_when_the_file_system_refuses(tmp_path, monkeypatch, mode, refused):
+    """No hard links (FAT, some network mounts), no sendfile, no FICLONE (ext4): still a correct copy."""
     src = write_checkpoint(tmp_path / "a.pt", step=1)
 
-    def no_links(a, b):
-        raise OSError(errno.EPERM, "hard links not supported")
+    def not_supported(*args):
+        raise OSError(errno.EPERM if refused == "link" else errno.EOPNOTSUPP, f"{refused} not supported here")
 
-    monkeypatch.setattr(durable.os, "link", no_links)
-    assert durable.link_or_copy(src, tmp_path / "b.pt", "link") == "copy"
+    monkeypatch.setattr(durable.fcntl if refused == "ioctl" else durable.os, refused, not_supported)
+    assert durable.link_or_copy(src, tmp_path / "b.pt", mode) == "copy"
     assert (tmp_path / "b.pt").read_bytes() == src.read_bytes()
-
-
-def test_copy_falls_back_to_a_streamed_copy(tmp_path, monkeypatch):
-    src = write_checkpoint(tmp_path / "a.pt", step=1)
-
-    def no_sendfile(*args):
-        raise OSError(errno.EINVAL, "sendfile not supported here")
-
-    monkeypatch.setattr(durable.os, "sendfile", no_sendfile)
-    assert durable.link_or_copy(src, tmp_path / "b.pt", "copy") == "copy"
-    assert (tmp_path / "b.pt").read_bytes() == src.read_bytes()
+    assert os.stat(src).st_ino != os.stat(tmp_path / "b.pt").st_ino
 
 
 def test_link_or_copy_failure_keeps_destination(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from ckptctl.errors import LockedError, NoCheckpointError, SaveError, Unreadable
 from ckptctl.locking import DirectoryLock  # noqa: E402
 from ckptctl.manager import CheckpointManager, build_state, load_file  # noqa: E402
 from ckptctl.reader import read_checkpoint  # noqa: E402
-from tests.factories import make_state, write_checkpoint  # noqa: E402
+from tests.factories import DiskFullFile, flip_byte_in_largest_record, make_state, write_checkpoint  # noqa: E402
 
 
 def _step(path):
@@ -30,19 +30,6 @@ def _names(directory):
 
 def _inode(path):
     return os.stat(path).st_ino
-
-
-def _corrupt(path):
-    """Flip a byte in the middle of the file's largest tensor record (bit rot)."""
-    from ckptctl.container import open_container
-
-    with open(path, "rb") as fh:
-        record = max(open_container(path, fh).records.values(), key=lambda r: r.size)
-    with open(path, "r+b") as fh:
-        fh.seek(record.data_offset + record.size // 2)
-        value = fh.read(1)[0]
-        fh.seek(record.data_offset + record.size // 2)
-        fh.write(bytes([value ^ 0xFF]))
 
 
 # ------------------------------------------------------------------------------------- rolling
@@ -83,7 +70,7 @@ def test_copy_mode_backups_are_independent_files(tmp_path):
     mgr.save_best(make_state(step=1, hidden=128), step=1, val_loss=0.5)
     assert _inode(tmp_path / "rolling_last_backup.pt") != _inode(tmp_path / "rolling_step_000001.pt")
     assert _inode(tmp_path / "best_model_backup.pt") != _inode(tmp_path / "best_model.pt")
-    _corrupt(tmp_path / "best_model.pt")
+    flip_byte_in_largest_record(tmp_path / "best_model.pt")
     assert durable.verify_crc(tmp_path / "best_model_backup.pt") > 0  # the copy survives bit rot
 
 
@@ -197,27 +184,8 @@ def test_disk_full_mid_save_leaves_everything_intact(tmp_path, monkeypatch):
         mgr.save(make_state(step=step), step=step)
     before = {name: (tmp_path / name).read_bytes() for name in _names(tmp_path)}
 
-    class Full:
-        def __init__(self, fh):
-            self.fh, self.written = fh, 0
-
-        def write(self, data):
-            if self.written + len(data) > 2048:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self.written += len(data)
-            return self.fh.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
     real_open = durable._open_temp
-    monkeypatch.setattr(durable, "_open_temp", lambda path: Full(real_open(path)))
+    monkeypatch.setattr(durable, "_open_temp", lambda path: DiskFullFile(real_open(path), 2048))
     with pytest.raises(SaveError, match="disk full") as info:
         mgr.save(make_state(step=4), step=4)
     assert "rolling_step_000004.pt" in str(info.value)
@@ -318,7 +286,7 @@ def test_corrupted_latest_falls_back_and_says_so(tmp_path, caplog):
     mgr = CheckpointManager(tmp_path, backup_mode="copy")
     for step in (1, 2, 3):
         mgr.save(make_state(step=step, hidden=64), step=step)
-    _corrupt(tmp_path / "latest.pt")  # also rolling_step_3 (same inode); the copy is independent
+    flip_byte_in_largest_record(tmp_path / "latest.pt")  # also rolling_step_3 (same inode); the copy is independent
     with caplog.at_level(logging.WARNING, "ckptctl.manager"):
         state = mgr.load("latest")
     assert state["step"] == 2 and mgr.loaded_path == tmp_path / "latest_backup.pt"
@@ -332,7 +300,7 @@ def test_fallback_chain_reaches_rolling_files_and_skips_hard_links(tmp_path, cap
         mgr.save(make_state(step=step, hidden=64), step=step)
     mgr.save_emergency(make_state(step=4, hidden=64), step=4)
     for name in ("latest.pt", "latest_backup.pt"):
-        _corrupt(tmp_path / name)  # latest.pt = rolling 3 = rolling_last_backup; latest_backup = rolling 2
+        flip_byte_in_largest_record(tmp_path / name)  # latest.pt = rolling 3 = rolling_last_backup; latest_backup = rolling 2
     with caplog.at_level(logging.WARNING, "ckptctl.manager"):
         state = mgr.load("latest")
     assert state["step"] == 4  # the newest valid rolling or emergency checkpoint, by step
@@ -349,7 +317,7 @@ def test_best_falls_back_to_backup_then_previous(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, "ckptctl.manager"):
         assert mgr.load("best")["step"] == 2
     assert "best_model.pt unusable (missing); falling back to best_model_backup.pt" in caplog.text
-    _corrupt(tmp_path / "best_model_backup.pt")
+    flip_byte_in_largest_record(tmp_path / "best_model_backup.pt")
     assert mgr.load("best")["step"] == 1
 
 
