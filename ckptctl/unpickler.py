@@ -336,6 +336,15 @@ def codecs_encode(text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
     return text.encode(encoding)
 
 
+def bytes_(*args: Any) -> bytes:
+    """Protocols 0-2 spell ``b""`` as ``bytes()``; allow that (and a bytes copy), never ``bytes(n)``."""
+    if args == ():
+        return b""
+    if len(args) == 1 and isinstance(args[0], bytes):
+        return args[0]
+    raise Misuse("only bytes() or bytes(b'...') is allowed")
+
+
 def numpy_reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> NumpyArray:
     if cls is not NumpyArray:
         raise Misuse("only numpy.ndarray may be reconstructed")
@@ -388,6 +397,10 @@ ALLOWED: dict[str, Any] = {
     "__builtin__.set": set,
     "__builtin__.frozenset": frozenset,
     "__builtin__.object": object,
+    "__builtin__.complex": complex,
+    "__builtin__.slice": slice,
+    "__builtin__.bytes": bytes_,
+    "builtins.bytes": bytes_,
     "_codecs.encode": codecs_encode,
     "copy_reg._reconstructor": copyreg_reconstructor,
     "copyreg._reconstructor": copyreg_reconstructor,
