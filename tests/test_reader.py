@@ -1,0 +1,269 @@
+"""read_checkpoint on real torch.save files (zip, legacy, CRC off) and on damaged files."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from ckptctl.errors import UnreadableCheckpoint, UnsafeCheckpoint
+from ckptctl.reader import read_checkpoint
+from tests import hostile
+from tests.factories import make_state, write_checkpoint
+
+
+def _torch_inventory(path):
+    """(name, dtype, shape) of every tensor, as torch itself loads them, in the reader's naming."""
+    import torch
+
+    from ckptctl.reader import iter_tensors
+
+    loaded = torch.load(path, map_location="cpu", weights_only=False)
+    return [(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in iter_tensors(loaded, torch.is_tensor)]
+
+
+def _our_inventory(ckpt):
+    return [(n, t.dtype, t.shape) for n, t in ckpt.tensors()]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The seed's full dict in every format worth reading, written once for the module."""
+    import torch
+
+    d = tmp_path_factory.mktemp("reader")
+    state = make_state(step=1234, epoch=7, namespace_args=True)
+    out = {"zip": write_checkpoint(d / "zip.pt", state)}
+    torch.save(state, d / "legacy.pt", _use_new_zipfile_serialization=False)
+    out["legacy"] = d / "legacy.pt"
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(state, d / "nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    out["nocrc"] = d / "nocrc.pt"
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "nocrc"])
+def test_tensor_inventory_matches_torch(files, fmt):
+    ckpt = read_checkpoint(files[fmt])
+    assert ckpt.format == ("legacy" if fmt == "legacy" else "zip")
+    assert _our_inventory(ckpt) == _torch_inventory(files[fmt])
+    assert ckpt.size_bytes == os.path.getsize(files[fmt])
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "nocrc"])
+def test_spans_locate_the_storage_bytes(files, fmt):
+    """A span's bytes are exactly the storage torch loads (little-endian, as written here)."""
+    import torch
+
+    ckpt = read_checkpoint(files[fmt])
+    loaded = torch.load(files[fmt], map_location="cpu", weights_only=False)
+    weight = loaded["model"]["0.weight"]
+    ref = ckpt.root["model"]["0.weight"]
+    span = ckpt.spans[ref.storage.key]
+    with open(files[fmt], "rb") as fh:
+        fh.seek(span.offset)
+        raw = fh.read(span.size)
+    assert weight.untyped_storage().nbytes() == span.size
+    assert raw == weight.detach().numpy().tobytes()
+    assert (span.crc32 is None) == (fmt == "legacy")
+
+
+def test_crc_off_and_legacy_are_noted(files):
+    assert read_checkpoint(files["zip"]).container.has_checksums
+    assert not read_checkpoint(files["nocrc"]).container.has_checksums
+    assert read_checkpoint(files["legacy"]).container is None
+    assert any("no checksums" in n for n in read_checkpoint(files["legacy"]).notes)
+
+
+def test_plain_data_matches_torch(files):
+    import torch
+
+    ckpt = read_checkpoint(files["zip"])
+    loaded = torch.load(files["zip"], weights_only=False)
+    for key in ("step", "epoch", "train_loss", "val_loss", "timestamp", "checkpoint_type", "dataloader_state"):
+        assert ckpt.root[key] == loaded[key]
+    assert ckpt.root["args"].attrs == vars(loaded["args"])
+    assert ckpt.root["rng_state"]["python"] == loaded["rng_state"]["python"]
+    assert ckpt.root["optimizer"]["param_groups"] == loaded["optimizer"]["param_groups"]
+
+
+def test_many_dtypes_tied_weights_and_views(tmp_path):
+    import torch
+
+    shared = torch.randn(6, 4)
+    state = {
+        "a": shared, "b": shared, "view": shared[2:4], "t": shared.t(),
+        "f16": torch.ones(3, dtype=torch.float16), "bf16": torch.ones(5, dtype=torch.bfloat16),
+        "i8": torch.ones(7, dtype=torch.int8), "bool": torch.ones(2, dtype=torch.bool),
+        "f64": torch.ones(2, dtype=torch.float64), "c64": torch.ones(2, dtype=torch.complex64),
+        "param": torch.nn.Parameter(torch.randn(3)), "empty": torch.empty(0, 3), "scalar": torch.tensor(2.0),
+    }  # fmt: skip
+    for name, kwargs in (("new.pt", {}), ("old.pt", {"_use_new_zipfile_serialization": False})):
+        torch.save(state, tmp_path / name, **kwargs)
+        ckpt = read_checkpoint(tmp_path / name)
+        assert _our_inventory(ckpt) == _torch_inventory(tmp_path / name)
+        root = ckpt.root
+        assert root["a"].storage is root["b"].storage is root["view"].storage is root["t"].storage
+        assert root["view"].offset == 8 and root["t"].stride == (1, 4)
+        assert root["param"].is_parameter and not root["a"].is_parameter
+        assert root["scalar"].shape == () and root["scalar"].numel == 1
+        distinct = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()}
+        assert sum(s.nbytes for s in ckpt.storages.values()) == sum(distinct.values())  # each storage once
+
+
+def test_non_dict_roots_are_read(tmp_path):
+    import torch
+
+    torch.save([torch.ones(2), {"x": 1}], tmp_path / "list.pt")
+    ckpt = read_checkpoint(tmp_path / "list.pt")
+    assert [n for n, _ in ckpt.tensors()] == ["0"]
+
+
+# --- damaged files -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("damaged") / "good.pt", make_state(hidden=64))
+
+
+@pytest.mark.parametrize("cut", [1, 4, 30, 100, 1000, -2000, -100, -22, -1])
+def test_truncated_at_several_offsets(tmp_path, good, cut):
+    data = good.read_bytes()
+    path = tmp_path / "cut.pt"
+    path.write_bytes(data[:cut] if cut > 0 else data[: len(data) + cut])
+    with pytest.raises(UnreadableCheckpoint):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.7, 0.95])
+def test_truncated_legacy(tmp_path, cut):
+    import torch
+
+    path = tmp_path / "old.pt"
+    torch.save(make_state(hidden=64), path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(UnreadableCheckpoint):
+        read_checkpoint(path)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.pt").write_bytes(b"")
+    with pytest.raises(UnreadableCheckpoint, match="empty file"):
+        read_checkpoint(tmp_path / "e.pt")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_bytes(tmp_path, seed):
+    rng = random.Random(seed)
+    path = tmp_path / "r.pt"
+    path.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 5000))))
+    with pytest.raises(UnreadableCheckpoint):
+        read_checkpoint(path)
+
+
+def test_random_bytes_after_zip_magic(tmp_path):
+    path = tmp_path / "r.pt"
+    path.write_bytes(b"PK\x03\x04" + random.Random(1).randbytes(4000))
+    with pytest.raises(UnreadableCheckpoint, match="not a zip|truncated"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("offset", [2, 10, 40, 120, 400])
+def test_flipped_byte_in_data_pkl(tmp_path, good, offset):
+    """A flipped byte is either caught (unreadable/unsafe) or reads without executing anything."""
+    path = tmp_path / "flip.pt"
+    path.write_bytes(good.read_bytes())
+    hostile.flip_byte_in_pickle(path, offset)
+    try:
+        ckpt = read_checkpoint(path)
+    except (UnreadableCheckpoint, UnsafeCheckpoint) as exc:
+        assert exc.reason
+    else:  # a flip inside a string value can leave a valid pickle: still inert data
+        assert isinstance(ckpt.root, dict)
+
+
+def test_flipped_opcode_is_caught(tmp_path, good):
+    path = tmp_path / "flip.pt"
+    path.write_bytes(good.read_bytes())
+    hostile.flip_byte_in_pickle(path, 0)  # the PROTO opcode
+    with pytest.raises(UnreadableCheckpoint, match="corrupt pickle"):
+        read_checkpoint(path)
+
+
+def test_missing_data_pkl_and_two_prefixes(tmp_path, good):
+    with pytest.raises(UnreadableCheckpoint, match="data.pkl"):
+        read_checkpoint(hostile.drop_data_pkl(good, tmp_path / "a.pt"))
+    with pytest.raises(UnreadableCheckpoint, match="top-level folder"):
+        read_checkpoint(hostile.two_prefixes(good, tmp_path / "b.pt"))
+
+
+def test_storage_size_cross_checked_against_records(tmp_path):
+    """The pickle's storage of 4 floats (16 bytes) against a record of 12 bytes, then none at all."""
+    pkl = hostile._wrap(
+        hostile._global("torch._utils", "_rebuild_tensor_v2")
+        + b"((" + hostile._str("storage") + hostile._global("torch", "FloatStorage") + hostile._str("0")
+        + hostile._str("cpu") + b"K\x04tQK\x00(K\x04t(K\x01t\x89N)tR"
+    )  # fmt: skip
+    with pytest.raises(UnreadableCheckpoint, match="holds 12 bytes, the pickle expects 16"):
+        read_checkpoint(hostile.torch_zip(tmp_path / "short.pt", pkl, {"0": b"\x00" * 12}))
+    with pytest.raises(UnreadableCheckpoint, match="missing record data/0"):
+        read_checkpoint(hostile.torch_zip(tmp_path / "none.pt", pkl))
+
+
+def test_directory_and_missing_paths(tmp_path):
+    with pytest.raises(UnreadableCheckpoint, match="is a directory"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(UnreadableCheckpoint, match="cannot open"):
+        read_checkpoint(tmp_path / "absent.pt")
+
+
+def test_text_file_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(UnreadableCheckpoint, match="unknown file format"):
+        read_checkpoint(tmp_path / "notes.pt")
+
+
+def test_plain_pickle_is_not_a_legacy_checkpoint(tmp_path):
+    import pickle
+
+    (tmp_path / "p.pt").write_bytes(pickle.dumps({"step": 1}, 2))
+    with pytest.raises(UnreadableCheckpoint, match="magic"):
+        read_checkpoint(tmp_path / "p.pt")
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", hostile.PAYLOADS, ids=lambda p: p.name)
+@pytest.mark.parametrize("container", ["zip", "legacy"])
+def test_hostile_file_refused_without_running(tmp_path, payload, container):
+    marker = tmp_path / "pwned"
+    data = payload.build(marker)
+    path = hostile.torch_zip(tmp_path / "h.pt", data) if container == "zip" else hostile.legacy_file(tmp_path / "h.pt", data)
+    with pytest.raises(UnsafeCheckpoint) as info:
+        read_checkpoint(path)
+    assert payload.reported in info.value.globals
+    assert not marker.exists()
+
+
+def test_hostile_legacy_magic_position(tmp_path):
+    marker = tmp_path / "pwned"
+    with pytest.raises(UnsafeCheckpoint, match="os.system"):
+        read_checkpoint(hostile.legacy_hostile_magic(tmp_path / "h.pt", marker))
+    assert not marker.exists()
+
+
+def test_suspicious_container_is_unsafe(tmp_path):
+    import zipfile
+
+    path = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    with pytest.raises(UnsafeCheckpoint, match="suspicious container"):
+        read_checkpoint(path)
