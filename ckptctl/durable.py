@@ -28,7 +28,7 @@ import fcntl
 import mmap
 import os
 import secrets
-import time
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Callable, NoReturn
@@ -37,6 +37,7 @@ from . import naming
 from .catalog import scan
 from .container import open_container, sniff_format
 from .errors import CheckpointError, SaveError, UnreadableCheckpoint
+from .retention import stale_temps
 
 try:  # ISA-L's CRC-32 is ~4x faster than zlib's; same polynomial, same results.
     from isal.isal_zlib import crc32 as _crc32
@@ -278,14 +279,12 @@ def clean_stale_temp(directory: str | os.PathLike[str], older_than: float = 3600
     file exists, so under the lock any temp file belongs to a writer that died.
     """
     removed: list[Path] = []
-    now = time.time()
-    for entry in scan(directory):
-        if entry.kind is naming.Kind.PARTIAL and now - entry.mtime >= older_than:
-            try:
-                os.unlink(entry.path)
-                removed.append(entry.path)
-            except FileNotFoundError:
-                continue
+    for entry in stale_temps(scan(directory), timedelta(seconds=older_than)):
+        try:
+            os.unlink(entry.path)
+            removed.append(entry.path)
+        except FileNotFoundError:
+            continue
     return removed
 
 

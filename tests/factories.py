@@ -128,3 +128,18 @@ class DiskFullFile:
 
     def __exit__(self, *exc: object) -> None:
         self._fh.close()
+
+
+def touch_files(directory: Path, names: list[str], size: int = 0, mtime: float | None = None) -> list[Path]:
+    """Files with the given names and ``size`` zero bytes, for code that must read names and stat only."""
+    import os
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        path = directory / name
+        path.write_bytes(b"\0" * size)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+        paths.append(path)
+    return paths
