@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..listing import Listing, Row, list_checkpoints
-from ..naming import GROUP_OF
+from ..listing import SORT_KEYS, Listing, Row, list_checkpoints
+from ..naming import GROUP_OF, Kind
 from . import render
 from .options import DirArg, JsonOpt
 from .output import handle_errors, out_console, plain_table, print_json, stdout_is_terminal
@@ -19,14 +19,32 @@ GROUP_TITLES = {
 HEADERS = ("name", "step", "epoch", "val_loss", "size", "saved", "status")
 
 
+def _complete_kind(incomplete: str) -> list[str]:
+    """Shell completion for --kind: the groups first, then the individual kinds."""
+    choices = dict.fromkeys([*GROUP_OF.values(), *(k.value for k in Kind if k is not Kind.PARTIAL)])
+    return [c for c in choices if c.startswith(incomplete)]
+
+
+def _complete_sort(incomplete: str) -> list[str]:
+    return [key for key in SORT_KEYS if key.startswith(incomplete)]
+
+
 @handle_errors
 def list_command(
     directory: DirArg,
     kind: Annotated[
         Optional[list[str]],
-        typer.Option("--kind", "-k", help="Only this kind or group (latest, best, rolling, emergency, epoch, ...); repeatable."),
+        typer.Option(
+            "--kind",
+            "-k",
+            help="Only this kind or group (latest, best, rolling, emergency, epoch, ...); repeatable.",
+            autocompletion=_complete_kind,
+        ),
     ] = None,
-    sort: Annotated[str, typer.Option("--sort", help="Order: kind (grouped), step, name, size, time, val_loss.")] = "kind",
+    sort: Annotated[
+        str,
+        typer.Option("--sort", help="Order: kind (grouped), step, name, size, time, val_loss.", autocompletion=_complete_sort),
+    ] = "kind",
     json_output: JsonOpt = False,
 ) -> None:
     """List the checkpoints in DIR with step, epoch, val_loss, size, age and status."""
