@@ -1,0 +1,66 @@
+"""Startup: --help, list, inspect and shell completion never import torch or numpy (fresh interpreter each)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# Runs the app in-process inside a fresh interpreter, then reports which heavy modules got imported.
+PROBE = """
+import json, os, sys
+from ckptctl.cli.app import app
+try:
+    app(json.loads(sys.argv[1]), prog_name="ckptctl")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+heavy = sorted(m for m in ("torch", "numpy") if m in sys.modules)
+os.write(2, ("\\nPROBE " + json.dumps({"code": code, "heavy": heavy}) + "\\n").encode())
+"""
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> dict:
+    import os
+
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, **(env or {})})  # fmt: skip
+    line = [ln for ln in result.stderr.splitlines() if ln.startswith("PROBE ")][-1]
+    return {**json.loads(line[6:]), "stdout": result.stdout}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list", "--help"], ["inspect", "--help"]], ids=" ".join)
+def test_help_imports_neither_torch_nor_numpy(args):
+    probe = _run(args)
+    assert probe["code"] == 0 and "Usage" in probe["stdout"]
+    assert probe["heavy"] == []
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["plain", "json"])
+def test_list_imports_neither_torch_nor_numpy(ckpt_dir, json_flag):
+    probe = _run(["list", str(ckpt_dir), *json_flag])
+    assert probe["code"] == 0 and "latest.pt" in probe["stdout"]
+    assert probe["heavy"] == []
+
+
+def test_inspect_imports_neither_torch_nor_numpy(ckpt_dir):
+    probe = _run(["inspect", str(ckpt_dir / "latest.pt"), "--tensors"])
+    assert probe["code"] == 0 and "AdamW" in probe["stdout"] and "numpy" in probe["stdout"]  # the RNG state names it
+    assert probe["heavy"] == []
+
+
+def test_completion_imports_neither_torch_nor_numpy():
+    probe = _run([], env={"_CKPTCTL_COMPLETE": "complete_bash", "COMP_WORDS": "ckptctl li", "COMP_CWORD": "1"})
+    assert probe["stdout"].split() == ["list"]
+    assert probe["heavy"] == []
+
+
+def test_the_probe_would_notice_torch():
+    """Guard against a probe that can never fail: importing torch is reported."""
+    result = subprocess.run([sys.executable, "-c", "import torch\n" + PROBE, json.dumps(["--help"])],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    line = [ln for ln in result.stderr.splitlines() if ln.startswith("PROBE ")][-1]
+    assert "torch" in json.loads(line[6:])["heavy"]
