@@ -36,6 +36,8 @@ class Record:
     data_offset: int
     size: int
     crc32: int
+    flags: int = 0  # general-purpose bits; bit 3: CRC and sizes follow the data (a data descriptor)
+    header_mismatches: tuple[str, ...] = ()  # local-header fields that disagree with the central directory
 
 
 @dataclass
@@ -85,6 +87,8 @@ def open_container(path: Path, fh: BinaryIO) -> Container:
         raise UnreadableCheckpoint(f"truncated or not a zip: {_zip_reason(exc)}") from None
     except (OSError, ValueError, EOFError, struct.error) as exc:
         raise UnreadableCheckpoint(f"truncated or not a zip: {exc}") from None
+    except Exception as exc:  # zipfile raises NotImplementedError etc. for damaged version fields
+        raise UnreadableCheckpoint(f"corrupt zip directory: {type(exc).__name__}: {exc}") from None
     if not infos:
         raise UnreadableCheckpoint("empty zip: no records")
     if len(infos) > MAX_RECORDS:
@@ -128,10 +132,12 @@ def _read_local_header(
     fh: BinaryIO, info: zipfile.ZipInfo, key: str, start_dir: int, file_size: int, suspicious: list[str]
 ) -> Record:
     """Find where a record's bytes start; the central directory alone does not say."""
+    if not 0 <= info.header_offset < start_dir:  # zipfile shifts offsets by a damaged end record
+        raise UnreadableCheckpoint(f"record {key}: local header offset {info.header_offset} outside the file's data")
     raw = _pread(fh, info.header_offset, LOCAL_HEADER_SIZE)
     if len(raw) < LOCAL_HEADER_SIZE:
         raise UnreadableCheckpoint(f"truncated: local header of {key} missing")
-    sig, _ver, _flags, _method, _t, _d, _crc, _csize, _usize, name_len, extra_len = LOCAL_HEADER.unpack(raw)
+    sig, ver, flags, method, time, date, crc, csize, usize, name_len, extra_len = LOCAL_HEADER.unpack(raw)
     if sig != ZIP_MAGIC:
         raise UnreadableCheckpoint(f"record {key}: bad local header signature")
     local_name = _pread(fh, info.header_offset + LOCAL_HEADER_SIZE, name_len)
@@ -141,7 +147,94 @@ def _read_local_header(
     end = data_offset + info.compress_size
     if end > start_dir or end > file_size:
         raise UnreadableCheckpoint(f"truncated: record {key} extends past the end of its data")
-    return Record(info.filename, key, info.header_offset, data_offset, info.compress_size, info.CRC)
+    mismatches = _header_mismatches(info, (ver, flags, method, time, date, crc, csize, usize))
+    return Record(info.filename, key, info.header_offset, data_offset, info.compress_size, info.CRC, flags, mismatches)
+
+
+def _header_mismatches(info: zipfile.ZipInfo, local: tuple[int, ...]) -> tuple[str, ...]:
+    """Local-header fields that contradict the central directory: damage ``zipfile`` never notices.
+
+    Only ``validate`` reports these (torch reads names and lengths from the local header, nothing
+    else); they make flipped bytes in headers visible. With bit 3 set the local CRC and sizes are
+    0 by convention (the data descriptor holds them), so only a non-zero, different value counts.
+    """
+    ver, flags, method, time, date, crc, csize, usize = local
+    date_time = ((date >> 9) + 1980, (date >> 5) & 0xF, date & 0x1F, time >> 11, (time >> 5) & 0x3F, (time & 0x1F) * 2)
+    deferred = bool(flags & 0x8)
+    checks = {
+        "version": ver != info.extract_version,
+        "flags": flags != info.flag_bits,
+        "method": method != info.compress_type,
+        "time": date_time != info.date_time,
+        "crc": crc != info.CRC and not (deferred and crc == 0),
+        "sizes": any(
+            value != expected and value != 0xFFFFFFFF and not (deferred and value == 0)
+            for value, expected in ((csize, info.compress_size), (usize, info.file_size))
+        ),
+    }
+    return tuple(name for name, differs in checks.items() if differs)
+
+
+DESCRIPTOR_MAGIC = b"PK\x07\x08"
+
+
+EOCD = struct.Struct("<4sHHHHIIH")  # end of central directory record (22 bytes)
+ZIP64_LOCATOR = struct.Struct("<4sIQI")  # zip64 end of central directory locator (20 bytes)
+ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")  # zip64 end of central directory record (56 bytes)
+
+
+def end_record_problems(fh: BinaryIO, file_size: int) -> list[str]:
+    """Fields of the end record that contradict the zip64 end record torch also writes.
+
+    ``zipfile`` and torch's reader both use the zip64 values and ignore the classic ones, so a
+    flipped byte there changes nothing a reader sees; ``validate`` still reports it as damage.
+    """
+    tail = _pread(fh, max(0, file_size - 65_536 - EOCD.size), 65_536 + EOCD.size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < EOCD.size:
+        return ["end of central directory record missing"]
+    _sig, disk, cd_disk, here, total, cd_size, cd_offset, _comment = EOCD.unpack_from(tail, at)
+    if at < ZIP64_LOCATOR.size or tail[at - ZIP64_LOCATOR.size : at - ZIP64_LOCATOR.size + 4] != b"PK\x06\x07":
+        return []  # no zip64 records: zipfile already used (and checked) the classic values
+    _sig, _disk, z64_offset, _disks = ZIP64_LOCATOR.unpack_from(tail, at - ZIP64_LOCATOR.size)
+    raw = _pread(fh, z64_offset, ZIP64_EOCD.size)
+    if len(raw) < ZIP64_EOCD.size or raw[:4] != b"PK\x06\x06":
+        return ["zip64 end of central directory record missing"]
+    fields = ZIP64_EOCD.unpack(raw)
+    z64_disk, z64_cd_disk, z64_here, z64_total, z64_cd_size, z64_cd_offset = fields[4:10]
+    pairs = {
+        "disk numbers": ((disk, z64_disk, 0xFFFF), (cd_disk, z64_cd_disk, 0xFFFF)),
+        "entry counts": ((here, z64_here, 0xFFFF), (total, z64_total, 0xFFFF)),
+        "directory size": ((cd_size, z64_cd_size, 0xFFFFFFFF),),
+        "directory offset": ((cd_offset, z64_cd_offset, 0xFFFFFFFF),),
+    }
+    return [
+        f"end of central directory record disagrees with the zip64 record ({name})"
+        for name, checks in pairs.items()
+        if any(value != expected and value != sentinel for value, expected, sentinel in checks)
+    ]
+
+
+def data_descriptor_problem(fh: BinaryIO, record: Record) -> str | None:
+    """Check the data descriptor after a record (bit 3) against the central directory's CRC and size.
+
+    torch writes ``PK\\x07\\x08, crc32, size, size`` (64-bit sizes for zip64). The signature is
+    optional in the zip spec; without it the CRC comes first.
+    """
+    if not record.flags & 0x8:
+        return None
+    raw = _pread(fh, record.data_offset + record.size, 24)
+    body = raw[4:] if raw[:4] == DESCRIPTOR_MAGIC else raw
+    if len(body) < 12:
+        return f"record {record.key}: data descriptor missing"
+    crc = int.from_bytes(body[:4], "little")
+    small = int.from_bytes(body[4:8], "little"), int.from_bytes(body[8:12], "little")
+    large = (int.from_bytes(body[4:12], "little"), int.from_bytes(body[12:20], "little")) if len(body) >= 20 else None
+    if crc != record.crc32:
+        return f"record {record.key}: CRC in data descriptor ({crc:08x}) differs from central directory ({record.crc32:08x})"
+    if small != (record.size, record.size) and large != (record.size, record.size):
+        return f"record {record.key}: sizes in data descriptor differ from central directory"
+    return None
 
 
 def _check_overlaps(records: dict[str, Record], suspicious: list[str]) -> None:

@@ -1,0 +1,437 @@
+"""Validate checkpoint files from outside the training process, at three levels, without running code.
+
+- ``quick``: the container's structure and the safe (allowlisted) unpickle of ``data.pkl``, which
+  also cross-checks every storage's byte count against its record.
+- ``default``: also the CRC-32 of every record (``data.pkl``, tensor data, the small records),
+  local headers and data descriptors against the central directory, the layout's required keys,
+  and the step/epoch in the file against the file name.
+- ``deep``: also ``torch.load(weights_only=True, mmap=True)`` and a NaN/Inf scan of every floating
+  tensor. Never reached for a file the safe reader refused, so a hostile pickle never runs.
+
+CRC-32 is streamed with ``os.preadv`` into one reused buffer per worker, so memory stays the same
+for a 10 MB and a 500 MB file. Large records are cut into segments that ``jobs`` threads check in
+parallel (both ``preadv`` and ISA-L's CRC release the GIL) and the parts are joined with
+``crc32_combine``. ISA-L's CRC runs ~4x faster than ``zlib.crc32`` (same polynomial, same values).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable
+
+from .catalog import entry_for_file, scan
+from .container import Container, Record, data_descriptor_problem, end_record_problems, open_container, sniff_format
+from .errors import BadInputError, CheckpointError, UnsafeCheckpoint
+from .metadata import summarize
+from .naming import Kind, ParsedName, parse
+from .reader import CheckpointFile, iter_tensors, read_checkpoint
+
+try:  # ISA-L: ~10 GB/s on one core here, against ~2.3 GB/s for zlib.crc32.
+    from isal.isal_zlib import crc32 as _crc32
+    from isal.isal_zlib import crc32_combine as _crc32_combine
+except ImportError:  # pragma: no cover - isal is optional on some platforms
+    from zlib import crc32 as _crc32
+
+    _crc32_combine = None
+
+QUICK = "quick"
+DEFAULT = "default"
+DEEP = "deep"
+LEVELS = (QUICK, DEFAULT, DEEP)
+
+CHUNK_BYTES = 1 << 20  # one preadv; small enough to stay in the CPU cache for the CRC that follows
+SEGMENT_BYTES = 32 << 20  # the unit of parallel work inside one record
+NAN_SCAN_ELEMENTS = 1 << 22  # elements per NaN/Inf chunk: bounds the temporary boolean tensors
+REQUIRED_KEYS = ("step", "epoch", "model")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+Progress = Callable[[int], None]  # bytes just checked; may be called from worker threads
+
+
+@dataclass
+class FileResult:
+    """The verdict for one file: ``valid`` when nothing in ``problems``; ``notes`` never invalidate."""
+
+    path: Path
+    level: str
+    size_bytes: int = 0
+    format: str | None = None
+    checksums: bool | None = None  # None: not checked (quick level, unreadable container)
+    unsafe: bool = False
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    records_checked: int = 0
+    bytes_checked: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    @property
+    def status(self) -> str:
+        """valid / invalid / unsafe (a refused pickle is reported as its own status)."""
+        if self.unsafe:
+            return "unsafe"
+        return "valid" if self.valid else "invalid"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "valid": self.valid,
+            "status": self.status,
+            "problems": list(self.problems),
+            "notes": list(self.notes),
+            "level": self.level,
+            "format": self.format,
+            "checksums": self.checksums,
+            "size_bytes": self.size_bytes,
+            "records_checked": self.records_checked,
+            "bytes_checked": self.bytes_checked,
+        }
+
+
+@dataclass
+class Report:
+    """Every file's verdict, in the order given (directories in catalog order)."""
+
+    level: str
+    results: list[FileResult]
+    skipped: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def valid(self) -> int:
+        return sum(r.valid for r in self.results)
+
+    @property
+    def invalid(self) -> int:
+        return len(self.results) - self.valid
+
+    @property
+    def bytes_checked(self) -> int:
+        return sum(r.bytes_checked for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "results": [r.to_json() for r in self.results],
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "level": self.level,
+            "skipped": [str(p) for p in self.skipped],
+            "bytes_checked": self.bytes_checked,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# ----------------------------------------------------------------------------------------- targets
+
+
+def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
+    """Files to validate and files skipped. A directory contributes its checkpoint-named files
+    and other files with a checkpoint suffix; partial writes (``*.tmp``) and foreign files are
+    skipped. Missing paths and directories with nothing to check are bad input (exit 2).
+    """
+    targets: list[Path] = []
+    skipped: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            entries = scan(path)
+            chosen = [e.path for e in entries if _worth_checking(e.parsed)]
+            if not chosen:
+                raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
+            targets += chosen
+            skipped += [e.path for e in entries if not _worth_checking(e.parsed)]
+        else:
+            targets.append(entry_for_file(path).path)  # raises BadInputError for missing/unreadable
+    return targets, skipped
+
+
+def _worth_checking(parsed: ParsedName) -> bool:
+    return parsed.is_checkpoint or (parsed.kind is Kind.OTHER and parsed.name.endswith(CHECKPOINT_SUFFIXES))
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def validate_paths(
+    paths: Iterable[str | os.PathLike[str]], level: str = DEFAULT, *, jobs: int = 1, progress: Progress | None = None
+) -> Report:
+    """Validate every file named or contained in ``paths``; see the module docstring for levels."""
+    _check_level(level)
+    started = time.perf_counter()
+    targets, skipped = collect_targets(paths)
+    results = [validate_file(path, level, jobs=jobs, progress=progress) for path in targets]
+    return Report(level, results, skipped, time.perf_counter() - started)
+
+
+def planned_bytes(paths: Iterable[Path], level: str) -> int:
+    """How many bytes a run will read (for a progress bar): the file sizes, except at ``quick``."""
+    if level == QUICK:
+        return 0
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def validate_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: int = 1,
+                  progress: Progress | None = None) -> FileResult:  # fmt: skip
+    """One file's verdict. Never raises for a damaged or hostile file: every finding is a problem."""
+    _check_level(level)
+    result = FileResult(Path(path), level)
+    try:
+        result.size_bytes = result.path.stat().st_size
+    except OSError as exc:
+        result.problems.append(f"cannot open: {exc.strerror or exc}")
+        return result
+    if level != QUICK:
+        _check_container(result, jobs, progress)
+    ckpt = _safe_read(result)
+    if ckpt is None:
+        return result
+    if level == QUICK:
+        return result
+    _check_layout(result, ckpt)
+    if level == DEEP and result.valid:
+        _check_values(result, ckpt)
+    return result
+
+
+def _check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise BadInputError(f"unknown validation level {level!r} (choose from {', '.join(LEVELS)})")
+
+
+def _safe_read(result: FileResult) -> CheckpointFile | None:
+    """The allowlisted unpickle (and storage-size cross-check); its refusal is the verdict."""
+    try:
+        ckpt = read_checkpoint(result.path)
+    except UnsafeCheckpoint as exc:
+        result.unsafe = True
+        _add(result, f"unsafe: {exc.reason}")
+        return None
+    except CheckpointError as exc:
+        _add(result, exc.reason)
+        return None
+    result.format = ckpt.format
+    if ckpt.format == "legacy":
+        result.notes.append("legacy format (before torch 1.6): no checksums to verify")
+    return ckpt
+
+
+def _add(result: FileResult, problem: str) -> None:
+    if problem not in result.problems:
+        result.problems.append(problem)
+
+
+def _check_container(result: FileResult, jobs: int, progress: Progress | None) -> None:
+    """Headers and CRC-32 of every record of a zip checkpoint (nothing to do for legacy files)."""
+    try:
+        with open(result.path, "rb") as fh:
+            if sniff_format(fh) != "zip":
+                return
+            container = open_container(result.path, fh)
+            result.format = "zip"
+            for problem in end_record_problems(fh, container.file_size):
+                _add(result, problem)
+            for record in container.records.values():
+                for problem in _header_problems(fh, record):
+                    _add(result, problem)
+            _check_crcs(result, fh, container, jobs, progress)
+    except CheckpointError as exc:  # the safe reader reports the same structural error next
+        _add(result, exc.reason)
+    except OSError as exc:
+        _add(result, f"read error: {exc.strerror or exc}")
+
+
+def _header_problems(fh: BinaryIO, record: Record) -> list[str]:
+    problems = []
+    if record.header_mismatches:
+        fields = ", ".join(record.header_mismatches)
+        problems.append(f"record {record.key}: local header disagrees with the central directory ({fields})")
+    descriptor = data_descriptor_problem(fh, record)
+    if descriptor:
+        problems.append(descriptor)
+    return problems
+
+
+def _check_crcs(result: FileResult, fh: BinaryIO, container: Container, jobs: int, progress: Progress | None) -> None:
+    result.checksums = container.has_checksums
+    if not container.has_checksums:
+        result.notes.append("no checksums: written with torch's CRC-32 switched off; record data not verified")
+        return
+    records = list(container.records.values())
+    computed = crc_records(fh.fileno(), records, jobs=jobs, progress=progress)
+    for record in records:
+        actual = computed[record.key]
+        if actual is None:
+            _add(result, f"truncated: record {record.key} is short")
+        elif actual != record.crc32:
+            _add(result, f"record {record.key}: CRC mismatch (stored {record.crc32:08x}, computed {actual:08x})")
+    result.records_checked = len(records)
+    result.bytes_checked = sum(r.size for r in records)
+
+
+# --------------------------------------------------------------------------------------- CRC-32
+
+
+@dataclass(frozen=True)
+class _Segment:
+    record: int  # index into the records list
+    part: int
+    offset: int
+    size: int
+
+
+def crc_records(fd: int, records: list[Record], *, jobs: int = 1, progress: Progress | None = None) -> dict[str, int | None]:
+    """CRC-32 of each record's bytes by key (None when the file is shorter than the record).
+
+    ``jobs`` > 1 checks segments of large records in parallel threads, each with its own buffer.
+    """
+    segment = SEGMENT_BYTES if _crc32_combine is not None else None
+    segments = list(_segments(records, segment))
+    parts: dict[tuple[int, int], int | None] = {}
+    workers = max(1, min(jobs, len(segments)))
+    if workers == 1:
+        _crc_worker(fd, iter(segments), threading.Lock(), parts, progress)
+    else:
+        shared = iter(segments)
+        lock = threading.Lock()
+        threads = [threading.Thread(target=_crc_worker, args=(fd, shared, lock, parts, progress), daemon=True)
+                   for _ in range(workers)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return {record.key: _join(parts, index, record) for index, record in enumerate(records)}
+
+
+def _segments(records: list[Record], segment: int | None) -> Iterable[_Segment]:
+    for index, record in enumerate(records):
+        step = segment or max(record.size, 1)
+        for part, start in enumerate(range(0, max(record.size, 1), step)):
+            yield _Segment(index, part, record.data_offset + start, min(step, record.size - start))
+
+
+def _crc_worker(fd: int, segments: Iterable[_Segment], lock: threading.Lock,
+                parts: dict[tuple[int, int], int | None], progress: Progress | None) -> None:  # fmt: skip
+    """Pull segments from the shared iterator until it is empty; one reused buffer per worker."""
+    view = memoryview(bytearray(CHUNK_BYTES))
+    while True:
+        with lock:
+            item = next(segments, None)  # type: ignore[call-overload]
+        if item is None:
+            return
+        parts[(item.record, item.part)] = crc_range(fd, item.offset, item.size, view, progress)
+
+
+def crc_range(fd: int, offset: int, size: int, view: memoryview, progress: Progress | None = None) -> int | None:
+    """CRC-32 of ``size`` bytes at ``offset``, read through ``view``; None if the file ends first."""
+    crc = 0
+    end = offset + size
+    while offset < end:
+        want = min(len(view), end - offset)
+        got = os.preadv(fd, [view[:want]], offset)
+        if got <= 0:
+            return None
+        crc = _crc32(view[:got], crc)
+        offset += got
+        if progress is not None:
+            progress(got)
+    return crc & 0xFFFFFFFF
+
+
+def _join(parts: dict[tuple[int, int], int | None], index: int, record: Record) -> int | None:
+    """Combine the segment CRCs of one record in order (``crc32_combine``)."""
+    crc: int | None = None
+    for part in itertools.count():
+        if (index, part) not in parts:
+            return crc if crc is not None else 0
+        value = parts[(index, part)]
+        if value is None:
+            return None
+        if crc is None:
+            crc = value
+        else:
+            length = min(SEGMENT_BYTES, record.size - part * SEGMENT_BYTES)
+            crc = _crc32_combine(crc, value, length) & 0xFFFFFFFF  # type: ignore[misc]
+    return crc  # pragma: no cover - the loop always returns
+
+
+# ---------------------------------------------------------------------------------- layout checks
+
+
+def _check_layout(result: FileResult, ckpt: CheckpointFile) -> None:
+    """Required keys and step/epoch against the name; only for names of the layout."""
+    parsed = parse(result.name)
+    if not parsed.is_checkpoint:
+        result.notes.append("not a layout name: required keys and name checks skipped")
+        return
+    if not isinstance(ckpt.root, dict):
+        _add(result, f"not a checkpoint dict: the file holds a {type(ckpt.root).__name__}")
+        return
+    for key in REQUIRED_KEYS:
+        if key not in ckpt.root:
+            _add(result, f"missing required key {key!r}")
+    meta = summarize(ckpt)
+    for what, in_name, in_file in (("step", parsed.step, meta.step), ("epoch", parsed.epoch, meta.epoch)):
+        if in_name is not None and what in ckpt.root and in_file != in_name:
+            shown = in_file if in_file is not None else repr(ckpt.root.get(what))
+            _add(result, f"{what} {shown} in file, {in_name} in name")
+
+
+# ---------------------------------------------------------------------------------- deep (values)
+
+
+def _check_values(result: FileResult, ckpt: CheckpointFile) -> None:
+    """``torch.load(weights_only=True)`` (memory-mapped for zip files), then NaN/Inf per tensor."""
+    import torch
+
+    from .rng import safe_globals
+
+    try:
+        with safe_globals():
+            root = torch.load(result.path, map_location="cpu", weights_only=True, mmap=ckpt.format == "zip")
+    except Exception as exc:  # torch reports damage as many exception types
+        _add(result, f"torch.load failed: {_first_line(exc)}")
+        return
+    for name, tensor in iter_tensors(root, torch.is_tensor):
+        nan, inf = count_non_finite(tensor)
+        if nan or inf:
+            _add(result, f"tensor {name}: {nan} NaN, {inf} Inf")
+
+
+def count_non_finite(tensor: Any) -> tuple[int, int]:
+    """(NaN count, ±Inf count) of a floating or complex tensor, in bounded chunks; (0, 0) otherwise."""
+    import torch
+
+    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return 0, 0
+    flat = tensor.detach().reshape(-1)
+    nan = inf = 0
+    for start in range(0, flat.numel(), NAN_SCAN_ELEMENTS):
+        chunk = flat[start : start + NAN_SCAN_ELEMENTS]
+        if chunk.element_size() == 1:  # float8 kinds lack isnan/isinf on CPU
+            chunk = chunk.float()
+        nan += int(torch.isnan(chunk).sum())
+        inf += int(torch.isinf(chunk).sum())
+    return nan, inf
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
