@@ -1,0 +1,117 @@
+"""``ckptctl prune`` as a plan and an execution: gather -> plan -> (confirm) -> execute.
+
+Planning reads names and ``stat`` only (``keep_best_k`` also reads metadata through the safe
+reader) and changes nothing, so ``--dry-run`` is simply "plan, do not execute". Execution takes the
+directory lock shared with a running :class:`~ckptctl.manager.CheckpointManager`, then plans again
+from a fresh scan: a save may have landed between the shown plan and the lock. Only files that
+both plans remove are deleted (never more than the user saw and confirmed, never something the
+policy now keeps), and each is checked to still be the very inode that was planned.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .catalog import Entry, scan
+from .durable import fsync_directory
+from .errors import BadInputError, CheckpointError
+from .locking import DirectoryLock
+from .retention import Policy, RetentionPlan, freed_bytes, plan_retention, refuse_if_removes_everything
+
+# Deleting fails this way when the directory (or the file system) does not let us: bad input, not a finding.
+_NOT_PERMITTED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+@dataclass
+class PrunePlan:
+    """What a prune of ``directory`` under ``policy`` would keep and delete, and why."""
+
+    directory: Path
+    policy: Policy
+    retention: RetentionPlan
+
+    @property
+    def deletions(self) -> list[Entry]:
+        return self.retention.deletions
+
+    @property
+    def freed_bytes(self) -> int:
+        return self.retention.freed_bytes
+
+
+@dataclass
+class PruneResult:
+    """What an execution actually deleted (a subset of the plan's deletions)."""
+
+    removed: list[Entry] = field(default_factory=list)
+    skipped: list[Entry] = field(default_factory=list)  # planned, but gone, replaced, or kept by the fresh plan
+
+    @property
+    def freed_bytes(self) -> int:
+        return freed_bytes(self.removed)
+
+
+def plan_prune(directory: str | os.PathLike[str], policy: Policy, *, now: float | None = None) -> PrunePlan:
+    """Plan without touching anything; BadInputError for a bad directory or a policy that keeps nothing."""
+    path = Path(directory)
+    retention = plan_retention(scan(path), policy, now=now)
+    refuse_if_removes_everything(retention)
+    return PrunePlan(path, policy, retention)
+
+
+def execute(plan: PrunePlan, *, wait: float = 0.0, now: float | None = None) -> PruneResult:
+    """Delete the plan's files under the directory lock (LockedError after ``wait`` seconds).
+
+    A directory that refuses the first deletion (read-only, no permission) raises BadInputError
+    with nothing deleted; a later failure raises CheckpointError naming what was already removed.
+    """
+    result = PruneResult()
+    if not plan.deletions:
+        return result
+    _check_writable(plan.directory)
+    with DirectoryLock(plan.directory, wait=wait):
+        fresh = plan_retention(scan(plan.directory), plan.policy, now=now)
+        still_removed = {(e.name, e.inode) for e in fresh.deletions}
+        for entry in plan.deletions:
+            if (entry.name, entry.inode) in still_removed and _same_file(entry):
+                _unlink(entry, result)
+            else:
+                result.skipped.append(entry)
+        if result.removed:
+            fsync_directory(plan.directory)
+    return result
+
+
+def _check_writable(directory: Path) -> None:
+    """Fail before the lock and before any deletion when the directory cannot be changed at all."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot delete in {directory}: permission denied or read-only directory; nothing was deleted")
+
+
+def _same_file(entry: Entry) -> bool:
+    """The name still refers to the file that was planned (not a new file saved under the same name).
+
+    Inode and mtime together: a freed inode number can be reused at once by the next file created.
+    """
+    try:
+        info = os.stat(entry.path)
+    except FileNotFoundError:
+        return False
+    return (info.st_ino, info.st_mtime) == (entry.inode, entry.mtime)
+
+
+def _unlink(entry: Entry, result: PruneResult) -> None:
+    try:
+        os.unlink(entry.path)
+    except FileNotFoundError:
+        result.skipped.append(entry)
+        return
+    except OSError as exc:
+        if exc.errno in _NOT_PERMITTED and not result.removed:
+            raise BadInputError(f"cannot delete {entry.path}: {exc.strerror or exc}; nothing was deleted") from None
+        done = f"{len(result.removed)} files were deleted before it" if result.removed else "nothing was deleted"
+        raise CheckpointError(f"cannot delete {entry.path}: {exc.strerror or exc}; {done}") from None
+    result.removed.append(entry)
