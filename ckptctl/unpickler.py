@@ -17,7 +17,6 @@ import io
 import math
 import pathlib
 import pickle
-import pickletools
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -497,6 +496,8 @@ def extension_globals(file: Any) -> list[str]:
     it. Only relevant when some library registered extensions, so only scanned then; ``file`` is
     left where it was.
     """
+    import pickletools  # only when extensions are registered: keeps start-up light
+
     start = file.tell()
     names: list[str] = []
     try:
