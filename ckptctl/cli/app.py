@@ -12,6 +12,7 @@ from . import inspect_cmd, list_cmd
 from . import resume_cmd
 from . import compare_cmd
 from . import demo_cmd
+from . import validate_cmd
 
 app = typer.Typer(
     name="ckptctl",
@@ -27,6 +28,7 @@ app.command("inspect")(inspect_cmd.inspect_command)
 app.command("resume-cmd")(resume_cmd.resume_command)
 app.command("compare")(compare_cmd.compare_command)
 app.command("demo")(demo_cmd.demo_command)
+app.command("validate")(validate_cmd.validate_command)
 
 
 def main() -> None:

@@ -1,0 +1,268 @@
+"""Validation levels, the corruption corpus, a bounded bit-flip fuzz, and the CRC streaming itself."""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import pytest
+
+from ckptctl import integrity
+from ckptctl.container import open_container
+from ckptctl.errors import BadInputError
+from ckptctl.integrity import DEEP, DEFAULT, LEVELS, QUICK, count_non_finite, crc_range, crc_records, validate_file, validate_paths
+from tests.corruption import Layout, build_corpus, flip, many_truncations, write_cases
+from tests.factories import make_state, write_checkpoint, write_hostile_checkpoint
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """One real checkpoint written with CRC-32 on, damaged in many ways below (read-only here)."""
+    return write_checkpoint(tmp_path_factory.mktemp("src") / "latest.pt", step=300, epoch=2)
+
+
+@pytest.fixture
+def no_crc_file(tmp_path) -> Path:
+    import torch
+
+    torch.serialization.set_crc32_options(False)
+    try:
+        return write_checkpoint(tmp_path / "latest.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_intact_layout_is_valid_at_every_level(ckpt_dir, level):
+    report = validate_paths([ckpt_dir], level)
+    assert len(report.results) == 12 and report.invalid == 0
+    assert all(r.problems == [] and r.status == "valid" for r in report.results)
+    if level != QUICK:
+        assert all(r.checksums and r.records_checked > 5 for r in report.results)
+        assert report.bytes_checked == sum(r.bytes_checked for r in report.results) > 0
+
+
+def test_quick_level_reads_no_record_bytes(ckpt_dir):
+    result = validate_file(ckpt_dir / "latest.pt", QUICK)
+    assert result.valid and result.bytes_checked == 0 and result.checksums is None
+
+
+def test_every_corpus_case_is_invalid_with_a_specific_reason(source, tmp_path):
+    cases = build_corpus(source)
+    assert len(cases) >= 35
+    wrong = []
+    for case, path in write_cases(cases, tmp_path):
+        result = validate_file(path)
+        if result.valid or not case.matches(result.problems):
+            wrong.append((case.name, result.problems))
+    assert wrong == []
+
+
+def test_flip_in_tensor_data_names_the_record(source, tmp_path):
+    layout = Layout.of(source.read_bytes())
+    key = layout.tensor_keys()[1]
+    _h, offset, size = layout.records[key]
+    path = tmp_path / "latest.pt"
+    path.write_bytes(flip(layout.data, offset + size - 1))
+    result = validate_file(path)
+    assert len(result.problems) == 1
+    assert result.problems[0].startswith(f"record {key}: CRC mismatch (stored ")
+    assert validate_file(path, QUICK).valid  # the quick level does not read tensor bytes: by design
+
+
+def test_truncation_at_many_offsets_is_always_invalid(source, tmp_path):
+    cases = many_truncations(source, 120, seed=3)
+    for case, path in write_cases(cases, tmp_path):
+        result = validate_file(path)
+        assert not result.valid and case.matches(result.problems), (case.name, result.problems)
+
+
+def test_bounded_bit_flip_fuzz(source, tmp_path):
+    """0 false "valid" on flips inside CRC-covered bytes, no exception anywhere (bench/ runs longer)."""
+    data = source.read_bytes()
+    layout = Layout.of(data)
+    covered = [(o, o + s) for _h, o, s in layout.records.values()]
+    rng = random.Random(7)
+    path = tmp_path / "latest.pt"
+    flips_in_covered = 0
+    for _ in range(250):
+        at = rng.randrange(len(data))
+        path.write_bytes(flip(data, at, 1 << rng.randrange(8)))
+        result = validate_file(path)  # must not raise
+        if any(lo <= at < hi for lo, hi in covered):
+            flips_in_covered += 1
+            assert not result.valid, f"flip at {at} reported valid"
+    assert flips_in_covered > 150
+
+
+def test_hostile_file_is_unsafe_and_never_loaded_at_any_level(tmp_path, monkeypatch):
+    import torch
+
+    marker = tmp_path / "executed"
+    path = write_hostile_checkpoint(tmp_path / "latest.pt", marker)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.load must not see a file the safe reader refused")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    for level in LEVELS:
+        result = validate_file(path, level)
+        assert result.status == "unsafe" and not result.valid
+        assert result.problems == ["unsafe: references posix.system"]
+    assert not marker.exists()
+
+
+def test_torch_crc_switched_off_is_reported_as_no_checksums(no_crc_file):
+    with open(no_crc_file, "rb") as fh:
+        container = open_container(no_crc_file, fh)
+    # what torch 2.x writes with set_crc32_options(False): 0 in the central directory for every record
+    assert all(r.crc32 == 0 for r in container.records.values()) and not container.has_checksums
+    result = validate_file(no_crc_file)
+    assert result.valid and result.checksums is False and result.bytes_checked == 0
+    assert any(note.startswith("no checksums") for note in result.notes)
+    assert validate_file(no_crc_file, DEEP).valid
+
+
+def test_legacy_format_is_valid_with_a_note(tmp_path):
+    import torch
+
+    path = tmp_path / "latest.pt"
+    torch.save(make_state(), path, _use_new_zipfile_serialization=False)
+    for level in LEVELS:
+        result = validate_file(path, level)
+        assert result.valid and result.format == "legacy", result.problems
+    assert any("legacy format" in note for note in validate_file(path).notes)
+
+
+def test_step_and_epoch_must_agree_with_the_name(tmp_path):
+    rolling = write_checkpoint(tmp_path / "rolling_step_015500.pt", step=15000)
+    assert validate_file(rolling).problems == ["step 15000 in file, 15500 in name"]
+    assert validate_file(rolling, QUICK).valid  # name checks belong to the default level
+    epoch = write_checkpoint(tmp_path / "epoch_00007.pt", epoch=6)
+    assert validate_file(epoch).problems == ["epoch 6 in file, 7 in name"]
+    emergency = write_checkpoint(tmp_path / "emergency_step_000100_20261101_120000.pt", step=100)
+    assert validate_file(emergency).valid
+
+
+def test_required_keys_and_dict_root(tmp_path):
+    import torch
+
+    state = make_state()
+    del state["model"], state["epoch"]
+    result = validate_file(write_checkpoint(tmp_path / "latest.pt", state))
+    assert result.problems == ["missing required key 'epoch'", "missing required key 'model'"]
+    torch.save([1, 2, 3], tmp_path / "best_model.pt")
+    assert validate_file(tmp_path / "best_model.pt").problems == ["not a checkpoint dict: the file holds a list"]
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "weights.pt")  # not a layout name: no layout checks
+    other = validate_file(tmp_path / "weights.pt")
+    assert other.valid and any("not a layout name" in note for note in other.notes)
+
+
+def test_deep_reports_nan_and_inf_per_tensor(tmp_path):
+    import torch
+
+    state = make_state()
+    state["model"]["0.weight"][0, :3] = float("nan")
+    state["model"]["2.bias"][1] = float("-inf")
+    path = write_checkpoint(tmp_path / "latest.pt", state)
+    assert validate_file(path).valid  # values are not read below --deep
+    result = validate_file(path, DEEP)
+    assert result.problems == ["tensor model.0.weight: 3 NaN, 0 Inf", "tensor model.2.bias: 0 NaN, 1 Inf"]
+    assert torch.isnan(state["model"]["0.weight"]).sum() == 3
+
+
+def test_count_non_finite_in_chunks(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(integrity, "NAN_SCAN_ELEMENTS", 7)
+    values = torch.arange(100, dtype=torch.float32)
+    values[[3, 50, 99]] = float("nan")
+    values[[10, 11]] = float("inf")
+    assert count_non_finite(values) == (3, 2)
+    assert count_non_finite(values.to(torch.bfloat16)) == (3, 2)
+    assert count_non_finite(values.reshape(10, 10).t()) == (3, 2)  # non-contiguous
+    assert count_non_finite(torch.tensor([float("nan")]).to(torch.float8_e4m3fn)) == (1, 0)
+    assert count_non_finite(torch.arange(10)) == (0, 0)  # integers are never scanned
+    assert count_non_finite(torch.tensor([complex(float("nan"), 0)])) == (1, 0)
+
+
+def test_deep_reports_a_failing_torch_load(ckpt_dir, monkeypatch):
+    import torch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PytorchStreamReader failed reading zip archive\nmore detail")
+
+    monkeypatch.setattr(torch, "load", broken)
+    result = validate_file(ckpt_dir / "latest.pt", DEEP)
+    assert result.problems == ["torch.load failed: PytorchStreamReader failed reading zip archive"]
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_crc_segments_and_chunks_combine_to_zlib_values(tmp_path, monkeypatch, jobs):
+    import torch
+
+    monkeypatch.setattr(integrity, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(integrity, "SEGMENT_BYTES", 64)
+    path = write_checkpoint(tmp_path / "latest.pt", {"w": torch.randn(301), "empty": torch.zeros(0), "step": 1})
+    data = path.read_bytes()
+    with open(path, "rb") as fh:
+        records = list(open_container(path, fh).records.values())
+        seen = []
+        computed = crc_records(fh.fileno(), records, jobs=jobs, progress=seen.append)
+    for record in records:
+        expected = zlib.crc32(data[record.data_offset : record.data_offset + record.size])
+        assert computed[record.key] == expected == record.crc32
+    assert sum(seen) == sum(r.size for r in records) and max(seen) <= 7
+
+
+def test_crc_range_reports_a_short_file(tmp_path):
+    path = tmp_path / "short.bin"
+    path.write_bytes(b"x" * 100)
+    with open(path, "rb") as fh:
+        view = memoryview(bytearray(16))
+        assert crc_range(fh.fileno(), 0, 100, view) == zlib.crc32(b"x" * 100)
+        assert crc_range(fh.fileno(), 50, 100, view) is None
+
+
+def test_crc_memory_does_not_grow_with_file_size(tmp_path):
+    """Python allocations during a default-level run: the buffers, not the file (4 MB vs 64 MB)."""
+    import torch
+
+    peaks = []
+    for numel in (1 << 20, 16 << 20):
+        path = write_checkpoint(tmp_path / f"{numel}" / "latest.pt", {"step": 1, "epoch": 0, "model": {"w": torch.ones(numel)}})
+        tracemalloc.start()
+        result = validate_file(path, DEFAULT, jobs=2)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert result.valid and result.bytes_checked >= numel * 4
+    bound = 2 * integrity.CHUNK_BYTES + 256 * 1024  # two workers' buffers plus bookkeeping
+    assert peaks[0] < bound and peaks[1] < bound
+
+
+def test_directory_targets_skip_partial_and_foreign_files(ckpt_dir):
+    (ckpt_dir / "latest.pt.123.abcd.tmp").write_bytes(b"partial")
+    (ckpt_dir / "latest.pt.replaced-20261101_120000").write_bytes(b"old")
+    (ckpt_dir / "notes.txt").write_text("hi")
+    write_checkpoint(ckpt_dir / "exported_weights.pt", {"w": 1})
+    report = validate_paths([ckpt_dir])
+    names = {r.name for r in report.results}
+    assert "exported_weights.pt" in names and len(names) == 13
+    assert {p.name for p in report.skipped} == {"latest.pt.123.abcd.tmp", "latest.pt.replaced-20261101_120000", "notes.txt"}
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(BadInputError, match="no such file"):
+        validate_paths([tmp_path / "missing.pt"])
+    with pytest.raises(BadInputError, match="no checkpoints in"):
+        validate_paths([tmp_path])
+    with pytest.raises(BadInputError, match="unknown validation level"):
+        validate_paths([tmp_path], "paranoid")
+
+
+def test_vanished_file_is_a_problem_not_an_exception(tmp_path):
+    """A file deleted between the directory scan and its check (retention ran meanwhile)."""
+    result = validate_file(tmp_path / "rolling_step_000100.pt")
+    assert not result.valid and result.problems == ["cannot open: No such file or directory"]
