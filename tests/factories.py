@@ -91,12 +91,13 @@ def write_hostile_checkpoint(path: Path, marker: Path) -> Path:
     return path
 
 
-def flip_byte_in_largest_record(path: Path) -> None:
-    """Simulate bit rot: invert one byte in the middle of the file's largest zip record (a tensor)."""
+def flip_byte_in_largest_tensor(path: Path) -> None:
+    """Simulate bit rot: invert one byte in the middle of the file's largest tensor record (``data/<key>``)."""
     from ckptctl.container import open_container
 
     with open(path, "rb") as fh:
-        record = max(open_container(path, fh).records.values(), key=lambda r: r.size)
+        tensors = [r for r in open_container(path, fh).records.values() if r.key.startswith("data/")]
+    record = max(tensors, key=lambda r: r.size)
     offset = record.data_offset + record.size // 2
     with open(path, "r+b") as fh:
         fh.seek(offset)

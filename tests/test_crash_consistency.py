@@ -4,16 +4,17 @@ After every kill, every visible ``*.pt`` must pass the safe reader and the CRC-3
 ``latest.pt`` must load with torch once a first rolling save has completed. Leftover ``*.tmp``
 files are ignored by readers and removed by the next manager that starts.
 
-The saving process is forked from the test process (torch is already imported, so each round
-costs milliseconds instead of a fresh interpreter's seconds); it is a real separate process and
-SIGKILL gives it no chance to clean up. The default run does 20 kills; ``-m slow`` does 200.
+The saving processes come from a multiprocessing *forkserver* that has imported torch once: each
+round costs milliseconds instead of a fresh interpreter's seconds, and no saver is forked from the
+multi-threaded test process (a fork there can inherit a held lock and hang). Each saver is a real
+separate process and SIGKILL gives it no chance to clean up. The default run does 20 kills;
+``-m slow`` does 200.
 """
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 import random
-import select
 import signal
 import time
 
@@ -33,53 +34,65 @@ def _state(step: int) -> dict:
     return {"step": step, "epoch": step // 10, "model": {"w": torch.full((1024, 1024), float(step))}, "val_loss": 1.0 / step}
 
 
-def _saver(directory, start: int, report_fd: int, state_template: dict) -> None:
+def _saver(directory, start: int, report) -> None:
     """Child process: save in a loop through the manager, reporting each completed save."""
-    try:
-        manager = CheckpointManager(directory, keep_last_n=3, keep_emergency_n=2, monitor_every=0)
-        os.write(report_fd, b"ready\n")
-        step = start
-        while True:
-            state = dict(state_template, step=step, val_loss=1.0 / step)
-            kind = step % 6
-            if kind == 3:
-                manager.save_best(state, step=step, val_loss=1.0 / step)
-            elif kind == 4:
-                manager.save_emergency(state, step=step)
-            elif kind == 5:
-                manager.save_epoch(state, epoch=step)
-            else:
-                manager.save(state, step=step)
-            os.write(report_fd, f"{kind} {step}\n".encode())
-            step += 1
-    finally:
-        os._exit(0)
+    manager = CheckpointManager(directory, keep_last_n=3, keep_emergency_n=2, monitor_every=0)
+    template = _state(1)
+    report.send((-1, 0))  # ready
+    step = start
+    while True:
+        state = dict(template, step=step, val_loss=1.0 / step)
+        kind = step % 6
+        if kind == 3:
+            manager.save_best(state, step=step, val_loss=1.0 / step)
+        elif kind == 4:
+            manager.save_emergency(state, step=step)
+        elif kind == 5:
+            manager.save_epoch(state, epoch=step)
+        else:
+            manager.save(state, step=step)
+        report.send((kind, step))
+        step += 1
+
+
+_CONTEXT = None
+
+
+def _context():
+    """A forkserver that has imported torch and the manager, shared by every round of a session."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["torch", "ckptctl.manager", "tests.test_crash_consistency"])
+    return _CONTEXT
 
 
 def _kill_once(directory, start: int, rng: random.Random) -> list[tuple[int, int]]:
-    """Fork a saver, SIGKILL it after a random delay, return the saves it reported as complete."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child never returns
-        os.close(read_fd)
-        _saver(directory, start, write_fd, _state(1))
-    os.close(write_fd)
-    output = b""
+    """Start a saver, SIGKILL it after a random delay, return the saves it reported as complete."""
+    context = _context()
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_saver, args=(directory, start, sender), daemon=True)
+    process.start()
+    sender.close()
+    completed: list[tuple[int, int]] = []
     try:
-        while b"ready\n" not in output:
-            ready, _, _ = select.select([read_fd], [], [], 30)
-            assert ready, "the saver did not start"
-            output += os.read(read_fd, 65536)
+        assert receiver.poll(60), "the saver did not start"
+        assert receiver.recv() == (-1, 0)
         time.sleep(rng.uniform(0.0, 0.12))
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        while chunk := os.read(read_fd, 65536):
-            output += chunk
+        process.kill()  # SIGKILL
+        process.join(30)
+        assert process.exitcode == -signal.SIGKILL
+        while receiver.poll():
+            try:
+                completed.append(receiver.recv())
+            except EOFError:
+                break
     finally:
-        os.close(read_fd)
-    lines = output.decode().splitlines()[1:]
-    return [tuple(map(int, line.split())) for line in lines if line.count(" ") == 1]
+        if process.is_alive():
+            process.kill()
+            process.join(30)
+        receiver.close()
+    return completed
 
 
 def _check_directory(directory, rolling_completed: bool) -> int:

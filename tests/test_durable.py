@@ -13,7 +13,7 @@ import pytest
 from ckptctl import durable
 from ckptctl.errors import SaveError, UnreadableCheckpoint
 from ckptctl.reader import read_checkpoint
-from tests.factories import DiskFullFile, flip_byte_in_largest_record, make_state, write_checkpoint
+from tests.factories import DiskFullFile, flip_byte_in_largest_tensor, make_state, write_checkpoint
 
 
 def _torch_writer(state):
@@ -50,8 +50,8 @@ def test_temp_names_are_partial_and_unique(tmp_path):
 
 def test_verify_crc_detects_a_flipped_bit(tmp_path):
     path = write_checkpoint(tmp_path / "a.pt", step=3, hidden=256)
-    flip_byte_in_largest_record(path)
-    with pytest.raises(UnreadableCheckpoint, match="CRC-32 mismatch in record "):
+    flip_byte_in_largest_tensor(path)
+    with pytest.raises(UnreadableCheckpoint, match="CRC-32 mismatch in record data/"):
         durable.verify_crc(path)
 
 
@@ -80,7 +80,7 @@ def test_verification_failure_never_becomes_visible(tmp_path):
 
         torch.save(make_state(step=2, hidden=256), fh)
         fh.flush()
-        flip_byte_in_largest_record(Path(f"/proc/self/fd/{fh.fileno()}"))
+        flip_byte_in_largest_tensor(Path(f"/proc/self/fd/{fh.fileno()}"))
 
     with pytest.raises(SaveError, match="verification failed: CRC-32 mismatch"):
         durable.write_atomic(tmp_path, "latest.pt", corrupting_writer)
@@ -162,7 +162,7 @@ def test_a_copy_protects_against_bit_rot_a_link_does_not(tmp_path):
     src = write_checkpoint(tmp_path / "best_model.pt", step=1, hidden=256)
     durable.link_or_copy(src, tmp_path / "linked.pt", "link")
     durable.link_or_copy(src, tmp_path / "copied.pt", "copy")
-    flip_byte_in_largest_record(src)
+    flip_byte_in_largest_tensor(src)
     with pytest.raises(UnreadableCheckpoint):
         durable.verify_crc(tmp_path / "linked.pt")
     assert durable.verify_crc(tmp_path / "copied.pt") > 0

@@ -17,7 +17,7 @@ from ckptctl.errors import LockedError, NoCheckpointError, SaveError, Unreadable
 from ckptctl.locking import DirectoryLock  # noqa: E402
 from ckptctl.manager import CheckpointManager, build_state, load_file  # noqa: E402
 from ckptctl.reader import read_checkpoint  # noqa: E402
-from tests.factories import DiskFullFile, flip_byte_in_largest_record, make_state, write_checkpoint  # noqa: E402
+from tests.factories import DiskFullFile, flip_byte_in_largest_tensor, make_state, write_checkpoint  # noqa: E402
 
 
 def _step(path):
@@ -70,7 +70,7 @@ def test_copy_mode_backups_are_independent_files(tmp_path):
     mgr.save_best(make_state(step=1, hidden=128), step=1, val_loss=0.5)
     assert _inode(tmp_path / "rolling_last_backup.pt") != _inode(tmp_path / "rolling_step_000001.pt")
     assert _inode(tmp_path / "best_model_backup.pt") != _inode(tmp_path / "best_model.pt")
-    flip_byte_in_largest_record(tmp_path / "best_model.pt")
+    flip_byte_in_largest_tensor(tmp_path / "best_model.pt")
     assert durable.verify_crc(tmp_path / "best_model_backup.pt") > 0  # the copy survives bit rot
 
 
@@ -286,7 +286,7 @@ def test_corrupted_latest_falls_back_and_says_so(tmp_path, caplog):
     mgr = CheckpointManager(tmp_path, backup_mode="copy")
     for step in (1, 2, 3):
         mgr.save(make_state(step=step, hidden=64), step=step)
-    flip_byte_in_largest_record(tmp_path / "latest.pt")  # also rolling_step_3 (same inode); the copy is independent
+    flip_byte_in_largest_tensor(tmp_path / "latest.pt")  # also rolling_step_3 (same inode); the copy is independent
     with caplog.at_level(logging.WARNING, "ckptctl.manager"):
         state = mgr.load("latest")
     assert state["step"] == 2 and mgr.loaded_path == tmp_path / "latest_backup.pt"
@@ -300,7 +300,7 @@ def test_fallback_chain_reaches_rolling_files_and_skips_hard_links(tmp_path, cap
         mgr.save(make_state(step=step, hidden=64), step=step)
     mgr.save_emergency(make_state(step=4, hidden=64), step=4)
     for name in ("latest.pt", "latest_backup.pt"):
-        flip_byte_in_largest_record(tmp_path / name)  # latest.pt = rolling 3 = rolling_last_backup; latest_backup = rolling 2
+        flip_byte_in_largest_tensor(tmp_path / name)  # latest.pt = rolling 3 = rolling_last_backup; latest_backup = rolling 2
     with caplog.at_level(logging.WARNING, "ckptctl.manager"):
         state = mgr.load("latest")
     assert state["step"] == 4  # the newest valid rolling or emergency checkpoint, by step
@@ -317,7 +317,7 @@ def test_best_falls_back_to_backup_then_previous(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, "ckptctl.manager"):
         assert mgr.load("best")["step"] == 2
     assert "best_model.pt unusable (missing); falling back to best_model_backup.pt" in caplog.text
-    flip_byte_in_largest_record(tmp_path / "best_model_backup.pt")
+    flip_byte_in_largest_tensor(tmp_path / "best_model_backup.pt")
     assert mgr.load("best")["step"] == 1
 
 
