@@ -1,0 +1,137 @@
+"""``ckptctl du DIR``: what the checkpoints occupy, what is left, and how many more saves fit.
+
+Names and ``stat`` only: no checkpoint file is opened. ``--warn-free`` turns it into a cron alert
+(exit 1 when free space is below the threshold).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import EXIT_FINDINGS
+from ..usage import FreeThreshold, KindUsage, Usage, measure, parse_free_threshold, summary_line
+from . import render
+from .options import DirArg, JsonOpt
+from .output import handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
+
+HEADERS = ("kind", "files", "size", "allocated", "linked")
+BAR_WIDTH = 20
+
+
+@handle_errors
+def du_command(
+    directory: DirArg,
+    warn_free: Annotated[
+        Optional[str],
+        typer.Option("--warn-free", metavar="PERCENT|SIZE", help="Exit 1 when free space is below this (10%, 50G, 2TiB)."),
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Disk usage of DIR by kind (hard links counted once), file system free space, and how many more saves fit."""
+    threshold = parse_free_threshold(warn_free) if warn_free is not None else None
+    usage = measure(directory)
+    crossed = threshold is not None and threshold.crossed(usage.filesystem)
+    if json_output:
+        print_json(to_json(usage, threshold, crossed))
+    elif stdout_is_terminal():
+        _rich_report(usage)
+    else:
+        print(_plain_report(usage))
+    if crossed:
+        fs = usage.filesystem
+        warn(f"free space {render.size(fs.free_bytes)} ({fs.free_percent:.1f}%) is below --warn-free {threshold.text}")
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dict:
+    """The ``--json`` document (stable keys; new keys may be added)."""
+    fs, projection = usage.filesystem, usage.projection
+    return {
+        "directory": str(usage.directory),
+        "kinds": [_kind_json(k) for k in usage.kinds.values()],
+        "total": {**_kind_json(usage.total), "hard_links_counted_once": True},
+        "checkpoint_bytes": usage.checkpoint_bytes,
+        "counts": usage.counts,
+        "filesystem": {"total_bytes": fs.total_bytes, "used_bytes": fs.used_bytes, "free_bytes": fs.free_bytes,
+                       "free_percent": round(fs.free_percent, 2)},  # fmt: skip
+        "projection": {
+            "checkpoint_bytes": projection.checkpoint_bytes,
+            "rolling_save_bytes": projection.rolling_save_bytes,
+            "rolling_saves_fit": projection.rolling_saves_fit,
+            "epoch_bytes": projection.epoch_bytes,
+            "epochs_fit": projection.epochs_fit,
+        },
+        "summary": summary_line(usage),
+        "warn_free": None if threshold is None else {"threshold": threshold.text, "below": crossed},
+    }
+
+
+def _kind_json(kind: KindUsage) -> dict:
+    return {"kind": kind.kind, "files": kind.files, "apparent_bytes": kind.apparent_bytes,
+            "allocated_bytes": kind.allocated_bytes, "linked_files": kind.linked_files}  # fmt: skip
+
+
+def _rows(usage: Usage) -> list[list[str]]:
+    rows = [_cells(k) for k in usage.kinds.values() if k.files]
+    return rows + [_cells(usage.total)]
+
+
+def _cells(kind: KindUsage) -> list[str]:
+    return [kind.kind, str(kind.files), render.size(kind.apparent_bytes), render.size(kind.allocated_bytes),
+            str(kind.linked_files) if kind.linked_files else "-"]  # fmt: skip
+
+
+def _notes(usage: Usage) -> list[str]:
+    fs, projection = usage.filesystem, usage.projection
+    notes = []
+    if usage.total.linked_files:
+        notes.append(f"Hard links counted once: {usage.total.linked_files} names share their data with another file "
+                     "(counted under the kind that owns the data).")  # fmt: skip
+    notes.append(f"File system: {render.size(fs.total_bytes)} total, {render.size(fs.used_bytes)} used, "
+                 f"{render.size(fs.free_bytes)} free ({fs.free_percent:.1f}%).")  # fmt: skip
+    notes.append(_projection_note(usage))
+    notes.append(summary_line(usage))
+    return notes
+
+
+def _projection_note(usage: Usage) -> str:
+    p = usage.projection
+    if p.rolling_saves_fit is None:
+        return "No checkpoint yet to project from."
+    text = f"Room for {p.rolling_saves_fit} more rolling saves ({render.size(p.rolling_save_bytes)} each"
+    text += ", file and backup copy)" if p.rolling_save_bytes != p.checkpoint_bytes else ")"
+    return text + f" or {p.epochs_fit} more epochs ({render.size(p.epoch_bytes)} each) before the disk is full."
+
+
+def _plain_report(usage: Usage) -> str:
+    return "\n".join([plain_table(HEADERS, _rows(usage)), *_notes(usage)])
+
+
+def _bar(part: int, whole: int, width: int = BAR_WIDTH) -> str:
+    filled = round(width * part / whole) if whole else 0
+    return "█" * filled + "·" * (width - filled)
+
+
+def _rich_report(usage: Usage) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = out_console()
+    table = Table(title=f"Disk usage of {usage.directory}", title_justify="left", header_style="bold")
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header == "kind" else "right")
+    table.add_column("share", no_wrap=True, min_width=BAR_WIDTH)
+    whole = usage.total.allocated_bytes
+    for kind, row in zip([k for k in usage.kinds.values() if k.files], _rows(usage)):
+        table.add_row(*row, Text(_bar(kind.allocated_bytes, whole), style="cyan"))
+    table.add_row(*_cells(usage.total), "", style="bold")
+    console.print(table)
+    fs = usage.filesystem
+    bar = Text("disk ")  # filled: everything that is not free for us (used, and blocks reserved for root)
+    bar.append(_bar(fs.total_bytes - fs.free_bytes, fs.total_bytes, 2 * BAR_WIDTH), style="red" if fs.free_percent < 10 else "green")
+    bar.append(f" {100 - fs.free_percent:.0f}% full, {render.size(fs.free_bytes)} free")
+    console.print(bar)
+    for note in _notes(usage):
+        console.print(Text(note))

@@ -1,0 +1,172 @@
+"""``ckptctl prune DIR``: apply the retention policy from cron or by hand; a plan first, then deletion.
+
+Never prompts when stdin or stderr is not a terminal: without ``--yes`` it refuses with a hint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import timedelta
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, BadInputError
+from ..prune import PrunePlan, PruneResult, execute, plan_prune
+from ..retention import DEFAULT_STALE_AFTER, Policy, format_duration, parse_duration
+from . import render
+from .options import DirArg, DryRunOpt, JsonOpt, QuietOpt, WaitOpt, YesOpt
+from .output import fail, handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
+
+
+@handle_errors
+def prune_command(
+    directory: DirArg,
+    keep_rolling: Annotated[int, typer.Option("--keep-rolling", metavar="N", min=0, help="Keep the last N rolling checkpoints (by step).")] = 10,
+    keep_emergency: Annotated[int, typer.Option("--keep-emergency", metavar="N", min=0, help="Keep the last N emergency checkpoints (by step, then time).")] = 10,
+    keep_every: Annotated[Optional[int], typer.Option("--keep-every", metavar="STEPS", min=1, help="Also keep checkpoints whose step is a multiple of STEPS.")] = None,
+    keep_within: Annotated[Optional[str], typer.Option("--keep-within", metavar="DURATION", help="Also keep checkpoints saved within DURATION (7d, 12h, 30m) of the newest one.")] = None,
+    keep_best_k: Annotated[int, typer.Option("--keep-best-k", metavar="K", min=0, help="Also keep the K rolling checkpoints with the lowest val_loss (reads their metadata).")] = 0,
+    stale_after: Annotated[str, typer.Option("--stale-after", metavar="DURATION", help="Remove partial writes (*.tmp) not modified for DURATION.")] = format_duration(DEFAULT_STALE_AFTER),
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    quiet: QuietOpt = False,
+    wait: WaitOpt = 0.0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Delete old rolling and emergency checkpoints by the retention policy; latest, best and epoch files are never touched.
+
+    Keep rules are OR'ed: a checkpoint stays if any rule keeps it. Files whose names are not checkpoint
+    names are listed as ignored and never removed.
+    """
+    policy = _policy(keep_rolling, keep_emergency, keep_every, keep_within, keep_best_k, stale_after)
+    plan = plan_prune(directory, policy)
+    if not json_output and not quiet:
+        _print_plan(plan)
+    if dry_run or not plan.deletions:
+        _finish(plan, None, dry_run, json_output, quiet)
+        return
+    if not yes:
+        _confirm(plan, json_output)
+    result = execute(plan, wait=wait)
+    _finish(plan, result, dry_run, json_output, quiet)
+
+
+def _policy(keep_rolling: int, keep_emergency: int, keep_every: int | None, keep_within: str | None,
+            keep_best_k: int, stale_after: str) -> Policy:  # fmt: skip
+    try:
+        return Policy(
+            keep_rolling=keep_rolling,
+            keep_emergency=keep_emergency,
+            keep_every=keep_every,
+            keep_within=parse_duration(keep_within) if keep_within is not None else None,
+            keep_best_k=keep_best_k,
+            stale_temp_after=parse_duration(stale_after),
+        )
+    except ValueError as exc:
+        raise BadInputError(f"bad policy: {exc}") from None
+
+
+def can_prompt() -> bool:
+    """A person is there to answer: both stdin and stderr (where the question goes) are terminals."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _confirm(plan: PrunePlan, json_output: bool) -> None:
+    count, freed = len(plan.deletions), render.size(plan.freed_bytes)
+    if not can_prompt():
+        raise fail(f"refusing to delete {count} files without confirmation: not a terminal "
+                   "(add --yes to delete, or --dry-run to only show the plan)", EXIT_USAGE)  # fmt: skip
+    try:
+        confirmed = typer.confirm(f"Delete {count} files from {plan.directory} (frees {freed})?", default=False, err=True)
+    except typer.Abort:  # Ctrl+C or end of input at the prompt
+        print("\nckptctl: interrupted, nothing deleted", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not confirmed:
+        print("ckptctl: nothing deleted", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE if json_output else 0)
+
+
+def _finish(plan: PrunePlan, result: PruneResult | None, dry_run: bool, json_output: bool, quiet: bool) -> None:
+    if result is not None and result.skipped:
+        warn(f"skipped {len(result.skipped)} planned files that changed or are kept now (a save ran meanwhile)")
+    if json_output:
+        print_json(to_json(plan, result, dry_run))
+    elif not quiet:
+        print(_outcome(plan, result, dry_run))
+
+
+def to_json(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> dict:
+    """The ``--json`` document: the plan, and what an execution removed."""
+    now = time.time()
+    retention = plan.retention
+    return {
+        "directory": str(plan.directory),
+        "keep": [{"name": d.entry.name, "kind": d.entry.kind.value, "step": d.entry.step, "reasons": d.reasons}
+                 for d in retention.keep],  # fmt: skip
+        "remove": [{"name": d.entry.name, "kind": d.entry.kind.value, "step": d.entry.step, "size_bytes": d.entry.size_bytes}
+                   for d in retention.remove],  # fmt: skip
+        "stale_temp": [{"name": e.name, "size_bytes": e.size_bytes, "age_seconds": round(now - e.mtime, 1)}
+                       for e in retention.stale_temp],  # fmt: skip
+        "ignored": [e.name for e in retention.ignored],
+        "freed_bytes": result.freed_bytes if result is not None else plan.freed_bytes,
+        "dry_run": dry_run,
+        "removed": [e.name for e in result.removed] if result is not None else [],
+        "skipped": [e.name for e in result.skipped] if result is not None else [],
+    }
+
+
+def _outcome(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> str:
+    if not plan.deletions:
+        return "Nothing to remove."
+    if result is None:
+        prefix = "Dry run: would remove" if dry_run else "Would remove"
+        return f"{prefix} {len(plan.deletions)} files, freeing {render.size(plan.freed_bytes)}."
+    return f"Removed {len(result.removed)} files, freed {render.size(result.freed_bytes)}."
+
+
+def _sections(plan: PrunePlan) -> list[tuple[str, tuple[str, ...], list[list[str]]]]:
+    """(title, headers, rows) for each non-empty part of the plan."""
+    retention, now = plan.retention, time.time()
+    sections = [
+        (f"Keep ({len(retention.keep)})", ("name", "step", "reasons"),
+         [[d.entry.name, _step(d.entry.step), ", ".join(d.reasons)] for d in retention.keep]),
+        (f"Remove ({len(retention.remove)})", ("name", "step", "size"),
+         [[d.entry.name, _step(d.entry.step), render.size(d.entry.size_bytes)] for d in retention.remove]),
+        (f"Stale partial writes, removed ({len(retention.stale_temp)})", ("name", "age", "size"),
+         [[e.name, _age(now - e.mtime), render.size(e.size_bytes)] for e in retention.stale_temp]),
+        (f"Ignored, never removed ({len(retention.ignored)})", ("name", "why"),
+         [[e.name, "partial write (recent)" if e.kind.value == "partial" else "not a checkpoint name"]
+          for e in retention.ignored]),
+    ]  # fmt: skip
+    return [section for section in sections if section[2]]
+
+
+def _age(seconds: float) -> str:
+    return format_duration(timedelta(seconds=max(0, int(seconds))))
+
+
+def _step(step: int | None) -> str:
+    return "-" if step is None else str(step)
+
+
+def _print_plan(plan: PrunePlan) -> None:
+    if not stdout_is_terminal():
+        for title, headers, rows in _sections(plan):
+            print(f"{title}:")
+            print(plain_table(headers, rows))
+            print()
+        return
+    from rich.table import Table
+
+    console = out_console()
+    for title, headers, rows in _sections(plan):
+        style = "red" if title.startswith(("Remove", "Stale")) else None
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for header in headers:
+            table.add_column(header, justify="right" if header in ("step", "size", "age") else "left", style=style,
+                             overflow="fold" if header == "name" else "ellipsis")  # fmt: skip
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
