@@ -13,6 +13,7 @@ from . import resume_cmd
 from . import compare_cmd
 from . import demo_cmd
 from . import validate_cmd
+from . import prune_cmd, du_cmd
 
 app = typer.Typer(
     name="ckptctl",
@@ -29,6 +30,8 @@ app.command("resume-cmd")(resume_cmd.resume_command)
 app.command("compare")(compare_cmd.compare_command)
 app.command("demo")(demo_cmd.demo_command)
 app.command("validate")(validate_cmd.validate_command)
+app.command("prune")(prune_cmd.prune_command)
+app.command("du")(du_cmd.du_command)
 
 
 def main() -> None:
