@@ -74,12 +74,12 @@ def can_prompt() -> bool:
 
 
 def _confirm(plan: PrunePlan, json_output: bool) -> None:
-    count, freed = len(plan.deletions), render.size(plan.freed_bytes)
+    count, freed = _files(len(plan.deletions)), render.size(plan.freed_bytes)
     if not can_prompt():
-        raise fail(f"refusing to delete {count} files without confirmation: not a terminal "
+        raise fail(f"refusing to delete {count} without confirmation: not a terminal "
                    "(add --yes to delete, or --dry-run to only show the plan)", EXIT_USAGE)  # fmt: skip
     try:
-        confirmed = typer.confirm(f"Delete {count} files from {plan.directory} (frees {freed})?", default=False, err=True)
+        confirmed = typer.confirm(f"Delete {count} from {plan.directory} (frees {freed})?", default=False, err=True)
     except typer.Abort:  # Ctrl+C or end of input at the prompt
         print("\nckptctl: interrupted, nothing deleted", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -122,8 +122,12 @@ def _outcome(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> str:
         return "Nothing to remove."
     if result is None:
         prefix = "Dry run: would remove" if dry_run else "Would remove"
-        return f"{prefix} {len(plan.deletions)} files, freeing {render.size(plan.freed_bytes)}."
-    return f"Removed {len(result.removed)} files, freed {render.size(result.freed_bytes)}."
+        return f"{prefix} {_files(len(plan.deletions))}, freeing {render.size(plan.freed_bytes)}."
+    return f"Removed {_files(len(result.removed))}, freed {render.size(result.freed_bytes)}."
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
 
 
 def _sections(plan: PrunePlan) -> list[tuple[str, tuple[str, ...], list[list[str]]]]:
