@@ -154,7 +154,8 @@ def test_refusal_and_bad_directory(tmp_path):
 def test_read_only_directory_is_bad_input_and_nothing_deleted(tmp_path, monkeypatch):
     touch_files(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
-    monkeypatch.setattr(prune_module.os, "access", lambda path, mode: False)  # as root, chmod alone would not do
+    real_access = os.access  # as root, chmod alone would not make the directory read-only
+    monkeypatch.setattr(prune_module.os, "access", lambda path, mode: not mode & os.W_OK and real_access(path, mode))
     with pytest.raises(BadInputError, match="read-only"):
         execute(plan)
     assert present(tmp_path) == set(rolling(1, 2, 3))
