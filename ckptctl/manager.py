@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import shutil
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +41,7 @@ from .naming import Kind, format_name, sort_key
 from .reader import read_checkpoint
 from .retention import Policy, plan_retention
 from .rng import capture_rng_state, restore_rng_state, safe_globals
+from .usage import Usage, measure, summary_line
 
 log = logging.getLogger("ckptctl.manager")
 
@@ -58,24 +58,6 @@ class Resumed:
     epoch: int | None
     dataloader_state: Any
     state: dict[str, Any]
-
-
-@dataclass
-class StorageSummary:
-    """Bytes on disk (hard links counted once), files per kind, and free space on the file system."""
-
-    total_bytes: int
-    counts: dict[str, int]
-    free_bytes: int
-
-    def line(self) -> str:
-        import humanize
-
-        kinds = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in ("rolling", "emergency", "epoch"))
-        return (
-            f"Checkpoint storage: {humanize.naturalsize(self.total_bytes, binary=True)} ({kinds}) — "
-            f"{humanize.naturalsize(self.free_bytes, binary=True)} free"
-        )
 
 
 class CheckpointManager:
@@ -234,9 +216,9 @@ class CheckpointManager:
             return
         periodic = bool(self.monitor_every) and self._saves % self.monitor_every == 0
         summary = self.storage_summary() if periodic else None
-        free = summary.free_bytes if summary else shutil.disk_usage(self.directory).free
+        free = summary.filesystem.free_bytes if summary else shutil.disk_usage(self.directory).free
         if summary:
-            log.info(summary.line())
+            log.info(summary_line(summary))
         low = free < 2 * per_save
         if low and (periodic or not self._low_space_warned):
             log.warning(
@@ -244,12 +226,9 @@ class CheckpointManager:
             )
         self._low_space_warned = low
 
-    def storage_summary(self) -> StorageSummary:
-        """What the checkpoints occupy (hard links counted once) and what is left."""
-        entries = scan(self.directory)
-        by_inode = {e.inode: e.allocated_bytes or e.size_bytes for e in entries if e.parsed.is_checkpoint}
-        counts = Counter(e.kind.value for e in entries if e.kind in (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH))
-        return StorageSummary(sum(by_inode.values()), dict(counts), shutil.disk_usage(self.directory).free)
+    def storage_summary(self) -> Usage:
+        """What the checkpoints occupy (hard links counted once) and what is left: ``ckptctl du``'s data."""
+        return measure(self.directory)
 
     # ----------------------------------------------------------------------------------- loading
 
