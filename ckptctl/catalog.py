@@ -40,6 +40,7 @@ class Entry:
     _read: tuple[CheckpointFile | None, Metadata | None, CheckpointError | None] | None = field(
         default=None, repr=False
     )
+    _read_has_spans: bool = field(default=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -53,25 +54,31 @@ class Entry:
     def step(self) -> int | None:
         return self.parsed.step
 
-    def read(self) -> tuple[CheckpointFile | None, Metadata | None, CheckpointError | None]:
-        """Read the checkpoint safely once; later calls return the same result."""
-        if self._read is None:
+    def read(self, *, spans: bool = True) -> tuple[CheckpointFile | None, Metadata | None, CheckpointError | None]:
+        """Read the checkpoint safely once; later calls return the same result.
+
+        ``spans=False`` (what ``status`` and ``metadata`` use) skips the storage records' local
+        headers: a listing then reads a few KB per file however large it is. A later call that
+        needs spans reads the file again, fully.
+        """
+        if self._read is None or (spans and not self._read_has_spans and self._read[0] is not None):
             try:
-                ckpt = read_checkpoint(self.path)
+                ckpt = read_checkpoint(self.path, spans=spans)
                 self._read = (ckpt, summarize(ckpt), None)
             except CheckpointError as exc:
                 self._read = (None, None, exc)
+            self._read_has_spans = spans
         return self._read
 
     @property
     def metadata(self) -> Metadata | None:
-        return self.read()[1]
+        return self.read(spans=False)[1]
 
     def status(self) -> tuple[str, str | None]:
         """(status, error) as ``list`` shows them: ok / unreadable / unsafe / partial."""
         if self.kind is Kind.PARTIAL:
             return STATUS_PARTIAL, None
-        _ckpt, _meta, error = self.read()
+        _ckpt, _meta, error = self.read(spans=False)
         if error is None:
             return STATUS_OK, None
         return error.status, error.reason

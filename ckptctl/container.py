@@ -49,6 +49,7 @@ class Container:
     prefix: str
     records: dict[str, Record]  # by key
     suspicious: list[str] = field(default_factory=list)
+    local_headers: bool = True  # False: only data.pkl's local header was read (other data_offset are -1)
 
     @property
     def pickle_record(self) -> Record:
@@ -75,8 +76,14 @@ def sniff_format(fh: BinaryIO) -> str:
     return "unknown"
 
 
-def open_container(path: Path, fh: BinaryIO) -> Container:
-    """Parse the central directory and every local header. Raises UnreadableCheckpoint."""
+def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> Container:
+    """Parse the central directory and every local header. Raises UnreadableCheckpoint.
+
+    ``local_headers=False`` reads only data.pkl's local header: enough to read the pickle the
+    way torch would, without one scattered read per storage record (on a cold page cache those
+    reads cost more than everything else a listing does). Other records then have
+    ``data_offset == -1`` and no header checks; ``validate`` and every byte reader use the default.
+    """
     file_size = os.fstat(fh.fileno()).st_size
     fh.seek(0)
     try:
@@ -105,13 +112,24 @@ def open_container(path: Path, fh: BinaryIO) -> Container:
             suspicious.append(f"record {key} is compressed (torch writes stored records)")
         if info.flag_bits & 0x1:
             suspicious.append(f"record {key} is encrypted")
-        records[key] = _read_local_header(fh, info, key, start_dir, file_size, suspicious)
-    _check_overlaps(records, suspicious)
+        if local_headers or key == "data.pkl":
+            records[key] = _read_local_header(fh, info, key, start_dir, file_size, suspicious)
+        else:
+            records[key] = _central_record(info, key, start_dir)
+    if local_headers:
+        _check_overlaps(records, suspicious)
     if "data.pkl" not in records:
         raise UnreadableCheckpoint(f"missing {prefix}/data.pkl")
     if records["data.pkl"].size > MAX_PICKLE_BYTES:
         raise UnreadableCheckpoint(f"data.pkl too large ({records['data.pkl'].size} bytes)")
-    return Container(path, file_size, prefix, records, suspicious)
+    return Container(path, file_size, prefix, records, suspicious, local_headers)
+
+
+def _central_record(info: zipfile.ZipInfo, key: str, start_dir: int) -> Record:
+    """A record from the central directory alone (no local header read): its data offset is unknown."""
+    if info.header_offset + LOCAL_HEADER_SIZE + len(info.orig_filename.encode()) + info.compress_size > start_dir:
+        raise UnreadableCheckpoint(f"truncated: record {key} extends past the end of its data")
+    return Record(info.filename, key, info.header_offset, -1, info.compress_size, info.CRC, info.flag_bits)
 
 
 def _zip_reason(exc: Exception) -> str:

@@ -53,14 +53,21 @@ class CheckpointFile:
     spans: dict[str, Span]  # storage key -> bytes in the file
     container: Container | None = None
     notes: list[str] = field(default_factory=list)
+    spans_read: bool = True  # False after read_checkpoint(..., spans=False): ``spans`` is empty
 
     def tensors(self) -> Iterator[tuple[str, TensorRef]]:
         """Every tensor placeholder with a dotted path (``model.0.weight``), in pickle order."""
         yield from iter_tensors(self.root)
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointFile:
-    """Parse ``path`` safely. Raises UnreadableCheckpoint or UnsafeCheckpoint (never executes)."""
+def read_checkpoint(path: str | os.PathLike[str], *, spans: bool = True) -> CheckpointFile:
+    """Parse ``path`` safely. Raises UnreadableCheckpoint or UnsafeCheckpoint (never executes).
+
+    ``spans=False`` is the listing's fast path: storage sizes are still cross-checked against the
+    central directory, but no storage record's local header is read, so ``spans`` stays empty and
+    the container's storage records have no data offset. Anything that reads tensor bytes needs
+    the default.
+    """
     path = Path(path)
     try:
         fh = open(path, "rb")
@@ -74,14 +81,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> CheckpointFile:
             raise UnreadableCheckpoint("empty file")
         kind = sniff_format(fh)
         if kind == "zip":
-            return _read_zip(path, fh, size)
+            return _read_zip(path, fh, size, spans)
         if kind == "legacy":
             return _read_legacy(path, fh, size)
     raise UnreadableCheckpoint("not a checkpoint: unknown file format")
 
 
-def _read_zip(path: Path, fh: io.BufferedReader, size: int) -> CheckpointFile:
-    container = open_container(path, fh)
+def _read_zip(path: Path, fh: io.BufferedReader, size: int, with_spans: bool = True) -> CheckpointFile:
+    container = open_container(path, fh, local_headers=with_spans)
     if container.suspicious:
         raise UnsafeCheckpoint([], reason="suspicious container: " + "; ".join(container.suspicious))
     root, storages = safe_loads(read_record(fh, container.pickle_record))
@@ -94,8 +101,9 @@ def _read_zip(path: Path, fh: io.BufferedReader, size: int) -> CheckpointFile:
             raise UnreadableCheckpoint(
                 f"record data/{key} holds {record.size} bytes, the pickle expects {storage.nbytes}"
             )
-        spans[key] = Span(key, record.data_offset, record.size, record.crc32)
-    return CheckpointFile(path, "zip", size, root, storages, spans, container)
+        if with_spans:
+            spans[key] = Span(key, record.data_offset, record.size, record.crc32)
+    return CheckpointFile(path, "zip", size, root, storages, spans, container, spans_read=with_spans)
 
 
 def _read_legacy(path: Path, fh: io.BufferedReader, size: int) -> CheckpointFile:

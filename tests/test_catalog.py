@@ -42,14 +42,29 @@ def test_entries_carry_name_and_stat_facts(ckpt_dir):
 def test_metadata_is_read_lazily_and_once(ckpt_dir, monkeypatch):
     calls = []
     real = catalog.read_checkpoint
-    monkeypatch.setattr(catalog, "read_checkpoint", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(catalog, "read_checkpoint", lambda p, **k: calls.append((p, k)) or real(p, **k))
     entries = scan(ckpt_dir)
     assert calls == []  # names and sizes need no file opened
     latest = entries[0]
     assert latest.effective_step == 300  # from the metadata: latest.pt's name carries no step
     assert latest.status() == ("ok", None)
     assert latest.metadata.val_loss == pytest.approx(0.8)
-    assert calls == [latest.path]
+    assert calls == [(latest.path, {"spans": False})]  # the listing's fast path
+    ckpt, meta, error = latest.read()  # a caller that needs spans gets a full read
+    assert error is None and ckpt.spans_read and ckpt.spans and meta.step == 300
+    assert calls[-1] == (latest.path, {"spans": True})
+    latest.read(spans=False)
+    assert len(calls) == 2  # the full read serves the fast path too
+
+
+def test_read_of_a_damaged_entry_is_not_repeated(tmp_path, monkeypatch):
+    (tmp_path / "latest.pt").write_bytes(b"junk")
+    calls = []
+    real = catalog.read_checkpoint
+    monkeypatch.setattr(catalog, "read_checkpoint", lambda p, **k: calls.append(k) or real(p, **k))
+    [entry] = scan(tmp_path)
+    assert entry.status()[0] == "unreadable" and entry.read()[2] is not None
+    assert calls == [{"spans": False}]
 
 
 def test_partial_and_other_files_and_what_is_skipped(tmp_path):

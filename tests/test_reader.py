@@ -72,6 +72,51 @@ def test_spans_locate_the_storage_bytes(files, fmt):
     assert (span.crc32 is None) == (fmt == "legacy")
 
 
+@pytest.mark.parametrize("fmt", ["zip", "nocrc"])
+def test_fast_path_reads_the_same_graph_without_spans(files, fmt):
+    full = read_checkpoint(files[fmt])
+    fast = read_checkpoint(files[fmt], spans=False)
+    assert _our_inventory(fast) == _our_inventory(full)
+    assert fast.root["step"] == full.root["step"] and fast.storages == full.storages
+    assert fast.spans == {} and not fast.spans_read and full.spans_read
+    assert not fast.container.local_headers
+    assert fast.container.pickle_record == full.container.pickle_record
+    storage = fast.container.storage_record("0")
+    assert storage.data_offset == -1 and storage.size == full.container.storage_record("0").size
+
+
+def test_fast_path_still_cross_checks_sizes_and_finds_truncation(tmp_path, files):
+    data = files["zip"].read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) - 30])
+    with pytest.raises(UnreadableCheckpoint):
+        read_checkpoint(tmp_path / "cut.pt", spans=False)
+    pkl = hostile._wrap(
+        hostile._global("torch._utils", "_rebuild_tensor_v2")
+        + b"((" + hostile._str("storage") + hostile._global("torch", "FloatStorage") + hostile._str("0")
+        + hostile._str("cpu") + b"K\x04tQK\x00(K\x04t(K\x01t\x89N)tR"
+    )  # fmt: skip
+    with pytest.raises(UnreadableCheckpoint, match="holds 12 bytes"):
+        read_checkpoint(hostile.torch_zip(tmp_path / "short.pt", pkl, {"0": b"\x00" * 12}), spans=False)
+
+
+def test_fast_path_checks_the_pickle_header_but_not_storage_headers(tmp_path, files):
+    """A renamed storage local header is validate's business; a renamed data.pkl header is not listed as ok."""
+    import zipfile
+
+    raw = bytearray(files["zip"].read_bytes())
+    with zipfile.ZipFile(files["zip"]) as zf:
+        infos = {i.filename.split("/", 1)[1]: i for i in zf.infolist()}
+    for key, name in (("data/0", "storage.pt"), ("data.pkl", "pickle.pt")):
+        copy = bytearray(raw)
+        copy[infos[key].header_offset + 30] ^= 0x01  # first byte of the local file name
+        (tmp_path / name).write_bytes(bytes(copy))
+    assert read_checkpoint(tmp_path / "storage.pt", spans=False).root["step"] == 1234
+    with pytest.raises(UnsafeCheckpoint, match="names differ"):
+        read_checkpoint(tmp_path / "storage.pt")
+    with pytest.raises(UnsafeCheckpoint, match="names differ"):
+        read_checkpoint(tmp_path / "pickle.pt", spans=False)
+
+
 def test_crc_off_and_legacy_are_noted(files):
     assert read_checkpoint(files["zip"]).container.has_checksums
     assert not read_checkpoint(files["nocrc"]).container.has_checksums
