@@ -223,6 +223,29 @@ def link_or_copy(
     return used
 
 
+def stage_copy(
+    src: str | os.PathLike[str], directory: str | os.PathLike[str], final_name: str, mode: str = REFLINK, *, verify: bool = True
+) -> tuple[StagedFile, str]:
+    """Put ``src``'s content into a verified temp file next to ``final_name``; nothing visible changes.
+
+    Like :func:`link_or_copy`, but staged: the caller commits (atomic rename + directory fsync)
+    only after its own preparations, e.g. keeping the file about to be replaced under another name
+    (``ckptctl restore``). Returns the staged file and the mode actually used. Raises SaveError.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    final = Path(directory) / final_name
+    tmp = temp_path(directory, final_name)
+    try:
+        used = _materialise(Path(src), tmp, mode)
+        if verify:
+            verify_crc(tmp)
+    except BaseException as exc:
+        _discard(tmp)
+        _reraise(exc, final)
+    return StagedFile(tmp, final), used
+
+
 def _materialise(src: Path, tmp: Path, mode: str) -> str:
     if mode == LINK:
         try:

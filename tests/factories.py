@@ -144,3 +144,22 @@ def touch_files(directory: Path, names: list[str], size: int = 0, mtime: float |
             os.utime(path, (mtime, mtime))
         paths.append(path)
     return paths
+
+
+_LAYOUT_TEMPLATE: list[Path] = []
+
+
+def cached_layout(directory: Path) -> Path:
+    """A copy of :func:`populate_layout`'s directory, written by torch once per test process.
+
+    Copying ~200 KiB is ~50x faster than serialising twelve fresh checkpoints for every test.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _LAYOUT_TEMPLATE:
+        root = Path(tempfile.mkdtemp(prefix="ckptctl-layout-"))
+        atexit.register(shutil.rmtree, root, True)
+        _LAYOUT_TEMPLATE.append(populate_layout(root / "checkpoints"))
+    return Path(shutil.copytree(_LAYOUT_TEMPLATE[0], directory))

@@ -14,7 +14,13 @@ from ckptctl.container import open_container
 from ckptctl.errors import BadInputError
 from ckptctl.integrity import DEEP, DEFAULT, LEVELS, QUICK, count_non_finite, crc_range, crc_records, validate_file, validate_paths
 from tests.corruption import Layout, build_corpus, flip, many_truncations, write_cases
-from tests.factories import make_state, write_checkpoint, write_hostile_checkpoint
+from tests.factories import cached_layout, make_state, write_checkpoint, write_hostile_checkpoint
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path) -> Path:
+    """The layout of tests/conftest.py, copied from one template written once per process."""
+    return cached_layout(tmp_path / "checkpoints")
 
 
 @pytest.fixture(scope="module")

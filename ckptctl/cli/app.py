@@ -12,7 +12,7 @@ from . import inspect_cmd, list_cmd
 from . import resume_cmd
 from . import compare_cmd
 from . import demo_cmd
-from . import validate_cmd
+from . import validate_cmd, restore_cmd
 from . import prune_cmd, du_cmd
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command("resume-cmd")(resume_cmd.resume_command)
 app.command("compare")(compare_cmd.compare_command)
 app.command("demo")(demo_cmd.demo_command)
 app.command("validate")(validate_cmd.validate_command)
+app.command("restore")(restore_cmd.restore_command)
 app.command("prune")(prune_cmd.prune_command)
 app.command("du")(du_cmd.du_command)
 

@@ -31,6 +31,11 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def can_prompt() -> bool:
+    """A person is there to answer: stdin and stderr (where the question goes) are both terminals."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
 def err_console():
     """A Rich console on stderr (markup off: file names are never interpreted as markup)."""
     from rich.console import Console

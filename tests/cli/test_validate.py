@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from ckptctl.cli.app import app
 from tests.corruption import Layout, flip
-from tests.factories import write_checkpoint, write_hostile_checkpoint
+from tests.factories import cached_layout, write_checkpoint, write_hostile_checkpoint
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path) -> Path:
+    """The layout of tests/conftest.py, copied from one template written once per process."""
+    return cached_layout(tmp_path / "checkpoints")
+
 
 runner = CliRunner()
 

@@ -1,0 +1,145 @@
+"""``ckptctl restore DIR``: heal a checkpoint directory from its backups. Exit 0 ok, 1 nothing valid to restore from."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Iterable, Optional, Sequence
+
+import typer
+
+from .. import durable
+from ..errors import EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInputError
+from ..restore import TARGETS, Action, RestorePlan, execute, plan_from, plan_heal, plan_rollback_best
+from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
+from .output import can_prompt, fail, handle_errors, out_console, plain_table, print_json, stdout_is_terminal
+
+
+@handle_errors
+def restore_command(
+    directory: DirArg,
+    source: Annotated[
+        Optional[str], typer.Option("--from", metavar="FILE", help="Restore from this file (a path or a name in DIR); needs --to.")
+    ] = None,
+    to: Annotated[Optional[str], typer.Option("--to", metavar="latest|best", help="What --from replaces.")] = None,
+    rollback_best: Annotated[
+        bool, typer.Option("--rollback-best", help="Promote best_model_previous.pt to best (the replaced best is kept).")
+    ] = False,
+    discard: Annotated[
+        bool, typer.Option("--discard", help="Do not keep replaced files as <name>.replaced-<time>.")
+    ] = False,
+    mode: Annotated[
+        str, typer.Option("--mode", metavar="reflink|copy|link", help="How the content is duplicated (reflink falls back to copy).")
+    ] = durable.REFLINK,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    wait: WaitOpt = 0.0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Make DIR resumable again: replace a missing or damaged latest.pt / best_model.pt with the newest valid backup.
+
+    Every replacement is atomic and durable; the replaced file is kept as <name>.replaced-<time>
+    unless --discard. Takes the directory lock (exit 3 while a training holds it).
+    """
+    plan = _plan(directory, source, to, rollback_best, discard, mode)
+    if not json_output:
+        _Report().plan(plan)
+    if plan.actions and not dry_run:
+        if not yes:
+            _confirm(plan)
+        execute(plan, wait=wait)
+    if json_output:
+        doc = plan.to_json()
+        doc["dry_run"] = dry_run
+        print_json(doc)
+    else:
+        _Report().outcome(plan, dry_run)
+    raise typer.Exit(EXIT_OK if plan.ok else EXIT_FINDINGS)
+
+
+def _plan(directory: str, source: str | None, to: str | None, rollback_best: bool, discard: bool, mode: str) -> RestorePlan:
+    if rollback_best and (source or to):
+        raise BadInputError("--rollback-best excludes --from/--to")
+    if (source is None) != (to is None):
+        raise BadInputError("--from FILE and --to latest|best go together")
+    if to is not None and to not in TARGETS:
+        raise BadInputError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if rollback_best:
+        return plan_rollback_best(directory, discard=discard, mode=mode)
+    if source is not None:
+        return plan_from(directory, source, to, discard=discard, mode=mode)  # type: ignore[arg-type]
+    return plan_heal(directory, discard=discard, mode=mode)
+
+
+def _confirm(plan: RestorePlan) -> None:
+    count = len(plan.actions)
+    if not can_prompt():
+        raise fail(f"refusing to replace {count} files without confirmation: not a terminal "
+                   "(add --yes to restore, or --dry-run to only show the plan)", EXIT_USAGE)  # fmt: skip
+    try:
+        confirmed = typer.confirm(f"Replace {count} files in {plan.directory}?", default=False, err=True)
+    except typer.Abort:  # Ctrl+C or end of input at the prompt
+        print("\nckptctl: interrupted, nothing changed", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not confirmed:
+        print("ckptctl: nothing changed", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE)
+
+
+def _describe(action: Action) -> list[str]:
+    step = f"step {action.step}" if action.step is not None else ""
+    keep = f"kept as {action.keep_as}" if action.keep_as else "(discarded)" if action.target_identity else "(was missing)"
+    return [action.target, "<- " + str(action.source.name), step, keep, action.reason]
+
+
+class _Report:
+    """Rich tables on a terminal, aligned plain text when piped; everything to stdout."""
+
+    def __init__(self) -> None:
+        self.console = out_console() if stdout_is_terminal() else None
+
+    def plan(self, plan: RestorePlan) -> None:
+        self.table("checked", ("file", "verdict", "step"),
+                   [[c.name, "valid" if c.valid else "invalid: " + "; ".join(c.problems), c.step if c.step is not None else ""]
+                    for c in plan.checked])  # fmt: skip
+        if plan.actions:
+            self.table("plan", ("target", "source", "step", "old file", "reason"), [_describe(a) for a in plan.actions])
+        for problem in plan.unrestorable:
+            self.line(f"cannot restore: {problem}")
+
+    def outcome(self, plan: RestorePlan, dry_run: bool) -> None:
+        if not plan.actions:
+            self.line("nothing to do: latest and best are valid" if plan.ok else "nothing was changed")
+            return
+        if dry_run:
+            self.line(f"dry run: {len(plan.actions)} replacements planned, nothing changed")
+            return
+        for action in plan.actions:
+            if action.status == "done":
+                self.line(f"restored {action.target} from {action.source.name} ({action.mode_used})")
+            else:
+                self.line(f"skipped {action.target}: {action.note}")
+
+    def line(self, text: str) -> None:
+        if self.console is None:
+            print(text)
+        else:
+            from rich.text import Text
+
+            self.console.print(Text(text))
+
+    def table(self, title: str, headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+        rows = [[str(cell) for cell in row] for row in rows]
+        if not rows:
+            return
+        if self.console is None:
+            print(f"{title}:")
+            print(plain_table(headers, rows))
+            return
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for header in headers:
+            table.add_column(header, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(table)

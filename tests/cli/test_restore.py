@@ -1,0 +1,143 @@
+"""ckptctl restore: plan, confirm (never prompting off a terminal), act; exit 0 ok, 1 unrestorable, 2 bad input, 3 locked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ckptctl.cli import restore_cmd
+from ckptctl.cli.app import app
+from ckptctl.locking import DirectoryLock
+from tests.factories import cached_layout
+from tests.test_restore import digests, truncate
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path) -> Path:
+    """The layout of tests/conftest.py, copied from one template written once per process."""
+    return cached_layout(tmp_path / "checkpoints")
+
+
+runner = CliRunner()
+
+
+def invoke(*args: str, **kwargs):
+    return runner.invoke(app, ["restore", *args], **kwargs)
+
+
+def replaced(directory):
+    return sorted(p.name for p in directory.iterdir() if ".replaced-" in p.name)
+
+
+def test_healthy_directory_exit_0_nothing_to_do(ckpt_dir):
+    before = digests(ckpt_dir)
+    result = invoke(str(ckpt_dir))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.rstrip().endswith("nothing to do: latest and best are valid")
+    assert digests(ckpt_dir) == before
+
+
+def test_heal_with_yes_prints_plan_then_acts(ckpt_dir):
+    truncate(ckpt_dir / "latest.pt")
+    result = invoke(str(ckpt_dir), "--yes")
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert out.index("plan:") < out.index("restored latest.pt from rolling_last_backup.pt")
+    assert "latest.pt               invalid: truncated" in out
+    (kept,) = replaced(ckpt_dir)
+    assert kept.startswith("latest.pt.replaced-") and f"kept as {kept}" in out
+    assert runner.invoke(app, ["validate", str(ckpt_dir)]).exit_code == 0
+
+
+def test_not_a_terminal_refuses_without_yes(ckpt_dir):
+    truncate(ckpt_dir / "latest.pt")
+    before = digests(ckpt_dir)
+    result = invoke(str(ckpt_dir))
+    assert result.exit_code == 2
+    assert "refusing to replace 1 files without confirmation: not a terminal (add --yes" in result.stderr
+    assert digests(ckpt_dir) == before
+
+
+def test_prompt_on_a_terminal(ckpt_dir, monkeypatch):
+    monkeypatch.setattr(restore_cmd, "can_prompt", lambda: True)
+    truncate(ckpt_dir / "latest.pt")
+    before = digests(ckpt_dir)
+    declined = invoke(str(ckpt_dir), input="n\n")
+    assert declined.exit_code == 2 and "Replace 1 files in" in declined.stderr and digests(ckpt_dir) == before
+    accepted = invoke(str(ckpt_dir), input="y\n")
+    assert accepted.exit_code == 0 and "restored latest.pt" in accepted.stdout
+
+
+def test_dry_run_changes_nothing(ckpt_dir):
+    truncate(ckpt_dir / "best_model.pt")
+    before = digests(ckpt_dir)
+    result = invoke(str(ckpt_dir), "--dry-run")
+    assert result.exit_code == 0
+    assert "best_model.pt  <- best_model_backup.pt" in result.stdout
+    assert result.stdout.rstrip().endswith("dry run: 1 replacements planned, nothing changed")
+    assert digests(ckpt_dir) == before
+
+
+def test_json_document(ckpt_dir):
+    truncate(ckpt_dir / "latest.pt")
+    doc = json.loads(invoke(str(ckpt_dir), "--yes", "--json").stdout)
+    assert set(doc) >= {"directory", "plan", "executed", "ok", "actions", "checked", "unrestorable", "dry_run"}
+    (action,) = doc["actions"]
+    assert (action["target"], action["status"], action["step"]) == ("latest.pt", "done", 300)
+    assert action["source"].endswith("rolling_last_backup.pt") and action["keep_as"].startswith("latest.pt.replaced-")
+    assert doc["ok"] is True and doc["executed"] is True and doc["dry_run"] is False
+    assert doc["checked"][0] == {**doc["checked"][0], "name": "latest.pt", "valid": False}
+
+
+def test_nothing_valid_left_exits_1(tmp_path):
+    from tests.factories import cached_layout, write_checkpoint
+
+    write_checkpoint(tmp_path / "latest.pt")
+    truncate(tmp_path / "latest.pt")
+    result = invoke(str(tmp_path), "--yes")
+    assert result.exit_code == 1
+    assert "cannot restore: latest.pt is invalid" in result.stdout
+
+
+def test_locked_directory_exits_3(ckpt_dir):
+    truncate(ckpt_dir / "latest.pt")
+    before = digests(ckpt_dir)
+    with DirectoryLock(ckpt_dir):
+        result = invoke(str(ckpt_dir), "--yes", "--wait", "0.1")
+    assert result.exit_code == 3 and "locked" in result.stderr and "Traceback" not in result.stderr
+    assert digests(ckpt_dir) == before
+
+
+def test_rollback_best_keeps_the_replaced_best(ckpt_dir):
+    previous = (ckpt_dir / "best_model_previous.pt").read_bytes()
+    old_best = (ckpt_dir / "best_model.pt").read_bytes()
+    result = invoke(str(ckpt_dir), "--rollback-best", "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert (ckpt_dir / "best_model.pt").read_bytes() == previous
+    kept = [name for name in replaced(ckpt_dir) if name.startswith("best_model.pt.")]
+    assert (ckpt_dir / kept[0]).read_bytes() == old_best
+
+
+def test_from_to_and_discard(ckpt_dir):
+    result = invoke(str(ckpt_dir), "--from", "epoch_00001.pt", "--to", "latest", "--yes", "--discard")
+    assert result.exit_code == 0, result.stderr
+    assert (ckpt_dir / "latest.pt").read_bytes() == (ckpt_dir / "epoch_00001.pt").read_bytes()
+    assert replaced(ckpt_dir) == [] and "(discarded)" in result.stdout
+
+
+def test_bad_option_combinations_exit_2(ckpt_dir):
+    for args, message in (
+        (["--from", "epoch_00001.pt"], "--from FILE and --to latest|best go together"),
+        (["--to", "best"], "--from FILE and --to latest|best go together"),
+        (["--rollback-best", "--from", "x", "--to", "best"], "--rollback-best excludes"),
+        (["--from", "epoch_00001.pt", "--to", "newest"], "--to must be one of"),
+        (["--from", "missing.pt", "--to", "latest"], "no such file"),
+        (["--mode", "teleport"], "unknown copy mode"),
+    ):
+        result = invoke(str(ckpt_dir), *args, "--yes")
+        assert result.exit_code == 2, (args, result.stdout)
+        assert message in result.stderr and result.stderr.count("\n") == 1
+    assert invoke(str(ckpt_dir / "missing")).exit_code == 2
