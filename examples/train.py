@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     total_steps = args.epochs * args.steps_per_epoch
     with EmergencyStop() as stop:
+        print(f"training steps {step + 1}..{total_steps} (Ctrl+C saves an emergency checkpoint)", flush=True)
         while step < total_steps:
             if loader.end_of_epoch():
                 loader.start_next_epoch()
@@ -159,3 +160,6 @@ if __name__ == "__main__":
     except CkptctlError as exc:  # e.g. --resume latest with nothing loadable: one clear line, exit 1
         print(f"train.py: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # Ctrl+C before training started: nothing to save yet
+        print("train.py: interrupted before training started", file=sys.stderr)
+        sys.exit(130)
