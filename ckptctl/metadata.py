@@ -7,14 +7,15 @@ are kept and shown. Everything here works on the placeholders from :mod:`ckptctl
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
-from .reader import CheckpointFile, iter_tensors
+from .reader import CheckpointFile
 from .unpickler import Namespace, NumpyArray, TensorRef
 
 KNOWN_KEYS = (
@@ -47,7 +48,11 @@ class OptimizerSummary:
 
 @dataclass
 class Metadata:
-    """The layout's fields (None where absent or not a plain value), plus summaries."""
+    """The layout's fields (None where absent or not a plain value), plus summaries.
+
+    The tensor summaries (``model``, ``optimizer``, ``all_tensors``) are computed on first use:
+    ``list`` needs only the scalar fields of every file, ``inspect`` the summaries of one.
+    """
 
     step: int | None
     epoch: int | None
@@ -58,16 +63,26 @@ class Metadata:
     args: dict[str, Any] | None
     dataloader_state: Any
     rng_states: list[str]
-    model: TensorGroupSummary | None
-    optimizer: OptimizerSummary | None
     extra_keys: list[str]
-    all_tensors: TensorGroupSummary
+    root: Any = field(repr=False, compare=False)
+
+    @functools.cached_property
+    def model(self) -> TensorGroupSummary | None:
+        model = self.root.get("model") if isinstance(self.root, dict) else None
+        return tensor_summary(model) if isinstance(model, dict) else None
+
+    @functools.cached_property
+    def optimizer(self) -> OptimizerSummary | None:
+        return optimizer_summary(self.root.get("optimizer")) if isinstance(self.root, dict) else None
+
+    @functools.cached_property
+    def all_tensors(self) -> TensorGroupSummary:
+        return tensor_summary(self.root)
 
 
 def summarize(ckpt: CheckpointFile) -> Metadata:
     """Distil ``ckpt.root`` into :class:`Metadata`; tolerant of any shape of root object."""
     root = ckpt.root if isinstance(ckpt.root, dict) else {}
-    model = root.get("model")
     rng = root.get("rng_state")
     return Metadata(
         step=as_int(root.get("step")),
@@ -79,10 +94,8 @@ def summarize(ckpt: CheckpointFile) -> Metadata:
         args=args_dict(root.get("args")),
         dataloader_state=root.get("dataloader_state"),
         rng_states=sorted(k for k, v in rng.items() if v is not None) if isinstance(rng, dict) else [],
-        model=tensor_summary(model) if isinstance(model, dict) else None,
-        optimizer=optimizer_summary(root.get("optimizer")),
         extra_keys=[str(k) for k in root if k not in KNOWN_KEYS],
-        all_tensors=tensor_summary(ckpt.root),
+        root=ckpt.root,
     )
 
 
@@ -143,11 +156,12 @@ def args_dict(value: Any) -> dict[str, Any] | None:
 
 
 def tensor_summary(obj: Any) -> TensorGroupSummary:
+    """Counts over every tensor placeholder below ``obj`` (tied weights and shared storages once)."""
     summary = TensorGroupSummary()
     seen: set[tuple] = set()
     by_dtype: Counter[str] = Counter()
     counted_storage: set[str] = set()
-    for _name, tensor in iter_tensors(obj):
+    for tensor in _tensor_refs(obj):
         summary.tensor_count += 1
         identity = (tensor.storage.key, tensor.offset, tensor.shape, tensor.stride)
         if identity not in seen:
@@ -158,6 +172,25 @@ def tensor_summary(obj: Any) -> TensorGroupSummary:
             by_dtype[tensor.dtype] += tensor.storage.nbytes
     summary.bytes_by_dtype = dict(sorted(by_dtype.items()))
     return summary
+
+
+def _tensor_refs(obj: Any) -> Iterator[TensorRef]:
+    """Every TensorRef below ``obj``, in no particular order.
+
+    ``reader.iter_tensors`` also builds each tensor's dotted name; summaries need no names, and
+    ``list`` summarises every file, so this walk skips that work.
+    """
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, TensorRef):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, Namespace):
+            stack.extend(item.attrs.values())
 
 
 def optimizer_summary(value: Any) -> OptimizerSummary | None:

@@ -259,8 +259,11 @@ class _Refused(metaclass=_Sealed):
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and v >= 0 for v in value):
+    if not isinstance(value, (tuple, list)):
         raise pickle.UnpicklingError(f"malformed tensor {what}")
+    for v in value:  # a loop, not all(<genexpr>): this runs for every tensor of every listed file
+        if type(v) is not int or v < 0:
+            raise pickle.UnpicklingError(f"malformed tensor {what}")
     return tuple(value)
 
 
@@ -277,9 +280,11 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
 
 def _check_bounds(tensor: TensorRef) -> None:
     """A tensor must lie inside its storage, as torch itself checks when it rebuilds one."""
-    if tensor.numel == 0:
-        return
-    last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride))
+    last = tensor.offset
+    for n, s in zip(tensor.shape, tensor.stride):
+        if n == 0:
+            return  # an empty tensor reads nothing
+        last += (n - 1) * s
     end_bytes = (last + 1) * DTYPE_ITEMSIZE[tensor.dtype]
     if end_bytes > tensor.storage.nbytes:
         raise pickle.UnpicklingError(f"malformed tensor: reads past its storage {tensor.storage.key}")
@@ -546,39 +551,45 @@ def _short(exc: Exception) -> str:
 
 
 def check_structure(obj: Any) -> None:
-    """Bound what later code walks: nesting depth, object count, no cycles (all iterative)."""
+    """Bound what later code walks: nesting depth, object count, no cycles (all iterative).
+
+    Only containers are pushed on the stack (leaves are just counted): a listing runs this on
+    every file, and a checkpoint is mostly leaves.
+    """
     seen_done: set[int] = set()
     on_path: set[int] = set()
-    count = 0
-    stack: list[tuple[Any, int, bool]] = [(obj, 0, False)]
+    count = 1
+    stack: list[tuple[Any, int, bool]] = [(obj, 0, False)] if isinstance(obj, _CONTAINERS) else []
     while stack:
         item, depth, leaving = stack.pop()
+        key = id(item)
         if leaving:
-            on_path.discard(id(item))
-            seen_done.add(id(item))
+            on_path.discard(key)
+            seen_done.add(key)
             continue
-        count += 1
-        if count > MAX_OBJECTS:
-            raise UnreadableCheckpoint("pickle holds too many objects")
-        if depth > MAX_DEPTH:
+        if key in on_path:
+            raise UnreadableCheckpoint("pickle contains a reference cycle")
+        if key in seen_done:
+            continue
+        if depth >= MAX_DEPTH:
             raise UnreadableCheckpoint(f"pickle nests deeper than {MAX_DEPTH} levels")
         children = _children(item)
-        if children is None:
-            continue
-        if id(item) in on_path:
-            raise UnreadableCheckpoint("pickle contains a reference cycle")
-        if id(item) in seen_done:
-            continue
-        on_path.add(id(item))
+        count += len(children)
+        if count > MAX_OBJECTS:
+            raise UnreadableCheckpoint("pickle holds too many objects")
+        on_path.add(key)
         stack.append((item, depth, True))
-        stack.extend((child, depth + 1, False) for child in children)
+        stack.extend((child, depth + 1, False) for child in children if isinstance(child, _CONTAINERS))
 
 
-def _children(item: Any) -> list[Any] | None:
+def _children(item: Any) -> list[Any]:
     if isinstance(item, dict):
         return [*item.keys(), *item.values()]
     if isinstance(item, (list, tuple, set, frozenset)):
         return list(item)
     if isinstance(item, Namespace):
         return list(item.attrs.values())
-    return None
+    return []
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset, Namespace)
