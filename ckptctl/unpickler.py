@@ -551,35 +551,39 @@ def _short(exc: Exception) -> str:
 
 
 def check_structure(obj: Any) -> None:
-    """Bound what later code walks: nesting depth, object count, no cycles (all iterative).
+    """Bound what later code walks: nesting depth, expanded object count, no cycles (iterative).
 
-    Only containers are pushed on the stack (leaves are just counted): a listing runs this on
-    every file, and a checkpoint is mostly leaves.
+    The count is of the tree the walkers see, not of the pickle's objects: pickle memoises, so a
+    list holding one list a thousand times, nested three deep, is a few thousand objects in the
+    file but a billion to any walk (``iter_tensors``, JSON output). Each container's expanded size
+    is computed once (post-order, memoised by identity), so this stays linear in the file. Only
+    containers go on the stack; leaves are just counted.
     """
-    seen_done: set[int] = set()
+    sizes: dict[int, int] = {}  # id -> expanded size of a finished container
     on_path: set[int] = set()
-    count = 1
-    stack: list[tuple[Any, int, bool]] = [(obj, 0, False)] if isinstance(obj, _CONTAINERS) else []
+    stack: list[tuple[Any, int, tuple[int, list[Any]] | None]] = [(obj, 0, None)] if isinstance(obj, _CONTAINERS) else []
     while stack:
         item, depth, leaving = stack.pop()
         key = id(item)
-        if leaving:
+        if leaving is not None:  # all children are finished
             on_path.discard(key)
-            seen_done.add(key)
+            leaves, containers = leaving
+            total = 1 + leaves + sum(sizes[id(child)] for child in containers)
+            if total > MAX_OBJECTS:
+                raise UnreadableCheckpoint("pickle expands to too many objects")
+            sizes[key] = total
             continue
         if key in on_path:
             raise UnreadableCheckpoint("pickle contains a reference cycle")
-        if key in seen_done:
+        if key in sizes:
             continue
         if depth >= MAX_DEPTH:
             raise UnreadableCheckpoint(f"pickle nests deeper than {MAX_DEPTH} levels")
         children = _children(item)
-        count += len(children)
-        if count > MAX_OBJECTS:
-            raise UnreadableCheckpoint("pickle holds too many objects")
+        containers = [child for child in children if isinstance(child, _CONTAINERS)]
         on_path.add(key)
-        stack.append((item, depth, True))
-        stack.extend((child, depth + 1, False) for child in children if isinstance(child, _CONTAINERS))
+        stack.append((item, depth, (len(children) - len(containers), containers)))
+        stack.extend((child, depth + 1, None) for child in containers)
 
 
 def _children(item: Any) -> list[Any]:

@@ -221,3 +221,20 @@ def test_bytes_constructor_cannot_allocate():
     data = hostile._wrap(hostile._call(hostile._global("__builtin__", "bytes"), b"J\x00\xca\x9a\x3b"))  # bytes(10**9)
     with pytest.raises(UnsafeCheckpoint, match="misuses __builtin__.bytes"):
         safe_loads(data)
+
+
+def test_shared_references_cannot_expand_into_a_billion_objects():
+    """Pickle memoises: [[[x]*1000]*1000]*1000 is small on disk but a billion items to any walk."""
+    inner = [0] * 1000
+    middle = [inner] * 1000
+    bomb = {"step": 1, "dataloader_state": [middle] * 1000}
+    data = pickle.dumps(bomb, 2)
+    assert len(data) < 20_000
+    with pytest.raises(UnreadableCheckpoint, match="expands to too many objects"):
+        safe_loads(data)
+
+
+def test_shared_references_within_bounds_are_fine():
+    shared = {"lr": 0.1}
+    obj, _ = safe_loads(pickle.dumps({"groups": [shared] * 100, "x": [shared, shared]}, 2))
+    assert obj["groups"][0] is obj["groups"][99] and obj["x"][0] == {"lr": 0.1}
