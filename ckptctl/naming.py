@@ -59,6 +59,8 @@ KIND_ORDER: tuple[Kind, ...] = (
     Kind.OTHER,
 )
 
+_KIND_RANK = {kind: rank for rank, kind in enumerate(KIND_ORDER)}
+
 STEP_DIGITS = 6
 EPOCH_DIGITS = 5
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
@@ -137,8 +139,12 @@ def parse(name: str) -> ParsedName:
 
 
 def _parse_timestamp(text: str) -> datetime | None:
+    """``YYYYMMDD_HHMMSS`` (already matched as digits by the pattern); None for an impossible date.
+
+    Sliced by hand: ``strptime`` costs ~20 us a name, which shows on 10,000-file directories.
+    """
     try:
-        return datetime.strptime(text, TIMESTAMP_FORMAT)
+        return datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]), int(text[11:13]), int(text[13:15]))
     except ValueError:
         return None
 
@@ -170,7 +176,7 @@ def _require(value, what: str):
 def sort_key(parsed: ParsedName) -> tuple:
     """Stable order: by kind, then step (or epoch), then timestamp, then name. Never mtime."""
     return (
-        KIND_ORDER.index(parsed.kind),
+        _KIND_RANK[parsed.kind],
         parsed.step if parsed.step is not None else -1,
         parsed.epoch if parsed.epoch is not None else -1,
         parsed.timestamp or datetime.min,

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from .catalog import Entry, scan
 from .errors import BadInputError
-from .naming import GROUP_OF, Kind, sort_key
+from .naming import GROUP_OF, Kind
 
 # Report order of the kinds (as a person groups them), and the order in which a shared inode
 # is attributed: the file that holds the data first, the names that link to it after.
 GROUPS = ("latest", "rolling", "emergency", "best", "epoch", "partial", "other")
 OWNER_ORDER = ("rolling", "emergency", "epoch", "best", "latest", "partial", "other")
+_OWNER_RANK = {group: rank for rank, group in enumerate(OWNER_ORDER)}
 SUMMARY_KINDS = (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH)
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)", re.IGNORECASE)
@@ -108,9 +109,10 @@ def measure(directory: str | os.PathLike[str]) -> Usage:
 
 
 def _by_kind(entries: list[Entry]) -> dict[str, KindUsage]:
+    """Per-kind usage; ``entries`` in scan order, so a stable sort by owner rank keeps step order within a kind."""
     kinds = {group: KindUsage(group) for group in GROUPS}
     seen: set[int] = set()
-    owner_first = sorted(entries, key=lambda e: (OWNER_ORDER.index(GROUP_OF[e.kind]), sort_key(e.parsed)))
+    owner_first = sorted(entries, key=lambda e: _OWNER_RANK[GROUP_OF[e.kind]])
     for entry in owner_first:
         kinds[GROUP_OF[entry.kind]].add(entry, entry.inode not in seen)
         seen.add(entry.inode)
@@ -130,7 +132,10 @@ def filesystem_usage(directory: Path) -> FilesystemUsage:
 
 
 def project(entries: list[Entry], free_bytes: int) -> Projection:
-    """Saves that fit in ``free_bytes``: the newest rolling (else latest, emergency) file sets the size."""
+    """Saves that fit in ``free_bytes``: the newest rolling (else latest, emergency) file sets the size.
+
+    ``entries`` must be in :func:`ckptctl.catalog.scan` order (kind, then step/epoch/timestamp).
+    """
     current = _newest(entries, Kind.ROLLING) or _newest(entries, Kind.LATEST) or _newest(entries, Kind.EMERGENCY)
     epoch = _newest(entries, Kind.EPOCH) or current
     rolling_save = None
@@ -149,9 +154,9 @@ def project(entries: list[Entry], free_bytes: int) -> Projection:
 
 
 def _newest(entries: list[Entry], kind: Kind) -> Entry | None:
-    """The last of ``kind`` in step/epoch/timestamp order (entries from scan are already in that order)."""
+    """The last of ``kind`` in step/epoch/timestamp order (``entries`` in scan order, which is that order)."""
     matching = [e for e in entries if e.kind is kind]
-    return max(matching, key=lambda e: sort_key(e.parsed)) if matching else None
+    return matching[-1] if matching else None
 
 
 def summary_line(usage: Usage) -> str:

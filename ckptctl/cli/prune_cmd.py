@@ -5,6 +5,7 @@ Never prompts when stdin or stderr is not a terminal: without ``--yes`` it refus
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from datetime import timedelta
@@ -130,6 +131,10 @@ def _files(count: int) -> str:
     return f"{count} file" if count == 1 else f"{count} files"
 
 
+# Neighbouring checkpoints of one run mostly have the same size: format each size once (10,000-row plans).
+_size = functools.lru_cache(maxsize=1024)(render.size)
+
+
 def _sections(plan: PrunePlan) -> list[tuple[str, tuple[str, ...], list[list[str]]]]:
     """(title, headers, rows) for each non-empty part of the plan."""
     retention, now = plan.retention, time.time()
@@ -137,9 +142,9 @@ def _sections(plan: PrunePlan) -> list[tuple[str, tuple[str, ...], list[list[str
         (f"Keep ({len(retention.keep)})", ("name", "step", "reasons"),
          [[d.entry.name, _step(d.entry.step), ", ".join(d.reasons)] for d in retention.keep]),
         (f"Remove ({len(retention.remove)})", ("name", "step", "size"),
-         [[d.entry.name, _step(d.entry.step), render.size(d.entry.size_bytes)] for d in retention.remove]),
+         [[d.entry.name, _step(d.entry.step), _size(d.entry.size_bytes)] for d in retention.remove]),
         (f"Stale partial writes, removed ({len(retention.stale_temp)})", ("name", "age", "size"),
-         [[e.name, _age(now - e.mtime), render.size(e.size_bytes)] for e in retention.stale_temp]),
+         [[e.name, _age(now - e.mtime), _size(e.size_bytes)] for e in retention.stale_temp]),
         (f"Ignored, never removed ({len(retention.ignored)})", ("name", "why"),
          [[e.name, "partial write (recent)" if e.kind.value == "partial" else "not a checkpoint name"]
           for e in retention.ignored]),
