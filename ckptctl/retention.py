@@ -20,7 +20,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable
 
 from .catalog import Entry
 from .errors import BadInputError
@@ -38,8 +37,8 @@ PROTECTED_REASON = {
 CANDIDATES = {Kind.ROLLING: "rolling", Kind.EMERGENCY: "emergency"}
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 
-# A rule maps a candidate to the reason it keeps it, or None; each is built once per plan.
-Rule = Callable[[Entry], "str | None"]
+# A rule of a policy applied to the candidates: its reason, and the candidates it keeps.
+Rule = tuple[str, list[Entry]]
 
 _UNIT_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[wdhms])+")
@@ -120,20 +119,24 @@ def plan_retention(entries: list[Entry], policy: Policy, *, now: float | None = 
     remove: list[Decision] = []
     candidates: dict[Kind, list[Entry]] = {kind: [] for kind in CANDIDATES}
     for entry in entries:
-        if entry.kind in PROTECTED_REASON:
-            keep.append(Decision(entry, [PROTECTED_REASON[entry.kind]]))
-        elif entry.kind in candidates:
-            candidates[entry.kind].append(entry)
+        kind = entry.parsed.kind
+        if kind in PROTECTED_REASON:
+            keep.append(Decision(entry, [PROTECTED_REASON[kind]]))
+        elif kind in candidates:
+            candidates[kind].append(entry)
     stale = stale_temps(entries, policy.stale_temp_after, now=now) if policy.stale_temp_after is not None else []
     stale_ids = {id(e) for e in stale}
-    ignored = [e for e in entries if e.kind in (Kind.PARTIAL, Kind.OTHER) and id(e) not in stale_ids]
+    ignored = [e for e in entries if e.parsed.kind in (Kind.PARTIAL, Kind.OTHER) and id(e) not in stale_ids]
     for group in candidates.values():
         group.sort(key=lambda e: sort_key(e.parsed))
-    rules = _rules(policy, entries, candidates)
+    reasons: dict[int, list[str]] = {}
+    for reason, kept in _rules(policy, entries, candidates):
+        for entry in kept:
+            reasons.setdefault(id(entry), []).append(reason)
     for kind in CANDIDATES:
         for entry in candidates[kind]:
-            decision = Decision(entry, [reason for rule in rules if (reason := rule(entry))])
-            (keep if decision.keep else remove).append(decision)
+            decision = Decision(entry, reasons.get(id(entry), []))
+            (keep if decision.reasons else remove).append(decision)
     return RetentionPlan(keep, remove, ignored, stale)
 
 
@@ -158,23 +161,23 @@ def stale_temps(entries: list[Entry], older_than: timedelta, *, now: float | Non
 
 
 def _rules(policy: Policy, entries: list[Entry], candidates: dict[Kind, list[Entry]]) -> list[Rule]:
-    rules = [_keep_last(candidates, Kind.ROLLING, policy.keep_rolling),
-             _keep_last(candidates, Kind.EMERGENCY, policy.keep_emergency)]  # fmt: skip
+    """Each rule of the policy, in reason order: (reason, the candidates it keeps)."""
+    rolling, emergency = candidates[Kind.ROLLING], candidates[Kind.EMERGENCY]
+    everything = rolling + emergency
+    rules = [_keep_last(rolling, policy.keep_rolling, "rolling"), _keep_last(emergency, policy.keep_emergency, "emergency")]
     if policy.keep_every:
         every = policy.keep_every
-        rules.append(lambda e: f"every {every} steps" if e.step is not None and e.step % every == 0 else None)
+        rules.append((f"every {every} steps", [e for e in everything if e.step is not None and e.step % every == 0]))
     if policy.keep_within is not None:
-        rules.append(_keep_within(entries, policy.keep_within))
+        rules.append(_keep_within(entries, everything, policy.keep_within))
     if policy.keep_best_k:
-        rules.append(_keep_best(candidates[Kind.ROLLING], policy.keep_best_k))
+        rules.append(_keep_best(rolling, policy.keep_best_k))
     return rules
 
 
-def _keep_last(candidates: dict[Kind, list[Entry]], kind: Kind, count: int) -> Rule:
-    ordered = candidates[kind]  # already in step, then timestamp order
-    newest = {id(e) for e in ordered[max(0, len(ordered) - count) :]} if count else set()
-    reason = f"last {count} {CANDIDATES[kind]}"
-    return lambda e: reason if id(e) in newest else None
+def _keep_last(ordered: list[Entry], count: int, label: str) -> Rule:
+    """The newest ``count`` of ``ordered`` (already in step, then timestamp order)."""
+    return f"last {count} {label}", ordered[max(0, len(ordered) - count) :] if count else []
 
 
 def saved_time(entry: Entry) -> float:
@@ -184,24 +187,21 @@ def saved_time(entry: Entry) -> float:
     return entry.mtime
 
 
-def _keep_within(entries: list[Entry], window: timedelta) -> Rule:
-    times = [saved_time(e) for e in entries if e.parsed.is_checkpoint]
-    newest = max(times, default=0.0)
+def _keep_within(entries: list[Entry], candidates: list[Entry], window: timedelta) -> Rule:
+    """Candidates saved within ``window`` of the newest checkpoint of any kind."""
+    newest = max((saved_time(e) for e in entries if e.parsed.is_checkpoint), default=0.0)
     limit = window.total_seconds()
-    reason = f"within {format_duration(window)} of newest"
-    return lambda e: reason if newest - saved_time(e) <= limit else None
+    return f"within {format_duration(window)} of newest", [e for e in candidates if newest - saved_time(e) <= limit]
 
 
 def _keep_best(rolling: list[Entry], k: int) -> Rule:
     """The K lowest val_loss among rolling checkpoints (ties: the newer step); unreadable ones never qualify."""
     scored = []
-    for entry in rolling:
+    for index, entry in enumerate(rolling):
         meta = entry.metadata
         if meta is not None and meta.val_loss is not None and meta.val_loss == meta.val_loss:  # not NaN
-            scored.append((meta.val_loss, -(entry.step or 0), id(entry)))
-    best = {key for _loss, _step, key in sorted(scored)[:k]}
-    reason = f"best {k} by val_loss"
-    return lambda e: reason if id(e) in best else None
+            scored.append((meta.val_loss, -(entry.step or 0), index))
+    return f"best {k} by val_loss", [rolling[index] for _loss, _step, index in sorted(scored)[:k]]
 
 
 def parse_duration(text: str) -> timedelta:
