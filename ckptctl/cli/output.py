@@ -36,6 +36,24 @@ def can_prompt() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
+def confirm_or_exit(question: str, *, refusal: str, declined: str = "nothing changed", declined_code: int = 0) -> None:
+    """Ask ``question`` on stderr and return only on "yes".
+
+    Never prompts off a terminal: cron and pipes get ``refusal`` (one line, exit 2) instead of a
+    hang. Ctrl+C or end of input at the prompt exits 130; "no" exits ``declined_code``.
+    """
+    if not can_prompt():
+        raise fail(refusal, EXIT_USAGE)
+    try:
+        confirmed = typer.confirm(question, default=False, err=True)
+    except typer.Abort:
+        print(f"\nckptctl: interrupted, {declined}", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if not confirmed:
+        print(f"ckptctl: {declined}", file=sys.stderr)
+        raise typer.Exit(declined_code)
+
+
 def err_console():
     """A Rich console on stderr (markup off: file names are never interpreted as markup)."""
     from rich.console import Console

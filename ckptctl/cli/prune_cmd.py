@@ -6,19 +6,18 @@ Never prompts when stdin or stderr is not a terminal: without ``--yes`` it refus
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from datetime import timedelta
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, BadInputError
+from ..errors import EXIT_USAGE, BadInputError
 from ..prune import PrunePlan, PruneResult, execute, plan_prune
 from ..retention import DEFAULT_STALE_AFTER, Policy, format_duration, parse_duration
 from . import render
 from .options import DirArg, DryRunOpt, JsonOpt, QuietOpt, WaitOpt, YesOpt
-from .output import fail, handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
+from .output import confirm_or_exit, handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
 
 
 @handle_errors
@@ -69,24 +68,15 @@ def _policy(keep_rolling: int, keep_emergency: int, keep_every: int | None, keep
         raise BadInputError(f"bad policy: {exc}") from None
 
 
-def can_prompt() -> bool:
-    """A person is there to answer: both stdin and stderr (where the question goes) are terminals."""
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
 def _confirm(plan: PrunePlan, json_output: bool) -> None:
     count, freed = _files(len(plan.deletions)), render.size(plan.freed_bytes)
-    if not can_prompt():
-        raise fail(f"refusing to delete {count} without confirmation: not a terminal "
-                   "(add --yes to delete, or --dry-run to only show the plan)", EXIT_USAGE)  # fmt: skip
-    try:
-        confirmed = typer.confirm(f"Delete {count} from {plan.directory} (frees {freed})?", default=False, err=True)
-    except typer.Abort:  # Ctrl+C or end of input at the prompt
-        print("\nckptctl: interrupted, nothing deleted", file=sys.stderr)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    if not confirmed:
-        print("ckptctl: nothing deleted", file=sys.stderr)
-        raise typer.Exit(EXIT_USAGE if json_output else 0)
+    confirm_or_exit(
+        f"Delete {count} from {plan.directory} (frees {freed})?",
+        refusal=f"refusing to delete {count} without confirmation: not a terminal "
+        "(add --yes to delete, or --dry-run to only show the plan)",
+        declined="nothing deleted",
+        declined_code=EXIT_USAGE if json_output else 0,
+    )
 
 
 def _finish(plan: PrunePlan, result: PruneResult | None, dry_run: bool, json_output: bool, quiet: bool) -> None:

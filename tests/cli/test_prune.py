@@ -10,7 +10,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from ckptctl.cli import prune_cmd
+from ckptctl.cli import output, prune_cmd
 from ckptctl.cli.app import app
 from ckptctl.locking import DirectoryLock
 from tests.factories import touch_files
@@ -100,7 +100,7 @@ def test_json_without_yes_refuses_without_a_document(layout):
 
 @pytest.mark.parametrize("answer, deleted", [("y\n", True), ("n\n", False), ("\n", False)])
 def test_prompt_on_a_terminal(layout, monkeypatch, answer, deleted):
-    monkeypatch.setattr(prune_cmd, "can_prompt", lambda: True)
+    monkeypatch.setattr(output, "can_prompt", lambda: True)
     result = invoke(str(layout), input=answer)
     assert result.exit_code == 0, result.output
     assert "Delete 5 files" in result.stderr
