@@ -176,6 +176,23 @@ MISUSES: dict[str, tuple[bytes, str]] = {
 }
 
 
+def float_tensor_pickle(storage_numel: int, tensor_numel: int) -> bytes:
+    """``{"step": 1, "model": <a float32 tensor of tensor_numel over a storage of storage_numel>}``.
+
+    Hand-assembled like torch's own pickle (persistent id + _rebuild_tensor_v2), for sizes that
+    disagree with the records or reach past the storage.
+    """
+    storage = b"(" + _str("storage") + _global("torch", "FloatStorage") + _str("0") + _str("cpu")
+    storage += b"K" + bytes([storage_numel]) + b"tQ"
+    args = storage + b"K\x00(K" + bytes([tensor_numel]) + b"t(K\x01t\x89N)"
+    return _wrap(_global("torch._utils", "_rebuild_tensor_v2") + b"(" + args + b"tR")
+
+
+def write_hostile(path: Path, data: bytes, container: str) -> Path:
+    """``data`` as data.pkl of a torch zip (``container="zip"``) or as the object pickle of a legacy file."""
+    return torch_zip(path, data) if container == "zip" else legacy_file(path, data)
+
+
 def torch_zip(path: Path, data_pkl: bytes, records: dict[str, bytes] | None = None, prefix: str = "archive") -> Path:
     """A torch-style zip (stored records under one prefix) holding ``data_pkl`` as data.pkl."""
     path.parent.mkdir(parents=True, exist_ok=True)

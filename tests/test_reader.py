@@ -90,11 +90,7 @@ def test_fast_path_still_cross_checks_sizes_and_finds_truncation(tmp_path, files
     (tmp_path / "cut.pt").write_bytes(data[: len(data) - 30])
     with pytest.raises(UnreadableCheckpoint):
         read_checkpoint(tmp_path / "cut.pt", spans=False)
-    pkl = hostile._wrap(
-        hostile._global("torch._utils", "_rebuild_tensor_v2")
-        + b"((" + hostile._str("storage") + hostile._global("torch", "FloatStorage") + hostile._str("0")
-        + hostile._str("cpu") + b"K\x04tQK\x00(K\x04t(K\x01t\x89N)tR"
-    )  # fmt: skip
+    pkl = hostile.float_tensor_pickle(storage_numel=4, tensor_numel=4)
     with pytest.raises(UnreadableCheckpoint, match="holds 12 bytes"):
         read_checkpoint(hostile.torch_zip(tmp_path / "short.pt", pkl, {"0": b"\x00" * 12}), spans=False)
 
@@ -250,11 +246,7 @@ def test_missing_data_pkl_and_two_prefixes(tmp_path, good):
 
 def test_storage_size_cross_checked_against_records(tmp_path):
     """The pickle's storage of 4 floats (16 bytes) against a record of 12 bytes, then none at all."""
-    pkl = hostile._wrap(
-        hostile._global("torch._utils", "_rebuild_tensor_v2")
-        + b"((" + hostile._str("storage") + hostile._global("torch", "FloatStorage") + hostile._str("0")
-        + hostile._str("cpu") + b"K\x04tQK\x00(K\x04t(K\x01t\x89N)tR"
-    )  # fmt: skip
+    pkl = hostile.float_tensor_pickle(storage_numel=4, tensor_numel=4)
     with pytest.raises(UnreadableCheckpoint, match="holds 12 bytes, the pickle expects 16"):
         read_checkpoint(hostile.torch_zip(tmp_path / "short.pt", pkl, {"0": b"\x00" * 12}))
     with pytest.raises(UnreadableCheckpoint, match="missing record data/0"):
@@ -290,7 +282,7 @@ def test_plain_pickle_is_not_a_legacy_checkpoint(tmp_path):
 def test_hostile_file_refused_without_running(tmp_path, payload, container):
     marker = tmp_path / "pwned"
     data = payload.build(marker)
-    path = hostile.torch_zip(tmp_path / "h.pt", data) if container == "zip" else hostile.legacy_file(tmp_path / "h.pt", data)
+    path = hostile.write_hostile(tmp_path / "h.pt", data, container)
     with pytest.raises(UnsafeCheckpoint) as info:
         read_checkpoint(path)
     assert payload.reported in info.value.globals

@@ -182,11 +182,7 @@ def test_tensor_placeholders_from_torch_pickle():
 
 
 def test_tensor_reading_past_its_storage_is_unreadable():
-    data = hostile._wrap(
-        hostile._global("torch._utils", "_rebuild_tensor_v2")
-        + b"((" + hostile._str("storage") + hostile._global("torch", "FloatStorage") + hostile._str("0")
-        + hostile._str("cpu") + b"K\x02tQK\x00(K\x10t(K\x01t\x89N)tR"
-    )  # fmt: skip
+    data = hostile.float_tensor_pickle(storage_numel=2, tensor_numel=16)
     with pytest.raises(UnreadableCheckpoint, match="past its storage"):
         safe_loads(data)
 

@@ -89,7 +89,7 @@ def test_legacy_and_numpy_and_namespace(tmp_path):
 def test_hostile_file_exit_1_names_the_global_and_runs_nothing(tmp_path, payload, container):
     marker = tmp_path / "pwned"
     data = payload.build(marker)
-    path = hostile.torch_zip(tmp_path / "h.pt", data) if container == "zip" else hostile.legacy_file(tmp_path / "h.pt", data)
+    path = hostile.write_hostile(tmp_path / "h.pt", data, container)
     result = invoke(str(path))
     assert result.exit_code == 1
     assert "unsafe: references" in result.stderr and payload.reported in result.stderr
