@@ -55,9 +55,13 @@ class PruneResult:
 
 
 def plan_prune(directory: str | os.PathLike[str], policy: Policy, *, now: float | None = None) -> PrunePlan:
-    """Plan without touching anything; BadInputError for a bad directory or a policy that keeps nothing."""
+    """Plan without touching anything; BadInputError for a bad directory or a policy that keeps nothing.
+
+    A directory without a single checkpoint name is bad input too: a prune pointed at the wrong
+    directory from cron should say so, not report success.
+    """
     path = Path(directory)
-    retention = plan_retention(scan(path), policy, now=now)
+    retention = plan_retention(scan(path, require_checkpoints=True), policy, now=now)
     refuse_if_removes_everything(retention)
     return PrunePlan(path, policy, retention)
 

@@ -151,6 +151,27 @@ def test_refusal_and_bad_directory(tmp_path):
     assert present(tmp_path) == set(rolling(1, 2))
 
 
+def test_a_directory_without_checkpoints_is_bad_input(tmp_path):
+    with pytest.raises(BadInputError, match="empty directory"):
+        plan_prune(tmp_path, Policy())
+    touch_files(tmp_path, ["notes.txt", "model.pth"])
+    with pytest.raises(BadInputError, match="no checkpoints"):
+        plan_prune(tmp_path, Policy())
+
+
+def test_keep_best_k_never_runs_a_hostile_pickle(tmp_path):
+    from tests.factories import write_checkpoint, write_hostile_checkpoint
+
+    marker = tmp_path / "pwned"
+    directory = tmp_path / "ckpt"
+    write_hostile_checkpoint(directory / rolling(100)[0], marker)
+    write_checkpoint(directory / rolling(200)[0], step=200, val_loss=0.9, hidden=2)
+    write_checkpoint(directory / rolling(300)[0], step=300, val_loss=0.8, hidden=2)
+    plan = plan_prune(directory, Policy(keep_rolling=1, keep_best_k=1))
+    assert not marker.exists()
+    assert [e.name for e in plan.deletions] == rolling(100, 200)  # the hostile file is not "best": it has no val_loss
+
+
 def test_read_only_directory_is_bad_input_and_nothing_deleted(tmp_path, monkeypatch):
     touch_files(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
@@ -319,6 +340,10 @@ def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
         stale = {n for n in before if n.endswith(".tmp") and time.time() - os.stat(directory / n).st_mtime >= 3600}
         keep = expected_keep(directory, info, policy)
         removed = set(info) - keep
+        if not info and not protected and not spec["temps"]:
+            with pytest.raises(BadInputError, match="no checkpoints|empty directory"):
+                plan_prune(directory, policy)
+            return
         if removed and not keep and not protected:
             with pytest.raises(BadInputError, match="refusing"):
                 plan_prune(directory, policy)

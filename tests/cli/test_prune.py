@@ -172,6 +172,12 @@ def test_bad_policy_values_exit_2_and_delete_nothing(tmp_path, args, message):
     assert present(directory) == before
 
 
+def test_directory_without_checkpoints_exit_2(tmp_path):
+    touch_files(tmp_path, ["notes.txt"])
+    result = invoke(str(tmp_path), "--dry-run")
+    assert result.exit_code == 2 and "no checkpoints" in result.stderr
+
+
 def test_missing_and_non_directory_paths(tmp_path):
     result = invoke(str(tmp_path / "nope"), "--yes")
     assert result.exit_code == 2 and "no such directory" in result.stderr
