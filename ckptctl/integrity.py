@@ -48,6 +48,7 @@ CHUNK_BYTES = 1 << 20  # one preadv; small enough to stay in the CPU cache for t
 SEGMENT_BYTES = 32 << 20  # the unit of parallel work inside one record
 NAN_SCAN_ELEMENTS = 1 << 22  # elements per NaN/Inf chunk: bounds the temporary boolean tensors
 REQUIRED_KEYS = ("step", "epoch", "model")
+PICKLE_CRC_MISMATCH = "record data.pkl: CRC mismatch"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 Progress = Callable[[int], None]  # bytes just checked; may be called from worker threads
@@ -200,6 +201,11 @@ def validate_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: i
         return result
     if level != QUICK:
         _check_container(result, jobs, progress)
+        if any(p.startswith(PICKLE_CRC_MISMATCH) for p in result.problems):
+            # Damaged pickle bytes are not unpickled at all: a flipped memo index alone can make
+            # the C unpickler allocate gigabytes before it fails.
+            result.notes.append("data.pkl fails its CRC-32: not unpickled")
+            return result
     ckpt = _safe_read(result)
     if ckpt is None:
         return result

@@ -78,6 +78,28 @@ def test_flip_in_tensor_data_names_the_record(source, tmp_path):
     assert validate_file(path, QUICK).valid  # the quick level does not read tensor bytes: by design
 
 
+def test_a_pickle_failing_its_crc_is_never_unpickled(tmp_path):
+    """A flipped memo index (LONG_BINPUT) makes the C unpickler allocate 16 bytes per index value:
+    here 1 GiB. The CRC-32 of data.pkl is checked first, so those bytes are never unpickled."""
+    import pickletools
+    import struct
+
+    path = write_checkpoint(tmp_path / "latest.pt", make_state(many=[f"item{i}" for i in range(300)]))
+    layout = Layout.of(path.read_bytes())
+    _h, offset, size = layout.records["data.pkl"]
+    puts = [pos for op, _arg, pos in pickletools.genops(layout.data[offset : offset + size]) if op.name == "LONG_BINPUT"]
+    damaged = bytearray(layout.data)
+    damaged[offset + puts[-1] + 1 : offset + puts[-1] + 5] = struct.pack("<I", 1 << 26)
+    path.write_bytes(bytes(damaged))
+    tracemalloc.start()
+    result = validate_file(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.problems[0].startswith("record data.pkl: CRC mismatch") and len(result.problems) == 1
+    assert "data.pkl fails its CRC-32: not unpickled" in result.notes
+    assert peak < 64 * 1024 * 1024
+
+
 def test_truncation_at_many_offsets_is_always_invalid(source, tmp_path):
     cases = many_truncations(source, 120, seed=3)
     for case, path in write_cases(cases, tmp_path):

@@ -11,7 +11,7 @@ from ..compare import Comparison, compare, compare_values
 from ..errors import EXIT_FINDINGS, EXIT_OK
 from . import render
 from .options import JsonOpt
-from .output import handle_errors, out_console, plain_table, print_json, stderr_is_terminal, stdout_is_terminal
+from .output import handle_errors, out_console, print_json, print_table, stderr_is_terminal, stdout_is_terminal
 
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 LIST_LIMIT = 20
@@ -105,21 +105,7 @@ class _Report:
             print(text)
 
     def table(self, title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        rows = [[str(cell) for cell in row] for row in rows]
-        if self.console is None:
-            if title:
-                print(title)
-            print(plain_table(headers, rows))
-            print()
-            return
-        from rich.table import Table
-
-        table = Table(title=title, title_justify="left", header_style="bold")
-        for header in headers:
-            table.add_column(header, overflow="fold")
-        for row in rows:
-            table.add_row(*row)
-        self.console.print(table)
+        print_table(self.console, title, headers, rows)
 
     @staticmethod
     def _side(label: str, side) -> list[str]:

@@ -139,3 +139,23 @@ def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
+
+
+def print_table(console: Any, title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A titled table on stdout: Rich when ``console`` is given (a terminal), else aligned plain text
+    followed by a blank line (so sections stay apart when piped)."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    if console is None:
+        if title:
+            print(title)
+        print(plain_table(headers, rows))
+        print()
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

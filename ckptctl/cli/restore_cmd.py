@@ -11,7 +11,7 @@ from .. import durable
 from ..errors import EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInputError
 from ..restore import TARGETS, Action, RestorePlan, execute, plan_from, plan_heal, plan_rollback_best
 from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
-from .output import can_prompt, fail, handle_errors, out_console, plain_table, print_json, stdout_is_terminal
+from .output import can_prompt, fail, handle_errors, out_console, print_json, print_table, stdout_is_terminal
 
 
 @handle_errors
@@ -128,18 +128,6 @@ class _Report:
             self.console.print(Text(text))
 
     def table(self, title: str, headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-        rows = [[str(cell) for cell in row] for row in rows]
-        if not rows:
-            return
-        if self.console is None:
-            print(f"{title}:")
-            print(plain_table(headers, rows))
-            return
-        from rich.table import Table
-
-        table = Table(title=title, title_justify="left", header_style="bold")
-        for header in headers:
-            table.add_column(header, overflow="fold")
-        for row in rows:
-            table.add_row(*row)
-        self.console.print(table)
+        rows = list(rows)
+        if rows:
+            print_table(self.console, title, headers, rows)

@@ -45,7 +45,7 @@ def test_heal_with_yes_prints_plan_then_acts(ckpt_dir):
     result = invoke(str(ckpt_dir), "--yes")
     assert result.exit_code == 0, result.stderr
     out = result.stdout
-    assert out.index("plan:") < out.index("restored latest.pt from rolling_last_backup.pt")
+    assert out.index("plan\n") < out.index("restored latest.pt from rolling_last_backup.pt")
     assert "latest.pt               invalid: truncated" in out
     (kept,) = replaced(ckpt_dir)
     assert kept.startswith("latest.pt.replaced-") and f"kept as {kept}" in out
