@@ -239,3 +239,13 @@ def test_views_and_tied_tensors_survive_page_release(tmp_path):
     c = write_checkpoint(tmp_path / "c.pt", state)
     values = compare_values(compare(a, c), chunk_elements=100_000)
     assert {t.name for t in values.differing} == {"tied_a", "tied_b", "row"}
+
+
+def test_values_run_on_one_torch_thread_and_restore_the_setting(pair):
+    import torch
+
+    before = torch.get_num_threads()
+    seen = []
+    compare_values(compare(*pair), progress=lambda *_: seen.append(torch.get_num_threads()))
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == before
