@@ -93,3 +93,25 @@ def test_hostile_file_exit_2_without_running_it(tmp_path, ckpt_dir):
 def test_bad_input_exit_2(tmp_path, ckpt_dir):
     assert invoke(str(tmp_path / "missing.pt"), str(ckpt_dir / "latest.pt")).exit_code == 2
     assert invoke(str(ckpt_dir / "latest.pt"), str(ckpt_dir / "latest.pt"), "--atol", "-1").exit_code == 2
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
+    from ckptctl.cli import compare_cmd
+
+    updates = []
+    original = compare_cmd._ProgressBar.update
+    monkeypatch.setattr(compare_cmd, "stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(compare_cmd, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(compare_cmd._ProgressBar, "update", lambda self, *a: (updates.append(a), original(self, *a)))
+    a = write_checkpoint(tmp_path / "a.pt", make_state())
+    result = invoke(str(a), str(a), "--values")
+    assert result.exit_code == 0
+    assert len(updates) == 17 and updates[-1][0] == updates[-1][1]
+
+
+def test_no_progress_bar_when_piped(tmp_path, monkeypatch):
+    from ckptctl.cli import compare_cmd
+
+    monkeypatch.setattr(compare_cmd._ProgressBar, "update", lambda self, *a: (_ for _ in ()).throw(AssertionError))
+    a = write_checkpoint(tmp_path / "a.pt", make_state())
+    assert invoke(str(a), str(a), "--values").exit_code == 0
