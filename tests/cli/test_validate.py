@@ -119,3 +119,21 @@ def test_flipped_files_never_produce_a_traceback(tmp_path):
         path.write_bytes(flip(data, at, 0x10))
         result = invoke(str(path))
         assert result.exit_code in (0, 1) and "Traceback" not in result.stderr + result.stdout, at
+
+
+def test_progress_bar_counts_every_checked_byte_on_a_terminal(ckpt_dir, monkeypatch):
+    from ckptctl.cli import validate_cmd
+
+    advanced: list[int] = []
+    original = validate_cmd._ProgressBar.advance
+
+    def spy(self, nbytes):
+        advanced.append(nbytes)
+        original(self, nbytes)
+
+    monkeypatch.setattr(validate_cmd, "stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(validate_cmd, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(validate_cmd._ProgressBar, "advance", spy)
+    result = invoke(str(ckpt_dir), "--json")
+    assert result.exit_code == 0
+    assert sum(advanced) == json.loads(result.stdout)["bytes_checked"] > 0
