@@ -80,7 +80,7 @@ def _confirm(plan: PrunePlan, json_output: bool) -> None:
 
 
 def _finish(plan: PrunePlan, result: PruneResult | None, dry_run: bool, json_output: bool, quiet: bool) -> None:
-    if result is not None and result.skipped:
+    if result is not None and result.skipped and not quiet:
         warn(f"skipped {len(result.skipped)} planned files that changed or are kept now (a save ran meanwhile)")
     if json_output:
         print_json(to_json(plan, result, dry_run))
