@@ -210,3 +210,18 @@ def test_prune_imports_neither_torch_nor_numpy(layout, args):
     probe = run_fresh_interpreter(["prune", str(layout), *args])
     assert probe["code"] == 0 and "rolling_step_001000.pt" in probe["stdout"]
     assert probe["heavy"] == []
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_files_changed_after_the_plan_are_skipped_and_reported(layout, monkeypatch, quiet):
+    real_execute = prune_cmd.execute
+
+    def save_lands_first(plan, **kwargs):
+        (layout / rolling(1000)[0]).unlink()  # gone before the lock was taken
+        return real_execute(plan, **kwargs)
+
+    monkeypatch.setattr(prune_cmd, "execute", save_lands_first)
+    result = invoke(str(layout), "--yes", *(["--quiet"] if quiet else []))
+    assert result.exit_code == 0, result.output
+    assert ("skipped 1 planned files" in result.stderr) is not quiet
+    assert rolling(2000)[0] not in present(layout)
