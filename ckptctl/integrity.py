@@ -17,6 +17,7 @@ parallel (both ``preadv`` and ISA-L's CRC release the GIL) and the parts are joi
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import threading
 import time
@@ -30,6 +31,7 @@ from .errors import BadInputError, CheckpointError, UnsafeCheckpoint
 from .metadata import summarize
 from .naming import Kind, ParsedName, parse
 from .reader import CheckpointFile, iter_tensors, read_checkpoint
+from .sharded import chunk_problems, directory_sizes, looks_like_dcp, read_directory
 
 try:  # ISA-L: ~10 GB/s on one core here, against ~2.3 GB/s for zlib.crc32.
     from isal.isal_zlib import crc32 as _crc32
@@ -146,7 +148,9 @@ def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path]
     skipped: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if path.is_dir() and looks_like_dcp(path):  # one sharded checkpoint, named by the user
+            targets.append(path)
+        elif path.is_dir():
             entries = scan(path)
             chosen = [e.path for e in entries if _worth_checking(e.parsed)]
             if not chosen:
@@ -194,6 +198,8 @@ def validate_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: i
     """One file's verdict. Never raises for a damaged or hostile file: every finding is a problem."""
     _check_level(level)
     result = FileResult(Path(path), level)
+    if result.path.is_dir():
+        return _validate_directory(result)
     try:
         result.size_bytes = result.path.stat().st_size
     except OSError as exc:
@@ -217,15 +223,34 @@ def validate_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: i
     return result
 
 
+def _validate_directory(result: FileResult) -> FileResult:
+    """A sharded (DCP) checkpoint: ``.metadata`` safely read, every shard file present and long
+    enough, every tensor's chunks adding up to the tensor. DCP records no checksums, so no level
+    verifies the shard bytes themselves (noted)."""
+    result.size_bytes = directory_sizes(result.path)[0]
+    ckpt = _safe_read(result, read_directory)
+    if ckpt is None:
+        return result
+    try:
+        for problem in chunk_problems(result.path):
+            _add(result, problem)
+    except CheckpointError as exc:
+        _add(result, exc.reason)
+    result.notes.append("sharded (DCP) checkpoint: no checksums to verify")
+    if result.level != QUICK:
+        _check_layout(result, ckpt)
+    return result
+
+
 def _check_level(level: str) -> None:
     if level not in LEVELS:
         raise BadInputError(f"unknown validation level {level!r} (choose from {', '.join(LEVELS)})")
 
 
-def _safe_read(result: FileResult) -> CheckpointFile | None:
+def _safe_read(result: FileResult, reader: Callable[[Path], CheckpointFile] = read_checkpoint) -> CheckpointFile | None:
     """The allowlisted unpickle (and storage-size cross-check); its refusal is the verdict."""
     try:
-        ckpt = read_checkpoint(result.path)
+        ckpt = reader(result.path)
     except UnsafeCheckpoint as exc:
         result.unsafe = True
         _add(result, f"unsafe: {exc.reason}")
@@ -335,14 +360,23 @@ def _segments(records: list[Record], segment: int | None) -> Iterable[_Segment]:
 
 def _crc_worker(fd: int, segments: Iterable[_Segment], lock: threading.Lock,
                 parts: dict[tuple[int, int], int | None], progress: Progress | None) -> None:  # fmt: skip
-    """Pull segments from the shared iterator until it is empty; one reused buffer per worker."""
-    view = memoryview(bytearray(CHUNK_BYTES))
-    while True:
-        with lock:
-            item = next(segments, None)  # type: ignore[call-overload]
-        if item is None:
-            return
-        parts[(item.record, item.part)] = crc_range(fd, item.offset, item.size, view, progress)
+    """Pull segments from the shared iterator until it is empty; one reused buffer per worker.
+
+    The buffer is an anonymous mapping, so it is page-aligned: ``preadv`` from the page cache
+    into a ``bytearray`` (16 bytes past a page boundary) measured 2.3 GB/s at page-aligned file
+    offsets against 12 GB/s into an aligned buffer, at any offset.
+    """
+    with mmap.mmap(-1, CHUNK_BYTES) as buffer:
+        view = memoryview(buffer)
+        try:
+            while True:
+                with lock:
+                    item = next(segments, None)  # type: ignore[call-overload]
+                if item is None:
+                    return
+                parts[(item.record, item.part)] = crc_range(fd, item.offset, item.size, view, progress)
+        finally:
+            view.release()
 
 
 def crc_range(fd: int, offset: int, size: int, view: memoryview, progress: Progress | None = None) -> int | None:
@@ -383,7 +417,7 @@ def _join(parts: dict[tuple[int, int], int | None], index: int, record: Record) 
 
 def _check_layout(result: FileResult, ckpt: CheckpointFile) -> None:
     """Required keys and step/epoch against the name; only for names of the layout."""
-    parsed = parse(result.name)
+    parsed = parse(result.name, directory=ckpt.format == "dcp")
     if not parsed.is_checkpoint:
         result.notes.append("not a layout name: required keys and name checks skipped")
         return
