@@ -242,7 +242,7 @@ from datetime import datetime  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 VAL_LOSSES = (0.1, 0.2, 0.3, 0.5, float("nan"))
 STRAYS = ("notes.txt", "rolling_step_12.pt", "model.pth", "epoch_1.pt", "emergency_step_000001_20261399_000000.pt")
@@ -331,6 +331,8 @@ def expected_keep(directory: Path, info: dict, policy: Policy) -> set[str]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=directories, policy=policies)
+@example(spec={"rolling": {}, "emergency": [], "protected": [], "strays": [], "temps": [3600]},
+         policy=Policy(keep_rolling=0, keep_emergency=0, stale_temp_after=timedelta(hours=1)))  # fmt: skip
 def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -354,4 +356,8 @@ def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
         assert protected <= after and set(spec["strays"]) <= after
         assert {e.name for e in result.removed} == removed | stale
         assert after == before - removed - stale
-        assert plan_prune(directory, policy).deletions == []  # a second prune is a no-op
+        if after - set(spec["strays"]):
+            assert plan_prune(directory, policy).deletions == []  # a second prune is a no-op
+        else:  # only stale temps were there: now nothing checkpoint-like is left, which is bad input
+            with pytest.raises(BadInputError, match="no checkpoints"):
+                plan_prune(directory, policy)
