@@ -46,7 +46,7 @@ class CheckpointFile:
     """A checkpoint read without running code: the inert object graph and where its bytes are."""
 
     path: Path
-    format: str  # "zip" or "legacy"
+    format: str  # "zip", "legacy" or "dcp" (a sharded checkpoint directory)
     size_bytes: int
     root: Any
     storages: dict[str, StorageRef]
@@ -69,6 +69,11 @@ def read_checkpoint(path: str | os.PathLike[str], *, spans: bool = True) -> Chec
     the default.
     """
     path = Path(path)
+    if path.is_dir():  # a sharded (DCP) checkpoint: .metadata through the same restricted unpickler
+        from .sharded import looks_like_dcp, read_directory
+
+        if looks_like_dcp(path):
+            return read_directory(path)
     try:
         fh = open(path, "rb")
     except IsADirectoryError:
@@ -109,20 +114,49 @@ def _read_zip(path: Path, fh: io.BufferedReader, size: int, with_spans: bool = T
 def _read_legacy(path: Path, fh: io.BufferedReader, size: int) -> CheckpointFile:
     """The pre-1.6 format: magic, protocol, sys_info, the object pickle, storage keys, raw storages."""
     fh.seek(0)
-    magic = run_unpickler(SafeUnpickler(fh))
+    stream = _Bounded(fh, size)
+    magic = run_unpickler(SafeUnpickler(stream))
     if magic != LEGACY_MAGIC:
         raise UnreadableCheckpoint("not a checkpoint: a pickle without torch's magic number")
-    protocol = run_unpickler(SafeUnpickler(fh))
+    protocol = run_unpickler(SafeUnpickler(stream))
     if protocol != LEGACY_PROTOCOL:
         raise UnreadableCheckpoint(f"unsupported legacy protocol {protocol!r}")
-    run_unpickler(SafeUnpickler(fh))  # sys_info: endianness and type sizes
-    unpickler = SafeUnpickler(fh)
+    run_unpickler(SafeUnpickler(stream))  # sys_info: endianness and type sizes
+    unpickler = SafeUnpickler(stream)
     root = run_unpickler(unpickler)
-    keys = run_unpickler(SafeUnpickler(fh))
+    keys = run_unpickler(SafeUnpickler(stream))
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise UnreadableCheckpoint("corrupt legacy storage key list")
     spans = _legacy_spans(fh, keys, unpickler.storages, size)
     return CheckpointFile(path, "legacy", size, root, unpickler.storages, spans, None, ["legacy format: no checksums"])
+
+
+class _Bounded:
+    """The legacy stream as the unpickler sees it: no read asks for more than the file still holds.
+
+    Reading a pickle from a file, the C unpickler asks for a length taken from the (possibly
+    damaged or hostile) data and the file object allocates it up front; a flipped length byte
+    could ask for terabytes. Here such a read returns what is left and the load reports a
+    truncated pickle. (No ``peek``/``readinto``: the unpickler then reads exactly what it needs,
+    so the position after one pickle is the start of the next.)
+    """
+
+    def __init__(self, fh: io.BufferedReader, size: int):
+        self._fh = fh
+        self._size = size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._size - self._fh.tell())
+        return self._fh.read(left if n is None or n < 0 or n > left else n)
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._fh.readline(limit)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
 
 
 def _legacy_spans(fh: io.BufferedReader, keys: list[str], storages: dict[str, StorageRef], size: int) -> dict[str, Span]:

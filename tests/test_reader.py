@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
 import pytest
 
 from ckptctl.errors import UnreadableCheckpoint, UnsafeCheckpoint
+from ckptctl.metadata import summarize
 from ckptctl.reader import read_checkpoint
+from ckptctl.values import jsonable
 from tests import hostile
 from tests.factories import make_state, write_checkpoint
 
@@ -336,9 +339,22 @@ def test_random_damage_gives_a_verdict_never_another_exception(tmp_path, good, s
     for data in _mutations(good.read_bytes(), rng, 100):
         path.write_bytes(data)
         try:
-            read_checkpoint(path, spans=spans)
+            ckpt = read_checkpoint(path, spans=spans)
             verdicts.add("ok")
+            meta = summarize(ckpt)  # and what list/inspect make of a damaged-but-readable graph
+            json.dumps(jsonable([meta.args, meta.dataloader_state, meta.step, meta.val_loss, meta.timestamp]))
+            assert meta.all_tensors.tensor_count >= 0 and (meta.optimizer is None or meta.optimizer.state_entries >= 0)
         except (UnreadableCheckpoint, UnsafeCheckpoint) as exc:
             assert exc.reason
             verdicts.add(exc.status)
     assert "unreadable" in verdicts  # the fuzz does reach the error paths
+
+
+def test_legacy_length_fields_cannot_demand_huge_reads(tmp_path):
+    """A damaged length in a legacy stream is read as 'truncated', not allocated (16 GiB here)."""
+    import struct
+
+    pickle_with_huge_bytes = b"\x80\x04\x8e" + struct.pack("<Q", 2**34) + b"abc"
+    path = hostile.legacy_file(tmp_path / "old.pt", pickle_with_huge_bytes)
+    with pytest.raises(UnreadableCheckpoint, match="corrupt pickle: UnpicklingError"):
+        read_checkpoint(path)
