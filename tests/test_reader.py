@@ -351,10 +351,10 @@ def test_random_damage_gives_a_verdict_never_another_exception(tmp_path, good, s
 
 
 def test_legacy_length_fields_cannot_demand_huge_reads(tmp_path):
-    """A damaged length in a legacy stream is read as 'truncated', not allocated (16 GiB here)."""
+    """A damaged length in a legacy stream is read as 'truncated', never allocated (an exabyte here)."""
     import struct
 
-    pickle_with_huge_bytes = b"\x80\x04\x8e" + struct.pack("<Q", 2**34) + b"abc"
+    pickle_with_huge_bytes = b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"abc"
     path = hostile.legacy_file(tmp_path / "old.pt", pickle_with_huge_bytes)
     with pytest.raises(UnreadableCheckpoint, match="corrupt pickle: UnpicklingError"):
         read_checkpoint(path)
