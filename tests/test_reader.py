@@ -354,7 +354,7 @@ def test_legacy_length_fields_cannot_demand_huge_reads(tmp_path):
     """A damaged length in a legacy stream is read as 'truncated', never allocated (an exabyte here)."""
     import struct
 
-    pickle_with_huge_bytes = b"\x80\x04\x8e" + struct.pack("<Q", 2**60) + b"abc"
+    pickle_with_huge_bytes = b"\x80\x04\x8d" + struct.pack("<Q", 2**60) + b"abc"  # BINUNICODE8
     path = hostile.legacy_file(tmp_path / "old.pt", pickle_with_huge_bytes)
     with pytest.raises(UnreadableCheckpoint, match="corrupt pickle: UnpicklingError"):
         read_checkpoint(path)
