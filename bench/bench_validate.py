@@ -66,6 +66,20 @@ def best(fn, rounds: int) -> float:
     return min(times)
 
 
+def cpu_seconds(fn) -> float:
+    """CPU time (user + system, this process's threads and its children) of one call: unlike wall
+    time it barely moves when other jobs share the machine."""
+    import resource
+
+    def total() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    before = total()
+    fn()
+    return total() - before
+
+
 def cat(files: list[Path]) -> None:
     with open(os.devnull, "wb") as sink:
         subprocess.run(["cat", *map(str, files)], stdout=sink, check=True)
@@ -137,6 +151,9 @@ def main() -> None:
             for name, fn in runs.items():
                 times[name].append(best(fn, 1))
         t_cat, t_one, t_ours = (min(times[name]) for name in runs)
+        cpu = {name: min(cpu_seconds(fn) for _ in range(2)) for name, fn in runs.items()}
+        print(f"CPU seconds (user+sys, best of 2): cat {cpu['cat']:.3f}, validate 1 thread {cpu['one']:.3f}, "
+              f"{jobs} threads {cpu['ours']:.3f}")  # fmt: skip
         t_torch = best(lambda: torch_load_all(files), 1)
         rate = lambda t: f"{total / t / 1e9:6.2f} GB/s"  # noqa: E731
         print(f"cat > /dev/null            {t_cat:7.3f} s  {rate(t_cat)}")
