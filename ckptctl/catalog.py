@@ -19,6 +19,7 @@ from .errors import BadInputError, CheckpointError, UnreadableCheckpoint
 from .metadata import Metadata, summarize
 from .naming import Kind, ParsedName
 from .reader import CheckpointFile, read_checkpoint
+from .sharded import directory_sizes, looks_like_dcp, read_directory
 
 STATUS_OK = "ok"
 STATUS_UNREADABLE = "unreadable"
@@ -41,6 +42,7 @@ class Entry:
         default=None, repr=False
     )
     _read_has_spans: bool = field(default=False, repr=False)
+    is_directory: bool = False  # a sharded (DCP) checkpoint directory, see ckptctl.sharded
 
     @property
     def name(self) -> str:
@@ -63,7 +65,7 @@ class Entry:
         """
         if self._read is None or (spans and not self._read_has_spans and self._read[0] is not None):
             try:
-                ckpt = read_checkpoint(self.path, spans=spans)
+                ckpt = read_directory(self.path) if self.is_directory else read_checkpoint(self.path, spans=spans)
                 self._read = (ckpt, summarize(ckpt), None)
             except CheckpointError as exc:
                 self._read = (None, None, exc)
@@ -149,6 +151,8 @@ def _entry(directory: Path, dirent: os.DirEntry[str]) -> Entry | None:
         info = dirent.stat(follow_symlinks=True)
     except OSError:
         return None  # dangling symlink or vanished file: not part of the directory's content
+    if stat_module.S_ISDIR(info.st_mode):
+        return _directory_entry(directory / dirent.name, info)
     if not stat_module.S_ISREG(info.st_mode):
         return None
     return Entry(
@@ -160,6 +164,20 @@ def _entry(directory: Path, dirent: os.DirEntry[str]) -> Entry | None:
         allocated_bytes=getattr(info, "st_blocks", 0) * 512,
         mtime=info.st_mtime,
     )
+
+
+def _directory_entry(path: Path, info: os.stat_result, *, any_name: bool = False) -> Entry | None:
+    """A sharded (DCP) checkpoint directory named like a checkpoint (``rolling_step_000500``,
+    ``latest`` -> symlink, ``<name>.tmp``); other subdirectories are not part of the layout.
+
+    Its size is the sum of its files; ``nlink`` is 1 because a directory has one name (a ``latest``
+    symlink shares its inode, so usage and retention count it once).
+    """
+    parsed = naming.parse(path.name, directory=True)
+    if parsed.kind is Kind.OTHER and not any_name:
+        return None
+    size, allocated = directory_sizes(path)
+    return Entry(path, parsed, size, info.st_ino, 1, allocated, info.st_mtime, is_directory=True)
 
 
 def entry_for_file(path: str | os.PathLike[str]) -> Entry:
@@ -174,6 +192,8 @@ def entry_for_file(path: str | os.PathLike[str]) -> Entry:
     except OSError as exc:
         raise BadInputError(f"cannot open {file_path}: {exc.strerror or exc}") from None
     if stat_module.S_ISDIR(info.st_mode):
+        if looks_like_dcp(file_path):
+            return _directory_entry(file_path, info, any_name=True)  # type: ignore[return-value]
         raise BadInputError(f"is a directory: {file_path} (give a checkpoint file)")
     if not os.access(file_path, os.R_OK):
         raise BadInputError(f"permission denied: {file_path}")

@@ -378,6 +378,8 @@ def compare_values(
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> ValuesDiff:
     """Load both files (already accepted by the safe reader) and compare every shared tensor."""
+    if "dcp" in (comparison.a.ckpt.format, comparison.b.ckpt.format):
+        raise BadInputError("--values is not supported for sharded (DCP) checkpoints: compare their metadata without it")
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise BadInputError("--atol and --rtol must be finite and >= 0")
     in_b = dict(comparison.b.ckpt.tensors())

@@ -304,11 +304,22 @@ def clean_stale_temp(directory: str | os.PathLike[str], older_than: float = 3600
     removed: list[Path] = []
     for entry in stale_temps(scan(directory), timedelta(seconds=older_than)):
         try:
-            os.unlink(entry.path)
+            remove_entry(entry.path, entry.is_directory)
             removed.append(entry.path)
         except FileNotFoundError:
             continue
     return removed
+
+
+def remove_entry(path: Path, is_directory: bool = False) -> None:
+    """Delete one checkpoint: unlink a file; a sharded checkpoint directory goes through
+    :func:`ckptctl.sharded.remove_directory` (renamed to ``*.tmp`` first, never half-deleted under its name)."""
+    if is_directory and not path.is_symlink():
+        from .sharded import remove_directory
+
+        remove_directory(path)
+    else:
+        os.unlink(path)
 
 
 def _discard(path: Path) -> None:

@@ -42,6 +42,12 @@ class UnreadableCheckpoint(CheckpointError):
     status = "unreadable"
 
 
+class PartialCheckpoint(CheckpointError):
+    """A write that never finished (a sharded checkpoint directory without its ``.metadata``)."""
+
+    status = "partial"
+
+
 class UnsafeCheckpoint(CheckpointError):
     """The pickle references callables outside the allowlist; it was not executed."""
 

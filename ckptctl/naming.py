@@ -106,6 +106,14 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern(Kind.EPOCH, re.compile(r"epoch_(?P<epoch>\d{5,})\.pt")),
 )
 
+# Sharded (DCP) checkpoints are directories with the same names minus the ``.pt`` suffix
+# (``rolling_step_000500/``, ``latest`` -> a symlink to one of them): derived from the table
+# above so the grammar stays in one place.
+DIR_PATTERNS: tuple[Pattern, ...] = tuple(
+    Pattern(p.kind, re.compile(p.regex.pattern.removesuffix(r"\.pt"))) for p in PATTERNS
+)
+FILE_SUFFIX = ".pt"
+
 FIXED_NAMES: dict[Kind, str] = {
     Kind.LATEST: "latest.pt",
     Kind.LATEST_BACKUP: "latest_backup.pt",
@@ -116,11 +124,12 @@ FIXED_NAMES: dict[Kind, str] = {
 }
 
 
-def parse(name: str) -> ParsedName:
-    """Classify a bare file name. Never raises: unknown names are ``Kind.OTHER``."""
+def parse(name: str, *, directory: bool = False) -> ParsedName:
+    """Classify a bare file name (or, with ``directory``, a DCP directory name). Never raises:
+    unknown names are ``Kind.OTHER``."""
     if name.endswith(TMP_SUFFIX):
         return ParsedName(name, Kind.PARTIAL)
-    for pattern in PATTERNS:
+    for pattern in DIR_PATTERNS if directory else PATTERNS:
         match = pattern.regex.fullmatch(name)
         if match is None:
             continue
@@ -150,9 +159,22 @@ def _parse_timestamp(text: str) -> datetime | None:
 
 
 def format_name(
-    kind: Kind, *, step: int | None = None, epoch: int | None = None, timestamp: datetime | None = None
+    kind: Kind,
+    *,
+    step: int | None = None,
+    epoch: int | None = None,
+    timestamp: datetime | None = None,
+    directory: bool = False,
 ) -> str:
-    """The file name for a checkpoint of ``kind``; the inverse of :func:`parse`."""
+    """The file name for a checkpoint of ``kind``; the inverse of :func:`parse`.
+
+    ``directory=True`` gives the name of a sharded (DCP) checkpoint directory: no ``.pt``.
+    """
+    name = _file_name(kind, step=step, epoch=epoch, timestamp=timestamp)
+    return name.removesuffix(FILE_SUFFIX) if directory else name
+
+
+def _file_name(kind: Kind, *, step: int | None, epoch: int | None, timestamp: datetime | None) -> str:
     if kind in FIXED_NAMES:
         return FIXED_NAMES[kind]
     if kind is Kind.ROLLING:

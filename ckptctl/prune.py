@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .catalog import Entry, scan
-from .durable import fsync_directory
+from .durable import fsync_directory, remove_entry
 from .errors import BadInputError, CheckpointError
 from .locking import DirectoryLock
 from .retention import Policy, RetentionPlan, freed_bytes, plan_retention, refuse_if_removes_everything
@@ -109,7 +109,7 @@ def _same_file(entry: Entry) -> bool:
 
 def _unlink(entry: Entry, result: PruneResult) -> None:
     try:
-        os.unlink(entry.path)
+        remove_entry(entry.path, entry.is_directory)
     except FileNotFoundError:
         result.skipped.append(entry)
         return

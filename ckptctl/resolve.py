@@ -20,6 +20,7 @@ from typing import Callable
 from .catalog import STATUS_OK, Entry, entry_for_file, scan
 from .errors import BadInputError, NoCheckpointError
 from .naming import Kind
+from .sharded import looks_like_dcp
 
 LATEST = "latest"
 BEST = "best"
@@ -108,6 +109,8 @@ def resolve_target(target: str, directory: str | os.PathLike[str] | None = None)
     if target in (LATEST, BEST):
         return resolve(directory if directory is not None else ".", target)
     path = Path(target)
+    if path.is_dir() and looks_like_dcp(path):  # one sharded checkpoint (``DIR/latest`` is a symlink to one)
+        return Resolution(entry_for_file(path), target)
     if path.is_dir():
         return resolve(path, NEWEST)
     if not path.exists() and path.name in (LATEST, BEST) and path.parent.is_dir():

@@ -32,8 +32,9 @@ from .catalog import Entry, check_directory, scan
 from .errors import BadInputError, CheckpointError
 from .integrity import DEFAULT, FileResult, validate_file
 from .locking import DirectoryLock
-from .naming import FIXED_NAMES, Kind, parse
+from .naming import FIXED_NAMES, Kind, format_name, parse
 from .resolve import LATEST, fallback_candidates
+from .sharded import set_pointer
 
 TO_LATEST = "latest"
 TO_BEST = "best"
@@ -76,6 +77,7 @@ class Action:
     status: str = "planned"  # planned / done / skipped
     mode_used: str | None = None
     note: str | None = None
+    pointer: bool = False  # sharded (DCP) layout: ``target`` is a symlink re-pointed at ``source``
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -197,9 +199,40 @@ def plan_heal(directory: str | os.PathLike[str], *, discard: bool = False, mode:
     planner = _Planner(directory, "heal", discard=discard, mode=mode, now=now, validator=validator)
     if not any(e.parsed.is_checkpoint for e in planner.entries):
         raise BadInputError(f"no checkpoints in {planner.directory} (no file matches the checkpoint names)")
+    if _is_sharded(planner.entries):
+        _heal_latest_pointer(planner)
+        return planner.plan
     _heal_latest(planner)
     _heal_best(planner)
     return planner.plan
+
+
+def _is_sharded(entries: list[Entry]) -> bool:
+    """A directory of sharded (DCP) checkpoints: checkpoint directories and no checkpoint files."""
+    named = [e for e in entries if e.parsed.is_checkpoint]
+    return bool(named) and all(e.is_directory for e in named)
+
+
+def _heal_latest_pointer(planner: _Planner) -> None:
+    """Sharded layout: ``latest`` is a symlink; when it is missing, dangling or names an invalid
+    directory, point it at the newest valid rolling/emergency directory (nothing is copied, and
+    the old link is not kept: the directory it named stays under its own name).
+    ``best_model/`` has no backup copy in this layout, so it is not healed here."""
+    name = format_name(Kind.LATEST, directory=True)
+    usable, state = _state(planner, name)
+    if usable:
+        return
+    candidates = [e for e in planner.entries if e.is_directory and e.kind in (Kind.ROLLING, Kind.EMERGENCY)]
+    for entry, step in _newest_first(candidates):
+        if planner.verdict(entry.path, step).valid:
+            path = planner.directory / name
+            planner.plan.actions.append(
+                Action(name, entry.path, f"{name} is {state}; newest valid is {entry.name}", None, step,
+                       _identity(path), _identity(entry.path), pointer=True)  # fmt: skip
+            )
+            return
+    tried = ", ".join(e.name for e in candidates) or "no rolling or emergency checkpoints"
+    planner.plan.unrestorable.append(f"{name} is {state} and nothing valid is left to point it at (tried: {tried})")
 
 
 def _heal_latest(planner: _Planner) -> None:
@@ -326,6 +359,10 @@ def _execute_action(plan: RestorePlan, action: Action) -> None:
     target = plan.directory / action.target
     if _identity(target) != action.target_identity or _identity(action.source) != action.source_identity:
         action.status, action.note = "skipped", "changed since the plan was made (a save ran meanwhile?); run restore again"
+        return
+    if action.pointer:
+        set_pointer(plan.directory, Kind.LATEST, action.source.name)
+        action.status, action.mode_used = "done", "symlink"
         return
     staged, action.mode_used = durable.stage_copy(action.source, plan.directory, action.target, plan.mode)
     with staged:

@@ -165,6 +165,7 @@ def _rules(policy: Policy, entries: list[Entry], candidates: dict[Kind, list[Ent
     rolling, emergency = candidates[Kind.ROLLING], candidates[Kind.EMERGENCY]
     everything = rolling + emergency
     rules = [_keep_last(rolling, policy.keep_rolling, "rolling"), _keep_last(emergency, policy.keep_emergency, "emergency")]
+    rules.append(_pointed_to(entries, everything))
     if policy.keep_every:
         every = policy.keep_every
         rules.append((f"every {every} steps", [e for e in everything if e.step is not None and e.step % every == 0]))
@@ -173,6 +174,13 @@ def _rules(policy: Policy, entries: list[Entry], candidates: dict[Kind, list[Ent
     if policy.keep_best_k:
         rules.append(_keep_best(rolling, policy.keep_best_k))
     return rules
+
+
+def _pointed_to(entries: list[Entry], candidates: list[Entry]) -> Rule:
+    """Sharded checkpoints: ``latest``/``latest_backup`` are symlinks to a rolling directory, which
+    must outlive them (a file's hard link keeps its data by itself; a symlink does not)."""
+    targets = {e.inode for e in entries if e.is_directory and e.kind in (Kind.LATEST, Kind.LATEST_BACKUP)}
+    return "latest points here", [e for e in candidates if e.is_directory and e.inode in targets]
 
 
 def _keep_last(ordered: list[Entry], count: int, label: str) -> Rule:

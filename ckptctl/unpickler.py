@@ -385,6 +385,73 @@ def copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     return Namespace()
 
 
+class DcpRecord(metaclass=_Sealed):
+    """Inert stand-in for one of DCP's metadata classes (a sharded checkpoint's ``.metadata``).
+
+    ``.metadata`` is a pickle of dataclasses (``Metadata``, ``TensorStorageMetadata``, ...). Each
+    becomes a subclass of this one named like the original, holding the fields its BUILD set as
+    plain data; :mod:`ckptctl.sharded` interprets them and checks their types.
+    """
+
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+
+    def __new__(cls, *args: Any) -> "DcpRecord":
+        if args:
+            raise Misuse(f"{cls.__name__} takes no arguments")
+        record = object.__new__(cls)
+        record.fields = {}
+        return record
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and state[0] is None:  # (None, slot state)
+            state = state[1]
+        if type(self).__name__ == "TensorProperties" and isinstance(state, tuple) and len(state) == 5:
+            state = dict(zip(("dtype", "layout", "requires_grad", "memory_format", "pin_memory"), state))
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise pickle.UnpicklingError(f"malformed {type(self).__name__} state")
+        self.fields = dict(state)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.fields!r})"
+
+
+DCP_METADATA_MODULE = "torch.distributed.checkpoint.metadata"
+DCP_RECORD_NAMES: dict[str, str] = {
+    f"{DCP_METADATA_MODULE}.{name}": name
+    for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                 "TensorProperties", "MetadataIndex", "StorageMeta")
+} | {"torch.distributed.checkpoint.filesystem._StorageInfo": "_StorageInfo"}  # fmt: skip
+DCP_RECORDS: dict[str, type[DcpRecord]] = {
+    name: _Sealed(name, (DcpRecord,), {"__slots__": ()}) for name in DCP_RECORD_NAMES.values()
+}
+LAYOUTS = frozenset({"torch.strided", "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc",
+                     "torch.sparse_bsr", "torch.sparse_bsc", "torch._mkldnn", "torch.jagged"})  # fmt: skip
+
+
+def torch_size(dims: Any = ()) -> tuple[int, ...]:
+    """``torch.Size((3, 4))`` as DCP pickles shapes and offsets: kept as a tuple of ints."""
+    if not isinstance(dims, (tuple, list)):
+        raise Misuse("only a tuple of ints")
+    return _int_tuple(tuple(dims), "size")
+
+
+def get_layout(name: Any) -> str:
+    """``torch.serialization._get_layout('torch.strided')``: the layout's name, for known layouts only."""
+    if name not in LAYOUTS:
+        raise Misuse(f"unknown layout {name!r}")
+    return name
+
+
+def mem_format_encoding(value: Any) -> int:
+    """DCP's ``_MEM_FORMAT_ENCODING(n)`` enum (contiguous, channels-last, preserve): kept as the int."""
+    if type(value) is not int or value not in (0, 1, 2):
+        raise Misuse("only the encodings 0, 1 and 2")
+    return value
+
+
 def _path(*parts: Any) -> str:
     if not all(isinstance(p, str) for p in parts):
         raise pickle.UnpicklingError("malformed path")
@@ -436,12 +503,16 @@ ALLOWED: dict[str, Any] = {
     "numpy._core.multiarray.scalar": numpy_scalar,
     "numpy.ndarray": NumpyArray,
     "numpy.dtype": numpy_dtype,
+    "torch.Size": torch_size,
+    "torch.serialization._get_layout": get_layout,
+    f"{DCP_METADATA_MODULE}._MEM_FORMAT_ENCODING": mem_format_encoding,
 }
+ALLOWED.update({full: DCP_RECORDS[name] for full, name in DCP_RECORD_NAMES.items()})
 ALLOWED.update({f"torch.{name}": StorageType(dtype) for name, dtype in STORAGE_DTYPE.items()})
 ALLOWED.update({f"torch.{name}": DtypeRef(name) for name in DTYPE_ITEMSIZE})
 ALLOWED.update({f"torch.{alias}": DtypeRef(name) for alias, name in DTYPE_ALIASES.items()})
 ALLOWED.update({name: _Allowed(name, fn) for name, fn in ALLOWED.items() if isinstance(fn, types.FunctionType)})
-_seal(NumpyArray, NumpyDtype, Namespace, _Refused)
+_seal(NumpyArray, NumpyDtype, Namespace, _Refused, DcpRecord, *DCP_RECORDS.values())
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -593,7 +664,9 @@ def _children(item: Any) -> list[Any]:
         return list(item)
     if isinstance(item, Namespace):
         return list(item.attrs.values())
+    if isinstance(item, DcpRecord):
+        return list(item.fields.values())
     return []
 
 
-_CONTAINERS = (dict, list, tuple, set, frozenset, Namespace)
+_CONTAINERS = (dict, list, tuple, set, frozenset, Namespace, DcpRecord)

@@ -163,3 +163,15 @@ def cached_layout(directory: Path) -> Path:
         atexit.register(shutil.rmtree, root, True)
         _LAYOUT_TEMPLATE.append(populate_layout(root / "checkpoints"))
     return Path(shutil.copytree(_LAYOUT_TEMPLATE[0], directory))
+
+
+def write_dcp(directory: Path, state: dict[str, Any] | None = None, **kwargs: Any) -> Path:
+    """A sharded (DCP) checkpoint directory saved in this process (DCP needs no process group)."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled ... assuming a single process"
+        dcp.save(state if state is not None else make_state(**kwargs), checkpoint_id=directory)
+    return directory

@@ -1,0 +1,489 @@
+"""Sharded checkpoints through ``torch.distributed.checkpoint`` (DCP): save, load, read safely.
+
+A DCP checkpoint is a directory named like a single-file one without ``.pt``
+(``rolling_step_000500/``, ``epoch_00001/``, ``best_model/``). Inside, each rank wrote its
+``__<rank>_<n>.distcp`` shard files and the coordinator wrote ``.metadata`` (a pickle of DCP's
+dataclasses) last. A directory without ``.metadata`` is a save that never finished: *partial*.
+
+Atomic commit (:func:`save_directory`): every rank writes into ``<name>.tmp/``; after DCP's own
+final collective (``.metadata`` written) and a barrier, rank 0 fsyncs every file and the
+directory, renames ``<name>.tmp`` to ``<name>`` and fsyncs the parent; a last barrier lets every
+rank return only once the checkpoint is visible. A rank killed at any point leaves at most a
+``*.tmp`` directory, which ``list`` shows as partial and stale-temp cleaning removes.
+
+``latest``: directories cannot be hard-linked, so ``latest`` (and ``latest_backup``, ``best_model``
+stays a directory) is a **relative symlink** to the rolling directory it names, replaced
+atomically (new link under a ``.tmp`` name, ``rename`` over the old one). Retention keeps the
+directory a pointer names (see :mod:`ckptctl.retention`).
+
+Reading (:func:`read_directory`) never runs code: ``.metadata`` goes through
+:class:`ckptctl.unpickler.SafeUnpickler` (inert stand-ins for DCP's classes), the small
+non-tensor values (``step``, ``val_loss``, ...) DCP stores as ``torch.save`` blobs inside the shard
+files are read through the same unpickler, and the result is a
+:class:`ckptctl.reader.CheckpointFile` with tensor placeholders, so ``list``/``inspect``/``compare``
+need no DCP-specific code. Only :func:`save_directory`/:func:`load_directory` import torch.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+import stat as stat_module
+import zipfile
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from .errors import CheckpointError, PartialCheckpoint, SaveError, UnreadableCheckpoint, UnsafeCheckpoint
+from .naming import TMP_SUFFIX, Kind, format_name
+from .unpickler import DCP_RECORDS, DTYPE_ITEMSIZE, DtypeRef, StorageRef, TensorRef, safe_loads
+
+METADATA_FILE = ".metadata"
+SHARD_SUFFIX = ".distcp"
+MAX_METADATA_BYTES = 256 * 1024 * 1024
+MAX_VALUE_BYTES = 1024 * 1024  # a non-tensor value larger than this is listed but not decoded
+MAX_VALUES = 10_000
+POINTER_KINDS = (Kind.LATEST, Kind.LATEST_BACKUP)
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def looks_like_dcp(path: str | os.PathLike[str]) -> bool:
+    """A directory holding DCP output (``.metadata`` or shard files): what ``inspect``/``validate`` accept."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / METADATA_FILE).exists():
+        return True
+    try:
+        return any(name.endswith(SHARD_SUFFIX) for name in os.listdir(path))
+    except OSError:
+        return False
+
+
+def directory_sizes(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(apparent, allocated) bytes of the regular files directly inside ``path`` (DCP writes no subdirectories)."""
+    size = allocated = 0
+    try:
+        with os.scandir(path) as it:
+            for dirent in it:
+                try:
+                    info = dirent.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat_module.S_ISREG(info.st_mode):
+                    size += info.st_size
+                    allocated += getattr(info, "st_blocks", 0) * 512
+    except OSError:
+        pass
+    return size, allocated
+
+
+def read_directory(path: str | os.PathLike[str]):  # -> CheckpointFile (imported lazily: reader imports us)
+    """Read a DCP directory safely. Raises PartialCheckpoint, UnreadableCheckpoint or UnsafeCheckpoint."""
+    from .reader import CheckpointFile
+
+    path = Path(path)
+    metadata = _load_metadata(path)
+    files = _shard_files(path, metadata)
+    tensors, storages = _tensor_inventory(metadata)
+    values = _decode_values(path, metadata, files)
+    root = _build_root(metadata, tensors, values)
+    size, _allocated = directory_sizes(path)
+    notes = [f"sharded (DCP) checkpoint: {len(files)} shard file(s), version {metadata.fields.get('version')!s}"]
+    return CheckpointFile(path, "dcp", size, root, storages, {}, None, notes, spans_read=False)
+
+
+def _load_metadata(path: Path) -> Any:
+    meta_path = path / METADATA_FILE
+    try:
+        with open(meta_path, "rb") as fh:
+            data = fh.read(MAX_METADATA_BYTES + 1)
+    except FileNotFoundError:
+        raise PartialCheckpoint("no .metadata: a sharded save that did not finish") from None
+    except OSError as exc:
+        raise UnreadableCheckpoint(f"cannot open .metadata: {exc.strerror or exc}") from None
+    if len(data) > MAX_METADATA_BYTES:
+        raise UnreadableCheckpoint(".metadata too large to read")
+    if not data:
+        raise UnreadableCheckpoint("empty .metadata")
+    root, storages = safe_loads(data)
+    if not isinstance(root, DCP_RECORDS["Metadata"]) or storages:
+        raise UnreadableCheckpoint(".metadata does not hold DCP metadata")
+    for key in ("state_dict_metadata", "storage_data"):
+        if not isinstance(root.fields.get(key), dict):
+            raise UnreadableCheckpoint(f"malformed .metadata: no {key}")
+    return root
+
+
+def _storage_items(metadata: Any) -> Iterator[tuple[str, Any, str, int, int]]:
+    """(fqn, chunk offset or None, relative path, offset, length) of every stored item, type-checked."""
+    for index, info in metadata.fields["storage_data"].items():
+        if not isinstance(index, DCP_RECORDS["MetadataIndex"]) or not isinstance(info, DCP_RECORDS["_StorageInfo"]):
+            raise UnreadableCheckpoint("malformed .metadata: storage_data")
+        fqn, rel = index.fields.get("fqn"), info.fields.get("relative_path")
+        offset, length = info.fields.get("offset"), info.fields.get("length")
+        if not isinstance(fqn, str) or not isinstance(rel, str) or not _nonneg(offset) or not _nonneg(length):
+            raise UnreadableCheckpoint("malformed .metadata: storage_data")
+        if rel in ("", ".", "..") or "/" in rel or "\\" in rel or "\0" in rel:
+            raise UnsafeCheckpoint([], reason=f"storage path {rel!r} leaves the checkpoint directory")
+        yield fqn, index.fields.get("offset"), rel, offset, length
+
+
+def _nonneg(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _shard_files(path: Path, metadata: Any) -> dict[str, int]:
+    """Every shard file ``.metadata`` names, with its size; a missing or short one is unreadable."""
+    needed: dict[str, int] = {}
+    for _fqn, _offset, rel, offset, length in _storage_items(metadata):
+        needed[rel] = max(needed.get(rel, 0), offset + length)
+    sizes: dict[str, int] = {}
+    for rel, end in needed.items():
+        try:
+            size = os.stat(path / rel).st_size
+        except OSError:
+            raise UnreadableCheckpoint(f"missing shard file {rel}") from None
+        if size < end:
+            raise UnreadableCheckpoint(f"truncated: shard file {rel} holds {size} bytes, .metadata expects {end}")
+        sizes[rel] = size
+    return sizes
+
+
+def _tensor_inventory(metadata: Any) -> tuple[dict[str, TensorRef], dict[str, StorageRef]]:
+    """A placeholder per tensor from ``.metadata`` (global shape and dtype, whatever the sharding)."""
+    tensors: dict[str, TensorRef] = {}
+    storages: dict[str, StorageRef] = {}
+    for fqn, item in metadata.fields["state_dict_metadata"].items():
+        if not isinstance(fqn, str):
+            raise UnreadableCheckpoint("malformed .metadata: a non-string key")
+        if isinstance(item, DCP_RECORDS["BytesStorageMetadata"]):
+            continue
+        if not isinstance(item, DCP_RECORDS["TensorStorageMetadata"]):
+            raise UnreadableCheckpoint(f"malformed .metadata: entry {fqn}")
+        dtype, shape = _tensor_type(fqn, item)
+        storage = StorageRef(fqn, dtype, math.prod(shape), "dcp")
+        storages[fqn] = storage
+        tensors[fqn] = TensorRef(storage, 0, shape, _contiguous_strides(shape), dtype)
+    return tensors, storages
+
+
+def _tensor_type(fqn: str, item: Any) -> tuple[str, tuple[int, ...]]:
+    props, shape = item.fields.get("properties"), item.fields.get("size")
+    dtype = props.fields.get("dtype") if isinstance(props, DCP_RECORDS["TensorProperties"]) else None
+    if not isinstance(dtype, DtypeRef) or dtype.name not in DTYPE_ITEMSIZE:
+        raise UnreadableCheckpoint(f"malformed .metadata: tensor {fqn} has no known dtype")
+    if not isinstance(shape, tuple) or not all(_nonneg(n) for n in shape):
+        raise UnreadableCheckpoint(f"malformed .metadata: tensor {fqn} has no shape")
+    return dtype.name, shape
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def chunk_problems(path: str | os.PathLike[str]) -> list[str]:
+    """Tensors whose stored chunks do not add up to the tensor (what ``validate`` checks beyond ``list``)."""
+    metadata = _load_metadata(Path(path))
+    stored: dict[str, int] = {}
+    for fqn, offset, *_ in _storage_items(metadata):
+        if offset is not None:
+            stored[fqn] = stored.get(fqn, 0) + 1
+    problems = []
+    for fqn, item in metadata.fields["state_dict_metadata"].items():
+        if not isinstance(item, DCP_RECORDS["TensorStorageMetadata"]):
+            continue
+        _dtype, shape = _tensor_type(fqn, item)
+        chunks = item.fields.get("chunks")
+        if not isinstance(chunks, list):
+            problems.append(f"tensor {fqn}: no chunk list")
+            continue
+        covered = sum(_chunk_numel(chunk) for chunk in chunks)
+        if covered != math.prod(shape):
+            problems.append(f"tensor {fqn}: chunks hold {covered} of {math.prod(shape)} elements")
+        if stored.get(fqn, 0) < len(chunks):
+            problems.append(f"tensor {fqn}: {len(chunks) - stored.get(fqn, 0)} chunk(s) not in any shard file")
+    return problems
+
+
+def _chunk_numel(chunk: Any) -> int:
+    sizes = chunk.fields.get("sizes") if isinstance(chunk, DCP_RECORDS["ChunkStorageMetadata"]) else None
+    return math.prod(sizes) if isinstance(sizes, tuple) else 0
+
+
+def _decode_values(path: Path, metadata: Any, files: dict[str, int]) -> dict[str, Any]:
+    """The non-tensor values (``torch.save`` blobs in the shard files), read with the restricted unpickler."""
+    values: dict[str, Any] = {}
+    handles: dict[str, int] = {}
+    try:
+        for fqn, offset, rel, start, length in _storage_items(metadata):
+            if offset is not None or length > MAX_VALUE_BYTES or len(values) >= MAX_VALUES:
+                continue
+            if rel not in handles:
+                handles[rel] = os.open(path / rel, os.O_RDONLY)
+            values[fqn] = _decode_blob(fqn, os.pread(handles[rel], length, start))
+    except OSError as exc:
+        raise UnreadableCheckpoint(f"cannot read shard file: {exc.strerror or exc}") from None
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+    return values
+
+
+def _decode_blob(fqn: str, blob: bytes) -> Any:
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(names) != 1:
+                raise UnreadableCheckpoint(f"value {fqn}: not a torch.save blob")
+            data = archive.read(names[0])
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise UnreadableCheckpoint(f"value {fqn}: damaged") from None
+    value, _storages = safe_loads(data)
+    return value
+
+
+def _build_root(metadata: Any, tensors: dict[str, TensorRef], values: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild the nested state dict from DCP's flattened keys (``planner_data`` holds each key's path)."""
+    planner = metadata.fields.get("planner_data")
+    planner = planner if isinstance(planner, dict) else {}
+    root: dict[Any, Any] = {}
+    for fqn in metadata.fields["state_dict_metadata"]:
+        value = tensors[fqn] if fqn in tensors else values.get(fqn)
+        path = planner.get(fqn)
+        if not (isinstance(path, tuple) and path and all(isinstance(p, (str, int)) for p in path)):
+            path = (fqn,)
+        _place(root, path, value, fqn)
+    return _lists(root)
+
+
+def _place(root: dict[Any, Any], path: tuple[Any, ...], value: Any, fqn: str) -> None:
+    node = root
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UnreadableCheckpoint(f"malformed .metadata: {fqn} lies under a value")
+    if isinstance(node.get(path[-1]), dict):
+        raise UnreadableCheckpoint(f"malformed .metadata: {fqn} is both a value and a container")
+    node[path[-1]] = value
+
+
+def _lists(node: Any) -> Any:
+    """Dicts whose keys are the ints 0..n-1 were lists (DCP keys list items by int)."""
+    if not isinstance(node, dict):
+        return node
+    items = {k: _lists(v) for k, v in node.items()}
+    if items and all(type(k) is int for k in items) and sorted(items) == list(range(len(items))):
+        return [items[i] for i in range(len(items))]
+    return items
+
+
+# ------------------------------------------------------------------------------------- removing
+
+
+def _fsync_directory(path: Path) -> None:
+    from .durable import fsync_directory  # lazily: durable -> catalog -> sharded
+
+    fsync_directory(path)
+
+
+def remove_directory(path: str | os.PathLike[str]) -> None:
+    """Delete a checkpoint directory so that it is never seen half-deleted under its own name.
+
+    Renamed first to a ``*.tmp`` name (partial, cleaned as a stale temp if we die mid-way),
+    then removed, then the parent fsynced.
+    """
+    path = Path(path)
+    doomed = path if path.name.endswith(TMP_SUFFIX) else path.with_name(f"{path.name}.deleting{TMP_SUFFIX}")
+    if doomed != path:
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        os.rename(path, doomed)
+        _fsync_directory(path.parent)
+    shutil.rmtree(doomed)
+
+
+# ------------------------------------------------------------------------------ saving (torch)
+
+
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def rank() -> int:
+    """This process's rank, 0 without an initialised process group."""
+    dist = _dist()
+    return dist.get_rank() if dist else 0
+
+
+def barrier() -> None:
+    dist = _dist()
+    if dist:
+        dist.barrier()
+
+
+def save_directory(
+    state: Mapping[str, Any],
+    directory: str | os.PathLike[str],
+    name: str,
+    *,
+    lock: AbstractContextManager | None = None,
+    after_commit: Callable[[Path], None] | None = None,
+    previous: str | None = None,
+) -> Path:
+    """Collective: every rank calls this with its shard of ``state``; returns the committed directory.
+
+    ``lock`` (rank 0 only) is held from the temp directory's creation to the end of
+    ``after_commit`` (rank 0 only: pointer updates, retention), so ``prune`` never sees a half-done save.
+    An existing ``name`` is replaced; with ``previous`` it is kept under that name (``best_model_previous``).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    directory = Path(directory)
+    final, tmp = directory / name, directory / f"{name}{TMP_SUFFIX}"
+    leader = rank() == 0
+    with lock if leader and lock is not None else nullcontext():
+        if leader and tmp.exists():
+            shutil.rmtree(tmp)
+        barrier()  # nobody writes into tmp before a stale one is gone
+        try:
+            dcp.save(dict(state), storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+        except (Exception, dcp.CheckpointException) as exc:  # DCP's exception is a BaseException
+            raise SaveError(f"sharded save of {name} failed: {exc}") from exc
+        barrier()  # every rank's shard files are complete; .metadata was written last
+        if leader:
+            commit_directory(tmp, final, directory / previous if previous else None)
+            if after_commit is not None:
+                after_commit(final)
+    barrier()  # every rank returns only once the checkpoint is visible under its name
+    return final
+
+
+def commit_directory(tmp: Path, final: Path, previous: Path | None = None) -> None:
+    """fsync every file and the directory, rename into place, fsync the parent.
+
+    A directory cannot be renamed over a non-empty one, so an existing ``final`` moves aside first
+    (to ``previous``, else to a ``*.tmp`` name removed afterwards): for that moment ``final`` is absent,
+    never half-written.
+    """
+    with os.scandir(tmp) as it:
+        for dirent in it:
+            if dirent.is_file(follow_symlinks=False):
+                fd = os.open(dirent.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    _fsync_directory(tmp)
+    if not (tmp / METADATA_FILE).is_file():
+        raise SaveError(f"sharded save of {final.name}: no .metadata was written")
+    old = final.with_name(f"{final.name}.replaced{TMP_SUFFIX}")
+    if final.exists() and not final.is_symlink():
+        if previous is not None:
+            if previous.exists():
+                remove_directory(previous)
+            os.rename(final, previous)
+        else:
+            os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_directory(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def set_pointer(directory: str | os.PathLike[str], kind: Kind, target: str, *, backup: Kind | None = None) -> None:
+    """Point the symlink ``kind`` (``latest``) at ``target`` atomically; the old target moves to ``backup``."""
+    directory = Path(directory)
+    link = directory / format_name(kind, directory=True)
+    if backup is not None and link.is_symlink():
+        previous = os.readlink(link)
+        if previous != target:
+            _replace_symlink(directory / format_name(backup, directory=True), previous)
+    _replace_symlink(link, target)
+    _fsync_directory(directory)
+
+
+def _replace_symlink(link: Path, target: str) -> None:
+    if link.exists() and not link.is_symlink():
+        raise SaveError(f"{link} exists and is not a symlink: not replacing it")
+    tmp = link.with_name(f"{link.name}{TMP_SUFFIX}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+# ----------------------------------------------------------------------------- loading (torch)
+
+
+def candidates(directory: str | os.PathLike[str], which: str | os.PathLike[str] = "latest") -> list[Path]:
+    """Directories to try for ``which``: latest -> latest_backup -> newest rolling/emergency; best -> previous."""
+    from .catalog import scan
+
+    directory = Path(directory)
+    if which == "latest":
+        entries = [e for e in scan(directory) if e.is_directory and e.kind in (Kind.ROLLING, Kind.EMERGENCY)]
+        entries.sort(key=lambda e: (e.step or 0, e.parsed.timestamp or datetime.min))
+        chain = [directory / format_name(kind, directory=True) for kind in POINTER_KINDS]
+        return chain + [e.path for e in reversed(entries)]
+    if which == "best":
+        return [directory / format_name(kind, directory=True) for kind in (Kind.BEST, Kind.BEST_PREVIOUS)]
+    path = Path(which)
+    return [path if path.exists() or path.is_absolute() else directory / path]
+
+
+def load_directory(state: dict[str, Any], directory: str | os.PathLike[str], which: str | os.PathLike[str] = "latest") -> Path:
+    """Load ``which`` into ``state`` in place (DCP reshards to the shapes of ``state``); returns the directory.
+
+    Each candidate is first read with the safe reader (a partial or hostile one is skipped).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    tried: list[str] = []
+    for path in candidates(directory, which):
+        try:
+            read_directory(path)
+            dcp.load(state, storage_reader=dcp.FileSystemReader(path))
+        except CheckpointError as exc:
+            tried.append(f"{path.name}: {exc.reason}")
+            continue
+        except (Exception, dcp.CheckpointException) as exc:  # DCP reports damage as many exception types
+            tried.append(f"{path.name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            continue
+        return path
+    from .errors import NoCheckpointError
+
+    raise NoCheckpointError(f"no loadable {which!s} sharded checkpoint in {directory} ({'; '.join(tried) or 'no candidates'})")
+
+
+# ---------------------------------------------------------------- CheckpointManager(format="dcp")
+
+
+def manager_save(manager: Any, payload: Mapping[str, Any], kind: Kind, **name_fields: Any) -> Path:
+    """One save of :class:`ckptctl.manager.CheckpointManager` in DCP format (collective).
+
+    rolling -> also ``latest`` (old target -> ``latest_backup``) and retention; emergency -> retention;
+    best -> the old ``best_model`` renamed to ``best_model_previous`` first; epoch -> nothing else.
+    """
+    name = format_name(kind, directory=True, **name_fields)
+
+    def after_commit(final: Path) -> None:
+        if kind is Kind.ROLLING:
+            set_pointer(manager.directory, Kind.LATEST, final.name, backup=Kind.LATEST_BACKUP)
+        if kind in (Kind.ROLLING, Kind.EMERGENCY):
+            manager._apply_retention()
+
+    previous = format_name(Kind.BEST_PREVIOUS, directory=True) if kind is Kind.BEST else None
+    lock = manager._lock() if rank() == 0 else None
+    return save_directory(payload, manager.directory, name, lock=lock, after_commit=after_commit, previous=previous)
