@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import durable
+from . import durable, sharded
 from .catalog import Entry, scan
 from .errors import CheckpointError, NoCheckpointError, UnreadableCheckpoint
 from .locking import DirectoryLock
@@ -74,6 +74,7 @@ class CheckpointManager:
         verify: bool = True,
         monitor_every: int = 10,
         lock_wait: float = 300.0,
+        format: str = "pt",
     ):
         if keep_last_n < 1 or keep_emergency_n < 1:
             raise ValueError("keep_last_n and keep_emergency_n must be at least 1")
@@ -87,6 +88,9 @@ class CheckpointManager:
         self.verify = verify
         self.monitor_every = monitor_every
         self.lock_wait = lock_wait
+        if format not in ("pt", "dcp"):
+            raise ValueError(f"format must be 'pt' or 'dcp', got {format!r}")
+        self.format = format  # "dcp": sharded directories through torch.distributed.checkpoint (ckptctl.sharded)
         self.loaded_path: Path | None = None
         self._saves = 0
         self._low_space_warned = False
@@ -102,6 +106,8 @@ class CheckpointManager:
     def save(self, state: Mapping[str, Any], step: int) -> Path | None:
         """Rolling save: rolling_step_N.pt, latest.pt (previous one -> latest_backup.pt),
         rolling_last_backup.pt, then retention. Returns the rolling file (None off the master)."""
+        if self.format == "dcp":  # collective: every rank writes its shards
+            return sharded.manager_save(self, self._payload(state, "regular", step=step), Kind.ROLLING, step=step)
         if not self.master_process:
             return None
         payload = self._payload(state, "regular", step=step)
@@ -122,6 +128,10 @@ class CheckpointManager:
 
         Old best -> best_model_previous.pt, new -> best_model.pt, duplicate -> best_model_backup.pt.
         """
+        if self.format == "dcp" and self.is_better(val_loss):  # best_model/ (old one -> best_model_previous/)
+            payload = self._payload(state, "regular", step=step, val_loss=float(val_loss))
+            self.best_val_loss = float(val_loss)
+            return sharded.manager_save(self, payload, Kind.BEST)
         if not self.master_process or not self.is_better(val_loss):
             return None
         payload = self._payload(state, "regular", step=step, val_loss=float(val_loss))
@@ -140,6 +150,8 @@ class CheckpointManager:
 
     def save_epoch(self, state: Mapping[str, Any], epoch: int) -> Path | None:
         """epoch_NNNNN.pt: never deleted by retention."""
+        if self.format == "dcp":
+            return sharded.manager_save(self, self._payload(state, "regular", epoch=epoch), Kind.EPOCH, epoch=epoch)
         if not self.master_process:
             return None
         payload = self._payload(state, "regular", epoch=epoch)
@@ -147,6 +159,9 @@ class CheckpointManager:
 
     def save_emergency(self, state: Mapping[str, Any], step: int) -> Path | None:
         """emergency_step_N_<time>.pt, with its own retention: never touches latest or rolling files."""
+        if self.format == "dcp":  # collective (single-process here: no rank agreement on the name yet)
+            payload = self._payload(state, "emergency", step=step)
+            return sharded.manager_save(self, payload, Kind.EMERGENCY, step=step, timestamp=datetime.now())
         if not self.master_process:
             return None
         payload = self._payload(state, "emergency", step=step)
@@ -190,14 +205,14 @@ class CheckpointManager:
         return DirectoryLock(self.directory, wait=self.lock_wait)
 
     def _path(self, kind: Kind) -> Path:
-        return self.directory / format_name(kind)
+        return self.directory / format_name(kind, directory=self.format == "dcp")
 
     def _apply_retention(self) -> None:
         """Delete what the shared retention policy says (the same code ``ckptctl prune`` runs)."""
         plan = plan_retention(scan(self.directory), Policy(keep_rolling=self.keep_last_n, keep_emergency=self.keep_emergency_n))
         for decision in plan.remove:
             try:
-                os.unlink(decision.entry.path)
+                durable.remove_entry(decision.entry.path, decision.entry.is_directory)
             except FileNotFoundError:
                 continue
             except OSError as exc:  # a file we cannot delete must not fail the save that just succeeded
@@ -225,6 +240,14 @@ class CheckpointManager:
                 "low disk space for checkpoints: %d bytes free, the next two saves need about %d", free, 2 * per_save
             )
         self._low_space_warned = low
+
+    def load_into(self, state: dict[str, Any], which: str | os.PathLike[str] = "latest") -> Path:
+        """``format="dcp"``: load ``which`` into ``state`` in place, DCP resharding to its shapes (collective).
+
+        latest -> latest_backup -> newest rolling/emergency directory; best -> best_model_previous.
+        """
+        self.loaded_path = sharded.load_directory(state, self.directory, which)
+        return self.loaded_path
 
     def storage_summary(self) -> Usage:
         """What the checkpoints occupy (hard links counted once) and what is left: ``ckptctl du``'s data."""

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
-import warnings
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from ckptctl import sharded
+from ckptctl.cli.app import app
 from ckptctl.catalog import STATUS_OK, STATUS_PARTIAL, scan
 from ckptctl.errors import PartialCheckpoint, SaveError, UnreadableCheckpoint, UnsafeCheckpoint
 from ckptctl.integrity import validate_file
+from ckptctl.manager import CheckpointManager, build_state
 from ckptctl.naming import Kind, format_name, parse
 from ckptctl.reader import read_checkpoint
 from ckptctl.retention import Policy, plan_retention
-from tests.factories import make_state, write_dcp
+from tests.factories import SystemCall, make_state, write_dcp
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_directory_names_share_the_grammar():
@@ -71,20 +80,25 @@ def test_missing_or_short_shard_file_is_unreadable(tmp_path):
         read_checkpoint(path)
 
 
-class _Exploit:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_hostile_metadata_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     path = write_dcp(tmp_path / "rolling_step_000001", step=1)
-    (path / ".metadata").write_bytes(pickle.dumps({"state_dict_metadata": _Exploit(marker)}))
+    (path / ".metadata").write_bytes(pickle.dumps({"state_dict_metadata": SystemCall(marker)}))
     with pytest.raises(UnsafeCheckpoint, match="os.system|posix.system"):
         read_checkpoint(path)
+    with pytest.raises(Exception):
+        CheckpointManager(tmp_path, format="dcp").load_into({"step": 0}, "rolling_step_000001")
+    assert not marker.exists()
+
+
+def test_hostile_value_in_a_shard_file_is_refused_and_never_run(tmp_path):
+    """DCP stores non-tensor values as torch.save blobs in the shard files: the same allowlist reads them."""
+    marker = tmp_path / "pwned"
+    path = write_dcp(tmp_path / "rolling_step_000001", {"w": torch.zeros(2), "step": SystemCall(marker)})
+    with pytest.raises(UnsafeCheckpoint, match="system"):
+        read_checkpoint(path)
+    with pytest.raises(Exception, match="unsafe|no loadable"):
+        sharded.load_directory({"w": torch.zeros(2), "step": 0}, tmp_path, "rolling_step_000001")
     assert not marker.exists()
 
 
@@ -145,6 +159,51 @@ def test_remove_directory_never_leaves_a_listed_half(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, 3)
+
+
+def test_manager_dcp_layout_retention_and_load(tmp_path):
+    model = _model()
+    mgr = CheckpointManager(tmp_path, keep_last_n=2, format="dcp")
+    for step in (100, 200, 300):
+        assert mgr.save(build_state(step=step, epoch=0, model=model), step=step) == tmp_path / format_name(
+            Kind.ROLLING, step=step, directory=True
+        )
+    assert os.readlink(tmp_path / "latest") == "rolling_step_000300"
+    assert os.readlink(tmp_path / "latest_backup") == "rolling_step_000200"
+    assert not (tmp_path / "rolling_step_000100").exists()  # retention removed the directory
+    assert mgr.save_epoch(build_state(step=300, epoch=1, model=model), epoch=1).name == "epoch_00001"
+    assert mgr.save_best(build_state(step=300, epoch=1, model=model), step=300, val_loss=0.5).name == "best_model"
+    assert mgr.save_best(build_state(step=300, epoch=1, model=model), step=300, val_loss=0.9) is None
+    mgr.save_best(build_state(step=310, epoch=1, model=model), step=310, val_loss=0.4)
+    emergency = mgr.save_emergency(build_state(step=311, epoch=1, model=model), step=311)
+    assert parse(emergency.name, directory=True).kind is Kind.EMERGENCY
+    assert {e.name: e.status()[0] for e in scan(tmp_path) if e.parsed.is_checkpoint} == {
+        name: STATUS_OK
+        for name in ("latest", "latest_backup", "best_model", "best_model_previous", "rolling_step_000200",
+                     "rolling_step_000300", emergency.name, "epoch_00001")  # fmt: skip
+    }
+    assert CheckpointManager(tmp_path, format="dcp").best_val_loss == 0.4  # read back from best_model/
+
+    fresh = torch.nn.Linear(4, 3)
+    state = {"model": fresh.state_dict(), "step": 0}
+    assert mgr.load_into(state) == tmp_path / "latest"
+    assert state["step"] == 300 and torch.equal(fresh.weight, model.weight)
+
+
+def test_load_falls_back_past_a_partial_latest(tmp_path):
+    model = _model()
+    mgr = CheckpointManager(tmp_path, format="dcp")
+    mgr.save(build_state(step=1, epoch=0, model=model), step=1)
+    mgr.save(build_state(step=2, epoch=0, model=model), step=2)
+    (tmp_path / "rolling_step_000002" / ".metadata").unlink()
+    state = {"step": 0}
+    assert mgr.load_into(state) == tmp_path / "latest_backup"
+    assert state["step"] == 1
+
+
 def test_retention_keeps_what_a_pointer_names(tmp_path):
     for step in (1, 2, 3):
         write_dcp(tmp_path / f"rolling_step_00000{step}", {"w": torch.zeros(2), "step": step})
@@ -155,3 +214,95 @@ def test_retention_keeps_what_a_pointer_names(tmp_path):
     assert [d.entry.name for d in plan.remove] == ["rolling_step_000002"]
     kept = {d.entry.name: d.reasons for d in plan.keep}
     assert "latest points here" in kept["rolling_step_000001"]
+
+
+# ------------------------------------------------------------------- two ranks (torchrun, gloo, CPU)
+
+WORKER = '''
+import os, sys, warnings
+from pathlib import Path
+warnings.filterwarnings("ignore")
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+from ckptctl.manager import CheckpointManager
+
+directory, logdir = Path(sys.argv[1]), Path(sys.argv[2])
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+mesh = init_device_mesh("cpu", (2,))
+(logdir / f"pid{rank}").write_text(str(os.getpid()))
+mgr = CheckpointManager(directory, keep_last_n=100, format="dcp")
+for step in range(1, 41):
+    rows = 8 if step <= 2 else 131072  # steps 1-2 small and complete; later ones 32 MB, killed mid-way
+    full = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64) + step
+    mgr.save({"model": {"w": distribute_tensor(full, mesh, [Shard(0)])}, "step": step, "epoch": 0}, step=step)
+dist.destroy_process_group()
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun_killing(rank: int, root: Path) -> tuple[Path, bool]:
+    """2 ranks save DTensor-sharded checkpoints; SIGKILL ``rank`` once a later save's temp directory
+    exists. Every wait is bounded; the whole process group is killed in ``finally``."""
+    directory, logdir = root / "checkpoints", root / "logs"
+    logdir.mkdir(parents=True)
+    worker = root / "dcp_worker.py"
+    worker.write_text(WORKER)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max-restarts", "0",
+        "--monitor-interval", "0.1", str(worker), str(directory), str(logdir),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(logdir / "torchrun.out", "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    killed_mid_save = False
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.name.endswith(".tmp") and p.name >= "rolling_step_000003" for p in _listdir(directory)):
+                os.kill(int((logdir / f"pid{rank}").read_text()), signal.SIGKILL)
+                killed_mid_save = True
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert killed_mid_save, (logdir / "torchrun.out").read_text()[-3000:]
+    return directory, killed_mid_save
+
+
+def _listdir(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("victim", [0, pytest.param(1, marks=pytest.mark.slow)])  # ~25 s a torchrun run
+def test_sigkill_of_a_rank_mid_save_never_leaves_an_ok_partial_and_2_rank_saves_load_on_1(tmp_path, victim):
+    directory, _ = _torchrun_killing(victim, tmp_path)
+    entries = scan(directory)
+    assert any(e.kind is Kind.PARTIAL for e in entries)  # the save in progress stayed a temp directory
+    ok = [e for e in entries if e.is_directory and e.status()[0] == STATUS_OK]
+    assert {"rolling_step_000001", "rolling_step_000002"} <= {e.name for e in ok}
+    for entry in ok:  # everything `list` calls ok is complete: validates, and loads on 1 process
+        assert validate_file(entry.path).valid, entry.name
+        step = read_checkpoint(entry.path).root["step"]
+        rows = read_checkpoint(entry.path).root["model"]["w"].shape[0]
+        state = {"model": {"w": torch.zeros(rows, 64)}, "step": -1}
+        sharded.load_directory(state, directory, entry.name)
+        expected = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64) + step
+        assert state["step"] == step and torch.equal(state["model"]["w"], expected)
+    listed = CliRunner().invoke(app, ["list", str(directory), "--json"])
+    statuses = {c["name"]: c["status"] for c in json.loads(listed.stdout)["checkpoints"]}
+    assert all(statuses[name] == "partial" for name in statuses if name.endswith(".tmp"))
+    assert {name for name, status in statuses.items() if status == "ok"} == {e.name for e in ok}
