@@ -1,7 +1,8 @@
 """CheckpointManager: atomic, durable checkpoints from inside a training loop, and safe resume.
 
-    mgr = CheckpointManager("./checkpoints", keep_last_n=10, keep_emergency_n=10, master_process=rank == 0)
+    mgr = CheckpointManager("./checkpoints", keep_last_n=10, keep_emergency_n=10)  # rank 0 writes under torchrun
     mgr.save(state, step=step)                       # rolling_step_N.pt, latest.pt (+ backups), retention
+    mgr.save(state, step=step, blocking=False)       # snapshot now, write on a background thread
     mgr.save_best(state, step=step, val_loss=loss)   # only if better than every earlier best
     mgr.save_epoch(state, epoch=epoch)               # epoch_NNNNN.pt, kept forever
     mgr.save_emergency(state, step=step)             # emergency_step_N_YYYYMMDD_HHMMSS.pt
@@ -16,6 +17,13 @@ Each save serialises the state once (``torch.save`` into a verified temp file, s
 - ``"reflink"``: copy-on-write clone where the file system supports it, else a copy.
 
 Files written while the directory lock is held (``ckptctl prune``/``restore`` wait or exit 3).
+
+Inside an initialised ``torch.distributed`` process group, every rank constructs the manager and
+calls every method; rank 0 writes, and the decisions are rank 0's, broadcast (:mod:`ckptctl.distributed`):
+the best val_loss at start-up, whether ``save_best`` saves, the file ``load("latest"|"best")``
+resolved to. The only barrier is after ``save_emergency`` (see there); rolling, best and epoch
+saves have none, since no rank reads those files during the run. Non-blocking saves
+(:mod:`ckptctl.async_save`) are waited for by every later call, ``close()`` and interpreter exit.
 This is the only core module that imports torch at import time.
 """
 
@@ -32,7 +40,8 @@ from typing import Any, Mapping
 
 import torch
 
-from . import durable, sharded
+from . import distributed, durable, sharded
+from .async_save import AsyncWriter, snapshot
 from .catalog import Entry, scan
 from .errors import CheckpointError, NoCheckpointError, UnreadableCheckpoint
 from .locking import DirectoryLock
@@ -68,7 +77,7 @@ class CheckpointManager:
         checkpoint_dir: str | os.PathLike[str],
         keep_last_n: int = 10,
         keep_emergency_n: int = 10,
-        master_process: bool = True,
+        master_process: bool | None = None,
         *,
         backup_mode: str = durable.LINK,
         verify: bool = True,
@@ -83,7 +92,8 @@ class CheckpointManager:
         self.directory = Path(checkpoint_dir)
         self.keep_last_n = keep_last_n
         self.keep_emergency_n = keep_emergency_n
-        self.master_process = master_process
+        # None: rank 0 of an initialised process group writes; without a process group, this process.
+        self.master_process = distributed.is_main_process() if master_process is None else master_process
         self.backup_mode = backup_mode
         self.verify = verify
         self.monitor_every = monitor_every
@@ -94,23 +104,40 @@ class CheckpointManager:
         self.loaded_path: Path | None = None
         self._saves = 0
         self._low_space_warned = False
-        if master_process:
+        self._writer = AsyncWriter()
+        if self.master_process:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self._lock():  # under the lock every *.tmp belongs to a writer that died
                 for path in durable.clean_stale_temp(self.directory, older_than=0):
                     log.info("removed partial write left by an interrupted save: %s", path.name)
-        self.best_val_loss: float | None = self._read_best_val_loss()
+        # rank 0 reads it; every rank gets the same value, so is_better() agrees everywhere
+        self.best_val_loss: float | None = distributed.broadcast_from_main(
+            self._read_best_val_loss() if distributed.is_main_process() else None
+        )
 
     # ----------------------------------------------------------------------------------- saving
 
-    def save(self, state: Mapping[str, Any], step: int) -> Path | None:
+    def save(self, state: Mapping[str, Any], step: int, *, blocking: bool = True) -> Path | None:
         """Rolling save: rolling_step_N.pt, latest.pt (previous one -> latest_backup.pt),
-        rolling_last_backup.pt, then retention. Returns the rolling file (None off the master)."""
+        rolling_last_backup.pt, then retention. Returns the rolling file (None off the master).
+
+        ``blocking=False``: copy the state's tensors to the CPU now and write in the background
+        (:mod:`ckptctl.async_save`); the returned path exists once the write finished. A save still
+        in flight is waited for first, and its error raised here.
+        """
+        self._writer.wait()
         if self.format == "dcp":  # collective: every rank writes its shards
             return sharded.manager_save(self, self._payload(state, "regular", step=step), Kind.ROLLING, step=step)
         if not self.master_process:
             return None
         payload = self._payload(state, "regular", step=step)
+        if blocking:
+            return self._write_rolling(payload, step)
+        self._writer.submit(self._write_rolling, snapshot(payload), step)
+        return self.directory / format_name(Kind.ROLLING, step=step)
+
+    def _write_rolling(self, payload: dict[str, Any], step: int) -> Path:
+        """The rolling save's files, from a payload nobody else mutates (the caller's, or a snapshot)."""
         with self._lock(), self._stage(format_name(Kind.ROLLING, step=step), payload) as staged:
             rolling = staged.commit(fsync_dir=False)
             latest = self._path(Kind.LATEST)
@@ -128,11 +155,16 @@ class CheckpointManager:
 
         Old best -> best_model_previous.pt, new -> best_model.pt, duplicate -> best_model_backup.pt.
         """
-        if self.format == "dcp" and self.is_better(val_loss):  # best_model/ (old one -> best_model_previous/)
+        self._writer.wait()
+        better, agreed_loss = distributed.broadcast_from_main(self._best_decision(val_loss))
+        if not better:
+            return None
+        if self.format == "dcp":  # best_model/ (old one -> best_model_previous/), no backup copy
             payload = self._payload(state, "regular", step=step, val_loss=float(val_loss))
-            self.best_val_loss = float(val_loss)
+            self.best_val_loss = float(agreed_loss if agreed_loss is not None else val_loss)
             return sharded.manager_save(self, payload, Kind.BEST)
-        if not self.master_process or not self.is_better(val_loss):
+        if not self.master_process:
+            self.best_val_loss = agreed_loss  # rank 0's value: the next comparison agrees too
             return None
         payload = self._payload(state, "regular", step=step, val_loss=float(val_loss))
         with self._lock(), self._stage(format_name(Kind.BEST), payload) as staged:
@@ -150,6 +182,7 @@ class CheckpointManager:
 
     def save_epoch(self, state: Mapping[str, Any], epoch: int) -> Path | None:
         """epoch_NNNNN.pt: never deleted by retention."""
+        self._writer.wait()
         if self.format == "dcp":
             return sharded.manager_save(self, self._payload(state, "regular", epoch=epoch), Kind.EPOCH, epoch=epoch)
         if not self.master_process:
@@ -158,16 +191,53 @@ class CheckpointManager:
         return self._save_single(format_name(Kind.EPOCH, epoch=epoch), payload, retention=False)
 
     def save_emergency(self, state: Mapping[str, Any], step: int) -> Path | None:
-        """emergency_step_N_<time>.pt, with its own retention: never touches latest or rolling files."""
-        if self.format == "dcp":  # collective (single-process here: no rank agreement on the name yet)
-            payload = self._payload(state, "emergency", step=step)
-            return sharded.manager_save(self, payload, Kind.EMERGENCY, step=step, timestamp=datetime.now())
-        if not self.master_process:
-            return None
-        payload = self._payload(state, "emergency", step=step)
-        path = self._save_single(format_name(Kind.EMERGENCY, step=step, timestamp=datetime.now()), payload, retention=True)
-        log.warning("emergency checkpoint saved: %s", path)
+        """emergency_step_N_<time>.pt, with its own retention: never touches latest or rolling files.
+
+        Waits for a background save in flight first; if that one failed, the emergency save is still
+        written and the failure raised afterwards. In a process group, every rank calls this and
+        waits at a barrier until rank 0's file is durable: the process exits next, and launchers
+        tear down the remaining workers when the first one exits (torchrun on a non-zero code,
+        ``srun --kill-on-bad-exit``), which must not interrupt rank 0 mid-write.
+        """
+        earlier_failure = self._wait_logging_failure()
+        path = None
+        try:
+            if self.format == "dcp":  # collective; rank 0's clock names the directory on every rank
+                stamp = distributed.broadcast_from_main(datetime.now())
+                payload = self._payload(state, "emergency", step=step)
+                path = sharded.manager_save(self, payload, Kind.EMERGENCY, step=step, timestamp=stamp)
+            elif self.master_process:
+                payload = self._payload(state, "emergency", step=step)
+                name = format_name(Kind.EMERGENCY, step=step, timestamp=datetime.now())
+                path = self._save_single(name, payload, retention=True)
+                log.warning("emergency checkpoint saved: %s", path)
+        finally:
+            distributed.barrier()
+        if earlier_failure is not None:
+            raise earlier_failure
         return path
+
+    def _wait_logging_failure(self) -> BaseException | None:
+        """Wait for the in-flight background save; return (and log) its failure instead of raising it."""
+        try:
+            self._writer.wait()
+        except Exception as exc:  # noqa: BLE001 - re-raised by the caller once its own save is done
+            log.error("the background save before this one failed: %s", exc)
+            return exc
+        return None
+
+    def close(self) -> None:
+        """Finish a background save in flight and raise its error. Saving after close() still works."""
+        self._writer.close()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an exception is already propagating: log a background failure rather than replace it
+            self._wait_logging_failure()
 
     def _save_single(self, name: str, payload: dict[str, Any], retention: bool) -> Path:
         """A save that writes one file and updates nothing else."""
@@ -177,6 +247,11 @@ class CheckpointManager:
                 self._apply_retention()
         self._after_save(path, copies=0)
         return path
+
+    def _best_decision(self, val_loss: float) -> tuple[bool, float | None]:
+        """(save?, the value) as this rank sees it; in a process group rank 0's is broadcast to all."""
+        better = self.is_better(val_loss)
+        return better, float(val_loss) if better else None
 
     def is_better(self, val_loss: float) -> bool:
         """True if ``val_loss`` is finite and lower than the best so far."""
@@ -261,7 +336,42 @@ class CheckpointManager:
         latest -> latest_backup -> rolling_last_backup -> newest rolling/emergency by step;
         best -> best_backup -> best_previous. Each fallback is logged. ``unsafe=True`` allows
         ``weights_only=False`` (runs pickle code: only for files you trust).
+
+        In a process group, a named chain is resolved by rank 0 and every rank loads the file rank
+        0 loaded (else two ranks could fall back differently, e.g. around a save in progress); if
+        any rank cannot load it, every rank raises NoCheckpointError.
         """
+        self._writer.wait()
+        if which in ("latest", "best") and distributed.is_active():
+            return self._load_agreed(str(which), map_location=map_location, unsafe=unsafe)
+        return self._load_chain(which, map_location=map_location, unsafe=unsafe)
+
+    def _load_agreed(self, which: str, *, map_location: Any, unsafe: bool) -> dict[str, Any]:
+        """Rank 0 walks the chain and broadcasts the path (or its failure); the others load that path."""
+        state: dict[str, Any] | None = None
+        outcome: tuple[str, str] = ("error", "rank 0 did not answer")
+        if distributed.rank() == 0:
+            try:
+                state = self._load_chain(which, map_location=map_location, unsafe=unsafe)
+                outcome = ("path", str(self.loaded_path))
+            except Exception as exc:  # every rank must learn that rank 0 failed, or they wait forever
+                outcome = ("error", str(exc))
+        kind, value = distributed.broadcast_from_main(outcome)
+        failure = value if kind == "error" else None
+        if failure is None and state is None:
+            try:
+                state = load_file(value, map_location=map_location, unsafe=unsafe)
+                self.loaded_path = Path(value)
+            except CheckpointError as exc:
+                failure = f"rank {distributed.rank()} could not load {value}: {exc.reason}"
+                log.error(failure)
+        if distributed.any_rank(failure is not None):
+            raise NoCheckpointError(failure or f"another rank could not load {value}; see its log")
+        assert state is not None
+        return state
+
+    def _load_chain(self, which: str | os.PathLike[str], *, map_location: Any, unsafe: bool) -> dict[str, Any]:
+        """This process's own walk down the fallback chain (see :meth:`load`)."""
         candidates = self._candidates(which)
         tried: list[str] = []
         failed_inodes: dict[tuple[int, int], str] = {}

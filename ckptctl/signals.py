@@ -13,6 +13,19 @@ was in the middle of.
             if stop.requested:
                 manager.save_emergency(state(), step=step)
                 stop.exit()            # SystemExit(130) for SIGINT, 143 for SIGTERM
+
+Under ``torchrun`` a signal may reach one rank only (a scheduler, an OOM killer's warning, a
+user's ``kill``), yet every rank must stop at the same step, or the others wait forever in the
+next collective. The loop then calls :meth:`EmergencyStop.check` once per step on every rank
+instead of reading ``requested``: one ``all_reduce(MAX)`` of the local signal number (8 bytes),
+so all ranks see the same answer at the same step, and the emergency save happens once (rank 0).
+Without a process group ``check()`` is just ``requested``.
+
+Exit code in a process group: :meth:`EmergencyStop.exit` uses ``distributed_exit_code`` (default
+0), because torchrun's elastic agent treats a non-zero worker exit as a failure: it kills the
+other workers, reports a ChildFailedError and, with ``--max-restarts``, starts the job again. The
+run did stop as asked, after a durable emergency checkpoint, so every rank exits 0 and torchrun
+exits 0. Pass ``distributed_exit_code=None`` to keep 128 + signal on every rank.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ import signal
 import threading
 from types import FrameType, TracebackType
 from typing import Any, Iterable, NoReturn
+
+from . import distributed
 
 log = logging.getLogger("ckptctl.signals")
 
@@ -39,8 +54,9 @@ class EmergencyStop:
     and offers only the plain API (:meth:`request`), so it is still safe to use there.
     """
 
-    def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS):
+    def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS, *, distributed_exit_code: int | None = 0):
         self.signals = tuple(signals)
+        self.distributed_exit_code = distributed_exit_code
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -63,8 +79,28 @@ class EmergencyStop:
         if self.signum is None:
             self.signum = signum
 
+    def check(self) -> bool:
+        """At a step boundary, on every rank: True on all ranks if a stop was requested on any.
+
+        A rank that learns of the stop from another adopts that rank's signal (the highest number
+        when several differ), so logs and exit codes agree. Call it exactly once per step on every
+        rank: it is a collective (see :mod:`ckptctl.distributed`); without a process group it only
+        reads the local flag.
+        """
+        agreed = distributed.max_over_ranks(self.signum or 0)
+        if agreed and self.signum is None:
+            self.signum = agreed
+            log.warning("rank %d: %s received by another rank: stopping at this step",
+                        distributed.rank(), self.signal_name)  # fmt: skip
+        return self.requested
+
     def exit(self) -> NoReturn:
-        """End the program with the conventional code, after the emergency checkpoint was written."""
+        """End the program with the conventional code, after the emergency checkpoint was written.
+
+        128 + signal number; in a process group ``distributed_exit_code`` instead (see the module doc).
+        """
+        if distributed.is_active() and self.distributed_exit_code is not None:
+            raise SystemExit(self.distributed_exit_code)
         raise SystemExit(self.exit_code)
 
     def __enter__(self) -> "EmergencyStop":

@@ -1,0 +1,310 @@
+"""Distributed awareness: helpers are no-ops alone, non-master ranks follow rank 0, and real 2-rank torchrun jobs.
+
+Three layers of evidence:
+
+- without a process group (and in a world of one) every helper returns the local value;
+- a non-master rank simulated in-process (the collectives replaced by rank 0's answers) follows rank
+  0's decisions, writes nothing, and waits at the emergency barrier;
+- two ``torchrun --nproc_per_node 2`` jobs (gloo, CPU; tests/dist_workers/train_worker.py): a training
+  run ended by SIGTERM to rank 1 only, then a resume of its directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+
+from ckptctl import distributed  # noqa: E402
+from ckptctl.errors import NoCheckpointError  # noqa: E402
+from ckptctl.manager import CheckpointManager, load_file  # noqa: E402
+from ckptctl.reader import read_checkpoint  # noqa: E402
+from ckptctl.signals import EmergencyStop  # noqa: E402
+from tests.factories import make_state  # noqa: E402
+
+WORKER = Path(__file__).parent / "dist_workers" / "train_worker.py"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name != ".ckptctl.lock")
+
+
+# ----------------------------------------------------------------------------- no process group
+
+
+def test_helpers_without_a_process_group_return_the_local_value():
+    assert not distributed.is_active()
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
+    assert distributed.broadcast_from_main(("path", "x")) == ("path", "x")
+    assert distributed.max_over_ranks(15) == 15
+    assert distributed.any_rank(True) is True and distributed.any_rank(False) is False
+    distributed.barrier()  # returns at once instead of waiting for ranks that do not exist
+
+
+def test_check_without_a_process_group_is_the_local_flag():
+    stop = EmergencyStop()
+    assert stop.check() is False
+    stop.request(signal.SIGTERM)
+    assert stop.check() is True
+    with pytest.raises(SystemExit) as info:
+        stop.exit()
+    assert info.value.code == 143  # not distributed: the shell convention
+
+
+def test_world_of_one_process_group(tmp_path):
+    """An initialised group of one rank: rank 0, the master, and nothing to agree on."""
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert distributed.rank() == 0 and distributed.world_size() == 1 and not distributed.is_active()
+        manager = CheckpointManager(tmp_path / "ck")
+        assert manager.master_process is True
+        assert manager.save(make_state(step=1), step=1) == tmp_path / "ck" / "rolling_step_000001.pt"
+        assert manager.load("latest")["step"] == 1
+    finally:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ a simulated non-master rank
+
+
+class FakeGroup:
+    """The collectives as rank ``rank`` of a two-rank job sees them, with rank 0's answers scripted."""
+
+    def __init__(self, monkeypatch, rank: int):
+        self.rank = rank
+        self.from_rank0: list = []  # what broadcast_from_main returns, in call order (rank 1 only)
+        self.barriers = 0
+        self.max_of_others = 0
+        for name, fn in {
+            "is_active": lambda: True,
+            "rank": lambda: self.rank,
+            "world_size": lambda: 2,
+            "is_main_process": lambda: self.rank == 0,
+            "broadcast_from_main": self._broadcast,
+            "max_over_ranks": lambda value: max(value, self.max_of_others),
+            "any_rank": lambda flag: bool(flag),
+            "barrier": self._barrier,
+        }.items():
+            monkeypatch.setattr(distributed, name, fn)
+
+    def _broadcast(self, value):
+        return value if self.rank == 0 else self.from_rank0.pop(0)
+
+    def _barrier(self):
+        self.barriers += 1
+
+
+def test_rank1_is_not_master_and_takes_the_best_val_loss_from_rank0(tmp_path, monkeypatch):
+    CheckpointManager(tmp_path).save_best(make_state(step=1), step=1, val_loss=0.5)  # on disk: 0.5
+    group = FakeGroup(monkeypatch, rank=1)
+    group.from_rank0 = [0.25]
+    manager = CheckpointManager(tmp_path)
+    assert manager.master_process is False
+    assert manager.best_val_loss == 0.25  # rank 0's answer, not this rank's reading of the file
+
+
+def test_rank1_save_best_follows_rank0_decision_and_writes_nothing(tmp_path, monkeypatch):
+    group = FakeGroup(monkeypatch, rank=1)
+    group.from_rank0 = [None]
+    manager = CheckpointManager(tmp_path)
+    group.from_rank0 = [(False, None)]
+    assert manager.save_best(make_state(step=1), step=1, val_loss=0.1) is None
+    assert manager.best_val_loss is None  # its own 0.1 would have been "better": rank 0 said no
+    group.from_rank0 = [(True, 0.7)]
+    assert manager.save_best(make_state(step=2), step=2, val_loss=9.0) is None
+    assert manager.best_val_loss == 0.7  # rank 0 saved: the next comparison starts from the same value
+    assert list(tmp_path.iterdir()) == []
+    assert group.from_rank0 == []
+
+
+def test_rank1_loads_the_file_rank0_resolved(tmp_path, monkeypatch):
+    writer = CheckpointManager(tmp_path)
+    for step in (100, 200):
+        writer.save(make_state(step=step), step=step)
+    group = FakeGroup(monkeypatch, rank=1)
+    group.from_rank0 = [None]
+    manager = CheckpointManager(tmp_path)
+    # this rank's own chain would pick latest.pt (step 200); rank 0 fell back to step 100
+    group.from_rank0 = [("path", str(tmp_path / "rolling_step_000100.pt"))]
+    assert manager.load("latest")["step"] == 100
+    assert manager.loaded_path == tmp_path / "rolling_step_000100.pt"
+
+
+def test_rank0_failure_to_resolve_is_raised_on_every_rank(tmp_path, monkeypatch):
+    group = FakeGroup(monkeypatch, rank=1)
+    group.from_rank0 = [None]
+    manager = CheckpointManager(tmp_path)
+    group.from_rank0 = [("error", "no loadable latest checkpoint in /x (no candidates)")]
+    with pytest.raises(NoCheckpointError, match="no loadable latest"):
+        manager.load("latest")
+
+
+def test_rank1_that_cannot_load_rank0s_file_fails_every_rank(tmp_path, monkeypatch):
+    group = FakeGroup(monkeypatch, rank=1)
+    group.from_rank0 = [None]
+    manager = CheckpointManager(tmp_path)
+    group.from_rank0 = [("path", str(tmp_path / "gone.pt"))]  # e.g. not on this node's storage
+    with pytest.raises(NoCheckpointError, match="rank 1 could not load .*gone.pt: missing"):
+        manager.load("best")
+
+
+def test_rank0_load_failure_is_broadcast_then_raised(tmp_path, monkeypatch):
+    group = FakeGroup(monkeypatch, rank=0)
+    manager = CheckpointManager(tmp_path)
+    sent = []
+    monkeypatch.setattr(distributed, "broadcast_from_main", lambda value: (sent.append(value), value)[1])
+    with pytest.raises(NoCheckpointError):
+        manager.load("latest")
+    assert sent and sent[0][0] == "error"  # the other ranks learn of it instead of waiting forever
+    assert group.rank == 0
+
+
+def test_emergency_save_barrier_after_rank0s_file_is_durable(tmp_path, monkeypatch):
+    group = FakeGroup(monkeypatch, rank=0)
+    manager = CheckpointManager(tmp_path)
+    seen_at_barrier = []
+    monkeypatch.setattr(distributed, "barrier", lambda: seen_at_barrier.append(_names(tmp_path)))
+    path = manager.save_emergency(make_state(step=7), step=7)
+    assert seen_at_barrier == [[path.name]]  # the file was in place when the ranks were released
+
+
+def test_rank1_emergency_save_only_waits_at_the_barrier(tmp_path, monkeypatch):
+    group = FakeGroup(monkeypatch, rank=1)
+    group.from_rank0 = [None]
+    manager = CheckpointManager(tmp_path)
+    assert manager.save(make_state(step=1), step=1, blocking=False) is None
+    assert manager.save_emergency(make_state(step=7), step=7) is None
+    assert group.barriers == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_check_adopts_another_ranks_signal_and_exits_zero_under_a_process_group(monkeypatch):
+    group = FakeGroup(monkeypatch, rank=0)
+    stop = EmergencyStop()
+    assert stop.check() is False
+    group.max_of_others = signal.SIGTERM
+    assert stop.check() is True and stop.signal_name == "SIGTERM"
+    with pytest.raises(SystemExit) as info:
+        stop.exit()
+    assert info.value.code == 0  # torchrun must not treat the planned stop as a worker failure
+    keep_code = EmergencyStop(distributed_exit_code=None)
+    keep_code.request(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        keep_code.exit()
+    assert info.value.code == 143
+
+
+# ------------------------------------------------------------------------ real torchrun jobs
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(mode: str, directory: Path, logdir: Path, *, kill_rank1_when_ready: bool = False) -> tuple[int, str]:
+    """Run the worker on 2 ranks; optionally SIGTERM rank 1's worker process (not the agent) once it is ready.
+
+    Every wait is bounded; the whole process group is SIGKILLed in ``finally`` if anything is left.
+    """
+    logdir.mkdir(parents=True, exist_ok=True)
+    output = logdir / f"torchrun-{mode}.out"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--standalone", "--max-restarts", "0",
+        "--monitor-interval", "0.1", str(WORKER), mode, str(directory), str(logdir),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    try:
+        if kill_rank1_when_ready:
+            ready = logdir / "ready_rank1"
+            deadline = time.monotonic() + 90
+            while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ready.exists(), output.read_text()
+            os.kill(int(ready.read_text()), signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    return code, output.read_text()
+
+
+def _rank_logs(logdir: Path) -> tuple[dict, dict]:
+    return tuple(json.loads((logdir / f"rank{r}.json").read_text()) for r in (0, 1))  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 2-rank training job, stopped by SIGTERM to rank 1 only; shared by the torchrun tests."""
+    root = tmp_path_factory.mktemp("torchrun")
+    directory, logdir = root / "checkpoints", root / "train-logs"
+    code, output = _torchrun("train", directory, logdir, kill_rank1_when_ready=True)
+    return directory, logdir, code, output
+
+
+def test_torchrun_sigterm_to_one_rank_stops_both_at_one_step_with_one_emergency_checkpoint(trained):
+    directory, logdir, code, output = trained
+    assert code == 0, output  # both workers exited 0: torchrun saw no failure
+    rank0, rank1 = _rank_logs(logdir)
+    assert rank0["stop_step"] == rank1["stop_step"] and rank0["signal"] == rank1["signal"] == "SIGTERM"
+    emergencies = sorted(directory.glob("emergency_step_*.pt"))
+    assert [p.name for p in emergencies] == [Path(rank0["emergency"]).name]
+    assert read_checkpoint(emergencies[0]).root["step"] == rank0["stop_step"]
+    assert rank1["emergency"] is None
+    assert "received by another rank" in output and "Traceback" not in output
+
+
+def test_torchrun_only_rank0_writes_rolling_and_best(trained):
+    directory, logdir, _, _ = trained
+    rank0, rank1 = _rank_logs(logdir)
+    assert rank0["master"] is True and rank1["master"] is False
+    assert rank1["staged"] == [] and all(path is None for path in rank1["saves"])  # rank 1 wrote nothing
+    rolling = [name for name in rank0["staged"] if name.startswith("rolling_step_")]
+    assert len(rolling) == len(rank0["saves"]) == len(set(rolling))  # each rolling save written once
+    assert rank0["staged"].count("best_model.pt") == sum(1 for _, path, _ in rank0["best"] if path)
+    last = int(Path(rank0["saves"][-1]).name[len("rolling_step_") : -3])
+    assert load_file(directory / "latest.pt")["step"] == last
+    assert len(list(directory.glob("rolling_step_*.pt"))) == min(3, len(rank0["saves"]))
+
+
+def test_torchrun_ranks_agree_on_save_best_decisions(trained):
+    directory, logdir, _, _ = trained
+    rank0, rank1 = _rank_logs(logdir)
+    # rank 1's own losses would have saved at steps 10 and 20; rank 0's decide: 10 and 30 (0.9, 0.6)
+    rank0_losses = {10: 0.9, 20: 1.5, 30: 0.6, 40: 0.8}
+    called = [step for step in sorted(rank0_losses) if step < rank0["stop_step"]]
+    assert called[:2] == [10, 20]  # rank 1 alone would have saved at 20 (0.4 < 0.5)
+    assert [step for step, _, _ in rank0["best"]] == [step for step, _, _ in rank1["best"]] == called
+    assert [step for step, path, _ in rank0["best"] if path] == [s for s in (10, 30) if s in called]
+    assert [best for _, _, best in rank0["best"]] == [best for _, _, best in rank1["best"]]
+    assert read_checkpoint(directory / "best_model.pt").root["val_loss"] == rank0["best"][-1][2]
+
+
+def test_torchrun_resume_on_two_ranks_restores_identical_state(trained):
+    directory, logdir, _, _ = trained
+    code, output = _torchrun("resume", directory, logdir.parent / "resume-logs")
+    assert code == 0, output
+    rank0, rank1 = _rank_logs(logdir.parent / "resume-logs")
+    expected = load_file(directory / "latest.pt")
+    for log in (rank0, rank1):
+        assert log["path"] == str(directory / "latest.pt") and log["step"] == expected["step"]
+        assert log["weight"] == expected["model"]["weight"].flatten().tolist()  # not the rank's own random init
+        assert log["staged"] == []
+    assert rank0["next_random"] == rank1["next_random"]  # RNG streams restored from the same file
+    assert rank0["best_val_loss"] == rank1["best_val_loss"]
