@@ -12,6 +12,10 @@ Policy, and why:
   disk's pace: the wait shows up as blocked time, not as missing files.
 - **Every manager call first waits for the in-flight write** (saves, loads, ``close()``), so files
   appear in call order and a load sees every earlier save.
+- **The snapshot's memory is reused by the next snapshot** (:meth:`AsyncWriter.snapshot`): copying
+  into already-touched pages is several times faster than into fresh allocations (page faults
+  dominate a large copy), and it is safe because a snapshot is only taken once the previous write
+  finished. The price is one state's worth of CPU memory kept between saves; ``close()`` frees it.
 - **Errors are raised, once, by the next call** that waits (the next save, a load, ``close()``),
   as the :class:`~ckptctl.errors.SaveError` the synchronous save would have raised. A failure
   still pending when the interpreter exits is logged at ERROR level by an ``atexit`` hook (an
@@ -43,11 +47,20 @@ class AsyncWriter:
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[Any] | None = None
+        self._buffers: list[Any] = []  # the previous snapshot's CPU storages, reused by the next one
 
     @property
     def in_flight(self) -> bool:
         """True while a submitted write has not finished."""
         return self._pending is not None and not self._pending.done()
+
+    def snapshot(self, obj: Any) -> Any:
+        """:func:`snapshot`, copying into the previous snapshot's storages where sizes match.
+
+        Waits for the in-flight write first: its snapshot is the memory about to be overwritten.
+        """
+        self.wait()
+        return _Copier(self._buffers).copy(obj)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the worker thread, after the previous write finished (its error raised here)."""
@@ -78,6 +91,7 @@ class AsyncWriter:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            self._buffers.clear()
 
 
 def snapshot(obj: Any) -> Any:
@@ -88,37 +102,64 @@ def snapshot(obj: Any) -> Any:
     original, not larger. dicts, lists and tuples are rebuilt; any other value is deep-copied
     (``copy.deepcopy`` returns immutable values such as numbers and strings as they are).
     """
-    import torch
-
-    storages: dict[tuple[int, str], Any] = {}
-    return _copy(obj, torch, storages)
+    return _Copier([]).copy(obj)
 
 
-def _copy(obj: Any, torch: Any, storages: dict[tuple[int, str], Any]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return _copy_tensor(obj, torch, storages)
-    if type(obj) in (dict, OrderedDict):
-        return type(obj)((key, _copy(value, torch, storages)) for key, value in obj.items())
-    if type(obj) in (list, tuple):
-        return type(obj)(_copy(item, torch, storages) for item in obj)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(_copy(item, torch, storages) for item in obj))
-    return copy.deepcopy(obj)
+class _Copier:
+    """One snapshot walk. ``buffers`` holds CPU storages to copy into, in the order storages are met;
+    it is updated in place to this snapshot's storages (a mismatched size gets a fresh allocation)."""
 
+    def __init__(self, buffers: list[Any]):
+        import torch
 
-def _copy_tensor(tensor: Any, torch: Any, storages: dict[tuple[int, str], Any]) -> Any:
-    """The tensor as a view of a CPU copy of its whole storage (copied once per storage)."""
-    tensor = tensor.detach()
-    if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type == "meta":
-        return tensor.to("cpu", copy=True)
-    storage = tensor.untyped_storage()
-    key = (storage.data_ptr(), str(storage.device))
-    copied = storages.get(key)
-    if copied is None:
-        copied = storage.clone() if storage.device.type == "cpu" else storage.cpu()
-        storages[key] = copied
-    view = torch.empty(0, dtype=tensor.dtype)
-    return view.set_(copied, tensor.storage_offset(), tensor.size(), tensor.stride())
+        self.torch = torch
+        self.buffers = buffers
+        self.copied: dict[tuple[int, str], Any] = {}
+
+    def copy(self, obj: Any) -> Any:
+        result = self._copy(obj)
+        del self.buffers[len(self.copied) :]
+        return result
+
+    def _copy(self, obj: Any) -> Any:
+        if isinstance(obj, self.torch.Tensor):
+            return self._tensor(obj)
+        if type(obj) in (dict, OrderedDict):
+            return type(obj)((key, self._copy(value)) for key, value in obj.items())
+        if type(obj) in (list, tuple):
+            return type(obj)(self._copy(item) for item in obj)
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*(self._copy(item) for item in obj))
+        return copy.deepcopy(obj)
+
+    def _tensor(self, tensor: Any) -> Any:
+        """The tensor as a view of a CPU copy of its whole storage (copied once per storage)."""
+        torch = self.torch
+        tensor = tensor.detach()
+        if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type == "meta":
+            return tensor.to("cpu", copy=True)
+        storage = tensor.untyped_storage()
+        key = (storage.data_ptr(), str(storage.device))
+        copied = self.copied.get(key)
+        if copied is None:
+            copied = self.copied[key] = self._storage(storage, index=len(self.copied))
+        view = torch.empty(0, dtype=tensor.dtype)
+        return view.set_(copied, tensor.storage_offset(), tensor.size(), tensor.stride())
+
+    def _storage(self, storage: Any, index: int) -> Any:
+        """Copy into the previous snapshot's index-th storage if it has the same size, else a new one."""
+        if storage.device.type != "cpu":
+            copied = storage.cpu()  # device -> host: always a fresh copy
+        elif index < len(self.buffers) and self.buffers[index].nbytes() == storage.nbytes():
+            copied = self.buffers[index]
+            copied.copy_(storage)
+        else:
+            copied = storage.clone()
+        if index < len(self.buffers):
+            self.buffers[index] = copied
+        else:
+            self.buffers.append(copied)
+        return copied
 
 
 @atexit.register

@@ -41,7 +41,7 @@ from typing import Any, Mapping
 import torch
 
 from . import distributed, durable, sharded
-from .async_save import AsyncWriter, snapshot
+from .async_save import AsyncWriter
 from .catalog import Entry, scan
 from .errors import CheckpointError, NoCheckpointError, UnreadableCheckpoint
 from .locking import DirectoryLock
@@ -133,7 +133,7 @@ class CheckpointManager:
         payload = self._payload(state, "regular", step=step)
         if blocking:
             return self._write_rolling(payload, step)
-        self._writer.submit(self._write_rolling, snapshot(payload), step)
+        self._writer.submit(self._write_rolling, self._writer.snapshot(payload), step)
         return self.directory / format_name(Kind.ROLLING, step=step)
 
     def _write_rolling(self, payload: dict[str, Any], step: int) -> Path:

@@ -121,6 +121,32 @@ def test_snapshot_file_is_no_larger_than_the_original(tmp_path):
     assert (tmp_path / "snapshot.pt").stat().st_size == (tmp_path / "original.pt").stat().st_size
 
 
+def test_writer_snapshots_reuse_the_previous_snapshots_memory_only_when_sizes_match():
+    writer = AsyncWriter()
+    state = {"w": torch.ones(1000), "b": torch.zeros(10)}
+    first = writer.snapshot(state)
+    first_ptr = first["w"].untyped_storage().data_ptr()
+    state["w"].fill_(2.0)
+    second = writer.snapshot(state)
+    assert second["w"].untyped_storage().data_ptr() == first_ptr  # copied into the same pages
+    assert torch.equal(second["w"], torch.full((1000,), 2.0)) and torch.equal(second["b"], torch.zeros(10))
+    grown = writer.snapshot({"w": torch.ones(2000), "b": torch.zeros(10)})
+    assert grown["w"].untyped_storage().data_ptr() != first_ptr and torch.equal(grown["w"], torch.ones(2000))
+    writer.close()
+
+
+def test_successive_nonblocking_saves_each_hold_their_own_values(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last_n=5)
+    weights = {"w": torch.zeros(64, 64)}
+    for step in (1, 2, 3):
+        weights["w"].fill_(float(step))
+        manager.save({"model": weights}, step=step, blocking=False)  # reuses step-1's snapshot memory
+    manager.close()
+    for step in (1, 2, 3):
+        saved = load_file(tmp_path / f"rolling_step_{step:06d}.pt")["model"]["w"]
+        assert torch.equal(saved, torch.full((64, 64), float(step)))
+
+
 # ------------------------------------------------------------------------- one write in flight
 
 
