@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Iterable, Optional, Sequence
 
 import typer
 
 from .. import durable
-from ..errors import EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BadInputError
+from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, BadInputError
 from ..restore import TARGETS, Action, RestorePlan, execute, plan_from, plan_heal, plan_rollback_best
 from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
-from .output import can_prompt, fail, handle_errors, out_console, print_json, print_table, stdout_is_terminal
+from .output import confirm_or_exit, handle_errors, out_console, print_json, print_table, stdout_is_terminal
 
 
 @handle_errors
@@ -72,17 +71,12 @@ def _plan(directory: str, source: str | None, to: str | None, rollback_best: boo
 
 def _confirm(plan: RestorePlan) -> None:
     count = len(plan.actions)
-    if not can_prompt():
-        raise fail(f"refusing to replace {count} files without confirmation: not a terminal "
-                   "(add --yes to restore, or --dry-run to only show the plan)", EXIT_USAGE)  # fmt: skip
-    try:
-        confirmed = typer.confirm(f"Replace {count} files in {plan.directory}?", default=False, err=True)
-    except typer.Abort:  # Ctrl+C or end of input at the prompt
-        print("\nckptctl: interrupted, nothing changed", file=sys.stderr)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    if not confirmed:
-        print("ckptctl: nothing changed", file=sys.stderr)
-        raise typer.Exit(EXIT_USAGE)
+    confirm_or_exit(
+        f"Replace {count} files in {plan.directory}?",
+        refusal=f"refusing to replace {count} files without confirmation: not a terminal "
+        "(add --yes to restore, or --dry-run to only show the plan)",
+        declined_code=EXIT_USAGE,
+    )
 
 
 def _describe(action: Action) -> list[str]:

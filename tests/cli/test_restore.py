@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ckptctl.cli import restore_cmd
+from ckptctl.cli import output
 from ckptctl.cli.app import app
 from ckptctl.locking import DirectoryLock
 from tests.factories import cached_layout
@@ -62,7 +62,7 @@ def test_not_a_terminal_refuses_without_yes(ckpt_dir):
 
 
 def test_prompt_on_a_terminal(ckpt_dir, monkeypatch):
-    monkeypatch.setattr(restore_cmd, "can_prompt", lambda: True)
+    monkeypatch.setattr(output, "can_prompt", lambda: True)
     truncate(ckpt_dir / "latest.pt")
     before = digests(ckpt_dir)
     declined = invoke(str(ckpt_dir), input="n\n")
