@@ -49,6 +49,26 @@ class Gate:
         self.opened.set()
 
 
+def _call_while_a_save_is_held(tmp_path, monkeypatch, call):
+    """Hold a non-blocking save of step 1 at the gate, run ``call(manager)`` on another thread, open the gate.
+
+    Returns (gate, the held save's path, what ``call`` returned once it finished).
+    """
+    gate = Gate(monkeypatch)
+    manager = CheckpointManager(tmp_path)
+    held = manager.save(make_state(step=1), step=1, blocking=False)
+    assert gate.waiting.wait(timeout=60)
+    returned = []
+    caller = threading.Thread(target=lambda: returned.append(call(manager)))
+    caller.start()
+    gate.release()
+    caller.join(timeout=60)
+    assert returned, "the second call never returned"
+    assert held.exists()  # it returned only once the held write was in place
+    manager.close()
+    return gate, held, returned[0]
+
+
 def _disk_full(monkeypatch):
     """Every staged write fails like a full disk after 1 KiB (a real SaveError from the durable writer)."""
     real_open = durable._open_temp
@@ -151,18 +171,10 @@ def test_successive_nonblocking_saves_each_hold_their_own_values(tmp_path):
 
 
 def test_a_second_nonblocking_save_waits_for_the_first(tmp_path, monkeypatch):
-    gate = Gate(monkeypatch)
-    manager = CheckpointManager(tmp_path)
-    first = manager.save(make_state(step=1), step=1, blocking=False)
-    assert gate.waiting.wait(timeout=60)
-    returned = []
-    second_caller = threading.Thread(target=lambda: returned.append(manager.save(make_state(step=2), step=2, blocking=False)))
-    second_caller.start()
-    gate.release()
-    second_caller.join(timeout=60)
-    assert returned and first.exists()  # the second call returned only once the first write was in place
-    manager.close()
-    assert gate.events == [("start", first.name), ("end", first.name), ("start", returned[0].name), ("end", returned[0].name)]
+    gate, first, second = _call_while_a_save_is_held(
+        tmp_path, monkeypatch, lambda manager: manager.save(make_state(step=2), step=2, blocking=False)
+    )
+    assert gate.events == [("start", first.name), ("end", first.name), ("start", second.name), ("end", second.name)]
     assert load_file(tmp_path / "latest.pt")["step"] == 2
     assert load_file(tmp_path / "latest_backup.pt")["step"] == 1
 
@@ -234,18 +246,11 @@ def test_writer_reraises_any_exception_of_the_job_once():
 
 
 def test_emergency_save_waits_for_the_inflight_save(tmp_path, monkeypatch):
-    gate = Gate(monkeypatch)
-    manager = CheckpointManager(tmp_path)
-    rolling = manager.save(make_state(step=5), step=5, blocking=False)
-    assert gate.waiting.wait(timeout=60)
-    done = []
-    emergency = threading.Thread(target=lambda: done.append(manager.save_emergency(make_state(step=6), step=6)))
-    emergency.start()
-    gate.release()
-    emergency.join(timeout=60)
-    assert done and done[0].exists() and rolling.exists()
-    assert [event for event in gate.events if event[0] == "start"][1][1] == done[0].name
-    assert gate.events.index(("end", rolling.name)) < gate.events.index(("start", done[0].name))
+    gate, rolling, emergency = _call_while_a_save_is_held(
+        tmp_path, monkeypatch, lambda manager: manager.save_emergency(make_state(step=6), step=6)
+    )
+    assert emergency.exists() and load_file(emergency)["step"] == 6
+    assert gate.events == [("start", rolling.name), ("end", rolling.name), ("start", emergency.name), ("end", emergency.name)]
 
 
 def test_emergency_save_is_written_even_if_the_inflight_save_failed(tmp_path, monkeypatch):
