@@ -82,8 +82,8 @@ class EmergencyStop:
     def check(self) -> bool:
         """At a step boundary, on every rank: True on all ranks if a stop was requested on any.
 
-        A rank that learns of the stop from another adopts that rank's signal (the highest number
-        when several differ), so logs and exit codes agree. Call it exactly once per step on every
+        A rank without a signal of its own adopts the other ranks' (the highest number when
+        several differ), so its log names the signal. Call it exactly once per step on every
         rank: it is a collective (see :mod:`ckptctl.distributed`); without a process group it only
         reads the local flag.
         """
