@@ -65,7 +65,10 @@ class Entry:
         """
         if self._read is None or (spans and not self._read_has_spans and self._read[0] is not None):
             try:
-                ckpt = read_directory(self.path) if self.is_directory else read_checkpoint(self.path, spans=spans)
+                if self.is_directory:  # a listing (spans=False) decodes only the top-level values
+                    ckpt = read_directory(self.path, all_values=spans)
+                else:
+                    ckpt = read_checkpoint(self.path, spans=spans)
                 self._read = (ckpt, summarize(ckpt), None)
             except CheckpointError as exc:
                 self._read = (None, None, exc)

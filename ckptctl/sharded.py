@@ -83,15 +83,20 @@ def directory_sizes(path: str | os.PathLike[str]) -> tuple[int, int]:
     return size, allocated
 
 
-def read_directory(path: str | os.PathLike[str]):  # -> CheckpointFile (imported lazily: reader imports us)
-    """Read a DCP directory safely. Raises PartialCheckpoint, UnreadableCheckpoint or UnsafeCheckpoint."""
+def read_directory(path: str | os.PathLike[str], *, all_values: bool = True):  # -> CheckpointFile (lazy import)
+    """Read a DCP directory safely. Raises PartialCheckpoint, UnreadableCheckpoint or UnsafeCheckpoint.
+
+    ``all_values=False`` (the listing's fast path, like ``read_checkpoint(spans=False)``) decodes only
+    the top-level values (``step``, ``val_loss``, ``timestamp``...); nested ones (optimizer
+    hyper-parameters, RNG states) are left as None.
+    """
     from .reader import CheckpointFile
 
     path = Path(path)
     metadata = _load_metadata(path)
     files = _shard_files(path, metadata)
     tensors, storages = _tensor_inventory(metadata)
-    values = _decode_values(path, metadata, files)
+    values = _decode_values(path, metadata, files, None if all_values else _top_level_keys(metadata))
     root = _build_root(metadata, tensors, values)
     size, _allocated = directory_sizes(path)
     notes = [f"sharded (DCP) checkpoint: {len(files)} shard file(s), version {metadata.fields.get('version')!s}"]
@@ -220,13 +225,21 @@ def _chunk_numel(chunk: Any) -> int:
     return math.prod(sizes) if isinstance(sizes, tuple) else 0
 
 
-def _decode_values(path: Path, metadata: Any, files: dict[str, int]) -> dict[str, Any]:
+def _top_level_keys(metadata: Any) -> set[str]:
+    planner = metadata.fields.get("planner_data")
+    planner = planner if isinstance(planner, dict) else {}
+    return {fqn for fqn in metadata.fields["state_dict_metadata"] if len(planner.get(fqn) or (fqn,)) == 1}
+
+
+def _decode_values(path: Path, metadata: Any, files: dict[str, int], only: set[str] | None = None) -> dict[str, Any]:
     """The non-tensor values (``torch.save`` blobs in the shard files), read with the restricted unpickler."""
     values: dict[str, Any] = {}
     handles: dict[str, int] = {}
     try:
         for fqn, offset, rel, start, length in _storage_items(metadata):
             if offset is not None or length > MAX_VALUE_BYTES or len(values) >= MAX_VALUES:
+                continue
+            if only is not None and fqn not in only:
                 continue
             if rel not in handles:
                 handles[rel] = os.open(path / rel, os.O_RDONLY)

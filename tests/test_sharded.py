@@ -59,6 +59,14 @@ def test_inventory_and_values_from_metadata(tmp_path):
     assert ckpt.size_bytes == sum(p.stat().st_size for p in (tmp_path / "rolling_step_000500").iterdir())
 
 
+def test_listing_decodes_only_top_level_values(tmp_path):
+    write_dcp(tmp_path / "rolling_step_000500", make_state(step=500, epoch=3, val_loss=0.25))
+    (entry,) = scan(tmp_path)
+    assert (entry.metadata.step, entry.metadata.val_loss) == (500, 0.25)
+    assert entry.metadata.root["optimizer"]["param_groups"][0]["lr"] is None  # nested: not read for a listing
+    assert entry.read()[0].root["optimizer"]["param_groups"][0]["lr"] == 3e-4  # a full read has it
+
+
 def test_directory_without_metadata_is_partial(tmp_path):
     path = write_dcp(tmp_path / "rolling_step_000001", step=1)
     (path / ".metadata").unlink()
