@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from .distributed import barrier, broadcast_from_main, rank
 from .errors import CheckpointError, PartialCheckpoint, SaveError, UnreadableCheckpoint, UnsafeCheckpoint
 from .naming import TMP_SUFFIX, Kind, format_name
 from .unpickler import DCP_RECORDS, DTYPE_ITEMSIZE, DtypeRef, StorageRef, TensorRef, safe_loads
@@ -328,24 +329,6 @@ def remove_directory(path: str | os.PathLike[str]) -> None:
 # ------------------------------------------------------------------------------ saving (torch)
 
 
-def _dist() -> Any:
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def rank() -> int:
-    """This process's rank, 0 without an initialised process group."""
-    dist = _dist()
-    return dist.get_rank() if dist else 0
-
-
-def barrier() -> None:
-    dist = _dist()
-    if dist:
-        dist.barrier()
-
-
 def save_directory(
     state: Mapping[str, Any],
     directory: str | os.PathLike[str],
@@ -456,21 +439,34 @@ def candidates(directory: str | os.PathLike[str], which: str | os.PathLike[str] 
     return [path if path.exists() or path.is_absolute() else directory / path]
 
 
+def _refusal(path: Path) -> str | None:
+    """Why the safe reader refuses ``path`` (None when it accepts it)."""
+    try:
+        read_directory(path)
+    except CheckpointError as exc:
+        return exc.reason
+    return None
+
+
 def load_directory(state: dict[str, Any], directory: str | os.PathLike[str], which: str | os.PathLike[str] = "latest") -> Path:
     """Load ``which`` into ``state`` in place (DCP reshards to the shapes of ``state``); returns the directory.
 
-    Each candidate is first read with the safe reader (a partial or hostile one is skipped).
+    Each candidate is first read with the safe reader (a partial or hostile one is skipped); in a
+    process group rank 0 lists and reads them and broadcasts its verdicts, so every rank loads the same
+    directory.
     """
     import torch.distributed.checkpoint as dcp
 
     tried: list[str] = []
-    for path in candidates(directory, which):
-        try:
-            read_directory(path)
-            dcp.load(state, storage_reader=dcp.FileSystemReader(path))
-        except CheckpointError as exc:
-            tried.append(f"{path.name}: {exc.reason}")
+    paths = broadcast_from_main(candidates(directory, which) if rank() == 0 else None)
+    for path in paths:
+        # rank 0's verdict for every rank: dcp.load is collective, all ranks must try the same directory
+        refused = broadcast_from_main(_refusal(path) if rank() == 0 else None)
+        if refused is not None:
+            tried.append(f"{path.name}: {refused}")
             continue
+        try:
+            dcp.load(state, storage_reader=dcp.FileSystemReader(path))
         except (Exception, dcp.CheckpointException) as exc:  # DCP reports damage as many exception types
             tried.append(f"{path.name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
             continue
