@@ -244,7 +244,19 @@ def _torchrun(mode: str, directory: Path, logdir: Path, *, kill_rank1_when_ready
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+            _kill_workers(logdir)  # torchrun starts each worker in a session of its own
     return code, output.read_text()
+
+
+def _kill_workers(logdir: Path) -> None:
+    """SIGKILL the workers of an agent that had to be killed (only processes still running our worker script)."""
+    for pid_file in logdir.glob("pid_rank*"):
+        pid = int(pid_file.read_text())
+        try:
+            if WORKER.name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
 
 def _rank_logs(logdir: Path) -> tuple[dict, dict]:

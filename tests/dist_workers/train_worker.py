@@ -94,6 +94,7 @@ def main() -> None:
     mode, directory, logdir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    (logdir / f"pid_rank{rank}").write_text(str(os.getpid()))  # so the test can kill stragglers
     log: dict = {"rank": rank, "pid": os.getpid()}
     _count_stages(log)
     try:
