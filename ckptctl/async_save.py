@@ -136,6 +136,8 @@ class _Copier:
         """The tensor as a view of a CPU copy of its whole storage (copied once per storage)."""
         torch = self.torch
         tensor = tensor.detach()
+        if type(tensor) is not torch.Tensor:  # a subclass (DTensor, ...) knows best how to copy itself
+            return tensor.clone()
         if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type == "meta":
             return tensor.to("cpu", copy=True)
         storage = tensor.untyped_storage()

@@ -132,6 +132,19 @@ def test_snapshot_keeps_shared_storages_shared_and_copies_everything_else():
     assert copied["p"].y == [1] and copied["n"][0] == 0 and copied["s"] == "text"
 
 
+def test_snapshot_copies_tensor_subclasses_and_sparse_tensors():
+    class Tagged(torch.Tensor):
+        pass
+
+    tagged = torch.ones(3).as_subclass(Tagged)
+    sparse = torch.eye(3).to_sparse()
+    copied = snapshot({"tagged": tagged, "sparse": sparse})
+    tagged.mul_(0)
+    sparse.values().mul_(0)
+    assert type(copied["tagged"]) is Tagged and torch.equal(copied["tagged"].as_subclass(torch.Tensor), torch.ones(3))
+    assert torch.equal(copied["sparse"].to_dense(), torch.eye(3))
+
+
 def test_snapshot_file_is_no_larger_than_the_original(tmp_path):
     """Tied weights: two state_dict entries share one storage, and the snapshot saves it once too."""
     weight = torch.randn(256, 256)
