@@ -71,17 +71,27 @@ class AsyncWriter:
         self._pending = self._executor.submit(fn, *args)
 
     def settle(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` for the in-flight write to end, keeping its error for :meth:`wait`; True if none is left."""
+        """Wait up to ``timeout`` for the in-flight write to end; True if none is left.
+
+        Its error is kept for :meth:`wait` (a benchmark or test can let a write finish without consuming it)."""
         pending = self._pending
         if pending is None:
             return True
         return not futures_wait([pending], timeout=timeout).not_done
 
     def wait(self) -> None:
-        """Block until the in-flight write finished; raise its exception if it failed (only once)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        """Block until the in-flight write finished; raise its exception if it failed (only once).
+
+        Interrupted while waiting (KeyboardInterrupt), the write stays pending: its outcome is not lost.
+        """
+        pending = self._pending
+        if pending is None:
+            return
+        try:
             pending.result()
+        finally:
+            if pending.done():
+                self._pending = None
 
     def close(self) -> None:
         """Finish the in-flight write and stop the worker thread; raises the write's error."""

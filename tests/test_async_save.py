@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from concurrent.futures import Future
 
 import pytest
 
@@ -244,6 +245,25 @@ def test_a_failed_background_write_does_not_replace_an_exception_leaving_the_wit
             manager.save(make_state(step=1), step=1, blocking=False)
             raise KeyError("the training loop's own error")
     assert "background save before this one failed" in caplog.text
+
+
+def test_an_interrupted_wait_keeps_the_write_pending(monkeypatch):
+    writer = AsyncWriter()
+    release = threading.Event()
+    writer.submit(lambda: (release.wait(60), 1 / 0))
+
+    def interrupted(self, timeout=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Future, "result", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl+C while waiting for the write
+        writer.wait()
+    monkeypatch.undo()
+    assert writer.in_flight
+    release.set()
+    with pytest.raises(ZeroDivisionError):  # its failure is still reported afterwards
+        writer.wait()
+    writer.close()
 
 
 def test_writer_reraises_any_exception_of_the_job_once():
