@@ -356,5 +356,5 @@ def test_legacy_length_fields_cannot_demand_huge_reads(tmp_path):
 
     pickle_with_huge_bytes = b"\x80\x04\x8d" + struct.pack("<Q", 2**60) + b"abc"  # BINUNICODE8
     path = hostile.legacy_file(tmp_path / "old.pt", pickle_with_huge_bytes)
-    with pytest.raises(UnreadableCheckpoint, match="corrupt pickle: UnpicklingError"):
+    with pytest.raises(UnreadableCheckpoint, match="corrupt pickle"):
         read_checkpoint(path)

@@ -234,3 +234,15 @@ def test_shared_references_within_bounds_are_fine():
     shared = {"lr": 0.1}
     obj, _ = safe_loads(pickle.dumps({"groups": [shared] * 100, "x": [shared, shared]}, 2))
     assert obj["groups"][0] is obj["groups"][99] and obj["x"][0] == {"lr": 0.1}
+
+
+def test_a_huge_memo_index_does_not_allocate_memory():
+    """LONG_BINPUT 2**31-1: the C unpickler would grow its memo array to ~32 GiB; ours keeps a dict."""
+    import resource
+
+    bomb = b"\x80\x02K\x01r\xff\xff\xff\x7f."
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    obj, storages = safe_loads(bomb)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert obj == 1 and storages == {}
+    assert after - before < 64 * 1024  # KiB: far below the GiBs the C unpickler would take
