@@ -105,17 +105,22 @@ class Entry:
         return self.parsed.timestamp.astimezone() if self.parsed.timestamp else None
 
 
-def check_directory(directory: str | os.PathLike[str]) -> Path:
-    """Resolve a user-given checkpoint directory or raise BadInputError with one clear line."""
-    path = Path(directory)
+def _stat_user_path(path: Path, what: str) -> os.stat_result:
+    """``stat`` a path the user gave, turning every failure into one clear BadInputError line."""
     try:
-        info = path.stat()
+        return path.stat()
     except FileNotFoundError:
-        raise BadInputError(f"no such directory: {path}") from None
+        raise BadInputError(f"no such {what}: {path}") from None
     except PermissionError:
         raise BadInputError(f"permission denied: {path}") from None
     except OSError as exc:  # ELOOP (symlink loop), ENAMETOOLONG, ...
         raise BadInputError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+
+def check_directory(directory: str | os.PathLike[str]) -> Path:
+    """Resolve a user-given checkpoint directory or raise BadInputError with one clear line."""
+    path = Path(directory)
+    info = _stat_user_path(path, "directory")
     if not stat_module.S_ISDIR(info.st_mode):
         raise BadInputError(f"not a directory: {path} (give the directory that holds the checkpoints)")
     if not os.access(path, os.R_OK | os.X_OK):
@@ -186,14 +191,7 @@ def _directory_entry(path: Path, info: os.stat_result, *, any_name: bool = False
 def entry_for_file(path: str | os.PathLike[str]) -> Entry:
     """An Entry for a single file the user named (for ``inspect``/``validate`` of one file)."""
     file_path = Path(path)
-    try:
-        info = file_path.stat()
-    except FileNotFoundError:
-        raise BadInputError(f"no such file: {file_path}") from None
-    except PermissionError:
-        raise BadInputError(f"permission denied: {file_path}") from None
-    except OSError as exc:
-        raise BadInputError(f"cannot open {file_path}: {exc.strerror or exc}") from None
+    info = _stat_user_path(file_path, "file")
     if stat_module.S_ISDIR(info.st_mode):
         if looks_like_dcp(file_path):
             return _directory_entry(file_path, info, any_name=True)  # type: ignore[return-value]
