@@ -42,20 +42,19 @@ import torch
 
 from . import distributed, durable, sharded
 from .async_save import AsyncWriter
-from .catalog import Entry, scan
+from .catalog import scan
 from .errors import CheckpointError, NoCheckpointError, UnreadableCheckpoint
 from .locking import DirectoryLock
 from .metadata import as_float
-from .naming import Kind, format_name, sort_key
+from .naming import Kind, format_name
 from .reader import read_checkpoint
+from .resolve import BEST, BEST_CHAIN, LATEST, LATEST_CHAIN, fallback_candidates
 from .retention import Policy, plan_retention
 from .rng import capture_rng_state, restore_rng_state, safe_globals
 from .usage import Usage, measure, summary_line
 
 log = logging.getLogger("ckptctl.manager")
 
-LATEST_CHAIN = (Kind.LATEST, Kind.LATEST_BACKUP, Kind.ROLLING_BACKUP)
-BEST_CHAIN = (Kind.BEST, Kind.BEST_BACKUP, Kind.BEST_PREVIOUS)
 
 
 @dataclass
@@ -419,22 +418,19 @@ class CheckpointManager:
         return Resumed(self.loaded_path, state.get("step"), state.get("epoch"), state.get("dataloader_state"), state)
 
     def _candidates(self, which: str | os.PathLike[str]) -> list[Path]:
-        if which == "latest":
-            chain = [self._path(kind) for kind in LATEST_CHAIN]
-            return chain + [e.path for e in reversed(self._rolling_and_emergency())]
-        if which == "best":
-            return [self._path(kind) for kind in BEST_CHAIN]
+        """The fallback order of :mod:`ckptctl.resolve` (one definition for the manager and the CLI).
+
+        The fixed names are tried even when absent, so a missing ``latest.pt`` is logged as a fallback.
+        """
+        if which in (LATEST, BEST):
+            fixed = LATEST_CHAIN if which == LATEST else BEST_CHAIN
+            entries = scan(self.directory) if self.directory.is_dir() else []
+            rest = [e.path for e in fallback_candidates(entries, which) if e.kind not in fixed]
+            return [self._path(kind) for kind in fixed] + rest
         path = Path(which)
         if not path.exists() and not path.is_absolute() and (self.directory / path).exists():
             path = self.directory / path
         return [path]
-
-    def _rolling_and_emergency(self) -> list[Entry]:
-        """Oldest first, by step then timestamp from the name (never mtime)."""
-        if not self.directory.is_dir():
-            return []
-        entries = [e for e in scan(self.directory) if e.kind in (Kind.ROLLING, Kind.EMERGENCY)]
-        return sorted(entries, key=lambda e: (e.step or 0, e.parsed.timestamp or datetime.min, sort_key(e.parsed)))
 
     def _read_best_val_loss(self) -> float | None:
         """The best val_loss of an earlier run, from best_model.pt's pickle only (no tensor bytes read)."""
