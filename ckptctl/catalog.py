@@ -1,9 +1,10 @@
 """One directory scan: every entry with what its name and ``stat`` say, metadata read lazily.
 
-The filesystem is the truth: nothing is cached across calls. Order is by kind, then step, then
-timestamp from the name (never mtime). ``Entry.status()`` reads the checkpoint's pickle (not its
-tensors) on first use only, so commands that need names and sizes alone (``du``, ``prune``)
-never open a checkpoint file.
+The filesystem is the truth: nothing here is cached across calls (``ckptctl.listing_cache`` may
+remember what ``list`` read from a file whose identity is unchanged; deleting it loses nothing).
+Order is by kind, then step, then timestamp from the name (never mtime). ``Entry.status()`` reads
+the checkpoint's pickle (not its tensors) on first use only, so commands that need names and sizes
+alone (``du``, ``prune``) never open a checkpoint file.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Entry:
     )
     _read_has_spans: bool = field(default=False, repr=False)
     is_directory: bool = False  # a sharded (DCP) checkpoint directory, see ckptctl.sharded
+    # (dev, inode, size, mtime_ns, ctime_ns) of a plain file: same identity, same bytes (listing_cache)
+    identity: tuple[int, int, int, int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -163,14 +166,19 @@ def _entry(directory: Path, dirent: os.DirEntry[str]) -> Entry | None:
         return _directory_entry(directory / dirent.name, info)
     if not stat_module.S_ISREG(info.st_mode):
         return None
+    return _file_entry(directory / dirent.name, info)
+
+
+def _file_entry(path: Path, info: os.stat_result) -> Entry:
     return Entry(
-        path=directory / dirent.name,
-        parsed=naming.parse(dirent.name),
+        path=path,
+        parsed=naming.parse(path.name),
         size_bytes=info.st_size,
         inode=info.st_ino,
         nlink=info.st_nlink,
         allocated_bytes=getattr(info, "st_blocks", 0) * 512,
         mtime=info.st_mtime,
+        identity=(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns),
     )
 
 
@@ -198,15 +206,7 @@ def entry_for_file(path: str | os.PathLike[str]) -> Entry:
         raise BadInputError(f"is a directory: {file_path} (give a checkpoint file)")
     if not os.access(file_path, os.R_OK):
         raise BadInputError(f"permission denied: {file_path}")
-    return Entry(
-        path=file_path,
-        parsed=naming.parse(file_path.name),
-        size_bytes=info.st_size,
-        inode=info.st_ino,
-        nlink=info.st_nlink,
-        allocated_bytes=getattr(info, "st_blocks", 0) * 512,
-        mtime=info.st_mtime,
-    )
+    return _file_entry(file_path, info)
 
 
 def by_kind(entries: list[Entry], *kinds: Kind) -> list[Entry]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from .catalog import Entry, scan
+from .catalog import STATUS_OK, STATUS_PARTIAL, Entry, scan
 from .errors import BadInputError
+from .listing_cache import Facts, ListingCache
 from .naming import GROUP_OF, Kind
 
 # Foreign files are listed only when they look like a checkpoint; logs and configs are not.
@@ -19,24 +21,43 @@ JSON_KIND = {Kind.PARTIAL: "other"}
 @dataclass
 class Row:
     entry: Entry
-    status: str
-    error: str | None
+    facts: Facts
 
     @property
     def kind(self) -> Kind:
         return self.entry.kind
 
+    @property
+    def status(self) -> str:
+        return self.facts.status
+
+    @property
+    def error(self) -> str | None:
+        return self.facts.error
+
+    @property
+    def step(self) -> int | None:
+        """Step from the name, else from the metadata (fixed names like latest.pt carry none)."""
+        return self.entry.step if self.entry.step is not None else self.facts.step
+
+    @property
+    def saved_at(self) -> datetime | None:
+        """Saved time from the metadata, else from the name (emergency checkpoints carry one)."""
+        if self.facts.timestamp:
+            return datetime.fromisoformat(self.facts.timestamp)
+        stamp = self.entry.parsed.timestamp
+        return stamp.astimezone() if stamp and self.kind is not Kind.PARTIAL else None
+
     def to_json(self) -> dict:
-        meta = self.entry.metadata if self.status == "ok" else None
-        saved_at = self.entry.saved_at if self.kind is not Kind.PARTIAL else None
+        saved_at = self.saved_at
         return {
             "name": self.entry.name,
             "path": str(self.entry.path),
             "kind": JSON_KIND.get(self.kind, self.kind.value),
-            "step": self.entry.effective_step if self.kind is not Kind.PARTIAL else None,
-            "epoch": (meta.epoch if meta else None) if self.entry.parsed.epoch is None else self.entry.parsed.epoch,
-            "val_loss": meta.val_loss if meta else None,
-            "train_loss": meta.train_loss if meta else None,
+            "step": self.step if self.kind is not Kind.PARTIAL else None,
+            "epoch": self.facts.epoch if self.entry.parsed.epoch is None else self.entry.parsed.epoch,
+            "val_loss": self.facts.val_loss,
+            "train_loss": self.facts.train_loss,
             "size_bytes": self.entry.size_bytes,
             "saved_at": saved_at.isoformat() if saved_at else None,
             "status": self.status,
@@ -63,30 +84,53 @@ class Listing:
         for row in self.rows:
             if GROUP_OF[row.kind] not in ("rolling", "epoch", "emergency") or row.status != "ok":
                 continue
-            meta = row.entry.metadata
-            step = row.entry.effective_step
-            if meta and meta.val_loss is not None and step is not None:
-                points[step] = meta.val_loss
+            if row.facts.val_loss is not None and row.step is not None:
+                points[row.step] = row.facts.val_loss
         return sorted(points.items())
 
 
-def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None = None, sort: str = "kind") -> Listing:
-    """Scan ``directory``, read each checkpoint's metadata safely, and order the rows."""
+def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None = None, sort: str = "kind",
+                     *, use_cache: bool = True) -> Listing:  # fmt: skip
+    """Scan ``directory``, read each checkpoint's metadata safely, and order the rows.
+
+    What was read from a file is remembered in :mod:`ckptctl.listing_cache` for as long as the
+    file's identity stays the same; ``use_cache=False`` reads every file and leaves the cache alone.
+    """
     if sort not in SORT_KEYS:
         raise BadInputError(f"unknown sort key {sort!r} (choose from {', '.join(SORT_KEYS)})")
     wanted = _kinds(kinds)
     entries = scan(directory, require_checkpoints=True)
     total = _total_bytes(entries)
+    cache = ListingCache(Path(directory), enabled=use_cache)
     rows = []
     for entry in entries:
         if entry.kind is Kind.OTHER and not entry.name.endswith(CHECKPOINT_SUFFIXES):
             continue
         if wanted and entry.kind not in wanted:
+            cache.get(entry)  # kept in the cache for the next, unfiltered, listing
             continue
-        status, error = entry.status()
-        rows.append(Row(entry, status, error))
+        rows.append(Row(entry, _facts(entry, cache)))
+    cache.save()
     rows.sort(key=_sort_key(sort))
     return Listing(Path(directory), rows, total)
+
+
+def _facts(entry: Entry, cache: ListingCache) -> Facts:
+    """The listing's values for one file: from the cache, or read safely (and then cached)."""
+    if entry.kind is Kind.PARTIAL:
+        return Facts(STATUS_PARTIAL)
+    cached = cache.get(entry)
+    if cached is not None:
+        return cached
+    status, error = entry.status()
+    meta = entry.metadata if status == STATUS_OK else None
+    if meta is None:
+        facts = Facts(status, error)
+    else:
+        stamp = meta.timestamp.isoformat() if meta.timestamp else None
+        facts = Facts(status, error, meta.step, meta.epoch, meta.val_loss, meta.train_loss, stamp)
+    cache.put(entry, facts)
+    return facts
 
 
 def _kinds(kinds: list[str] | None) -> set[Kind]:
@@ -109,17 +153,16 @@ def _sort_key(sort: str):
     if sort == "kind":
         return lambda row: 0  # the catalog order already is by kind, step, timestamp
     if sort == "step":
-        return lambda row: (row.entry.effective_step is None, row.entry.effective_step or 0, row.entry.name)
+        return lambda row: (row.step is None, row.step or 0, row.entry.name)
     if sort == "name":
         return lambda row: row.entry.name
     if sort == "size":
         return lambda row: (-row.entry.size_bytes, row.entry.name)
     if sort == "time":
-        return lambda row: (row.entry.saved_at is None, row.entry.saved_at.timestamp() if row.entry.saved_at else 0.0, row.entry.name)
+        return lambda row: (row.saved_at is None, row.saved_at.timestamp() if row.saved_at else 0.0, row.entry.name)
 
     def by_loss(row: Row):
-        meta = row.entry.metadata if row.status == "ok" else None
-        loss = meta.val_loss if meta else None
+        loss = row.facts.val_loss
         return (loss is None, loss if loss is not None else 0.0, row.entry.name)
 
     return by_loss

@@ -46,9 +46,13 @@ def list_command(
         typer.Option("--sort", help="Order: kind (grouped), step, name, size, time, val_loss.", autocompletion=_complete_sort),
     ] = "kind",
     json_output: JsonOpt = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="Read every file again; neither use nor update the listing cache."),
+    ] = False,
 ) -> None:
     """List the checkpoints in DIR with step, epoch, val_loss, size, age and status."""
-    listing = list_checkpoints(directory, kind, sort)
+    listing = list_checkpoints(directory, kind, sort, use_cache=not no_cache)
     if json_output:
         print_json(listing.to_json())
     elif stdout_is_terminal():
@@ -66,7 +70,7 @@ def _cells(row: Row) -> list[str]:
         render.number(data["epoch"]),
         render.number(data["val_loss"]),
         render.size(row.entry.size_bytes),
-        render.age(row.entry.saved_at) if data["saved_at"] else "-",
+        render.age(row.saved_at) if data["saved_at"] else "-",
         status,
     ]
 

@@ -189,3 +189,15 @@ def test_internal_errors_are_one_line_too(ckpt_dir, monkeypatch):
     result = invoke(str(ckpt_dir))
     assert result.exit_code == 70 and "internal error: RuntimeError: bug" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_no_cache_reads_every_file_and_writes_no_cache(ckpt_dir, tmp_path, monkeypatch):
+    from ckptctl import listing_cache
+
+    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(listing_cache, "SETTLE_SECONDS", -60.0)
+    plain = invoke(str(ckpt_dir), "--json", "--no-cache")
+    assert plain.exit_code == 0 and not (tmp_path / "cache").exists()
+    cached = [invoke(str(ckpt_dir), "--json") for _ in range(2)]
+    assert len(list((tmp_path / "cache" / "listing").iterdir())) == 1
+    assert json.loads(cached[1].stdout) == json.loads(cached[0].stdout) == json.loads(plain.stdout)
