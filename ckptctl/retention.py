@@ -20,10 +20,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from .catalog import Entry
 from .errors import BadInputError
 from .naming import Kind, sort_key
+
+if TYPE_CHECKING:  # annotations only: ``prune --help`` needs the policy's defaults, not the catalog
+    from .catalog import Entry
 
 PROTECTED_REASON = {
     Kind.LATEST: "protected: latest",
@@ -38,7 +41,7 @@ CANDIDATES = {Kind.ROLLING: "rolling", Kind.EMERGENCY: "emergency"}
 DEFAULT_STALE_AFTER = timedelta(hours=1)
 
 # A rule of a policy applied to the candidates: its reason, and the candidates it keeps.
-Rule = tuple[str, list[Entry]]
+Rule = tuple[str, list["Entry"]]
 
 _UNIT_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[wdhms])+")

@@ -68,3 +68,13 @@ def test_the_probe_would_notice_torch():
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     line = [ln for ln in result.stderr.splitlines() if ln.startswith("PROBE ")][-1]
     assert json.loads(line[6:])["heavy"] == ["torch"]
+
+
+def test_the_app_starts_without_the_commands_core_modules():
+    """Every command pays for the app's start-up: the command modules import their core (the
+    reader, the catalog, durable writes, ...) when they run, so ``--help`` loads none of it."""
+    code = ("import sys, json; import ckptctl.cli.app; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ckptctl.'))))")  # fmt: skip
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    core = {m for m in loaded if not m.startswith("ckptctl.cli")}
+    assert core <= {"ckptctl.errors", "ckptctl.naming", "ckptctl.retention"}, core

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Sequence
 
 import typer
 
-from ..compare import Comparison, compare, compare_values
 from ..errors import EXIT_FINDINGS, EXIT_OK
 from . import render
 from .options import JsonOpt
 from .output import handle_errors, out_console, print_json, print_table, stderr_is_terminal, stdout_is_terminal
+
+if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
+    from ..compare import Comparison
 
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 LIST_LIMIT = 20
@@ -34,6 +36,8 @@ def compare_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Compare checkpoints A and B: metadata, args, keys, tensor inventory, optimizer; --values for tensor values."""
+    from ..compare import compare, compare_values
+
     comparison = compare(a, b)
     if values:
         with _ProgressBar(comparison) as progress:

@@ -6,15 +6,17 @@ Names and ``stat`` only: no checkpoint file is opened. ``--warn-free`` turns it 
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..errors import EXIT_FINDINGS
-from ..usage import FreeThreshold, KindUsage, Usage, measure, parse_free_threshold, summary_line
 from . import render
 from .options import DirArg, JsonOpt
 from .output import handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
+
+if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
+    from ..usage import FreeThreshold, KindUsage, Usage
 
 HEADERS = ("kind", "files", "size", "allocated", "linked")
 BAR_WIDTH = 20
@@ -30,6 +32,8 @@ def du_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Disk usage of DIR by kind (hard links counted once), file system free space, and how many more saves fit."""
+    from ..usage import measure, parse_free_threshold
+
     threshold = parse_free_threshold(warn_free) if warn_free is not None else None
     usage = measure(directory)
     crossed = threshold is not None and threshold.crossed(usage.filesystem)
@@ -47,6 +51,8 @@ def du_command(
 
 def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dict:
     """The ``--json`` document (stable keys; new keys may be added)."""
+    from ..usage import summary_line
+
     fs, projection = usage.filesystem, usage.projection
     return {
         "directory": str(usage.directory),
@@ -84,7 +90,9 @@ def _cells(kind: KindUsage) -> list[str]:
 
 
 def _notes(usage: Usage) -> list[str]:
-    fs, projection = usage.filesystem, usage.projection
+    from ..usage import summary_line
+
+    fs = usage.filesystem
     notes = []
     if usage.total.linked_files:
         notes.append(f"Hard links counted once: {usage.total.linked_files} names share their data with another file "

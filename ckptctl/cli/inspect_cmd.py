@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..inspection import inspect_file
 from ..errors import EXIT_FINDINGS
 from . import render
 from .options import FileArg, JsonOpt
@@ -20,6 +19,8 @@ def inspect_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Show a checkpoint's metadata, args, RNG and dataloader state, model and optimizer summary."""
+    from ..inspection import inspect_file
+
     report = inspect_file(file, with_tensors=tensors)
     if json_output:
         print_json(report)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..listing import SORT_KEYS, Listing, Row, list_checkpoints
-from ..naming import GROUP_OF, Kind
 from . import render
 from .options import DirArg, JsonOpt
 from .output import handle_errors, out_console, plain_table, print_json, stdout_is_terminal
+
+if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
+    from ..listing import Listing, Row
 
 GROUP_TITLES = {
     "latest": "Latest", "best": "Best", "rolling": "Rolling", "emergency": "Emergency",
@@ -21,11 +22,15 @@ HEADERS = ("name", "step", "epoch", "val_loss", "size", "saved", "status")
 
 def _complete_kind(incomplete: str) -> list[str]:
     """Shell completion for --kind: the groups first, then the individual kinds."""
+    from ..naming import GROUP_OF, Kind
+
     choices = dict.fromkeys([*GROUP_OF.values(), *(k.value for k in Kind if k is not Kind.PARTIAL)])
     return [c for c in choices if c.startswith(incomplete)]
 
 
 def _complete_sort(incomplete: str) -> list[str]:
+    from ..listing import SORT_KEYS
+
     return [key for key in SORT_KEYS if key.startswith(incomplete)]
 
 
@@ -52,6 +57,8 @@ def list_command(
     ] = False,
 ) -> None:
     """List the checkpoints in DIR with step, epoch, val_loss, size, age and status."""
+    from ..listing import list_checkpoints
+
     listing = list_checkpoints(directory, kind, sort, use_cache=not no_cache)
     if json_output:
         print_json(listing.to_json())
@@ -95,6 +102,8 @@ def _footer(listing: Listing) -> str:
 def _rich_report(listing: Listing, grouped: bool) -> None:
     from rich.table import Table
     from rich.text import Text
+
+    from ..naming import GROUP_OF
 
     console = out_console()
     console.print(Text(f"AVAILABLE CHECKPOINTS in {listing.directory}", style="bold"))

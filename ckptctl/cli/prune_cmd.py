@@ -8,16 +8,18 @@ from __future__ import annotations
 import functools
 import time
 from datetime import timedelta
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..errors import EXIT_USAGE, BadInputError
-from ..prune import PrunePlan, PruneResult, execute, plan_prune
 from ..retention import DEFAULT_STALE_AFTER, Policy, format_duration, parse_duration
 from . import render
 from .options import DirArg, DryRunOpt, JsonOpt, QuietOpt, WaitOpt, YesOpt
 from .output import confirm_or_exit, handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
+
+if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
+    from ..prune import PrunePlan, PruneResult
 
 
 @handle_errors
@@ -40,6 +42,8 @@ def prune_command(
     Keep rules are OR'ed: a checkpoint stays if any rule keeps it. Files whose names are not checkpoint
     names are listed as ignored and never removed.
     """
+    from ..prune import execute, plan_prune
+
     policy = _policy(keep_rolling, keep_emergency, keep_every, keep_within, keep_best_k, stale_after)
     plan = plan_prune(directory, policy)
     if not json_output and not quiet:

@@ -6,7 +6,6 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from ..values import jsonable
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
@@ -55,6 +54,8 @@ def short(value: Any, width: int = 60) -> str:
     elif isinstance(value, (list, tuple)) and len(value) > 8:
         text = f"{type(value).__name__} of {len(value)}"
     else:
+        from ..values import jsonable  # imports the unpickler's classes: only when a value is shown
+
         text = repr(jsonable(value)) if not isinstance(value, str) else value
     return text if len(text) <= width else text[: width - 1] + "…"
 

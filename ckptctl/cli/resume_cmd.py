@@ -7,14 +7,16 @@ stdout carries only the command line (so ``eval "$(ckptctl resume-cmd ...)"`` an
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..resume import DEFAULT_PYTHON, ResumeCommand, build_resume_command
 from . import render
 from .options import JsonOpt
 from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, warn
+
+if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
+    from ..resume import ResumeCommand
 
 HEADERS = ("key", "checkpoint value", "new value", "note")
 
@@ -45,7 +47,7 @@ def resume_command(
     ] = None,
     python: Annotated[
         str, typer.Option("--python", help="Interpreter or launcher, split like a shell would (e.g. 'torchrun --nproc_per_node 4').")
-    ] = DEFAULT_PYTHON,
+    ] = "python",  # ckptctl.resume.DEFAULT_PYTHON (tests/cli/test_resume_cmd.py checks they agree)
     resume_flag: Annotated[str, typer.Option("--resume-flag", help="Option that takes the checkpoint path.")] = "--resume",
     bools: Annotated[
         str,
@@ -54,6 +56,8 @@ def resume_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Print the command line that resumes training from CHECKPOINT with every saved hyperparameter."""
+    from ..resume import build_resume_command
+
     result = build_resume_command(
         checkpoint,
         directory=directory,

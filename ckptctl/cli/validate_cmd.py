@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from ..errors import EXIT_FINDINGS, EXIT_OK, BadInputError
-from ..integrity import DEEP, DEFAULT, QUICK, FileResult, Report, collect_targets, planned_bytes, validate_file
 from . import render
 from .options import JsonOpt
 from .output import err_console, handle_errors, out_console, plain_table, print_json, stderr_is_terminal, stdout_is_terminal
+
+if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
+    from ..integrity import FileResult, Report
 
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 STYLES = {"valid": "green", "invalid": "red", "unsafe": "bold red"}
@@ -34,6 +36,8 @@ def validate_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Check checkpoint files for damage: structure, safe unpickle, CRC-32 of every record, layout keys."""
+    from ..integrity import DEEP, DEFAULT, QUICK, Report, collect_targets, planned_bytes, validate_file
+
     if quick and deep:
         raise BadInputError("--quick and --deep exclude each other")
     level = QUICK if quick else DEEP if deep else DEFAULT

@@ -8,6 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from ckptctl import listing
 from ckptctl.cli import list_cmd
 from ckptctl.cli.app import app
 from tests import hostile
@@ -184,7 +185,7 @@ def test_internal_errors_are_one_line_too(ckpt_dir, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(list_cmd, "list_checkpoints", boom)
+    monkeypatch.setattr(listing, "list_checkpoints", boom)  # the command imports it when it runs
     monkeypatch.delenv("CKPTCTL_DEBUG", raising=False)
     result = invoke(str(ckpt_dir))
     assert result.exit_code == 70 and "internal error: RuntimeError: bug" in result.stderr

@@ -214,13 +214,15 @@ def test_prune_imports_neither_torch_nor_numpy(layout, args):
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_files_changed_after_the_plan_are_skipped_and_reported(layout, monkeypatch, quiet):
-    real_execute = prune_cmd.execute
+    from ckptctl import prune
+
+    real_execute = prune.execute
 
     def save_lands_first(plan, **kwargs):
         (layout / rolling(1000)[0]).unlink()  # gone before the lock was taken
         return real_execute(plan, **kwargs)
 
-    monkeypatch.setattr(prune_cmd, "execute", save_lands_first)
+    monkeypatch.setattr(prune, "execute", save_lands_first)  # the command imports it when it runs
     result = invoke(str(layout), "--yes", *(["--quiet"] if quiet else []))
     assert result.exit_code == 0, result.output
     assert ("skipped 1 planned files" in result.stderr) is not quiet

@@ -141,3 +141,13 @@ def test_bad_option_combinations_exit_2(ckpt_dir):
         assert result.exit_code == 2, (args, result.stdout)
         assert message in result.stderr and result.stderr.count("\n") == 1
     assert invoke(str(ckpt_dir / "missing")).exit_code == 2
+
+
+def test_the_cli_default_mode_is_the_cores():
+    """restore_cmd spells the default out so that the app starts without importing ckptctl.durable."""
+    import inspect
+
+    from ckptctl import durable
+    from ckptctl.cli.restore_cmd import restore_command
+
+    assert inspect.signature(restore_command).parameters["mode"].default == durable.REFLINK

@@ -103,3 +103,13 @@ def test_namespace_args(tmp_path):
     ckpt = write_checkpoint(tmp_path / "a.pt", make_state(namespace_args=True))
     result = invoke(str(ckpt), "--script", "t.py", "--bools", "optional", "--json")
     assert json.loads(result.stdout)["argv"][2:4] == ["--lr=0.0003", "--batch_size=32"]
+
+
+def test_the_cli_default_python_is_the_cores():
+    """resume_cmd spells the default out so that the app starts without importing ckptctl.resume."""
+    import inspect
+
+    from ckptctl import resume
+    from ckptctl.cli.resume_cmd import resume_command
+
+    assert inspect.signature(resume_command).parameters["python"].default == resume.DEFAULT_PYTHON
