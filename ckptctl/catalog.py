@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import stat as stat_module
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from . import naming
@@ -98,14 +97,6 @@ class Entry:
             return self.parsed.step
         meta = self.metadata
         return meta.step if meta else None
-
-    @property
-    def saved_at(self) -> datetime | None:
-        """Saved time from the metadata, else from the name (emergency checkpoints carry one)."""
-        meta = self.metadata if self.kind is not Kind.PARTIAL else None
-        if meta and meta.timestamp:
-            return meta.timestamp
-        return self.parsed.timestamp.astimezone() if self.parsed.timestamp else None
 
 
 def _stat_user_path(path: Path, what: str) -> os.stat_result:
