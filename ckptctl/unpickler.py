@@ -532,6 +532,8 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         self._storage_hook = storage_hook
         self.storages: dict[str, StorageRef] = {}
 
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
     def load(self) -> Any:
         """Refuse extension-code globals before loading (see :func:`extension_globals`)."""
         if copyreg._inverted_registry:  # type: ignore[attr-defined]
@@ -539,7 +541,40 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             if names:
                 self.refused.extend(names)
                 raise Misuse("extension opcodes")
-        return super().load()
+        return self._load_direct()
+
+    def _load_direct(self) -> Any:
+        """pickle's own opcode loop, reading straight from the file instead of through its
+        ``_Unframer``: one Python call less per opcode argument (about 30% of the unpickling time
+        of a listing). A FRAME (protocol 4+) only announces how many of the following bytes belong
+        together; they follow inline either way, so :meth:`_skip_frame` just reads its length.
+        """
+        read = self.read = self._file_read
+        self.readline = self._file_readline
+        self.readinto = self._readinto
+        self.metastack = []
+        self.stack = []
+        self.append = self.stack.append
+        self.proto = 0
+        dispatch = self.dispatch
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError
+                dispatch[key[0]](self)
+        except pickle._Stop as stop:  # type: ignore[attr-defined]
+            return stop.value
+
+    def _readinto(self, buf: bytearray) -> int:
+        buf[:] = self._file_read(len(buf))  # as pickle's _Unframer does
+        return len(buf)
+
+    def _skip_frame(self) -> None:
+        if len(self.read(8)) != 8:
+            raise pickle.UnpicklingError("pickle data was truncated")
+
+    dispatch[pickle.FRAME[0]] = _skip_frame
 
     def find_class(self, module: str, name: str) -> Any:
         full = f"{module}.{name}"

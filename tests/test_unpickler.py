@@ -141,6 +141,24 @@ def test_allowed_plain_data_round_trips():
         assert obj == value and storages == {}
 
 
+def test_framed_pickles_read_like_pickle_loads():
+    """Protocols 4 and 5 cut the stream into frames (~64 KiB); the reader reads them inline."""
+    value = {"ints": list(range(30_000)), "text": ["x" * 70_000, "y"], "raw": b"z" * 100_000,
+             "nested": [{"k": i, "f": i / 7} for i in range(2_000)]}  # fmt: skip
+    for protocol in (4, 5):
+        data = pickle.dumps(value, protocol)
+        assert data.count(pickle.FRAME) > 3  # really framed
+        obj, _ = safe_loads(data)
+        assert obj == pickle.loads(data) == value
+
+
+@pytest.mark.parametrize("cut", [3, 11, 70_000, -2])
+def test_truncated_framed_pickles_are_unreadable(cut):
+    data = pickle.dumps({"ints": list(range(30_000)), "text": "x" * 70_000}, 4)[:cut]
+    with pytest.raises(UnreadableCheckpoint, match="corrupt pickle"):
+        safe_loads(data)
+
+
 def test_namespace_is_inert_data_at_every_protocol():
     import argparse
 
