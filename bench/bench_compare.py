@@ -87,6 +87,13 @@ def cli_seconds(a: Path, b: Path, repeat: int) -> float:
     return best_of(repeat, lambda: subprocess.run(command, capture_output=True, check=False))
 
 
+def typer_floor_seconds(repeat: int) -> float:
+    """A fresh interpreter importing only Typer and the pydantic adapters Typer 0.29 builds for
+    every non-flag parameter value: the part of any ``ckptctl`` process that is not ours."""
+    command = [sys.executable, "-c", "import typer, typer._adapters"]
+    return best_of(repeat, lambda: subprocess.run(command, capture_output=True, check=True))
+
+
 def child(method: str, a: str, b: str) -> None:
     """Run one value comparison in this fresh process and print its time and memory as JSON."""
     import torch  # noqa: F401  (imported first so the base RSS includes it for both methods)
@@ -182,10 +189,12 @@ def main() -> None:
         print(f"checkpoints of {size_mb:.0f} MB each (warm page cache)")
         ours = best_of(options.repeat, lambda: ours_metadata(a, b))
         base = best_of(max(1, options.repeat // 2), lambda: baseline_metadata(a, b))
-        cli = cli_seconds(a, b, 3)
+        cli = cli_seconds(a, b, 5)
+        floor = typer_floor_seconds(5)
         print("metadata level (no tensor values)")
         print(f"  ours   compare()               {ours * 1000:8.1f} ms")
         print(f"  ours   ckptctl compare (CLI)   {cli * 1000:8.1f} ms  (fresh process, startup included)")
+        print(f"         of which Typer+pydantic {floor * 1000:8.1f} ms  (python -c 'import typer, typer._adapters')")
         print(f"  base   torch.load x2 + diff    {base * 1000:8.1f} ms")
         print(f"  ratio  base / ours             {base / ours:8.1f} x   (target: ours <= 300 ms)")
         for label, other in (("3 of 26 layers changed", b), ("every tensor changed", c)):
