@@ -18,7 +18,7 @@ import math
 import pathlib
 import pickle
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import UnreadableCheckpoint, UnsafeCheckpoint

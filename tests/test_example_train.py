@@ -75,7 +75,7 @@ def test_train_resume_interrupt_and_list(tmp_path):
     assert process.returncode == 130, err
     emergency = _names(directory, "emergency")
     assert len(emergency) == 1  # exactly one emergency checkpoint
-    assert f"interrupted by SIGINT at step" in out and emergency[0] in out
+    assert "interrupted by SIGINT at step" in out and emergency[0] in out
     assert "Traceback" not in err
     step = read_checkpoint(directory / emergency[0]).root["step"]
     assert step > 40 and read_checkpoint(directory / emergency[0]).root["checkpoint_type"] == "emergency"

@@ -93,7 +93,7 @@ def test_json_document(ckpt_dir):
 
 
 def test_nothing_valid_left_exits_1(tmp_path):
-    from tests.factories import cached_layout, write_checkpoint
+    from tests.factories import write_checkpoint
 
     write_checkpoint(tmp_path / "latest.pt")
     truncate(tmp_path / "latest.pt")
