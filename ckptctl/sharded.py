@@ -21,7 +21,7 @@ Reading (:func:`read_directory`) never runs code: ``.metadata`` goes through
 non-tensor values (``step``, ``val_loss``, ...) DCP stores as ``torch.save`` blobs inside the shard
 files are read through the same unpickler, and the result is a
 :class:`ckptctl.reader.CheckpointFile` with tensor placeholders, so ``list``/``inspect``/``compare``
-need no DCP-specific code. Only :func:`save_directory`/:func:`load_directory` import torch.
+need no DCP-specific code. Only the save and load functions import torch.
 """
 
 from __future__ import annotations
@@ -346,24 +346,109 @@ def save_directory(
     """
     import torch.distributed.checkpoint as dcp
 
-    directory = Path(directory)
-    final, tmp = directory / name, directory / f"{name}{TMP_SUFFIX}"
+    final, tmp = _save_paths(directory, name)
     leader = rank() == 0
     with lock if leader and lock is not None else nullcontext():
-        if leader and tmp.exists():
-            shutil.rmtree(tmp)
-        barrier()  # nobody writes into tmp before a stale one is gone
+        _clear_temp(tmp)
         try:
-            dcp.save(dict(state), storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+            dcp.save(dict(state), storage_writer=_writer(tmp))
         except (Exception, dcp.CheckpointException) as exc:  # DCP's exception is a BaseException
-            raise SaveError(f"sharded save of {name} failed: {exc}") from exc
+            raise _save_error(name, exc) from exc
         barrier()  # every rank's shard files are complete; .metadata was written last
         if leader:
-            commit_directory(tmp, final, directory / previous if previous else None)
-            if after_commit is not None:
-                after_commit(final)
+            _commit(tmp, final, previous, after_commit)
     barrier()  # every rank returns only once the checkpoint is visible under its name
     return final
+
+
+def start_save_directory(
+    state: Mapping[str, Any],
+    directory: str | os.PathLike[str],
+    name: str,
+    *,
+    lock: Any = None,
+    after_commit: Callable[[Path], None] | None = None,
+    previous: str | None = None,
+    process_group: Any = None,
+) -> Callable[[], Path]:
+    """Non-blocking :func:`save_directory` (collective): returns once ``state`` is copied, with ``finish``.
+
+    ``torch.distributed.checkpoint.async_save`` stages ``state`` in CPU memory before it returns
+    (the writer's stager: tensors copied, containers rebuilt, other values deep-copied), then writes
+    ``<name>.tmp/`` on DCP's own thread, its collectives on ``process_group``: a group used by
+    background saves only, so they never interleave with the training's on the default group.
+
+    ``finish`` (for a worker thread; no collective) waits for that write and, on rank 0, commits it as
+    :func:`save_directory` does. No agreement is needed first: DCP's coordinator writes ``.metadata``
+    only after every rank reported its shard files written and fsynced (its final gather), and raises
+    on every rank if any rank failed, so a successful return on rank 0 means the whole checkpoint is
+    on disk. ``lock`` (a :class:`~ckptctl.locking.DirectoryLock`, rank 0) is held from now to then.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    final, tmp = _save_paths(directory, name)
+    leader = rank() == 0
+    held = lock.acquire() if leader and lock is not None else None
+    try:
+        _clear_temp(tmp)
+        future = dcp.async_save(dict(state), storage_writer=_writer(tmp), process_group=process_group)
+    except BaseException as exc:
+        if held is not None:
+            held.release()
+        if isinstance(exc, (Exception, dcp.CheckpointException)):
+            raise _save_error(name, exc) from exc
+        raise
+
+    def finish() -> Path:
+        try:
+            try:
+                future.result()
+            except (Exception, dcp.CheckpointException) as exc:
+                raise _save_error(name, exc) from exc
+            if leader:
+                _commit(tmp, final, previous, after_commit)
+            return final
+        finally:
+            if held is not None:
+                held.release()
+
+    return finish
+
+
+def _save_error(name: str, exc: BaseException) -> SaveError:
+    """One line per failed rank (``rank 1: OSError: ...``) instead of DCP's tracebacks in the message."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        causes = "; ".join(f"rank {r}: {type(e).__name__}: {e}" for r, (e, _trace) in sorted(failures.items()))
+    else:
+        causes = f"{type(exc).__name__}: {exc}"
+    return SaveError(f"sharded save of {name} failed: {causes}")
+
+
+def _save_paths(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """(the checkpoint directory, the temp directory every rank writes into)."""
+    directory = Path(directory)
+    return directory / name, directory / f"{name}{TMP_SUFFIX}"
+
+
+def _clear_temp(tmp: Path) -> None:
+    """Collective: rank 0 removes a stale temp directory of this name; nobody writes into it before."""
+    if rank() == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    barrier()
+
+
+def _writer(tmp: Path) -> Any:
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.FileSystemWriter(tmp, sync_files=True)  # every rank fsyncs its shard files before reporting
+
+
+def _commit(tmp: Path, final: Path, previous: str | None, after_commit: Callable[[Path], None] | None) -> None:
+    """Rank 0, once every rank's files are complete: rename into place, then pointers and retention."""
+    commit_directory(tmp, final, final.with_name(previous) if previous else None)
+    if after_commit is not None:
+        after_commit(final)
 
 
 def commit_directory(tmp: Path, final: Path, previous: Path | None = None) -> None:
@@ -479,11 +564,13 @@ def load_directory(state: dict[str, Any], directory: str | os.PathLike[str], whi
 # ---------------------------------------------------------------- CheckpointManager(format="dcp")
 
 
-def manager_save(manager: Any, payload: Mapping[str, Any], kind: Kind, **name_fields: Any) -> Path:
+def manager_save(manager: Any, payload: Mapping[str, Any], kind: Kind, *, blocking: bool = True, **name_fields: Any) -> Path:
     """One save of :class:`ckptctl.manager.CheckpointManager` in DCP format (collective).
 
     rolling -> also ``latest`` (old target -> ``latest_backup``) and retention; emergency -> retention;
     best -> the old ``best_model`` renamed to ``best_model_previous`` first; epoch -> nothing else.
+    ``blocking=False``: :func:`start_save_directory`, its ``finish`` handed to the manager's
+    :class:`~ckptctl.async_save.AsyncWriter` (the one in-flight bookkeeping); returns the future name.
     """
     name = format_name(kind, directory=True, **name_fields)
 
@@ -495,4 +582,10 @@ def manager_save(manager: Any, payload: Mapping[str, Any], kind: Kind, **name_fi
 
     previous = format_name(Kind.BEST_PREVIOUS, directory=True) if kind is Kind.BEST else None
     lock = manager._lock() if rank() == 0 else None
-    return save_directory(payload, manager.directory, name, lock=lock, after_commit=after_commit, previous=previous)
+    if blocking:
+        return save_directory(payload, manager.directory, name, lock=lock, after_commit=after_commit, previous=previous)
+    group = manager._background_group()
+    finish = start_save_directory(payload, manager.directory, name, lock=lock, after_commit=after_commit,
+                                  previous=previous, process_group=group)  # fmt: skip
+    manager._writer.submit(finish)
+    return manager.directory / name

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,6 +223,161 @@ def test_retention_keeps_what_a_pointer_names(tmp_path):
     assert [d.entry.name for d in plan.remove] == ["rolling_step_000002"]
     kept = {d.entry.name: d.reasons for d in plan.keep}
     assert "latest points here" in kept["rolling_step_000001"]
+
+
+# ----------------------------------------------------- non-blocking sharded saves (one process)
+
+
+class DcpGate:
+    """Holds every DCP background write (``write_data`` on DCP's thread) until ``release``; records
+    when each write starts and when rank 0 commits it. ``fail`` makes the held write raise."""
+
+    def __init__(self, monkeypatch):
+        import torch.distributed.checkpoint as dcp
+
+        self.opened, self.waiting = threading.Event(), threading.Event()
+        self.events: list[tuple[str, str]] = []
+        self.fail: str | None = None
+        gate = self
+
+        class GatedWriter(dcp.FileSystemWriter):
+            def write_data(self, plan, planner):
+                name = Path(str(self.path)).name.removesuffix(".tmp")
+                gate.events.append(("start", name))
+                gate.waiting.set()
+                if not gate.opened.wait(timeout=60):
+                    raise RuntimeError("test gate never opened")
+                if gate.fail:
+                    raise OSError(28, gate.fail)
+                return super().write_data(plan, planner)
+
+        real_commit = sharded.commit_directory
+
+        def commit(tmp, final, previous=None):
+            real_commit(tmp, final, previous)
+            self.events.append(("commit", final.name))
+
+        monkeypatch.setattr(sharded, "_writer", lambda tmp: GatedWriter(tmp, sync_files=True))
+        monkeypatch.setattr(sharded, "commit_directory", commit)
+
+    def release(self):
+        self.opened.set()
+
+
+@pytest.fixture(params=["no process group", "world of one"])
+def group(request, tmp_path):
+    """Non-blocking DCP saves without torch.distributed, and in an initialised gloo group of one rank."""
+    import torch.distributed as dist
+
+    if request.param == "no process group":
+        yield None
+        return
+    if dist.is_initialized():
+        pytest.skip("another test left a process group initialised in this process")
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def _call_when_waiting(manager: CheckpointManager, call) -> tuple[threading.Thread, list]:
+    """Run ``call()`` on a thread; return once it waits for the in-flight save (or finished)."""
+    entered, returned = threading.Event(), []
+    real_wait = manager._writer.wait
+
+    def wait():
+        entered.set()
+        return real_wait()
+
+    manager._writer.wait = wait
+
+    def run():
+        try:
+            returned.append(call())
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            returned.append(exc)
+        entered.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert entered.wait(timeout=60)
+    return thread, returned
+
+
+def test_nonblocking_dcp_save_returns_before_writing_and_later_changes_do_not_leak(tmp_path, monkeypatch, group):
+    gate = DcpGate(monkeypatch)
+    mgr = CheckpointManager(tmp_path / "ck", format="dcp")
+    state = {"model": {"w": torch.zeros(64, 8)}, "dataloader_state": {"seen": [1, 2]}, "epoch": 0}
+    path = mgr.save(state, step=1, blocking=False)
+    assert gate.waiting.wait(timeout=60)  # DCP's thread is writing (held); save() has returned
+    assert path == tmp_path / "ck" / "rolling_step_000001" and not path.exists() and mgr._writer.in_flight
+    state["model"]["w"].add_(5)  # the training loop goes on: in place, nested, rebinding
+    state["dataloader_state"]["seen"].append(3)
+    state["epoch"] = 9
+    gate.release()
+    mgr.close()
+    assert gate.events == [("start", "rolling_step_000001"), ("commit", "rolling_step_000001")]
+    assert os.readlink(tmp_path / "ck" / "latest") == "rolling_step_000001"
+    loaded = {"model": {"w": torch.ones(64, 8)}, "dataloader_state": {"seen": [0, 0]}, "epoch": -1, "step": -1}
+    assert mgr.load_into(loaded) == tmp_path / "ck" / "latest"
+    assert torch.equal(loaded["model"]["w"], torch.zeros(64, 8))
+    assert (loaded["dataloader_state"], loaded["epoch"], loaded["step"]) == ({"seen": [1, 2]}, 0, 1)
+
+
+def test_nonblocking_dcp_failure_is_raised_by_the_next_call_and_by_close(tmp_path, monkeypatch, group):
+    gate = DcpGate(monkeypatch)
+    gate.fail = "No space left on device"
+    gate.release()
+    mgr = CheckpointManager(tmp_path, format="dcp")
+    mgr.save({"w": torch.zeros(4)}, step=1, blocking=False)  # fails in the background
+    with pytest.raises(SaveError, match="rolling_step_000001 failed.*No space left"):
+        mgr.save({"w": torch.zeros(4)}, step=2, blocking=False)  # not written: the error came first
+    gate.fail = None
+    mgr.save({"w": torch.ones(4)}, step=3, blocking=False)
+    mgr.close()  # raised once only: this save went through
+    gate.fail = "disk on fire"
+    mgr.save({"w": torch.ones(4)}, step=4, blocking=False)
+    with pytest.raises(SaveError, match="rolling_step_000004 failed.*disk on fire"):
+        mgr.close()
+    mgr.close()  # nothing left to raise
+    assert [e.name for e in scan(tmp_path) if e.status()[0] == STATUS_OK] == ["latest", "rolling_step_000003"]
+    assert {e.name for e in scan(tmp_path) if e.kind is Kind.PARTIAL} == {"rolling_step_000001.tmp", "rolling_step_000004.tmp"}
+
+
+def test_nonblocking_dcp_at_most_one_in_flight_a_new_save_waits(tmp_path, monkeypatch, group):
+    gate = DcpGate(monkeypatch)
+    mgr = CheckpointManager(tmp_path, format="dcp")
+    mgr.save({"w": torch.zeros(4)}, step=1, blocking=False)
+    assert gate.waiting.wait(timeout=60)
+    thread, returned = _call_when_waiting(mgr, lambda: mgr.save({"w": torch.ones(4)}, step=2, blocking=False))
+    assert gate.events == [("start", "rolling_step_000001")]  # the second save waits at the first's write
+    gate.release()
+    thread.join(timeout=60)
+    assert returned == [tmp_path / "rolling_step_000002"]
+    mgr.close()
+    assert gate.events == [("start", "rolling_step_000001"), ("commit", "rolling_step_000001"),
+                           ("start", "rolling_step_000002"), ("commit", "rolling_step_000002")]  # fmt: skip
+
+
+def test_emergency_dcp_save_waits_for_the_in_flight_one_then_raises_its_failure(tmp_path, monkeypatch, group):
+    gate = DcpGate(monkeypatch)
+    mgr = CheckpointManager(tmp_path, format="dcp")
+    mgr.save({"w": torch.zeros(4)}, step=1, blocking=False)
+    assert gate.waiting.wait(timeout=60)
+    thread, returned = _call_when_waiting(mgr, lambda: mgr.save_emergency({"w": torch.ones(4)}, step=2))
+    gate.release()
+    thread.join(timeout=60)
+    (emergency,) = returned
+    assert [event for event, _name in gate.events] == ["start", "commit", "start", "commit"]
+    assert gate.events[1] == ("commit", "rolling_step_000001") and gate.events[2][1] == emergency.name
+    gate.fail = "disk full"
+    mgr.save({"w": torch.zeros(4)}, step=3, blocking=False)
+    assert mgr._writer.settle(timeout=60)  # failed (its error kept for the next call)
+    gate.fail = None
+    with pytest.raises(SaveError, match="rolling_step_000003 failed.*disk full"):
+        mgr.save_emergency({"w": torch.ones(4)}, step=4)  # written first, then the earlier failure raised
+    assert sum(1 for e in scan(tmp_path) if e.kind is Kind.EMERGENCY and e.status()[0] == STATUS_OK) == 2
 
 
 # ------------------------------------------------------------------- two ranks (torchrun, gloo, CPU)
