@@ -470,3 +470,46 @@ def test_sigkill_of_a_rank_mid_save_never_leaves_an_ok_partial_and_2_rank_saves_
     statuses = {c["name"]: c["status"] for c in json.loads(listed.stdout)["checkpoints"]}
     assert all(statuses[name] == "partial" for name in statuses if name.endswith(".tmp"))
     assert {name for name, status in statuses.items() if status == "ok"} == {e.name for e in ok}
+
+
+ASYNC_WORKER = REPO / "tests" / "dist_workers" / "dcp_async_worker.py"
+
+
+@pytest.mark.slow  # ~35 s on the shared 2-core VM (3 torch imports); the agreement itself: tests/test_distributed.py
+def test_torchrun_nonblocking_saves_isolated_agreed_and_committed_after_every_rank(tmp_path):
+    """2 ranks, DTensor state changed right after each save(blocking=False) returns, a training
+    all_reduce while the write is in flight; rank 0's commit of step 4 fails: both ranks raise at the next call."""
+    directory, logdir = tmp_path / "checkpoints", tmp_path / "logs"
+    logdir.mkdir()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max-restarts", "0",
+        "--monitor-interval", "0.1", str(ASYNC_WORKER), str(directory), str(logdir),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    logs = [json.loads((logdir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [step for log in logs for step, _ in log["raised"]] == [5, 5]  # every rank raised, once
+    assert "injected: rank 0 cannot commit rolling_step_000004" in logs[0]["raised"][0][1]
+    assert "failed on another rank" in logs[1]["raised"][0][1]
+    for log in logs:
+        assert log["all_reduce"] == [2.0] * 6
+        assert (log["loaded_step"], log["loaded_seen"], log["loaded_ok"]) == (6, [1, 2, 3, 4, 5, 6], True)
+    assert os.readlink(directory / "latest") == "rolling_step_000006"
+    assert not (directory / "rolling_step_000004").exists()  # never committed: left as a partial temp
+    assert (directory / "rolling_step_000004.tmp").is_dir()
+    for step in (1, 2, 3, 5, 6):
+        path = directory / f"rolling_step_{step:06d}"
+        assert validate_file(path).valid, path.name
+        state = {"model": {"w": torch.zeros(256, 64)}, "dataloader_state": {"seen": [0] * step}, "step": -1}
+        sharded.load_directory(state, directory, path.name)
+        expected = torch.arange(256 * 64, dtype=torch.float32).reshape(256, 64) + step
+        assert torch.equal(state["model"]["w"], expected), path.name  # not the -1 written right after save()
+        assert (state["step"], state["dataloader_state"]["seen"]) == (step, list(range(1, step + 1)))
