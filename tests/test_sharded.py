@@ -513,3 +513,34 @@ def test_torchrun_nonblocking_saves_isolated_agreed_and_committed_after_every_ra
         expected = torch.arange(256 * 64, dtype=torch.float32).reshape(256, 64) + step
         assert torch.equal(state["model"]["w"], expected), path.name  # not the -1 written right after save()
         assert (state["step"], state["dataloader_state"]["seen"]) == (step, list(range(1, step + 1)))
+
+
+@pytest.mark.slow  # 20 s on the loaded VM, nearly all of it importing torch's DCP in a fresh interpreter
+def test_at_exit_a_nonblocking_dcp_save_is_committed_and_a_failure_is_logged(tmp_path):
+    """A script that ends right after save(blocking=False), without close(): the write and rank 0's commit
+    finish before the interpreter exits; a failed one is logged (no process group: DCP's single-process mode)."""
+    script = f"""
+import logging, warnings, torch
+from pathlib import Path
+import torch.distributed.checkpoint as dcp
+from ckptctl import sharded
+from ckptctl.manager import CheckpointManager
+warnings.filterwarnings("ignore")
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("c10d").setLevel(logging.CRITICAL)
+class Full(dcp.FileSystemWriter):
+    def write_data(self, plan, planner):
+        if "/full/" in str(self.path):
+            raise OSError(28, "No space left on device")
+        return super().write_data(plan, planner)
+sharded._writer = lambda tmp: Full(tmp, sync_files=True)
+CheckpointManager({str(tmp_path / "ok")!r}, format="dcp").save({{"w": torch.ones(256, 256)}}, step=7, blocking=False)
+CheckpointManager({str(tmp_path / "full")!r}, format="dcp").save({{"w": torch.ones(4)}}, step=8, blocking=False)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.readlink(tmp_path / "ok" / "latest") == "rolling_step_000007"
+    assert read_checkpoint(tmp_path / "ok" / "rolling_step_000007").root["step"] == 7
+    assert "background checkpoint save failed" in result.stderr
+    assert "rolling_step_000008 failed: rank 0: OSError: [Errno 28] No space left on device" in result.stderr
+    assert not (tmp_path / "full" / "rolling_step_000008").exists()
