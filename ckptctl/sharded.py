@@ -495,6 +495,21 @@ def set_pointer(directory: str | os.PathLike[str], kind: Kind, target: str, *, b
     _fsync_directory(directory)
 
 
+def repoint(link: Path, target: str, keep_as: Path | None = None) -> None:
+    """``ckptctl restore``: point ``link`` (``latest``) at ``target`` atomically; what it was is kept as ``keep_as``
+    (the same symlink; a real directory in the pointer's place is renamed), or, without ``keep_as``, dropped."""
+    if os.path.lexists(link):
+        if keep_as is not None:
+            if link.is_symlink():
+                os.symlink(os.readlink(link), keep_as)
+            else:
+                os.rename(link, keep_as)
+        elif not link.is_symlink() and link.is_dir():
+            remove_directory(link)
+    _replace_symlink(link, target)
+    _fsync_directory(link.parent)
+
+
 def _replace_symlink(link: Path, target: str) -> None:
     if link.exists() and not link.is_symlink():
         raise SaveError(f"{link} exists and is not a symlink: not replacing it")
