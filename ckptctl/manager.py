@@ -107,6 +107,7 @@ class CheckpointManager:
         self._agree = False  # the background save in flight is collective (dcp): its outcome is agreed on
         self._group: Any = None  # format="dcp", blocking=False: the process group of background saves
         self._group_made = False
+        self._stager: Any = None  # format="dcp", blocking=False: torch's stager, its CPU copy reused per save
         if self.master_process:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self._lock():  # under the lock every *.tmp belongs to a writer that died
@@ -248,6 +249,12 @@ class CheckpointManager:
             self._group, self._group_made = distributed.background_group(), True
         return self._group
 
+    def _background_stager(self) -> Any:
+        """The stager of non-blocking sharded saves (:func:`ckptctl.sharded.reusing_stager`); close() frees it."""
+        if self._stager is None:
+            self._stager = sharded.reusing_stager()
+        return self._stager
+
     def _wait_logging_failure(self, agree: bool = True) -> BaseException | None:
         """Wait for the in-flight background save; return (and log) its failure instead of raising it."""
         try:
@@ -267,6 +274,9 @@ class CheckpointManager:
             self._settle()
         finally:
             self._writer.close()
+            if self._stager is not None:
+                self._stager.close()
+                self._stager = None
 
     def __enter__(self) -> "CheckpointManager":
         return self
