@@ -23,7 +23,9 @@ calls every method; rank 0 writes, and the decisions are rank 0's, broadcast (:m
 the best val_loss at start-up, whether ``save_best`` saves, the file ``load("latest"|"best")``
 resolved to. The only barrier is after ``save_emergency`` (see there); rolling, best and epoch
 saves have none, since no rank reads those files during the run. Non-blocking saves
-(:mod:`ckptctl.async_save`) are waited for by every later call, ``close()`` and interpreter exit.
+(:mod:`ckptctl.async_save`) are waited for by every later call, ``close()`` and interpreter exit;
+with ``format="dcp"`` (DCP's ``async_save``, :func:`ckptctl.sharded.start_save_directory`) that
+wait ends with one ``any_rank`` agreement on the outcome, so every rank raises or none does.
 This is the only core module that imports torch at import time.
 """
 

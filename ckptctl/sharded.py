@@ -11,6 +11,10 @@ directory, renames ``<name>.tmp`` to ``<name>`` and fsyncs the parent; a last ba
 rank return only once the checkpoint is visible. A rank killed at any point leaves at most a
 ``*.tmp`` directory, which ``list`` shows as partial and stale-temp cleaning removes.
 
+Non-blocking (:func:`start_save_directory`): DCP's ``async_save`` stages the state in CPU memory
+and writes on its own thread, its collectives on a process group of their own; rank 0 commits on
+the manager's worker thread once DCP returned (its final gather means every rank is done).
+
 ``latest``: directories cannot be hard-linked, so ``latest`` (and ``latest_backup``, ``best_model``
 stays a directory) is a **relative symlink** to the rolling directory it names, replaced
 atomically (new link under a ``.tmp`` name, ``rename`` over the old one). Retention keeps the
