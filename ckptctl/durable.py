@@ -250,10 +250,9 @@ class StagedDirectory(StagedFile):
     """A sharded (DCP) checkpoint directory copied under a temp name, fsynced and re-read, waiting for commit."""
 
     def commit(self, *, fsync_dir: bool = True, keep_as: Path | None = None) -> Path:
-        """Into place by :func:`ckptctl.sharded.commit_directory`: a directory cannot be renamed over a
-        non-empty one, so the current ``final`` moves to ``keep_as`` (else is deleted) first; for that
-        moment the name is absent, never half-written. Always fsyncs (``fsync_dir`` is accepted for
-        the :class:`StagedFile` interface)."""
+        """Into place by :func:`ckptctl.sharded.commit_directory` (an atomic swap with the current
+        ``final``, which then moves to ``keep_as`` or is deleted). Always fsyncs (``fsync_dir`` is
+        accepted for the :class:`StagedFile` interface)."""
         from .sharded import commit_directory
 
         try:

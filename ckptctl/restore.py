@@ -22,9 +22,9 @@ Sharded (DCP) layout (a directory whose checkpoints are all directories): ``late
 so healing it and ``--to latest`` re-point it atomically (:func:`ckptctl.sharded.repoint`; the old
 link is kept as ``latest.replaced-<stamp>``, nothing is copied); ``best_model/`` is a directory,
 so ``--to best`` and ``--rollback-best`` copy the source directory to a verified temp directory
-(:func:`ckptctl.durable.stage_copy_directory`) and rename it into place, the old one renamed to
-``best_model.replaced-<stamp>`` first (a directory cannot be renamed over a full one: for that
-moment ``best_model`` is absent, never half-written). There is no best_model_backup to heal from.
+(:func:`ckptctl.durable.stage_copy_directory`) and swap it into place atomically, the old one then
+renamed to ``best_model.replaced-<stamp>`` (:func:`ckptctl.sharded.commit_directory`). There is
+no best_model_backup to heal from.
 """
 
 from __future__ import annotations

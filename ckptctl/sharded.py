@@ -30,6 +30,8 @@ need no DCP-specific code. Only the save and load functions import torch.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import io
 import math
 import os
@@ -471,9 +473,10 @@ def _commit(tmp: Path, final: Path, previous: str | None, after_commit: Callable
 def commit_directory(tmp: Path, final: Path, previous: Path | None = None) -> None:
     """fsync every file and the directory, rename into place, fsync the parent.
 
-    A directory cannot be renamed over a non-empty one, so an existing ``final`` moves aside first
-    (to ``previous``, else to a ``*.tmp`` name removed afterwards): for that moment ``final`` is absent,
-    never half-written.
+    A directory cannot be renamed over a non-empty one, so an existing ``final`` is swapped with
+    ``tmp`` in one atomic ``renameat2(RENAME_EXCHANGE)`` (Linux >= 3.15; ``final`` never disappears)
+    and then moved to ``previous``, else to a ``*.tmp`` name removed afterwards. Where the exchange
+    is unsupported, ``final`` moves aside first: for that moment it is absent, never half-written.
     """
     with os.scandir(tmp) as it:
         for dirent in it:
@@ -486,18 +489,38 @@ def commit_directory(tmp: Path, final: Path, previous: Path | None = None) -> No
     _fsync_directory(tmp)
     if not (tmp / METADATA_FILE).is_file():
         raise SaveError(f"sharded save of {final.name}: no .metadata was written")
-    old = final.with_name(f"{final.name}.replaced{TMP_SUFFIX}")
+    aside = previous if previous is not None else final.with_name(f"{final.name}.replaced{TMP_SUFFIX}")
     if final.exists() and not final.is_symlink():
-        if previous is not None:
-            if previous.exists():
-                remove_directory(previous)
-            os.rename(final, previous)
+        if aside.exists():
+            remove_directory(aside)
+        if _exchange(tmp, final):  # final holds the new checkpoint, tmp the old one
+            os.rename(tmp, aside)
         else:
-            os.rename(final, old)
-    os.rename(tmp, final)
+            os.rename(final, aside)
+            os.rename(tmp, final)
+    else:
+        os.rename(tmp, final)
     _fsync_directory(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    if previous is None and aside.exists():
+        shutil.rmtree(aside)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` atomically; False where libc, kernel or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def set_pointer(directory: str | os.PathLike[str], kind: Kind, target: str, *, backup: Kind | None = None) -> None:

@@ -149,6 +149,26 @@ def test_commit_replaces_an_existing_directory_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "best_model_previous"]
 
 
+@pytest.mark.parametrize("exchange", ["renameat2", "unsupported"])
+def test_commit_over_an_existing_directory_never_leaves_the_name_absent_where_it_can(tmp_path, monkeypatch, exchange):
+    sharded.save_directory({"w": torch.zeros(3), "step": 1}, tmp_path, "best_model")
+    if exchange == "unsupported":
+        monkeypatch.setattr(sharded, "_exchange", lambda a, b: False)
+    present_at_rename = []
+    real_rename = sharded.os.rename
+
+    def rename(src, dst):
+        present_at_rename.append((tmp_path / "best_model").exists())
+        real_rename(src, dst)
+
+    monkeypatch.setattr(sharded.os, "rename", rename)
+    sharded.save_directory({"w": torch.ones(3), "step": 2}, tmp_path, "best_model", previous="best_model_previous")
+    assert read_checkpoint(tmp_path / "best_model").root["step"] == 2
+    assert read_checkpoint(tmp_path / "best_model_previous").root["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "best_model_previous"]
+    assert all(present_at_rename) == (exchange == "renameat2")  # the fallback has one moment without it
+
+
 def test_remove_directory_never_leaves_a_listed_half(tmp_path, monkeypatch):
     path = write_dcp(tmp_path / "rolling_step_000001", step=1)
     calls = []
