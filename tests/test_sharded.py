@@ -431,6 +431,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _torchrun_command(worker: Path, directory: Path, logdir: Path) -> tuple[list[str], dict[str, str]]:
+    """``torchrun`` of ``worker DIR LOGDIR`` on 2 local ranks (no restarts), and its environment."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max-restarts", "0",
+        "--monitor-interval", "0.1", str(worker), str(directory), str(logdir),
+    ]  # fmt: skip
+    return command, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
 def _torchrun_killing(rank: int, root: Path) -> tuple[Path, bool]:
     """2 ranks save DTensor-sharded checkpoints; SIGKILL ``rank`` once a later save's temp directory
     exists. Every wait is bounded; the whole process group is killed in ``finally``."""
@@ -438,12 +448,7 @@ def _torchrun_killing(rank: int, root: Path) -> tuple[Path, bool]:
     logdir.mkdir(parents=True)
     worker = root / "dcp_worker.py"
     worker.write_text(WORKER)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max-restarts", "0",
-        "--monitor-interval", "0.1", str(worker), str(directory), str(logdir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command, env = _torchrun_command(worker, directory, logdir)
     with open(logdir / "torchrun.out", "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     killed_mid_save = False
@@ -501,12 +506,7 @@ def test_torchrun_nonblocking_saves_isolated_agreed_and_committed_after_every_ra
     all_reduce while the write is in flight; rank 0's commit of step 4 fails: both ranks raise at the next call."""
     directory, logdir = tmp_path / "checkpoints", tmp_path / "logs"
     logdir.mkdir()
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max-restarts", "0",
-        "--monitor-interval", "0.1", str(ASYNC_WORKER), str(directory), str(logdir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command, env = _torchrun_command(ASYNC_WORKER, directory, logdir)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=120)

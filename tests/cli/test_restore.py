@@ -128,21 +128,6 @@ def test_from_to_and_discard(ckpt_dir):
     assert replaced(ckpt_dir) == [] and "(discarded)" in result.stdout
 
 
-def test_bad_option_combinations_exit_2(ckpt_dir):
-    for args, message in (
-        (["--from", "epoch_00001.pt"], "--from FILE and --to latest|best go together"),
-        (["--to", "best"], "--from FILE and --to latest|best go together"),
-        (["--rollback-best", "--from", "x", "--to", "best"], "--rollback-best excludes"),
-        (["--from", "epoch_00001.pt", "--to", "newest"], "--to must be one of"),
-        (["--from", "missing.pt", "--to", "latest"], "no such file"),
-        (["--mode", "teleport"], "unknown copy mode"),
-    ):
-        result = invoke(str(ckpt_dir), *args, "--yes")
-        assert result.exit_code == 2, (args, result.stdout)
-        assert message in result.stderr and result.stderr.count("\n") == 1
-    assert invoke(str(ckpt_dir / "missing")).exit_code == 2
-
-
 # ------------------------------------------------------------------------- sharded (DCP) layout
 
 
@@ -197,3 +182,18 @@ def test_sharded_locked_exits_3(dcp_dir):
     with DirectoryLock(dcp_dir):
         result = invoke(str(dcp_dir), "--from", "rolling_step_000100", "--to", "latest", "--yes")
     assert result.exit_code == 3 and "locked" in result.stderr
+
+
+def test_bad_option_combinations_exit_2(ckpt_dir):
+    for args, message in (
+        (["--from", "epoch_00001.pt"], "--from FILE and --to latest|best go together"),
+        (["--to", "best"], "--from FILE and --to latest|best go together"),
+        (["--rollback-best", "--from", "x", "--to", "best"], "--rollback-best excludes"),
+        (["--from", "epoch_00001.pt", "--to", "newest"], "--to must be one of"),
+        (["--from", "missing.pt", "--to", "latest"], "no such file"),
+        (["--mode", "teleport"], "unknown copy mode"),
+    ):
+        result = invoke(str(ckpt_dir), *args, "--yes")
+        assert result.exit_code == 2, (args, result.stdout)
+        assert message in result.stderr and result.stderr.count("\n") == 1
+    assert invoke(str(ckpt_dir / "missing")).exit_code == 2
