@@ -14,6 +14,11 @@
   ``FileSystemReader.read_metadata()`` (plain ``pickle.load``: runs whatever the file names) for every
   checkpoint, and vs ``dcp.load`` of the full state of one checkpoint (what a reader without a metadata
   path would need for ``step``).
+- async: how long ``save(..., blocking=False)`` blocks the loop (DCP's ``async_save`` stages the state in CPU
+  memory, the write and rank 0's commit run in the background) vs the synchronous manager save, and vs a bare
+  ``dcp.async_save`` (the baseline: staging alone, no commit protocol). Between saves the "training" mutates
+  every tensor and computes for as long as the last synchronous save took (bench_async_save.train_for).
+  One process, no process group (DCP's single-process mode).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ckptctl.catalog import scan  # noqa: E402
 from ckptctl.manager import CheckpointManager  # noqa: E402
+from bench_async_save import train_for  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 warnings.filterwarnings("ignore")
 
@@ -101,6 +107,37 @@ def bench_list(root: Path, count: int, rounds: int) -> None:
           f"{results['ckptctl'] / results['dcp']:.2f}x; one full dcp.load (8 MB) {results['load'] * 1000:.1f} ms")
 
 
+def bench_async(root: Path, megabytes: int, rounds: int) -> None:
+    state = make_state(megabytes)
+    sync_mgr = CheckpointManager(root / "dcp_sync", keep_last_n=2, format="dcp", monitor_every=0)
+    async_mgr = CheckpointManager(root / "dcp_async", keep_last_n=2, format="dcp", monitor_every=0)
+    times: dict[str, list[float]] = {"sync": [], "async": [], "bare": []}
+    background: list[float] = []
+    for step in range(1, rounds + 1):
+        times["sync"].append(timed(lambda: sync_mgr.save(state, step=step)))
+        gap = times["sync"][-1]
+        train_for(state, gap)
+        submitted = time.perf_counter()
+        times["async"].append(timed(lambda: async_mgr.save(state, step=step, blocking=False)))
+        train_for(state, gap)  # the write runs meanwhile
+        async_mgr._writer.settle()
+        background.append(time.perf_counter() - submitted)
+        plain, futures = root / f"bare_async_{step}", []
+        times["bare"].append(timed(lambda: futures.append(
+            dcp.async_save(state, storage_writer=dcp.FileSystemWriter(plain, sync_files=True)))))  # fmt: skip
+        train_for(state, gap)
+        futures[0].result()
+        shutil.rmtree(plain)
+    async_mgr.close()
+    assert os.readlink(root / "dcp_async" / "latest") == f"rolling_step_{rounds:06d}"
+    med = {name: statistics.median(values) for name, values in times.items()}
+    print(f"async save {megabytes} MB, median of {rounds} (max): loop blocked by save(blocking=False) "
+          f"{med['async'] * 1000:.0f} ms ({max(times['async']) * 1000:.0f}); synchronous save {med['sync'] * 1000:.0f} ms "
+          f"({max(times['sync']) * 1000:.0f}); bare dcp.async_save {med['bare'] * 1000:.0f} ms ({max(times['bare']) * 1000:.0f})")
+    print(f"  ratio blocked async/sync {med['async'] / med['sync']:.3f}x; ckptctl async / bare dcp.async_save "
+          f"{med['async'] / med['bare']:.2f}x; background write + commit, submit -> done {statistics.median(background) * 1000:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100)
@@ -110,6 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         bench_save(Path(tmp), args.mb, args.rounds)
         bench_list(Path(tmp), args.count, args.rounds)
+        bench_async(Path(tmp), args.mb, args.rounds)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ Policy, and why:
   still pending when the interpreter exits is logged at ERROR level by an ``atexit`` hook (an
   in-flight write itself is finished first: the worker thread is joined at interpreter exit).
 
+Sharded saves (``format="dcp"``) use the same :class:`AsyncWriter` for their bookkeeping (one in
+flight, errors raised once, the ``atexit`` report); their snapshot and write are DCP's ``async_save``
+and the worker thread waits for it, then commits (:func:`ckptctl.sharded.start_save_directory`).
+
 torch is imported inside :func:`snapshot` only, so importing this module stays light.
 """
 

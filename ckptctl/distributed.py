@@ -93,6 +93,19 @@ def any_rank(flag: bool) -> bool:
     return bool(max_over_ranks(1 if flag else 0))
 
 
+def background_group() -> Any | None:
+    """A new gloo process group over every rank, for collectives run off the main thread; None without one.
+
+    A background save's collectives (DCP's plan exchange and final gather) must never interleave with
+    the training's on the default group: on a group of their own they cannot. gloo, because it runs
+    on the CPU where the staged copy lives (and DCP's ``async_save`` requires a CPU backend). Unlike
+    the other helpers this also applies to a world of one (DCP uses any initialised group).
+    Collective: every rank creates it, at the same point.
+    """
+    dist = _dist()
+    return dist.new_group(backend="gloo") if dist is not None else None
+
+
 def barrier() -> None:
     """Wait until every rank got here; nothing when not distributed."""
     if is_active():

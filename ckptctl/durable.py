@@ -27,6 +27,7 @@ import errno
 import fcntl
 import os
 import secrets
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -243,6 +244,56 @@ def stage_copy(
         _discard(tmp)
         _reraise(exc, final)
     return StagedFile(tmp, final), used
+
+
+class StagedDirectory(StagedFile):
+    """A sharded (DCP) checkpoint directory copied under a temp name, fsynced and re-read, waiting for commit."""
+
+    def commit(self, *, fsync_dir: bool = True, keep_as: Path | None = None) -> Path:
+        """Into place by :func:`ckptctl.sharded.commit_directory` (an atomic swap with the current
+        ``final``, which then moves to ``keep_as`` or is deleted). Always fsyncs (``fsync_dir`` is
+        accepted for the :class:`StagedFile` interface)."""
+        from .sharded import commit_directory
+
+        try:
+            commit_directory(self.tmp, self.final, keep_as)
+        except OSError as exc:
+            _reraise(exc, self.final)
+        self.committed = True
+        return self.final
+
+    def discard(self) -> None:
+        if not self.committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def stage_copy_directory(
+    src: str | os.PathLike[str], directory: str | os.PathLike[str], final_name: str, mode: str = REFLINK
+) -> tuple[StagedDirectory, str]:
+    """:func:`stage_copy` for a sharded checkpoint directory: every file materialised in ``mode``
+    (shard files are never modified in place, so ``link`` is safe), then the copy is read back by
+    the safe reader (DCP records no checksums: structure, values and shard sizes are what can be
+    checked). Returns the staged directory and the mode used (``copy`` if any file fell back)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    from .sharded import read_directory
+
+    final = Path(directory) / final_name
+    tmp = temp_path(directory, final_name)
+    used: set[str] = set()
+    try:
+        os.mkdir(tmp)
+        with os.scandir(src) as it:
+            for dirent in it:
+                if not dirent.is_file(follow_symlinks=False):
+                    raise SaveError(f"could not copy {src}: {dirent.name} is not a regular file")
+                used.add(_materialise(Path(dirent.path), tmp / dirent.name, mode))
+        fsync_directory(tmp)
+        read_directory(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _reraise(exc, final)
+    return StagedDirectory(tmp, final), COPY if COPY in used else mode
 
 
 def _materialise(src: Path, tmp: Path, mode: str) -> str:

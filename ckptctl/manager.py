@@ -23,7 +23,9 @@ calls every method; rank 0 writes, and the decisions are rank 0's, broadcast (:m
 the best val_loss at start-up, whether ``save_best`` saves, the file ``load("latest"|"best")``
 resolved to. The only barrier is after ``save_emergency`` (see there); rolling, best and epoch
 saves have none, since no rank reads those files during the run. Non-blocking saves
-(:mod:`ckptctl.async_save`) are waited for by every later call, ``close()`` and interpreter exit.
+(:mod:`ckptctl.async_save`) are waited for by every later call, ``close()`` and interpreter exit;
+with ``format="dcp"`` (DCP's ``async_save``, :func:`ckptctl.sharded.start_save_directory`) that
+wait ends with one ``any_rank`` agreement on the outcome, so every rank raises or none does.
 This is the only core module that imports torch at import time.
 """
 
@@ -43,7 +45,7 @@ import torch
 from . import distributed, durable, sharded
 from .async_save import AsyncWriter
 from .catalog import scan
-from .errors import CheckpointError, NoCheckpointError, UnreadableCheckpoint
+from .errors import CheckpointError, NoCheckpointError, SaveError, UnreadableCheckpoint
 from .locking import DirectoryLock
 from .metadata import as_float
 from .naming import Kind, format_name
@@ -104,6 +106,10 @@ class CheckpointManager:
         self._saves = 0
         self._low_space_warned = False
         self._writer = AsyncWriter()
+        self._agree = False  # the background save in flight is collective (dcp): its outcome is agreed on
+        self._group: Any = None  # format="dcp", blocking=False: the process group of background saves
+        self._group_made = False
+        self._stager: Any = None  # format="dcp", blocking=False: torch's stager, its CPU copy reused per save
         if self.master_process:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self._lock():  # under the lock every *.tmp belongs to a writer that died
@@ -122,11 +128,15 @@ class CheckpointManager:
 
         ``blocking=False``: copy the state's tensors to the CPU now and write in the background
         (:mod:`ckptctl.async_save`); the returned path exists once the write finished. A save still
-        in flight is waited for first, and its error raised here.
+        in flight is waited for first, and its error raised here. With ``format="dcp"`` every rank
+        calls it; DCP's ``async_save`` stages and writes (:func:`ckptctl.sharded.start_save_directory`).
         """
-        self._writer.wait()
+        self._settle()
         if self.format == "dcp":  # collective: every rank writes its shards
-            return sharded.manager_save(self, self._payload(state, "regular", step=step), Kind.ROLLING, step=step)
+            payload = self._payload(state, "regular", step=step)
+            path = sharded.manager_save(self, payload, Kind.ROLLING, blocking=blocking, step=step)
+            self._agree = not blocking
+            return path
         if not self.master_process:
             return None
         payload = self._payload(state, "regular", step=step)
@@ -154,7 +164,7 @@ class CheckpointManager:
 
         Old best -> best_model_previous.pt, new -> best_model.pt, duplicate -> best_model_backup.pt.
         """
-        self._writer.wait()
+        self._settle()
         better, agreed_loss = distributed.broadcast_from_main(self._best_decision(val_loss))
         if not better:
             return None
@@ -181,7 +191,7 @@ class CheckpointManager:
 
     def save_epoch(self, state: Mapping[str, Any], epoch: int) -> Path | None:
         """epoch_NNNNN.pt: never deleted by retention."""
-        self._writer.wait()
+        self._settle()
         if self.format == "dcp":
             return sharded.manager_save(self, self._payload(state, "regular", epoch=epoch), Kind.EPOCH, epoch=epoch)
         if not self.master_process:
@@ -216,18 +226,59 @@ class CheckpointManager:
             raise earlier_failure
         return path
 
-    def _wait_logging_failure(self) -> BaseException | None:
-        """Wait for the in-flight background save; return (and log) its failure instead of raising it."""
+    def _settle(self, agree: bool = True) -> None:
+        """Wait for the background save in flight and raise its error (once).
+
+        After a sharded (collective) one, every rank raises or none does: one ``any_rank`` at this
+        safe point, which every rank reaches in the same manager call (rank 0's commit may fail where
+        the other ranks' writes succeeded). ``agree=False`` (an exception already propagating on
+        this rank alone) waits locally: a collective there could wait for ranks that never come.
+        """
+        failure: Exception | None = None
         try:
             self._writer.wait()
+        except Exception as exc:  # noqa: BLE001 - raised below, once the ranks agreed
+            failure = exc
+        collective, self._agree = self._agree, False
+        if collective and agree and distributed.any_rank(failure is not None) and failure is None:
+            failure = SaveError("the background sharded save failed on another rank (see that rank's log)")
+        if failure is not None:
+            raise failure
+
+    def _background_group(self) -> Any:
+        """The process group of non-blocking sharded saves, made at the first one (collective)."""
+        if not self._group_made:
+            self._group, self._group_made = distributed.background_group(), True
+        return self._group
+
+    def _background_stager(self) -> Any:
+        """The stager of non-blocking sharded saves (:func:`ckptctl.sharded.reusing_stager`); close() frees it."""
+        if self._stager is None:
+            self._stager = sharded.reusing_stager()
+        return self._stager
+
+    def _wait_logging_failure(self, agree: bool = True) -> BaseException | None:
+        """Wait for the in-flight background save; return (and log) its failure instead of raising it."""
+        try:
+            self._settle(agree)
         except Exception as exc:  # noqa: BLE001 - re-raised by the caller once its own save is done
             log.error("the background save before this one failed: %s", exc)
             return exc
         return None
 
     def close(self) -> None:
-        """Finish a background save in flight and raise its error. Saving after close() still works."""
-        self._writer.close()
+        """Finish a background save in flight and raise its error. Saving after close() still works.
+
+        With ``format="dcp"`` every rank calls it (an agreement on the outcome), before
+        ``destroy_process_group()``: the background write needs the process group.
+        """
+        try:
+            self._settle()
+        finally:
+            self._writer.close()
+            if self._stager is not None:
+                self._stager.close()
+                self._stager = None
 
     def __enter__(self) -> "CheckpointManager":
         return self
@@ -236,7 +287,7 @@ class CheckpointManager:
         if exc_type is None:
             self.close()
         else:  # an exception is already propagating: log a background failure rather than replace it
-            self._wait_logging_failure()
+            self._wait_logging_failure(agree=False)
 
     def _save_single(self, name: str, payload: dict[str, Any], retention: bool) -> Path:
         """A save that writes one file and updates nothing else."""
@@ -320,6 +371,7 @@ class CheckpointManager:
 
         latest -> latest_backup -> newest rolling/emergency directory; best -> best_model_previous.
         """
+        self._settle()
         self.loaded_path = sharded.load_directory(state, self.directory, which)
         return self.loaded_path
 
@@ -340,7 +392,7 @@ class CheckpointManager:
         0 loaded (else two ranks could fall back differently, e.g. around a save in progress); if
         any rank cannot load it, every rank raises NoCheckpointError.
         """
-        self._writer.wait()
+        self._settle()
         if which in ("latest", "best") and distributed.is_active():
             return self._load_agreed(str(which), map_location=map_location, unsafe=unsafe)
         return self._load_chain(which, map_location=map_location, unsafe=unsafe)

@@ -17,6 +17,14 @@ checks that nothing changed since planning (a save may have landed meanwhile), s
 source as a verified temp file (:func:`ckptctl.durable.stage_copy`), keeps the old file under its
 new name (a hard link, so the target name never disappears), then renames the temp file over the
 target and fsyncs the directory.
+
+Sharded (DCP) layout (a directory whose checkpoints are all directories): ``latest`` is a symlink,
+so healing it and ``--to latest`` re-point it atomically (:func:`ckptctl.sharded.repoint`; the old
+link is kept as ``latest.replaced-<stamp>``, nothing is copied); ``best_model/`` is a directory,
+so ``--to best`` and ``--rollback-best`` copy the source directory to a verified temp directory
+(:func:`ckptctl.durable.stage_copy_directory`) and swap it into place atomically, the old one then
+renamed to ``best_model.replaced-<stamp>`` (:func:`ckptctl.sharded.commit_directory`). There is
+no best_model_backup to heal from.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from .integrity import DEFAULT, FileResult, validate_file
 from .locking import DirectoryLock
 from .naming import FIXED_NAMES, Kind, format_name, parse
 from .resolve import LATEST, fallback_candidates
-from .sharded import set_pointer
+from .sharded import POINTER_KINDS, repoint
 
+FILE, POINTER, DIRECTORY = "file", "pointer", "directory"  # how an Action replaces its target
 TO_LATEST = "latest"
 TO_BEST = "best"
 TARGETS = (TO_LATEST, TO_BEST)
@@ -77,7 +86,7 @@ class Action:
     status: str = "planned"  # planned / done / skipped
     mode_used: str | None = None
     note: str | None = None
-    pointer: bool = False  # sharded (DCP) layout: ``target`` is a symlink re-pointed at ``source``
+    how: str = FILE  # FILE: staged copy; sharded (DCP) layout: POINTER re-points a symlink, DIRECTORY copies one
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,6 +149,11 @@ class _Planner:
         self.stamp = (now or datetime.now()).strftime(STAMP_FORMAT)
         self.validator = validator or (lambda path: validate_file(path, DEFAULT))
         self.verdicts: dict[Path, FileResult] = {}
+        self.sharded = _is_sharded(self.entries)
+
+    def name(self, kind: Kind) -> str:
+        """The layout's name for ``kind``: ``latest.pt``, or ``latest`` in a sharded directory."""
+        return format_name(kind, directory=self.sharded)
 
     def entry(self, kind: Kind) -> Entry | None:
         return next((e for e in self.entries if e.kind is kind), None)
@@ -151,13 +165,14 @@ class _Planner:
             self.plan.checked.append(Check(path.name, result.valid, list(result.problems), step))
         return self.verdicts[path]
 
-    def replace(self, target: str, source: Path, reason: str, step: int | None = None) -> None:
+    def replace(self, target: str, source: Path, reason: str, step: int | None = None, how: str = FILE) -> None:
+        """Plan ``target`` <- ``source``; what is there now is kept as ``<target>.replaced-<stamp>``.
+
+        A pointer's identity is the link itself (lstat): a dangling one is kept too, as a record."""
         path = self.directory / target
-        exists = _identity(path) is not None
-        keep_as = None if self.discard or not exists else self.kept_name(target)
-        self.plan.actions.append(
-            Action(target, source, reason, keep_as, step, _identity(path), _identity(source))
-        )
+        identity = _identity(path, follow=how != POINTER)
+        keep_as = None if self.discard or identity is None else self.kept_name(target)
+        self.plan.actions.append(Action(target, source, reason, keep_as, step, identity, _identity(source), how=how))
 
     def kept_name(self, target: str) -> str:
         """``<target>.replaced-<stamp>``, with a counter if that name is taken (never overwrite)."""
@@ -169,9 +184,9 @@ class _Planner:
         return name
 
 
-def _identity(path: Path) -> Identity:
+def _identity(path: Path, follow: bool = True) -> Identity:
     try:
-        info = os.stat(path)
+        info = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         return None
     return info.st_ino, info.st_mtime_ns, info.st_size
@@ -199,10 +214,10 @@ def plan_heal(directory: str | os.PathLike[str], *, discard: bool = False, mode:
     planner = _Planner(directory, "heal", discard=discard, mode=mode, now=now, validator=validator)
     if not any(e.parsed.is_checkpoint for e in planner.entries):
         raise BadInputError(f"no checkpoints in {planner.directory} (no file matches the checkpoint names)")
-    if _is_sharded(planner.entries):
+    if planner.sharded:
         _heal_latest_pointer(planner)
-        return planner.plan
-    _heal_latest(planner)
+    else:
+        _heal_latest(planner)
     _heal_best(planner)
     return planner.plan
 
@@ -215,21 +230,17 @@ def _is_sharded(entries: list[Entry]) -> bool:
 
 def _heal_latest_pointer(planner: _Planner) -> None:
     """Sharded layout: ``latest`` is a symlink; when it is missing, dangling or names an invalid
-    directory, point it at the newest valid rolling/emergency directory (nothing is copied, and
-    the old link is not kept: the directory it named stays under its own name).
-    ``best_model/`` has no backup copy in this layout, so it is not healed here."""
-    name = format_name(Kind.LATEST, directory=True)
+    directory, point it at the newest valid rolling/emergency directory (in :mod:`ckptctl.resolve`'s
+    order, pointers left out: ``latest`` names a real directory). Nothing is copied; the old link is
+    kept as ``latest.replaced-<stamp>`` (a record of what it named) unless ``discard``."""
+    name = planner.name(Kind.LATEST)
     usable, state = _state(planner, name)
     if usable:
         return
-    candidates = [e for e in planner.entries if e.is_directory and e.kind in (Kind.ROLLING, Kind.EMERGENCY)]
+    candidates = [e for e in fallback_candidates(planner.entries, LATEST) if e.kind not in POINTER_KINDS]
     for entry, step in _newest_first(candidates):
         if planner.verdict(entry.path, step).valid:
-            path = planner.directory / name
-            planner.plan.actions.append(
-                Action(name, entry.path, f"{name} is {state}; newest valid is {entry.name}", None, step,
-                       _identity(path), _identity(entry.path), pointer=True)  # fmt: skip
-            )
+            planner.replace(name, entry.path, f"{name} is {state}; newest valid is {entry.name}", step, how=POINTER)
             return
     tried = ", ".join(e.name for e in candidates) or "no rolling or emergency checkpoints"
     planner.plan.unrestorable.append(f"{name} is {state} and nothing valid is left to point it at (tried: {tried})")
@@ -256,21 +267,26 @@ def _newest_first(candidates: list[Entry]) -> list[tuple[Entry, int | None]]:
 
 
 def _heal_best(planner: _Planner) -> None:
+    """best <- best_backup; never silently best_previous (a different model: ``--rollback-best``).
+    The sharded layout keeps no best_model_backup, so there a damaged best_model/ is reported."""
     has_best_files = any(planner.entry(k) for k in (Kind.BEST, Kind.BEST_BACKUP, Kind.BEST_PREVIOUS))
     if not has_best_files:
         return
-    usable, state = _state(planner, BEST_NAME)
+    best, backup_name, previous_name = (planner.name(k) for k in (Kind.BEST, Kind.BEST_BACKUP, Kind.BEST_PREVIOUS))
+    usable, state = _state(planner, best)
     if usable:
         return
     backup = planner.entry(Kind.BEST_BACKUP)
     if backup is not None and planner.verdict(backup.path, backup.effective_step).valid:
-        planner.replace(BEST_NAME, backup.path, f"{BEST_NAME} is {state}; {BEST_BACKUP_NAME} is valid", backup.effective_step)
+        planner.replace(best, backup.path, f"{best} is {state}; {backup_name} is valid", backup.effective_step)
         return
-    why = "missing" if backup is None else "invalid"
-    message = f"{BEST_NAME} is {state} and {BEST_BACKUP_NAME} is {why}"
+    if planner.sharded:
+        message = f"{best} is {state} and the sharded layout keeps no {backup_name}"
+    else:
+        message = f"{best} is {state} and {backup_name} is {'missing' if backup is None else 'invalid'}"
     previous = planner.entry(Kind.BEST_PREVIOUS)
     if previous is not None and planner.verdict(previous.path, previous.effective_step).valid:
-        message += f"; {BEST_PREVIOUS_NAME} is valid but holds the model before the best: promote it with --rollback-best"
+        message += f"; {previous_name} is valid but holds the model before the best: promote it with --rollback-best"
     planner.plan.unrestorable.append(message)
 
 
@@ -279,47 +295,81 @@ def _heal_best(planner: _Planner) -> None:
 
 def plan_from(directory: str | os.PathLike[str], source: str | os.PathLike[str], to: str, *, discard: bool = False,
               mode: str = durable.REFLINK, now: datetime | None = None, validator: Validator | None = None) -> RestorePlan:  # fmt: skip
-    """Replace latest (``latest.pt``) or best (``best_model.pt`` and its backup) with ``source``."""
+    """Replace latest (``latest.pt``) or best (``best_model.pt`` and its backup) with ``source``.
+
+    Sharded layout: ``--to latest`` re-points the ``latest`` symlink at a rolling, emergency or epoch
+    directory inside ``directory``; ``--to best`` copies ``source`` (any sharded checkpoint) to ``best_model/``.
+    """
     if to not in TARGETS:
         raise BadInputError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     planner = _Planner(directory, "from", discard=discard, mode=mode, now=now, validator=validator)
-    path = _source_path(planner.directory, source)
-    targets = [LATEST_NAME] if to == TO_LATEST else [BEST_NAME, BEST_BACKUP_NAME]
+    path = _source_path(planner.directory, source, planner.sharded)
+    how = FILE if not planner.sharded else POINTER if to == TO_LATEST else DIRECTORY
+    if planner.sharded:
+        targets = [planner.name(Kind.LATEST if to == TO_LATEST else Kind.BEST)]
+    else:
+        targets = [LATEST_NAME] if to == TO_LATEST else [BEST_NAME, BEST_BACKUP_NAME]
     if _same_file(path, planner.directory / targets[0]):
         raise BadInputError(f"{path} is {targets[0]} itself: nothing to restore")
+    named = _pointer_target(planner.directory, path) if how == POINTER else path
     result = planner.verdict(path)
     if not result.valid:
         planner.plan.unrestorable.append(f"{path.name} is {_invalid(result)}; nothing was changed")
         return planner.plan
-    step = parse(path.name).step
+    step = parse(named.name, directory=planner.sharded).step
     step = step if step is not None else _metadata_step(path)
     for target in targets:
         if not _same_file(path, planner.directory / target):
-            planner.replace(target, path, f"--from {path.name} --to {to}", step)
+            planner.replace(target, named, f"--from {path.name} --to {to}", step, how)
     return planner.plan
 
 
 def plan_rollback_best(directory: str | os.PathLike[str], *, discard: bool = False, mode: str = durable.REFLINK,
                        now: datetime | None = None, validator: Validator | None = None) -> RestorePlan:  # fmt: skip
-    """Promote ``best_model_previous.pt`` to best (and best backup); the replaced best is kept."""
+    """Promote ``best_model_previous.pt`` to best (and best backup); the replaced best is kept.
+    Sharded layout: ``best_model_previous/`` is copied to ``best_model/`` (and stays)."""
     planner = _Planner(directory, "rollback-best", discard=discard, mode=mode, now=now, validator=validator)
-    previous = planner.directory / BEST_PREVIOUS_NAME
-    usable, state = _state(planner, BEST_PREVIOUS_NAME)
+    previous_name = planner.name(Kind.BEST_PREVIOUS)
+    previous = planner.directory / previous_name
+    usable, state = _state(planner, previous_name)
     if not usable:
-        planner.plan.unrestorable.append(f"{BEST_PREVIOUS_NAME} is {state}: nothing to roll back to")
+        planner.plan.unrestorable.append(f"{previous_name} is {state}: nothing to roll back to")
         return planner.plan
     step = _metadata_step(previous)
-    for target in (BEST_NAME, BEST_BACKUP_NAME):
-        planner.replace(target, previous, f"roll back: {BEST_PREVIOUS_NAME} becomes {target}", step)
+    targets = [planner.name(Kind.BEST)] if planner.sharded else [BEST_NAME, BEST_BACKUP_NAME]
+    for target in targets:
+        planner.replace(target, previous, f"roll back: {previous_name} becomes {target}", step,
+                        DIRECTORY if planner.sharded else FILE)  # fmt: skip
     return planner.plan
 
 
-def _source_path(directory: Path, source: str | os.PathLike[str]) -> Path:
-    """``--from`` as given, else as a name inside the directory; BadInputError when neither exists."""
+def _source_path(directory: Path, source: str | os.PathLike[str], sharded: bool) -> Path:
+    """``--from`` as given, else as a name inside the directory: a file, or in a sharded layout a
+    checkpoint directory. BadInputError when neither exists or the kind does not match the layout."""
     for path in (Path(source), directory / source):
-        if path.is_file():
-            return path
-    raise BadInputError(f"no such file: {source} (give a path, or a file name inside {directory})")
+        if path.is_file() or path.is_dir():
+            break
+    else:
+        raise BadInputError(f"no such file: {source} (give a path, or a file name inside {directory})")
+    if path.is_dir() and not sharded:
+        raise BadInputError(f"{path} is a directory; {directory} holds single-file checkpoints: give a .pt file")
+    if path.is_file() and sharded:
+        raise BadInputError(f"{path} is a file; {directory} holds sharded (DCP) checkpoint directories: give one of them")
+    return path
+
+
+def _pointer_target(directory: Path, path: Path) -> Path:
+    """The directory ``latest`` will name for ``--from path``: inside ``directory`` (the link is relative),
+    a rolling, emergency or epoch checkpoint (``best_model`` is renamed by the next save_best, and a
+    pointer would then follow the name to another model). ``latest_backup`` stands for its target."""
+    real = path.resolve()
+    kind = parse(real.name, directory=True).kind
+    if real.parent != directory.resolve() or kind not in (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH):
+        raise BadInputError(
+            f"latest can only point at a rolling, emergency or epoch directory inside {directory}; "
+            f"{path} is not one (--to best copies any sharded checkpoint)"
+        )
+    return directory / real.name
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -357,17 +407,25 @@ def execute(plan: RestorePlan, *, wait: float = 0.0) -> RestorePlan:
 
 def _execute_action(plan: RestorePlan, action: Action) -> None:
     target = plan.directory / action.target
-    if _identity(target) != action.target_identity or _identity(action.source) != action.source_identity:
+    changed = _identity(target, follow=action.how != POINTER) != action.target_identity
+    if changed or _identity(action.source) != action.source_identity:
         action.status, action.note = "skipped", "changed since the plan was made (a save ran meanwhile?); run restore again"
         return
-    if action.pointer:
-        set_pointer(plan.directory, Kind.LATEST, action.source.name)
+    kept = plan.directory / action.keep_as if action.keep_as is not None else None
+    if action.how == POINTER:
+        repoint(target, action.source.name, kept)
         action.status, action.mode_used = "done", "symlink"
+        return
+    if action.how == DIRECTORY:
+        staged_dir, action.mode_used = durable.stage_copy_directory(action.source, plan.directory, action.target, plan.mode)
+        with staged_dir:
+            staged_dir.commit(keep_as=kept)
+        action.status = "done"
         return
     staged, action.mode_used = durable.stage_copy(action.source, plan.directory, action.target, plan.mode)
     with staged:
-        if action.keep_as is not None:
-            _keep(target, plan.directory / action.keep_as)
+        if kept is not None:
+            _keep(target, kept)
         staged.commit()
     action.status = "done"
 

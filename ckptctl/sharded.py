@@ -11,6 +11,10 @@ directory, renames ``<name>.tmp`` to ``<name>`` and fsyncs the parent; a last ba
 rank return only once the checkpoint is visible. A rank killed at any point leaves at most a
 ``*.tmp`` directory, which ``list`` shows as partial and stale-temp cleaning removes.
 
+Non-blocking (:func:`start_save_directory`): DCP's ``async_save`` stages the state in CPU memory
+and writes on its own thread, its collectives on a process group of their own; rank 0 commits on
+the manager's worker thread once DCP returned (its final gather means every rank is done).
+
 ``latest``: directories cannot be hard-linked, so ``latest`` (and ``latest_backup``, ``best_model``
 stays a directory) is a **relative symlink** to the rolling directory it names, replaced
 atomically (new link under a ``.tmp`` name, ``rename`` over the old one). Retention keeps the
@@ -21,11 +25,13 @@ Reading (:func:`read_directory`) never runs code: ``.metadata`` goes through
 non-tensor values (``step``, ``val_loss``, ...) DCP stores as ``torch.save`` blobs inside the shard
 files are read through the same unpickler, and the result is a
 :class:`ckptctl.reader.CheckpointFile` with tensor placeholders, so ``list``/``inspect``/``compare``
-need no DCP-specific code. Only :func:`save_directory`/:func:`load_directory` import torch.
+need no DCP-specific code. Only the save and load functions import torch.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import io
 import math
 import os
@@ -346,32 +352,131 @@ def save_directory(
     """
     import torch.distributed.checkpoint as dcp
 
-    directory = Path(directory)
-    final, tmp = directory / name, directory / f"{name}{TMP_SUFFIX}"
+    final, tmp = _save_paths(directory, name)
     leader = rank() == 0
     with lock if leader and lock is not None else nullcontext():
-        if leader and tmp.exists():
-            shutil.rmtree(tmp)
-        barrier()  # nobody writes into tmp before a stale one is gone
+        _clear_temp(tmp)
         try:
-            dcp.save(dict(state), storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
+            dcp.save(dict(state), storage_writer=_writer(tmp))
         except (Exception, dcp.CheckpointException) as exc:  # DCP's exception is a BaseException
-            raise SaveError(f"sharded save of {name} failed: {exc}") from exc
+            raise _save_error(name, exc) from exc
         barrier()  # every rank's shard files are complete; .metadata was written last
         if leader:
-            commit_directory(tmp, final, directory / previous if previous else None)
-            if after_commit is not None:
-                after_commit(final)
+            _commit(tmp, final, previous, after_commit)
     barrier()  # every rank returns only once the checkpoint is visible under its name
     return final
+
+
+def start_save_directory(
+    state: Mapping[str, Any],
+    directory: str | os.PathLike[str],
+    name: str,
+    *,
+    lock: Any = None,
+    after_commit: Callable[[Path], None] | None = None,
+    previous: str | None = None,
+    process_group: Any = None,
+    stager: Any = None,
+) -> Callable[[], Path]:
+    """Non-blocking :func:`save_directory` (collective): returns once ``state`` is copied, with ``finish``.
+
+    ``torch.distributed.checkpoint.async_save`` stages ``state`` in CPU memory before it returns
+    (``stager``, e.g. :func:`reusing_stager`, else the writer's: tensors copied, containers
+    rebuilt, other values deep-copied), then writes
+    ``<name>.tmp/`` on DCP's own thread, its collectives on ``process_group``: a group used by
+    background saves only, so they never interleave with the training's on the default group.
+
+    ``finish`` (for a worker thread; no collective) waits for that write and, on rank 0, commits it as
+    :func:`save_directory` does. No agreement is needed first: DCP's coordinator writes ``.metadata``
+    only after every rank reported its shard files written and fsynced (its final gather), and raises
+    on every rank if any rank failed, so a successful return on rank 0 means the whole checkpoint is
+    on disk. ``lock`` (a :class:`~ckptctl.locking.DirectoryLock`, rank 0) is held from now to then.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    final, tmp = _save_paths(directory, name)
+    leader = rank() == 0
+    held = lock.acquire() if leader and lock is not None else None
+    try:
+        _clear_temp(tmp)
+        future = dcp.async_save(dict(state), storage_writer=_writer(tmp), process_group=process_group, async_stager=stager)
+    except BaseException as exc:
+        if held is not None:
+            held.release()
+        if isinstance(exc, (Exception, dcp.CheckpointException)):
+            raise _save_error(name, exc) from exc
+        raise
+
+    def finish() -> Path:
+        try:
+            try:
+                future.result()
+            except (Exception, dcp.CheckpointException) as exc:
+                raise _save_error(name, exc) from exc
+            if leader:
+                _commit(tmp, final, previous, after_commit)
+            return final
+        finally:
+            if held is not None:
+                held.release()
+
+    return finish
+
+
+def _save_error(name: str, exc: BaseException) -> SaveError:
+    """One line per failed rank (``rank 1: OSError: ...``) instead of DCP's tracebacks in the message."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        causes = "; ".join(f"rank {r}: {type(e).__name__}: {e}" for r, (e, _trace) in sorted(failures.items()))
+    else:
+        causes = f"{type(exc).__name__}: {exc}"
+    return SaveError(f"sharded save of {name} failed: {causes}")
+
+
+def reusing_stager() -> Any:
+    """torch's ``DefaultStager`` as ``async_save`` builds it (synchronous, unpinned), kept by its owner:
+    it stages into CPU storages cached per source storage and copies into them again at the next save
+    (several times faster than into fresh pages, as :meth:`ckptctl.async_save.AsyncWriter.snapshot`
+    does). Safe only because a new snapshot is taken once the previous write finished. The owner
+    closes it, which frees the copies."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    return DefaultStager(StagingOptions(False, False, False, False))
+
+
+def _save_paths(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """(the checkpoint directory, the temp directory every rank writes into)."""
+    directory = Path(directory)
+    return directory / name, directory / f"{name}{TMP_SUFFIX}"
+
+
+def _clear_temp(tmp: Path) -> None:
+    """Collective: rank 0 removes a stale temp directory of this name; nobody writes into it before."""
+    if rank() == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    barrier()
+
+
+def _writer(tmp: Path) -> Any:
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.FileSystemWriter(tmp, sync_files=True)  # every rank fsyncs its shard files before reporting
+
+
+def _commit(tmp: Path, final: Path, previous: str | None, after_commit: Callable[[Path], None] | None) -> None:
+    """Rank 0, once every rank's files are complete: rename into place, then pointers and retention."""
+    commit_directory(tmp, final, final.with_name(previous) if previous else None)
+    if after_commit is not None:
+        after_commit(final)
 
 
 def commit_directory(tmp: Path, final: Path, previous: Path | None = None) -> None:
     """fsync every file and the directory, rename into place, fsync the parent.
 
-    A directory cannot be renamed over a non-empty one, so an existing ``final`` moves aside first
-    (to ``previous``, else to a ``*.tmp`` name removed afterwards): for that moment ``final`` is absent,
-    never half-written.
+    A directory cannot be renamed over a non-empty one, so an existing ``final`` is swapped with
+    ``tmp`` in one atomic ``renameat2(RENAME_EXCHANGE)`` (Linux >= 3.15; ``final`` never disappears)
+    and then moved to ``previous``, else to a ``*.tmp`` name removed afterwards. Where the exchange
+    is unsupported, ``final`` moves aside first: for that moment it is absent, never half-written.
     """
     with os.scandir(tmp) as it:
         for dirent in it:
@@ -384,18 +489,38 @@ def commit_directory(tmp: Path, final: Path, previous: Path | None = None) -> No
     _fsync_directory(tmp)
     if not (tmp / METADATA_FILE).is_file():
         raise SaveError(f"sharded save of {final.name}: no .metadata was written")
-    old = final.with_name(f"{final.name}.replaced{TMP_SUFFIX}")
+    aside = previous if previous is not None else final.with_name(f"{final.name}.replaced{TMP_SUFFIX}")
     if final.exists() and not final.is_symlink():
-        if previous is not None:
-            if previous.exists():
-                remove_directory(previous)
-            os.rename(final, previous)
+        if aside.exists():
+            remove_directory(aside)
+        if _exchange(tmp, final):  # final holds the new checkpoint, tmp the old one
+            os.rename(tmp, aside)
         else:
-            os.rename(final, old)
-    os.rename(tmp, final)
+            os.rename(final, aside)
+            os.rename(tmp, final)
+    else:
+        os.rename(tmp, final)
     _fsync_directory(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    if previous is None and aside.exists():
+        shutil.rmtree(aside)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` atomically; False where libc, kernel or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def set_pointer(directory: str | os.PathLike[str], kind: Kind, target: str, *, backup: Kind | None = None) -> None:
@@ -408,6 +533,21 @@ def set_pointer(directory: str | os.PathLike[str], kind: Kind, target: str, *, b
             _replace_symlink(directory / format_name(backup, directory=True), previous)
     _replace_symlink(link, target)
     _fsync_directory(directory)
+
+
+def repoint(link: Path, target: str, keep_as: Path | None = None) -> None:
+    """``ckptctl restore``: point ``link`` (``latest``) at ``target`` atomically; what it was is kept as ``keep_as``
+    (the same symlink; a real directory in the pointer's place is renamed), or, without ``keep_as``, dropped."""
+    if os.path.lexists(link):
+        if keep_as is not None:
+            if link.is_symlink():
+                os.symlink(os.readlink(link), keep_as)
+            else:
+                os.rename(link, keep_as)
+        elif not link.is_symlink() and link.is_dir():
+            remove_directory(link)
+    _replace_symlink(link, target)
+    _fsync_directory(link.parent)
 
 
 def _replace_symlink(link: Path, target: str) -> None:
@@ -479,11 +619,13 @@ def load_directory(state: dict[str, Any], directory: str | os.PathLike[str], whi
 # ---------------------------------------------------------------- CheckpointManager(format="dcp")
 
 
-def manager_save(manager: Any, payload: Mapping[str, Any], kind: Kind, **name_fields: Any) -> Path:
+def manager_save(manager: Any, payload: Mapping[str, Any], kind: Kind, *, blocking: bool = True, **name_fields: Any) -> Path:
     """One save of :class:`ckptctl.manager.CheckpointManager` in DCP format (collective).
 
     rolling -> also ``latest`` (old target -> ``latest_backup``) and retention; emergency -> retention;
     best -> the old ``best_model`` renamed to ``best_model_previous`` first; epoch -> nothing else.
+    ``blocking=False``: :func:`start_save_directory`, its ``finish`` handed to the manager's
+    :class:`~ckptctl.async_save.AsyncWriter` (the one in-flight bookkeeping); returns the future name.
     """
     name = format_name(kind, directory=True, **name_fields)
 
@@ -495,4 +637,10 @@ def manager_save(manager: Any, payload: Mapping[str, Any], kind: Kind, **name_fi
 
     previous = format_name(Kind.BEST_PREVIOUS, directory=True) if kind is Kind.BEST else None
     lock = manager._lock() if rank() == 0 else None
-    return save_directory(payload, manager.directory, name, lock=lock, after_commit=after_commit, previous=previous)
+    if blocking:
+        return save_directory(payload, manager.directory, name, lock=lock, after_commit=after_commit, previous=previous)
+    group, stager = manager._background_group(), manager._background_stager()
+    finish = start_save_directory(payload, manager.directory, name, lock=lock, after_commit=after_commit,
+                                  previous=previous, process_group=group, stager=stager)  # fmt: skip
+    manager._writer.submit(finish)
+    return manager.directory / name

@@ -187,3 +187,38 @@ class SystemCall:
         import os
 
         return (os.system, (f"touch {self.marker}",))
+
+
+_DCP_TEMPLATE: list[Path] = []
+
+
+def cached_dcp_layout(directory: Path) -> Path:
+    """A sharded (DCP) layout written once per test process by ``CheckpointManager(format="dcp")``, copied
+    (symlinks as symlinks): rolling_step_000100/200/300, latest -> 300, latest_backup -> 200,
+    best_model/ (step 300, val_loss 0.4), best_model_previous/ (step 200, val_loss 0.5), epoch_00001/."""
+    import atexit
+    import shutil
+    import tempfile
+    import warnings
+
+    import torch
+
+    from ckptctl.manager import CheckpointManager
+
+    if not _DCP_TEMPLATE:
+        root = Path(tempfile.mkdtemp(prefix="ckptctl-dcp-layout-")) / "checkpoints"
+        atexit.register(shutil.rmtree, root.parent, True)
+        mgr = CheckpointManager(root, format="dcp")
+
+        def state(step: int) -> dict[str, Any]:
+            return {"model": {"w": torch.full((8, 4), float(step))}, "step": step, "epoch": step // 200}
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for step in (100, 200, 300):
+                mgr.save(state(step), step=step)
+            mgr.save_best(state(200), step=200, val_loss=0.5)
+            mgr.save_best(state(300), step=300, val_loss=0.4)
+            mgr.save_epoch(state(300), epoch=1)
+        _DCP_TEMPLATE.append(root)
+    return Path(shutil.copytree(_DCP_TEMPLATE[0], directory, symlinks=True))

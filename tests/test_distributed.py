@@ -191,6 +191,34 @@ def test_rank1_emergency_save_only_waits_at_the_barrier(tmp_path, monkeypatch):
     assert group.barriers == 1 and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("other_rank_failed", [False, True])
+def test_rank1_nonblocking_sharded_save_agrees_with_rank0_and_never_commits(tmp_path, monkeypatch, other_rank_failed):
+    """Rank 1's own write succeeds; whether its next call raises is what every rank agreed on.
+    Only rank 0 commits, so rank 1 leaves the directory under its temp name."""
+    from ckptctl import sharded
+    from ckptctl.errors import SaveError
+
+    group = FakeGroup(monkeypatch, rank=1)
+    group.from_rank0 = [None]
+    monkeypatch.setattr(sharded, "rank", lambda: 1)
+    monkeypatch.setattr(sharded, "barrier", group._barrier)
+    agreed = []
+    monkeypatch.setattr(distributed, "any_rank", lambda flag: agreed.append(flag) or flag or other_rank_failed)
+    manager = CheckpointManager(tmp_path, format="dcp")
+    assert manager.save({"w": torch.zeros(4)}, step=1, blocking=False) == tmp_path / "rolling_step_000001"
+    assert agreed == []  # no collective while the write may still be running
+    if other_rank_failed:
+        with pytest.raises(SaveError, match="failed on another rank"):
+            manager.close()
+    else:
+        manager.close()
+    assert agreed == [False]  # this rank's write succeeded; one agreement, at close()
+    manager.close()
+    assert agreed == [False]  # nothing in flight: no further collective
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".ckptctl.lock"] == ["rolling_step_000001.tmp"]
+
+
 def test_check_adopts_another_ranks_signal_and_exits_zero_under_a_process_group(monkeypatch):
     group = FakeGroup(monkeypatch, rank=0)
     stop = EmergencyStop()

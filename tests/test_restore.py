@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptctl import durable
+from ckptctl import durable, sharded
 from ckptctl.errors import BadInputError, LockedError, SaveError
 from ckptctl.integrity import validate_file
 from ckptctl.locking import DirectoryLock
@@ -257,3 +257,186 @@ def test_heal_never_loses_a_file_and_leaves_a_valid_latest_when_possible(ckpt_di
         assert set(before) <= set(after), f"round {round_}: a name disappeared"
         latest_ok = (directory / "latest.pt").exists() and validate_file(directory / "latest.pt").valid
         assert latest_ok == could, (round_, plan.to_json())
+
+
+# ------------------------------------------------------------------------- sharded (DCP) layout
+
+
+@pytest.fixture
+def dcp_dir(tmp_path) -> Path:
+    """rolling 100/200/300, latest -> 300, latest_backup -> 200, best_model (300), best_model_previous (200), epoch_00001."""
+    pytest.importorskip("torch")
+    from tests.factories import cached_dcp_layout
+
+    return cached_dcp_layout(tmp_path / "sharded")
+
+
+def _step(path: Path) -> int:
+    from ckptctl.reader import read_checkpoint
+
+    return read_checkpoint(path).root["step"]
+
+
+def _tree(directory: Path) -> dict[str, object]:
+    """Every name: a symlink's target, a directory's file digests, a file's digest."""
+    tree: dict[str, object] = {}
+    for p in sorted(directory.iterdir()):
+        if p.is_symlink():
+            tree[p.name] = "-> " + os.readlink(p)
+        elif p.is_dir():
+            tree[p.name] = digests(p)
+        elif p.name != ".ckptctl.lock":
+            tree[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return tree
+
+
+def test_sharded_healthy_directory_needs_nothing(dcp_dir):
+    plan = plan_heal(dcp_dir, now=NOW)
+    assert plan.actions == [] and plan.ok
+    assert [c.name for c in plan.checked] == ["latest", "best_model"]
+
+
+@pytest.mark.parametrize("damage", ["dangling", "missing", "partial", "a real directory"])
+def test_sharded_latest_is_pointed_at_the_newest_valid_and_the_old_link_kept(dcp_dir, damage):
+    latest = dcp_dir / "latest"
+    if damage == "dangling":
+        sharded.remove_directory(dcp_dir / "rolling_step_000300")
+    elif damage == "missing":
+        latest.unlink()
+    elif damage == "partial":
+        (dcp_dir / "rolling_step_000300" / ".metadata").unlink()
+    else:
+        latest.unlink()
+        shutil.copytree(dcp_dir / "rolling_step_000300", latest)
+        (latest / ".metadata").write_bytes(b"garbage")
+    expected = "rolling_step_000300" if damage in ("missing", "a real directory") else "rolling_step_000200"
+    plan = plan_heal(dcp_dir, now=NOW)
+    (action,) = plan.actions
+    assert (action.target, action.source.name, action.how) == ("latest", expected, "pointer")
+    assert action.keep_as == (None if damage == "missing" else f"latest.replaced-{KEPT}")
+    before = _tree(dcp_dir)
+    execute(plan)
+    assert action.status == "done" and action.mode_used == "symlink"
+    assert os.readlink(latest) == expected and validate_file(latest).valid
+    kept = dcp_dir / f"latest.replaced-{KEPT}"
+    if damage in ("dangling", "partial"):
+        assert os.readlink(kept) == "rolling_step_000300"  # a record of what latest named
+    if damage == "a real directory":
+        assert kept.is_dir() and not kept.is_symlink() and digests(kept) == before["latest"]  # renamed, untouched
+    after = _tree(dcp_dir)
+    assert {k: v for k, v in before.items() if k != "latest"} == {k: v for k, v in after.items() if k not in ("latest", kept.name)}
+    assert plan_heal(dcp_dir, now=NOW).actions == []
+
+
+def test_sharded_discard_keeps_no_old_link(dcp_dir):
+    (dcp_dir / "rolling_step_000300" / ".metadata").unlink()
+    plan = plan_heal(dcp_dir, discard=True, now=NOW)
+    assert plan.actions[0].keep_as is None
+    execute(plan)
+    assert os.readlink(dcp_dir / "latest") == "rolling_step_000200"
+    assert not [p for p in dcp_dir.iterdir() if ".replaced-" in p.name]
+    assert (dcp_dir / "rolling_step_000300").is_dir()  # the directory the link named is not deleted
+
+
+def test_sharded_damaged_best_is_reported_with_the_rollback_hint_and_nothing_changes(dcp_dir):
+    (dcp_dir / "best_model" / ".metadata").write_bytes(b"garbage")
+    before = _tree(dcp_dir)
+    plan = plan_heal(dcp_dir, now=NOW)
+    assert plan.actions == [] and not plan.ok
+    (problem,) = plan.unrestorable
+    assert problem.startswith("best_model is invalid (") and "the sharded layout keeps no best_model_backup" in problem
+    assert "best_model_previous is valid but holds the model before the best: promote it with --rollback-best" in problem
+    execute(plan)
+    assert _tree(dcp_dir) == before
+
+
+def test_sharded_nothing_valid_left_for_latest(dcp_dir):
+    for name in ("rolling_step_000100", "rolling_step_000200", "rolling_step_000300"):
+        (dcp_dir / name / ".metadata").unlink()
+    plan = plan_heal(dcp_dir, now=NOW)
+    assert plan.actions == []
+    assert plan.unrestorable == ["latest is invalid (no .metadata: a sharded save that did not finish) and nothing "
+                                 "valid is left to point it at (tried: rolling_step_000300, rolling_step_000200, "
+                                 "rolling_step_000100)"]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["rolling_step_000100", "latest_backup", "epoch_00001"])
+def test_sharded_from_to_latest_repoints(dcp_dir, source):
+    plan = plan_from(dcp_dir, source, "latest", now=NOW)
+    (action,) = plan.actions
+    named = {"latest_backup": "rolling_step_000200"}.get(source, source)
+    assert (action.source.name, action.how, action.keep_as) == (named, "pointer", f"latest.replaced-{KEPT}")
+    execute(plan)
+    assert os.readlink(dcp_dir / "latest") == named
+    assert os.readlink(dcp_dir / f"latest.replaced-{KEPT}") == "rolling_step_000300"
+
+
+def test_sharded_from_refusals(dcp_dir, tmp_path):
+    with pytest.raises(BadInputError, match="latest can only point at a rolling, emergency or epoch directory"):
+        plan_from(dcp_dir, "best_model", "latest")
+    elsewhere = shutil.copytree(dcp_dir / "rolling_step_000100", tmp_path / "rolling_step_000100")
+    with pytest.raises(BadInputError, match="inside"):
+        plan_from(dcp_dir, elsewhere, "latest")
+    with pytest.raises(BadInputError, match="is latest itself"):
+        plan_from(dcp_dir, "rolling_step_000300", "latest")
+    (tmp_path / "x.pt").write_bytes(b"")
+    with pytest.raises(BadInputError, match="holds sharded .DCP. checkpoint directories"):
+        plan_from(dcp_dir, tmp_path / "x.pt", "latest")
+    (dcp_dir / "rolling_step_000100" / ".metadata").unlink()
+    plan = plan_from(dcp_dir, "rolling_step_000100", "latest")
+    assert plan.actions == [] and plan.unrestorable[0].startswith("rolling_step_000100 is invalid (no .metadata")
+
+
+@pytest.mark.parametrize("mode", [durable.LINK, durable.COPY])
+def test_sharded_from_to_best_copies_the_directory_and_keeps_the_old_best(dcp_dir, tmp_path, mode):
+    elsewhere = shutil.copytree(dcp_dir / "rolling_step_000100", tmp_path / "other_run" / "rolling_step_000100")
+    plan = plan_from(dcp_dir, elsewhere, "best", mode=mode, now=NOW)  # any sharded checkpoint, from anywhere
+    (action,) = plan.actions
+    assert (action.target, action.how, action.keep_as, action.step) == ("best_model", "directory", f"best_model.replaced-{KEPT}", 100)
+    old_best = _tree(dcp_dir)["best_model"]
+    execute(plan)
+    assert action.status == "done" and action.mode_used == mode
+    assert _step(dcp_dir / "best_model") == 100 and validate_file(dcp_dir / "best_model").valid
+    assert _tree(dcp_dir)[f"best_model.replaced-{KEPT}"] == old_best
+    shard = next((dcp_dir / "best_model").glob("*.distcp"))
+    assert (shard.stat().st_ino == (elsewhere / shard.name).stat().st_ino) == (mode == durable.LINK)
+    assert not [p for p in dcp_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_sharded_rollback_best_copies_previous_and_the_manager_reads_it(dcp_dir):
+    from ckptctl.manager import CheckpointManager
+
+    plan = plan_rollback_best(dcp_dir, now=NOW)
+    (action,) = plan.actions
+    assert (action.target, action.source.name, action.how) == ("best_model", "best_model_previous", "directory")
+    execute(plan)
+    assert _step(dcp_dir / "best_model") == 200 and _step(dcp_dir / "best_model_previous") == 200
+    assert _step(dcp_dir / f"best_model.replaced-{KEPT}") == 300
+    assert CheckpointManager(dcp_dir, format="dcp").best_val_loss == 0.5  # the rolled-back best's loss
+
+
+def test_sharded_a_save_between_plan_and_execute_is_not_overwritten(dcp_dir):
+    (dcp_dir / "rolling_step_000300" / ".metadata").unlink()
+    plan = plan_heal(dcp_dir, now=NOW)
+    sharded.set_pointer(dcp_dir, Kind.LATEST, "rolling_step_000100")  # a save re-pointed latest meanwhile
+    execute(plan)
+    assert plan.actions[0].status == "skipped" and not plan.ok
+    assert os.readlink(dcp_dir / "latest") == "rolling_step_000100"
+    with DirectoryLock(dcp_dir):
+        with pytest.raises(LockedError):
+            execute(plan_rollback_best(dcp_dir, now=NOW))
+
+
+def test_sharded_failed_copy_verification_leaves_best_untouched(dcp_dir, monkeypatch):
+    from ckptctl.errors import UnreadableCheckpoint
+
+    before = _tree(dcp_dir)
+    plan = plan_rollback_best(dcp_dir, mode=durable.COPY, now=NOW)
+
+    def unreadable(path):
+        raise UnreadableCheckpoint("truncated: shard file __0_0.distcp")
+
+    monkeypatch.setattr(sharded, "read_directory", unreadable)
+    with pytest.raises(SaveError, match="verification failed: truncated"):
+        execute(plan)
+    assert _tree(dcp_dir) == before

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,26 @@ def test_commit_replaces_an_existing_directory_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "best_model_previous"]
 
 
+@pytest.mark.parametrize("exchange", ["renameat2", "unsupported"])
+def test_commit_over_an_existing_directory_never_leaves_the_name_absent_where_it_can(tmp_path, monkeypatch, exchange):
+    sharded.save_directory({"w": torch.zeros(3), "step": 1}, tmp_path, "best_model")
+    if exchange == "unsupported":
+        monkeypatch.setattr(sharded, "_exchange", lambda a, b: False)
+    present_at_rename = []
+    real_rename = sharded.os.rename
+
+    def rename(src, dst):
+        present_at_rename.append((tmp_path / "best_model").exists())
+        real_rename(src, dst)
+
+    monkeypatch.setattr(sharded.os, "rename", rename)
+    sharded.save_directory({"w": torch.ones(3), "step": 2}, tmp_path, "best_model", previous="best_model_previous")
+    assert read_checkpoint(tmp_path / "best_model").root["step"] == 2
+    assert read_checkpoint(tmp_path / "best_model_previous").root["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "best_model_previous"]
+    assert all(present_at_rename) == (exchange == "renameat2")  # the fallback has one moment without it
+
+
 def test_remove_directory_never_leaves_a_listed_half(tmp_path, monkeypatch):
     path = write_dcp(tmp_path / "rolling_step_000001", step=1)
     calls = []
@@ -224,6 +245,161 @@ def test_retention_keeps_what_a_pointer_names(tmp_path):
     assert "latest points here" in kept["rolling_step_000001"]
 
 
+# ----------------------------------------------------- non-blocking sharded saves (one process)
+
+
+class DcpGate:
+    """Holds every DCP background write (``write_data`` on DCP's thread) until ``release``; records
+    when each write starts and when rank 0 commits it. ``fail`` makes the held write raise."""
+
+    def __init__(self, monkeypatch):
+        import torch.distributed.checkpoint as dcp
+
+        self.opened, self.waiting = threading.Event(), threading.Event()
+        self.events: list[tuple[str, str]] = []
+        self.fail: str | None = None
+        gate = self
+
+        class GatedWriter(dcp.FileSystemWriter):
+            def write_data(self, plan, planner):
+                name = Path(str(self.path)).name.removesuffix(".tmp")
+                gate.events.append(("start", name))
+                gate.waiting.set()
+                if not gate.opened.wait(timeout=60):
+                    raise RuntimeError("test gate never opened")
+                if gate.fail:
+                    raise OSError(28, gate.fail)
+                return super().write_data(plan, planner)
+
+        real_commit = sharded.commit_directory
+
+        def commit(tmp, final, previous=None):
+            real_commit(tmp, final, previous)
+            self.events.append(("commit", final.name))
+
+        monkeypatch.setattr(sharded, "_writer", lambda tmp: GatedWriter(tmp, sync_files=True))
+        monkeypatch.setattr(sharded, "commit_directory", commit)
+
+    def release(self):
+        self.opened.set()
+
+
+@pytest.fixture(params=["no process group", "world of one"])
+def group(request, tmp_path):
+    """Non-blocking DCP saves without torch.distributed, and in an initialised gloo group of one rank."""
+    import torch.distributed as dist
+
+    if request.param == "no process group":
+        yield None
+        return
+    if dist.is_initialized():
+        pytest.skip("another test left a process group initialised in this process")
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def _call_when_waiting(manager: CheckpointManager, call) -> tuple[threading.Thread, list]:
+    """Run ``call()`` on a thread; return once it waits for the in-flight save (or finished)."""
+    entered, returned = threading.Event(), []
+    real_wait = manager._writer.wait
+
+    def wait():
+        entered.set()
+        return real_wait()
+
+    manager._writer.wait = wait
+
+    def run():
+        try:
+            returned.append(call())
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            returned.append(exc)
+        entered.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert entered.wait(timeout=60)
+    return thread, returned
+
+
+def test_nonblocking_dcp_save_returns_before_writing_and_later_changes_do_not_leak(tmp_path, monkeypatch, group):
+    gate = DcpGate(monkeypatch)
+    mgr = CheckpointManager(tmp_path / "ck", format="dcp")
+    state = {"model": {"w": torch.zeros(64, 8)}, "dataloader_state": {"seen": [1, 2]}, "epoch": 0}
+    path = mgr.save(state, step=1, blocking=False)
+    assert gate.waiting.wait(timeout=60)  # DCP's thread is writing (held); save() has returned
+    assert path == tmp_path / "ck" / "rolling_step_000001" and not path.exists() and mgr._writer.in_flight
+    state["model"]["w"].add_(5)  # the training loop goes on: in place, nested, rebinding
+    state["dataloader_state"]["seen"].append(3)
+    state["epoch"] = 9
+    gate.release()
+    mgr.close()
+    assert gate.events == [("start", "rolling_step_000001"), ("commit", "rolling_step_000001")]
+    assert os.readlink(tmp_path / "ck" / "latest") == "rolling_step_000001"
+    loaded = {"model": {"w": torch.ones(64, 8)}, "dataloader_state": {"seen": [0, 0]}, "epoch": -1, "step": -1}
+    assert mgr.load_into(loaded) == tmp_path / "ck" / "latest"
+    assert torch.equal(loaded["model"]["w"], torch.zeros(64, 8))
+    assert (loaded["dataloader_state"], loaded["epoch"], loaded["step"]) == ({"seen": [1, 2]}, 0, 1)
+
+
+def test_nonblocking_dcp_failure_is_raised_by_the_next_call_and_by_close(tmp_path, monkeypatch, group):
+    gate = DcpGate(monkeypatch)
+    gate.fail = "No space left on device"
+    gate.release()
+    mgr = CheckpointManager(tmp_path, format="dcp")
+    mgr.save({"w": torch.zeros(4)}, step=1, blocking=False)  # fails in the background
+    with pytest.raises(SaveError, match="rolling_step_000001 failed.*No space left"):
+        mgr.save({"w": torch.zeros(4)}, step=2, blocking=False)  # not written: the error came first
+    gate.fail = None
+    mgr.save({"w": torch.ones(4)}, step=3, blocking=False)
+    mgr.close()  # raised once only: this save went through
+    gate.fail = "disk on fire"
+    mgr.save({"w": torch.ones(4)}, step=4, blocking=False)
+    with pytest.raises(SaveError, match="rolling_step_000004 failed.*disk on fire"):
+        mgr.close()
+    mgr.close()  # nothing left to raise
+    assert [e.name for e in scan(tmp_path) if e.status()[0] == STATUS_OK] == ["latest", "rolling_step_000003"]
+    assert {e.name for e in scan(tmp_path) if e.kind is Kind.PARTIAL} == {"rolling_step_000001.tmp", "rolling_step_000004.tmp"}
+
+
+def test_nonblocking_dcp_at_most_one_in_flight_a_new_save_waits(tmp_path, monkeypatch, group):
+    gate = DcpGate(monkeypatch)
+    mgr = CheckpointManager(tmp_path, format="dcp")
+    mgr.save({"w": torch.zeros(4)}, step=1, blocking=False)
+    assert gate.waiting.wait(timeout=60)
+    thread, returned = _call_when_waiting(mgr, lambda: mgr.save({"w": torch.ones(4)}, step=2, blocking=False))
+    assert gate.events == [("start", "rolling_step_000001")]  # the second save waits at the first's write
+    gate.release()
+    thread.join(timeout=60)
+    assert returned == [tmp_path / "rolling_step_000002"]
+    mgr.close()
+    assert gate.events == [("start", "rolling_step_000001"), ("commit", "rolling_step_000001"),
+                           ("start", "rolling_step_000002"), ("commit", "rolling_step_000002")]  # fmt: skip
+
+
+def test_emergency_dcp_save_waits_for_the_in_flight_one_then_raises_its_failure(tmp_path, monkeypatch, group):
+    gate = DcpGate(monkeypatch)
+    mgr = CheckpointManager(tmp_path, format="dcp")
+    mgr.save({"w": torch.zeros(4)}, step=1, blocking=False)
+    assert gate.waiting.wait(timeout=60)
+    thread, returned = _call_when_waiting(mgr, lambda: mgr.save_emergency({"w": torch.ones(4)}, step=2))
+    gate.release()
+    thread.join(timeout=60)
+    (emergency,) = returned
+    assert [event for event, _name in gate.events] == ["start", "commit", "start", "commit"]
+    assert gate.events[1] == ("commit", "rolling_step_000001") and gate.events[2][1] == emergency.name
+    gate.fail = "disk full"
+    mgr.save({"w": torch.zeros(4)}, step=3, blocking=False)
+    assert mgr._writer.settle(timeout=60)  # failed (its error kept for the next call)
+    gate.fail = None
+    with pytest.raises(SaveError, match="rolling_step_000003 failed.*disk full"):
+        mgr.save_emergency({"w": torch.ones(4)}, step=4)  # written first, then the earlier failure raised
+    assert sum(1 for e in scan(tmp_path) if e.kind is Kind.EMERGENCY and e.status()[0] == STATUS_OK) == 2
+
+
 # ------------------------------------------------------------------- two ranks (torchrun, gloo, CPU)
 
 WORKER = '''
@@ -255,6 +431,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _torchrun_command(worker: Path, directory: Path, logdir: Path) -> tuple[list[str], dict[str, str]]:
+    """``torchrun`` of ``worker DIR LOGDIR`` on 2 local ranks (no restarts), and its environment."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max-restarts", "0",
+        "--monitor-interval", "0.1", str(worker), str(directory), str(logdir),
+    ]  # fmt: skip
+    return command, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
 def _torchrun_killing(rank: int, root: Path) -> tuple[Path, bool]:
     """2 ranks save DTensor-sharded checkpoints; SIGKILL ``rank`` once a later save's temp directory
     exists. Every wait is bounded; the whole process group is killed in ``finally``."""
@@ -262,12 +448,7 @@ def _torchrun_killing(rank: int, root: Path) -> tuple[Path, bool]:
     logdir.mkdir(parents=True)
     worker = root / "dcp_worker.py"
     worker.write_text(WORKER)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max-restarts", "0",
-        "--monitor-interval", "0.1", str(worker), str(directory), str(logdir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command, env = _torchrun_command(worker, directory, logdir)
     with open(logdir / "torchrun.out", "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     killed_mid_save = False
@@ -314,3 +495,72 @@ def test_sigkill_of_a_rank_mid_save_never_leaves_an_ok_partial_and_2_rank_saves_
     statuses = {c["name"]: c["status"] for c in json.loads(listed.stdout)["checkpoints"]}
     assert all(statuses[name] == "partial" for name in statuses if name.endswith(".tmp"))
     assert {name for name, status in statuses.items() if status == "ok"} == {e.name for e in ok}
+
+
+ASYNC_WORKER = REPO / "tests" / "dist_workers" / "dcp_async_worker.py"
+
+
+@pytest.mark.slow  # ~35 s on the shared 2-core VM (3 torch imports); the agreement itself: tests/test_distributed.py
+def test_torchrun_nonblocking_saves_isolated_agreed_and_committed_after_every_rank(tmp_path):
+    """2 ranks, DTensor state changed right after each save(blocking=False) returns, a training
+    all_reduce while the write is in flight; rank 0's commit of step 4 fails: both ranks raise at the next call."""
+    directory, logdir = tmp_path / "checkpoints", tmp_path / "logs"
+    logdir.mkdir()
+    command, env = _torchrun_command(ASYNC_WORKER, directory, logdir)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    logs = [json.loads((logdir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [step for log in logs for step, _ in log["raised"]] == [5, 5]  # every rank raised, once
+    assert "injected: rank 0 cannot commit rolling_step_000004" in logs[0]["raised"][0][1]
+    assert "failed on another rank" in logs[1]["raised"][0][1]
+    for log in logs:
+        assert log["all_reduce"] == [2.0] * 6
+        assert (log["loaded_step"], log["loaded_seen"], log["loaded_ok"]) == (6, [1, 2, 3, 4, 5, 6], True)
+    assert os.readlink(directory / "latest") == "rolling_step_000006"
+    assert not (directory / "rolling_step_000004").exists()  # never committed: left as a partial temp
+    assert (directory / "rolling_step_000004.tmp").is_dir()
+    for step in (1, 2, 3, 5, 6):
+        path = directory / f"rolling_step_{step:06d}"
+        assert validate_file(path).valid, path.name
+        state = {"model": {"w": torch.zeros(256, 64)}, "dataloader_state": {"seen": [0] * step}, "step": -1}
+        sharded.load_directory(state, directory, path.name)
+        expected = torch.arange(256 * 64, dtype=torch.float32).reshape(256, 64) + step
+        assert torch.equal(state["model"]["w"], expected), path.name  # not the -1 written right after save()
+        assert (state["step"], state["dataloader_state"]["seen"]) == (step, list(range(1, step + 1)))
+
+
+@pytest.mark.slow  # 20 s on the loaded VM, nearly all of it importing torch's DCP in a fresh interpreter
+def test_at_exit_a_nonblocking_dcp_save_is_committed_and_a_failure_is_logged(tmp_path):
+    """A script that ends right after save(blocking=False), without close(): the write and rank 0's commit
+    finish before the interpreter exits; a failed one is logged (no process group: DCP's single-process mode)."""
+    script = f"""
+import logging, warnings, torch
+from pathlib import Path
+import torch.distributed.checkpoint as dcp
+from ckptctl import sharded
+from ckptctl.manager import CheckpointManager
+warnings.filterwarnings("ignore")
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("c10d").setLevel(logging.CRITICAL)
+class Full(dcp.FileSystemWriter):
+    def write_data(self, plan, planner):
+        if "/full/" in str(self.path):
+            raise OSError(28, "No space left on device")
+        return super().write_data(plan, planner)
+sharded._writer = lambda tmp: Full(tmp, sync_files=True)
+CheckpointManager({str(tmp_path / "ok")!r}, format="dcp").save({{"w": torch.ones(256, 256)}}, step=7, blocking=False)
+CheckpointManager({str(tmp_path / "full")!r}, format="dcp").save({{"w": torch.ones(4)}}, step=8, blocking=False)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.readlink(tmp_path / "ok" / "latest") == "rolling_step_000007"
+    assert read_checkpoint(tmp_path / "ok" / "rolling_step_000007").root["step"] == 7
+    assert "background checkpoint save failed" in result.stderr
+    assert "rolling_step_000008 failed: rank 0: OSError: [Errno 28] No space left on device" in result.stderr
+    assert not (tmp_path / "full" / "rolling_step_000008").exists()

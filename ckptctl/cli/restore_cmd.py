@@ -1,4 +1,5 @@
-"""``ckptctl restore DIR``: heal a checkpoint directory from its backups. Exit 0 ok, 1 nothing valid to restore from."""
+"""``ckptctl restore DIR``: heal a checkpoint directory (single files or sharded) from its backups.
+Exit 0 ok, 1 nothing valid to restore from."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ if TYPE_CHECKING:  # the core is imported when the command runs, not when the ap
 def restore_command(
     directory: DirArg,
     source: Annotated[
-        Optional[str], typer.Option("--from", metavar="FILE", help="Restore from this file (a path or a name in DIR); needs --to.")
+        Optional[str], typer.Option("--from", metavar="FILE", help="Restore from this file, or sharded checkpoint directory (a path or a name in DIR); needs --to.")
     ] = None,
     to: Annotated[Optional[str], typer.Option("--to", metavar="latest|best", help="What --from replaces.")] = None,
     rollback_best: Annotated[
-        bool, typer.Option("--rollback-best", help="Promote best_model_previous.pt to best (the replaced best is kept).")
+        bool, typer.Option("--rollback-best", help="Promote best_model_previous(.pt) to best (the replaced best is kept).")
     ] = False,
     discard: Annotated[
         bool, typer.Option("--discard", help="Do not keep replaced files as <name>.replaced-<time>.")
@@ -38,7 +39,8 @@ def restore_command(
     """Make DIR resumable again: replace a missing or damaged latest.pt / best_model.pt with the newest valid backup.
 
     Every replacement is atomic and durable; the replaced file is kept as <name>.replaced-<time>
-    unless --discard. Takes the directory lock (exit 3 while a training holds it).
+    unless --discard. Takes the directory lock (exit 3 while a training holds it). In a sharded
+    (DCP) directory the latest symlink is re-pointed and best_model/ is replaced by a copied directory.
     """
     from ..restore import execute
 

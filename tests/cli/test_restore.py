@@ -128,6 +128,62 @@ def test_from_to_and_discard(ckpt_dir):
     assert replaced(ckpt_dir) == [] and "(discarded)" in result.stdout
 
 
+# ------------------------------------------------------------------------- sharded (DCP) layout
+
+
+@pytest.fixture
+def dcp_dir(tmp_path) -> Path:
+    pytest.importorskip("torch")
+    from tests.factories import cached_dcp_layout
+
+    return cached_dcp_layout(tmp_path / "sharded")
+
+
+def test_sharded_heal_dry_run_then_yes(dcp_dir):
+    import os
+
+    (dcp_dir / "rolling_step_000300" / ".metadata").unlink()
+    dry = invoke(str(dcp_dir), "--dry-run")
+    assert dry.exit_code == 0 and os.readlink(dcp_dir / "latest") == "rolling_step_000300"
+    assert "latest  <- rolling_step_000200  step 200  kept as latest.replaced-" in dry.stdout
+    result = invoke(str(dcp_dir), "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.rstrip().endswith("restored latest from rolling_step_000200 (symlink)")
+    assert os.readlink(dcp_dir / "latest") == "rolling_step_000200"
+    assert runner.invoke(app, ["validate", str(dcp_dir / "latest")]).exit_code == 0
+
+
+def test_sharded_json_rollback_best(dcp_dir):
+    doc = json.loads(invoke(str(dcp_dir), "--rollback-best", "--yes", "--json").stdout)
+    (action,) = doc["actions"]
+    assert (action["target"], action["status"], action["step"]) == ("best_model", "done", 200)
+    assert action["keep_as"].startswith("best_model.replaced-") and action["mode"] in ("copy", "reflink")
+    assert doc["ok"] is True and doc["plan"] == "rollback-best"
+
+
+def test_sharded_damaged_best_exits_1_with_the_rollback_hint(dcp_dir):
+    (dcp_dir / "best_model" / ".metadata").write_bytes(b"garbage")
+    result = invoke(str(dcp_dir), "--yes")
+    assert result.exit_code == 1
+    assert "cannot restore: best_model is invalid" in result.stdout and "--rollback-best" in result.stdout
+
+
+def test_sharded_refusals_exit_2_in_one_line(dcp_dir):
+    for args, message in (
+        (["--from", "best_model", "--to", "latest"], "latest can only point at a rolling, emergency or epoch directory"),
+        (["--from", "rolling_step_000300", "--to", "latest"], "is latest itself: nothing to restore"),
+    ):
+        result = invoke(str(dcp_dir), *args, "--yes")
+        assert result.exit_code == 2, (args, result.stdout)
+        assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_sharded_locked_exits_3(dcp_dir):
+    with DirectoryLock(dcp_dir):
+        result = invoke(str(dcp_dir), "--from", "rolling_step_000100", "--to", "latest", "--yes")
+    assert result.exit_code == 3 and "locked" in result.stderr
+
+
 def test_bad_option_combinations_exit_2(ckpt_dir):
     for args, message in (
         (["--from", "epoch_00001.pt"], "--from FILE and --to latest|best go together"),
