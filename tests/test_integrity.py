@@ -270,14 +270,25 @@ def _zlib_values(data: bytes, records: list[Record]) -> dict[str, int]:
     return {r.key: zlib.crc32(data[r.data_offset : r.data_offset + r.size]) for r in records}
 
 
+def test_the_fastest_installed_crc_is_used():
+    """libdeflate's CRC-32 (2x ISA-L's where 256-bit VPCLMULQDQ exists) when installed, else ISA-L's."""
+    try:
+        from deflate import crc32
+    except ImportError:
+        crc32 = pytest.importorskip("isal.isal_zlib").crc32
+    assert integrity._crc32 is crc32
+
+
 @pytest.mark.parametrize("jobs", [1, 2, 5])
-@pytest.mark.parametrize("combine", [True, False], ids=["segments", "zlib-fallback"])
-def test_crc_records_equal_zlib_around_chunk_and_segment_boundaries(tmp_path, monkeypatch, jobs, combine):
+@pytest.mark.parametrize("crc", ["installed", "isal", "zlib-fallback"])
+def test_crc_records_equal_zlib_around_chunk_and_segment_boundaries(tmp_path, monkeypatch, jobs, crc):
     """Chunks of 16 and segments of 64 bytes: every size next to a boundary, empty records, odd
     offsets; without crc32_combine (plain zlib) a record is one segment."""
     monkeypatch.setattr(integrity, "CHUNK_BYTES", 16)
     monkeypatch.setattr(integrity, "SEGMENT_BYTES", 64)
-    if not combine:
+    if crc == "isal":
+        monkeypatch.setattr(integrity, "_crc32", pytest.importorskip("isal.isal_zlib").crc32)
+    elif crc == "zlib-fallback":
         monkeypatch.setattr(integrity, "_crc32", zlib.crc32)
         monkeypatch.setattr(integrity, "_crc32_combine", None)
     sizes = [0, 1, 15, 16, 17, 63, 64, 65, 0, 127, 128, 129, 1000]
