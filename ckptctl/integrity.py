@@ -58,9 +58,9 @@ LEVELS = (QUICK, DEFAULT, DEEP)
 
 CHUNK_BYTES = 1 << 20  # one preadv; small enough to stay in the CPU cache for the CRC that follows
 # The unit of parallel work inside one record. While one thread checks the last segment of a file
-# the others wait (up to one segment of work per file): on bench/bench_validate.py's directory that
-# wait cost 4.5% of two threads' time with 32 MiB segments and none with 8 MiB. A segment costs a
-# lock and one crc32_combine (0.4 us), nothing against the ~1.4 ms it takes to check 8 MiB.
+# the others wait (up to one segment of work per file): splitting bench/bench_validate.py's files
+# between two threads, that wait is 4.5% of their time with 32 MiB segments and none with 8 MiB. A
+# segment costs a lock and one crc32_combine (0.4 us), nothing against the ~1.2 ms of checking 8 MiB.
 SEGMENT_BYTES = 8 << 20
 NAN_SCAN_ELEMENTS = 1 << 22  # elements per NaN/Inf chunk: bounds the temporary boolean tensors
 REQUIRED_KEYS = ("step", "epoch", "model")
@@ -346,6 +346,8 @@ def crc_records(fd: int, records: list[Record], *, jobs: int = 1, progress: Prog
     """CRC-32 of each record's bytes by key (None when the file is shorter than the record).
 
     ``jobs`` > 1 checks segments of large records in parallel threads, each with its own buffer.
+    With libdeflate the threads' CRCs take turns on the GIL (~20 GB/s together) while their reads
+    run in parallel, which is what two cores need; ISA-L's CRC scales past two threads.
     """
     segment = SEGMENT_BYTES if _crc32_combine is not None else None
     segments = list(_segments(records, segment))
