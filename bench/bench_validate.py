@@ -146,6 +146,36 @@ def cli(files: list[Path], rate) -> None:
           f"(`validate --quick` of one file) {fixed:.3f} s; {rate(whole - fixed)} beyond it")  # fmt: skip
 
 
+def cold(files: list[Path], rounds: int, jobs: int) -> None:
+    """cat and validate from a cold page cache (``POSIX_FADV_DONTNEED`` on these files only), with
+    small and large CRC segments: finer interleaving of the threads' reads costs readahead."""
+    from ckptctl import integrity
+
+    def evict() -> None:
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+    def with_segments(size: int) -> None:
+        saved, integrity.SEGMENT_BYTES = integrity.SEGMENT_BYTES, size
+        try:
+            validate(files, jobs)
+        finally:
+            integrity.SEGMENT_BYTES = saved
+
+    total = sum(p.stat().st_size for p in files)
+    runs = {"cat": lambda: cat(files), "8 MiB segments": lambda: with_segments(8 * MIB),
+            "32 MiB segments": lambda: with_segments(32 * MIB)}  # fmt: skip
+    speeds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            evict()
+            speeds[name].append(total / best(fn, 1) / 1e9)
+    print(f"cold cache, {len(files)} files, {total / (1 << 30):.2f} GiB, median of {rounds} (GB/s): " + ", ".join(
+        f"{name} {sorted(v)[len(v) // 2]:.2f}" for name, v in speeds.items()))  # fmt: skip
+
+
 def busy_seconds() -> float:
     """CPU time all processes spent since boot (user+nice+system+irq+softirq+steal), from /proc/stat."""
     with open("/proc/stat") as fh:
@@ -240,6 +270,8 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=2.0, help="size of the directory to validate")
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (best and median are reported)")
     parser.add_argument("--keep", type=Path, help="build into (or reuse) this directory and keep it")
+    parser.add_argument("--cold", type=int, default=0, metavar="ROUNDS",
+                        help="also time cold-cache reads (these files evicted) with 8 and 32 MiB CRC segments")  # fmt: skip
     parser.add_argument("--wait", type=float, default=60.0,
                         help="seconds in all to wait for moments when other processes leave the cores idle")  # fmt: skip
     args = parser.parse_args()
@@ -287,6 +319,8 @@ def main() -> None:
               f"= {cpu['ours'] / cpu['cat']:.2f}x cat's; so {jobs} fully busy cores reach at most "
               f"{jobs * cpu['cat'] / cpu['ours']:.2f}x cat (pieces alone: {jobs} x {both:.2f} GB/s)")  # fmt: skip
         cli(files, rate)
+        if args.cold:
+            cold(files[:2], args.cold, jobs)
         t_torch = best(lambda: torch_load_all(files), 1)
         print(f"torch.load each file       {t_torch:7.3f} s  {rate(t_torch)}  -> validate is "
               f"{t_torch / col(2)[0]:.1f}x faster (best), {t_torch / col(2)[mid]:.1f}x (median) (target >= 3x)")  # fmt: skip

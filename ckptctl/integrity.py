@@ -59,9 +59,10 @@ LEVELS = (QUICK, DEFAULT, DEEP)
 CHUNK_BYTES = 1 << 20  # one preadv; small enough to stay in the CPU cache for the CRC that follows
 # The unit of parallel work inside one record. While one thread checks the last segment of a file
 # the others wait (up to one segment of work per file): splitting bench/bench_validate.py's files
-# between two threads, that wait is 4.5% of their time with 32 MiB segments and none with 8 MiB. A
-# segment costs a lock and one crc32_combine (0.4 us), nothing against the ~1.2 ms of checking 8 MiB.
-SEGMENT_BYTES = 8 << 20
+# between two threads, that wait is 4.5% of their time with 32 MiB segments and none with 8 MiB.
+# But smaller segments interleave the threads' reads of one file more finely, and from a cold page
+# cache 8 MiB segments read ~13% slower than 32 MiB (1.13 against 1.30 GB/s, median of 6 here).
+SEGMENT_BYTES = 32 << 20
 NAN_SCAN_ELEMENTS = 1 << 22  # elements per NaN/Inf chunk: bounds the temporary boolean tensors
 REQUIRED_KEYS = ("step", "epoch", "model")
 PICKLE_CRC_MISMATCH = "record data.pkl: CRC mismatch"
