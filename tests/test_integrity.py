@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import tracemalloc
 import zlib
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ckptctl import integrity
-from ckptctl.container import open_container
+from ckptctl.container import Record, open_container
 from ckptctl.errors import BadInputError
 from ckptctl.integrity import DEEP, DEFAULT, LEVELS, QUICK, count_non_finite, crc_range, crc_records, validate_file, validate_paths
 from tests.corruption import Layout, build_corpus, flip, many_truncations, write_cases
@@ -252,6 +253,77 @@ def test_crc_range_reports_a_short_file(tmp_path):
         view = memoryview(bytearray(16))
         assert crc_range(fh.fileno(), 0, 100, view) == zlib.crc32(b"x" * 100)
         assert crc_range(fh.fileno(), 50, 100, view) is None
+
+
+def _blob_records(tmp_path: Path, sizes: list[int], seed: int) -> tuple[bytes, list[Record]]:
+    """Random bytes in a file and one record per size, back to back after a 3-byte lead-in."""
+    data = random.Random(seed).randbytes(3 + sum(sizes))
+    (tmp_path / "blob").write_bytes(data)
+    records, offset = [], 3
+    for index, size in enumerate(sizes):
+        records.append(Record(f"r/{index}", f"r/{index}", 0, offset, size, 0))
+        offset += size
+    return data, records
+
+
+def _zlib_values(data: bytes, records: list[Record]) -> dict[str, int]:
+    return {r.key: zlib.crc32(data[r.data_offset : r.data_offset + r.size]) for r in records}
+
+
+def test_the_fastest_installed_crc_is_used():
+    """libdeflate's CRC-32 (2x ISA-L's where 256-bit VPCLMULQDQ exists) when installed, else ISA-L's."""
+    try:
+        from deflate import crc32
+    except ImportError:
+        crc32 = pytest.importorskip("isal.isal_zlib").crc32
+    assert integrity._crc32 is crc32
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 5])
+@pytest.mark.parametrize("crc", ["installed", "isal", "zlib-fallback"])
+def test_crc_records_equal_zlib_around_chunk_and_segment_boundaries(tmp_path, monkeypatch, jobs, crc):
+    """Chunks of 16 and segments of 64 bytes: every size next to a boundary, empty records, odd
+    offsets; without crc32_combine (plain zlib) a record is one segment."""
+    monkeypatch.setattr(integrity, "CHUNK_BYTES", 16)
+    monkeypatch.setattr(integrity, "SEGMENT_BYTES", 64)
+    if crc == "isal":
+        monkeypatch.setattr(integrity, "_crc32", pytest.importorskip("isal.isal_zlib").crc32)
+    elif crc == "zlib-fallback":
+        monkeypatch.setattr(integrity, "_crc32", zlib.crc32)
+        monkeypatch.setattr(integrity, "_crc32_combine", None)
+    sizes = [0, 1, 15, 16, 17, 63, 64, 65, 0, 127, 128, 129, 1000]
+    data, records = _blob_records(tmp_path, sizes, seed=jobs)
+    with open(tmp_path / "blob", "rb") as fh:
+        assert crc_records(fh.fileno(), records, jobs=jobs) == _zlib_values(data, records)
+
+
+def test_crc_records_equal_zlib_at_the_real_chunk_and_segment_sizes(tmp_path):
+    chunk, segment = integrity.CHUNK_BYTES, integrity.SEGMENT_BYTES
+    sizes = [chunk - 1, chunk + 1, 0, segment + chunk // 2 + 1]
+    data, records = _blob_records(tmp_path, sizes, seed=7)
+    with open(tmp_path / "blob", "rb") as fh:
+        assert crc_records(fh.fileno(), records, jobs=2) == _zlib_values(data, records)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_file_truncated_while_it_is_checked_is_reported_short(tmp_path, monkeypatch, jobs):
+    """The file loses its second half after the first chunk is read (another process rewrote it):
+    a truncation problem for the record that was cut, no exception, no SIGBUS (no mmap of the file)."""
+    import torch
+
+    monkeypatch.setattr(integrity, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(integrity, "SEGMENT_BYTES", 16384)
+    path = write_checkpoint(tmp_path / "latest.pt", {"step": 1, "epoch": 0, "model": {"w": torch.randn(1 << 16)}})
+    cut = []
+
+    def truncate_once(nbytes: int) -> None:
+        if not cut:
+            cut.append(nbytes)
+            os.truncate(path, path.stat().st_size // 2)
+
+    result = validate_file(path, DEFAULT, jobs=jobs, progress=truncate_once)
+    assert cut and not result.valid
+    assert "truncated: record data/0 is short" in result.problems
 
 
 def test_crc_memory_does_not_grow_with_file_size(tmp_path):
