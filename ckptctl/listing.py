@@ -9,6 +9,7 @@ from pathlib import Path
 from .catalog import Entry, scan
 from .errors import BadInputError
 from .naming import GROUP_OF, Kind
+from .storage import location
 
 # Foreign files are listed only when they look like a checkpoint; logs and configs are not.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -46,7 +47,7 @@ class Row:
 
 @dataclass
 class Listing:
-    directory: Path
+    directory: Path  # a storage.RemotePath for a URL
     rows: list[Row]
     total_bytes: int  # hard links counted once
 
@@ -86,7 +87,7 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
         status, error = entry.status()
         rows.append(Row(entry, status, error))
     rows.sort(key=_sort_key(sort))
-    return Listing(Path(directory), rows, total)
+    return Listing(location(directory), rows, total)
 
 
 def _kinds(kinds: list[str] | None) -> set[Kind]:

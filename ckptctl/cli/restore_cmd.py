@@ -9,6 +9,7 @@ import typer
 from .. import durable
 from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, BadInputError
 from ..restore import TARGETS, Action, RestorePlan, execute, plan_from, plan_heal, plan_rollback_best
+from ..storage import refuse_url
 from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
 from .output import confirm_or_exit, handle_errors, out_console, print_json, print_table, stdout_is_terminal
 
@@ -39,6 +40,8 @@ def restore_command(
     Every replacement is atomic and durable; the replaced file is kept as <name>.replaced-<time>
     unless --discard. Takes the directory lock (exit 3 while a training holds it).
     """
+    refuse_url(directory, "restore")
+    refuse_url(source, "restore")
     plan = _plan(directory, source, to, rollback_best, discard, mode)
     if not json_output:
         _Report().plan(plan)
