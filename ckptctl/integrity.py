@@ -526,22 +526,34 @@ def _open(path: Path) -> BinaryIO:
 
 
 def crc_records_stream(fh: BinaryIO, records: list[Record], progress: Progress | None = None) -> dict[str, int | None]:
-    """CRC-32 of each record read through a file object, in :data:`ckptctl.storage.STREAM_BYTES` pieces.
+    """CRC-32 of each record, from one sequential pass over a file object in windows of
+    :data:`ckptctl.storage.STREAM_BYTES` (None for a record the file ends inside).
 
-    For objects in an object store (no descriptor for ``preadv``): records in file order, so the
-    reads are one sequential pass of ranged requests. Same values as :func:`crc_records`.
+    For objects in an object store (no descriptor for ``preadv``): a few large ranged reads for the
+    whole file instead of one request per record; the small local headers between the records
+    are read along. Same values as :func:`crc_records`.
     """
-    computed: dict[str, int | None] = {}
-    for record in sorted(records, key=lambda r: r.data_offset):
-        fh.seek(record.data_offset)
-        crc, left = 0, record.size
-        while left:
-            data = fh.read(min(left, storage.STREAM_BYTES))
-            if not data:
+    ordered = sorted(records, key=lambda r: r.data_offset)
+    crcs = {record.key: 0 for record in ordered}
+    done = dict.fromkeys(crcs, 0)
+    pos = ordered[0].data_offset if ordered else 0
+    end = max((r.data_offset + r.size for r in ordered), default=pos)
+    first = 0
+    fh.seek(pos)
+    while pos < end:
+        window = memoryview(fh.read(min(storage.STREAM_BYTES, end - pos)))
+        if not window:
+            break
+        while first < len(ordered) and ordered[first].data_offset + ordered[first].size <= pos:
+            first += 1
+        for record in itertools.islice(ordered, first, None):
+            if record.data_offset >= pos + len(window):
                 break
-            crc = _crc32(data, crc)
-            left -= len(data)
-            if progress is not None:
-                progress(len(data))
-        computed[record.key] = None if left else crc & 0xFFFFFFFF
-    return computed
+            lo, hi = max(record.data_offset, pos), min(record.data_offset + record.size, pos + len(window))
+            if lo < hi:
+                crcs[record.key] = _crc32(window[lo - pos : hi - pos], crcs[record.key])
+                done[record.key] += hi - lo
+                if progress is not None:
+                    progress(hi - lo)
+        pos += len(window)
+    return {r.key: crcs[r.key] & 0xFFFFFFFF if done[r.key] == r.size else None for r in records}

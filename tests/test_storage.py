@@ -176,3 +176,19 @@ def test_prune_skips_an_object_rewritten_after_the_plan(s3_endpoint, tmp_path):
     assert [e.name for e in result.removed] == ["rolling_step_000200.pt"]
     assert [e.name for e in result.skipped] == ["rolling_step_000100.pt"]
     assert sorted(e.name for e in scan(url)) == ["rolling_step_000100.pt", "rolling_step_000300.pt"]
+
+
+def test_stream_crc_windows_cut_through_records_and_a_short_file_gives_none(ckpt_dir, monkeypatch):
+    import io
+
+    path = ckpt_dir / "latest.pt"
+    with open(path, "rb") as fh:
+        records = list(open_container(path, fh).records.values())
+        expected = crc_records(fh.fileno(), records)
+        monkeypatch.setattr(storage, "STREAM_BYTES", 1000)  # windows end inside records
+        assert crc_records_stream(fh, records) == expected
+    data = path.read_bytes()
+    last = max(records, key=lambda r: r.data_offset)
+    short = crc_records_stream(io.BytesIO(data[: last.data_offset + last.size // 2]), records)
+    assert short[last.key] is None
+    assert {k: v for k, v in short.items() if k != last.key} == {k: v for k, v in expected.items() if k != last.key}
