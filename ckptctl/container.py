@@ -24,6 +24,7 @@ LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_HEADER_SIZE = LOCAL_HEADER.size  # 30
 MAX_PICKLE_BYTES = 512 * 1024 * 1024
 MAX_RECORDS = 1_000_000
+HEADER_NAME_ROOM = 256  # bytes prefetched after a local header for its name (a longer one is read when needed)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
     if len(infos) > MAX_RECORDS:
         raise UnreadableCheckpoint(f"too many records ({len(infos)})")
     prefix = _common_prefix(infos)
+    if local_headers and hasattr(fh, "prefetch"):  # an object store's file: every local header in a few requests
+        fh.prefetch([(i.header_offset, i.header_offset + LOCAL_HEADER_SIZE + HEADER_NAME_ROOM) for i in infos])
     suspicious: list[str] = []
     records: dict[str, Record] = {}
     for info in infos:

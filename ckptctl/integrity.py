@@ -285,6 +285,7 @@ def _check_container(result: FileResult, jobs: int, progress: Progress | None) -
                 return
             container = open_container(result.path, fh)
             result.format = "zip"
+            _prefetch_descriptors(fh, container)
             for problem in end_record_problems(fh, container.file_size):
                 _add(result, problem)
             for record in container.records.values():
@@ -518,6 +519,13 @@ def _remote_result(path: str | storage.RemotePath, level: str) -> FileResult:
     if location.size is None:
         location = storage.stat(location).path
     return FileResult(location, level, size_bytes=location.size or 0)  # type: ignore[arg-type]
+
+
+def _prefetch_descriptors(fh: BinaryIO, container: Container) -> None:
+    """On an object store's file, fetch every data descriptor at once (one round trip each otherwise)."""
+    prefetch = getattr(fh, "prefetch", None)
+    if prefetch is not None:
+        prefetch([(r.data_offset + r.size, r.data_offset + r.size + 24) for r in container.records.values() if r.flags & 0x8])
 
 
 def _open(path: Path) -> BinaryIO:
