@@ -136,7 +136,7 @@ def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints:
     With ``require_checkpoints`` an empty directory, or one with no checkpoint names, is bad input.
     A URL (``s3://bucket/run``) is listed through :mod:`ckptctl.storage` instead.
     """
-    path = _remote_directory(directory) if is_url(directory) else check_directory(directory)  # type: ignore[arg-type]
+    path = storage.location(directory) if is_url(directory) else check_directory(directory)  # type: ignore[arg-type]
     entries = _remote_entries(path) if isinstance(path, RemotePath) else _local_entries(path)
     entries.sort(key=lambda e: naming.sort_key(e.parsed))
     if require_checkpoints:
@@ -171,9 +171,14 @@ def _entry(directory: Path, dirent: os.DirEntry[str]) -> Entry | None:
         return _directory_entry(directory / dirent.name, info)
     if not stat_module.S_ISREG(info.st_mode):
         return None
+    return _file_entry(directory / dirent.name, info)
+
+
+def _file_entry(path: Path, info: os.stat_result) -> Entry:
+    """A regular file, with what its name and ``stat`` say."""
     return Entry(
-        path=directory / dirent.name,
-        parsed=naming.parse(dirent.name),
+        path=path,
+        parsed=naming.parse(path.name),
         size_bytes=info.st_size,
         inode=info.st_ino,
         nlink=info.st_nlink,
@@ -194,10 +199,6 @@ def _directory_entry(path: Path, info: os.stat_result, *, any_name: bool = False
         return None
     size, allocated = directory_sizes(path)
     return Entry(path, parsed, size, info.st_ino, 1, allocated, info.st_mtime, is_directory=True)
-
-
-def _remote_directory(url: str | RemotePath) -> RemotePath:
-    return storage.location(url)
 
 
 def _remote_entries(directory: RemotePath) -> list[Entry]:
@@ -237,15 +238,7 @@ def entry_for_file(path: str | os.PathLike[str] | RemotePath) -> Entry:
         raise BadInputError(f"is a directory: {file_path} (give a checkpoint file)")
     if not os.access(file_path, os.R_OK):
         raise BadInputError(f"permission denied: {file_path}")
-    return Entry(
-        path=file_path,
-        parsed=naming.parse(file_path.name),
-        size_bytes=info.st_size,
-        inode=info.st_ino,
-        nlink=info.st_nlink,
-        allocated_bytes=getattr(info, "st_blocks", 0) * 512,
-        mtime=info.st_mtime,
-    )
+    return _file_entry(file_path, info)
 
 
 def by_kind(entries: list[Entry], *kinds: Kind) -> list[Entry]:

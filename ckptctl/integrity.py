@@ -500,11 +500,11 @@ def _collect_remote(url: str, targets: list[Any], skipped: list[Any]) -> None:
     location = storage.location(url)
     if storage.stat(location).is_dir:
         entries = scan(location)
-        chosen = [e for e in entries if _worth_checking(e.parsed) and not e.is_directory]
-        if not chosen:
+        wanted = [_worth_checking(e.parsed) and not e.is_directory for e in entries]
+        if not any(wanted):
             raise BadInputError(f"no checkpoints in {location} (no file matches the checkpoint names)")
-        targets += [e.path for e in chosen]
-        skipped += [e.path for e in entries if not (_worth_checking(e.parsed) and not e.is_directory)]
+        targets += [e.path for e, want in zip(entries, wanted) if want]
+        skipped += [e.path for e, want in zip(entries, wanted) if not want]
     else:
         targets.append(entry_for_file(location).path)
 

@@ -9,7 +9,7 @@ import pytest
 from ckptctl import storage
 from ckptctl.catalog import entry_for_file, scan
 from ckptctl.errors import BadInputError, UnreadableCheckpoint
-from ckptctl.integrity import DEEP, crc_records, crc_records_stream, validate_file
+from ckptctl.integrity import DEEP, collect_targets, crc_records, crc_records_stream, validate_file
 from ckptctl.container import open_container
 from ckptctl.prune import execute, plan_prune
 from ckptctl.reader import read_checkpoint
@@ -161,6 +161,8 @@ def test_sharded_prefix_is_listed_as_not_supported(s3_endpoint, tmp_path):
     assert entry.is_directory and entry.size_bytes == 100
     _ckpt, _meta, error = entry.read()
     assert isinstance(error, UnreadableCheckpoint) and "not supported" in error.reason
+    targets, skipped = collect_targets([url])  # validate skips it, and says so
+    assert [t.name for t in targets] == ["latest.pt"] and [s.name for s in skipped] == ["rolling_step_000100"]
 
 
 def test_prune_skips_an_object_rewritten_after_the_plan(s3_endpoint, tmp_path):
