@@ -192,7 +192,7 @@ def planned_bytes(paths: Iterable[Path], level: str) -> int:
     total = 0
     for path in paths:
         try:
-            total += path.size or 0 if is_url(path) else path.stat().st_size  # type: ignore[attr-defined]
+            total += (path.size or 0) if is_url(path) else path.stat().st_size  # type: ignore[attr-defined]
         except OSError:
             continue
     return total
