@@ -9,7 +9,6 @@ import typer
 
 from ..compare import Comparison, compare, compare_values
 from ..errors import EXIT_FINDINGS, EXIT_OK
-from ..storage import refuse_url
 from . import render
 from .options import JsonOpt
 from .output import handle_errors, out_console, print_json, print_table, stderr_is_terminal, stdout_is_terminal
@@ -35,6 +34,8 @@ def compare_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Compare checkpoints A and B: metadata, args, keys, tensor inventory, optimizer; --values for tensor values."""
+    from ..storage import refuse_url  # imported when the command runs, like the rest of the core
+
     refuse_url(a, "compare")
     refuse_url(b, "compare")
     comparison = compare(a, b)

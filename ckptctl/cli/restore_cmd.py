@@ -9,7 +9,6 @@ import typer
 from .. import durable
 from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, BadInputError
 from ..restore import TARGETS, Action, RestorePlan, execute, plan_from, plan_heal, plan_rollback_best
-from ..storage import refuse_url
 from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
 from .output import confirm_or_exit, handle_errors, out_console, print_json, print_table, stdout_is_terminal
 
@@ -40,6 +39,8 @@ def restore_command(
     Every replacement is atomic and durable; the replaced file is kept as <name>.replaced-<time>
     unless --discard. Takes the directory lock (exit 3 while a training holds it).
     """
+    from ..storage import refuse_url  # imported when the command runs, like the rest of the core
+
     refuse_url(directory, "restore")
     refuse_url(source, "restore")
     plan = _plan(directory, source, to, rollback_best, discard, mode)

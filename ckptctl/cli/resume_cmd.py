@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..resume import DEFAULT_PYTHON, ResumeCommand, build_resume_command
-from ..storage import refuse_url
 from . import render
 from .options import JsonOpt
 from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, warn
@@ -55,6 +54,8 @@ def resume_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Print the command line that resumes training from CHECKPOINT with every saved hyperparameter."""
+    from ..storage import refuse_url  # imported when the command runs, like the rest of the core
+
     refuse_url(checkpoint, "resume-cmd")
     refuse_url(directory, "resume-cmd")
     result = build_resume_command(
