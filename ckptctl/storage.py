@@ -37,6 +37,7 @@ URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 BLOCK_BYTES = 4096  # read ahead of each small read: a local header with its name, a small data.pkl
 STREAM_BYTES = 8 << 20  # one ranged read while streaming a whole object (validate's CRC pass)
 PREFETCH_GAP = 4096  # prefetched ranges closer than this are fetched as one
+TAIL_BYTES = 16 * 1024  # fetched on open: the zip end records and a small central directory, in one request
 EXTRAS = {"s3": "s3", "s3a": "s3"}  # scheme -> the ckptctl extra that installs its fsspec implementation
 
 
@@ -189,13 +190,20 @@ def open_object(path: RemotePath, *, block: int = BLOCK_BYTES) -> BinaryIO:
     The readahead cache serves the next small read from the last range, which is how zipfile
     and the container reader walk a file: the end record, the central directory, a local header
     and the ``data.pkl`` right behind it. s3fs's default (5 MB blocks) would fetch whole small
-    objects. ``size`` from the listing saves a HEAD request per object.
+    objects. ``size`` from the listing saves a HEAD request per object; the last
+    :data:`TAIL_BYTES` are fetched at once (zipfile reads them backwards in small pieces).
     """
     options: dict[str, Any] = {"block_size": block, "cache_type": "readahead"}
     if path.size is not None:
         options["size"] = path.size
     with _errors(path.url, "file"):
-        return ObjectFile(path.fs.open(path.key, "rb", **options))  # type: ignore[return-value]
+        fh = ObjectFile(path.fs.open(path.key, "rb", **options))
+    try:  # zipfile reads the end record, the zip64 locator and record, then the directory: one request
+        fh.prefetch([(max(0, fh.size - TAIL_BYTES), fh.size)])
+    except Exception:
+        fh.close()
+        raise
+    return fh  # type: ignore[return-value]
 
 
 class ObjectFile(io.IOBase):
@@ -211,6 +219,10 @@ class ObjectFile(io.IOBase):
         self._pos = 0
         self._starts: list[int] = []
         self._parts: list[bytes] = []
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
 
     def readable(self) -> bool:
         return True
@@ -242,7 +254,7 @@ class ObjectFile(io.IOBase):
         file system can; a range that fails is simply read later, when asked for."""
         from fsspec.utils import merge_offset_ranges
 
-        size = self._inner.size
+        size = self.size
         wanted = sorted((start, min(end, size)) for start, end in ranges if 0 <= start < min(end, size))
         if not wanted:
             return
