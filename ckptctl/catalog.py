@@ -20,6 +20,8 @@ from .metadata import Metadata, summarize
 from .naming import Kind, ParsedName
 from .reader import CheckpointFile, read_checkpoint
 from .sharded import directory_sizes, looks_like_dcp, read_directory
+from . import storage
+from .storage import ObjectInfo, RemotePath, is_url
 
 STATUS_OK = "ok"
 STATUS_UNREADABLE = "unreadable"
@@ -31,7 +33,7 @@ STATUS_PARTIAL = "partial"
 class Entry:
     """One file in a checkpoint directory."""
 
-    path: Path
+    path: Path  # a storage.RemotePath for an object in an object store (``s3://...``)
     parsed: ParsedName
     size_bytes: int
     inode: int
@@ -122,12 +124,24 @@ def check_directory(directory: str | os.PathLike[str]) -> Path:
     return path
 
 
-def scan(directory: str | os.PathLike[str], *, require_checkpoints: bool = False) -> list[Entry]:
+def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints: bool = False) -> list[Entry]:
     """Every regular file of ``directory`` as an Entry, in the stable catalog order.
 
     With ``require_checkpoints`` an empty directory, or one with no checkpoint names, is bad input.
+    A URL (``s3://bucket/run``) is listed through :mod:`ckptctl.storage` instead.
     """
-    path = check_directory(directory)
+    path = storage.location(directory) if is_url(directory) else check_directory(directory)  # type: ignore[arg-type]
+    entries = _remote_entries(path) if isinstance(path, RemotePath) else _local_entries(path)
+    entries.sort(key=lambda e: naming.sort_key(e.parsed))
+    if require_checkpoints:
+        if not entries:
+            raise BadInputError(f"empty directory: {path} (no checkpoints)")
+        if not any(e.parsed.is_checkpoint or e.kind is Kind.PARTIAL for e in entries):
+            raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
+    return entries
+
+
+def _local_entries(path: Path) -> list[Entry]:
     entries: list[Entry] = []
     try:
         with os.scandir(path) as it:
@@ -139,12 +153,6 @@ def scan(directory: str | os.PathLike[str], *, require_checkpoints: bool = False
         raise BadInputError(f"permission denied: {path}") from None
     except OSError as exc:
         raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    entries.sort(key=lambda e: naming.sort_key(e.parsed))
-    if require_checkpoints:
-        if not entries:
-            raise BadInputError(f"empty directory: {path} (no checkpoints)")
-        if not any(e.parsed.is_checkpoint or e.kind is Kind.PARTIAL for e in entries):
-            raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
     return entries
 
 
@@ -161,6 +169,7 @@ def _entry(directory: Path, dirent: os.DirEntry[str]) -> Entry | None:
 
 
 def _file_entry(path: Path, info: os.stat_result) -> Entry:
+    """A regular file, with what its name and ``stat`` say."""
     return Entry(
         path=path,
         parsed=naming.parse(path.name),
@@ -187,9 +196,36 @@ def _directory_entry(path: Path, info: os.stat_result, *, any_name: bool = False
     return Entry(path, parsed, size, info.st_ino, 1, allocated, info.st_mtime, is_directory=True)
 
 
-def entry_for_file(path: str | os.PathLike[str]) -> Entry:
+def _remote_entries(directory: RemotePath) -> list[Entry]:
+    """The objects below a prefix as Entries (one listing, plus one per sharded checkpoint prefix)."""
+    entries: list[Entry] = []
+    for obj in storage.listdir(directory):
+        if not obj.is_dir:
+            entries.append(_remote_entry(obj))
+            continue
+        parsed = naming.parse(obj.path.name, directory=True)
+        if parsed.kind is not Kind.OTHER:
+            size = storage.directory_size(obj.path)
+            entries.append(Entry(obj.path, parsed, size, obj.identity, 1, size, obj.mtime, is_directory=True))  # type: ignore[arg-type]
+    return entries
+
+
+def _remote_entry(obj: ObjectInfo) -> Entry:
+    """An object is its own data: no hard links (nlink 1), billed by its size (allocated = size), and
+    its version identity stands in for the inode, so a prune's re-plan notices an object rewritten
+    since the plan was shown."""
+    return Entry(obj.path, naming.parse(obj.path.name), obj.size, obj.identity, 1, obj.size, obj.mtime)  # type: ignore[arg-type]
+
+
+def entry_for_file(path: str | os.PathLike[str] | RemotePath) -> Entry:
     """An Entry for a single file the user named (for ``inspect``/``validate`` of one file)."""
-    file_path = Path(path)
+    if is_url(path):
+        obj = storage.stat(storage.location(path))
+        if obj.is_dir:
+            raise BadInputError(f"is a directory: {obj.path} (give a checkpoint file; sharded checkpoints "
+                                "are not read from object storage)")  # fmt: skip
+        return _remote_entry(obj)
+    file_path = Path(path)  # type: ignore[arg-type]
     info = _stat_user_path(file_path, "file")
     if stat_module.S_ISDIR(info.st_mode):
         if looks_like_dcp(file_path):

@@ -24,6 +24,7 @@ LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_HEADER_SIZE = LOCAL_HEADER.size  # 30
 MAX_PICKLE_BYTES = 512 * 1024 * 1024
 MAX_RECORDS = 1_000_000
+HEADER_NAME_ROOM = 256  # bytes prefetched after a local header for its name (a longer one is read when needed)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
     reads cost more than everything else a listing does). Other records then have
     ``data_offset == -1`` and no header checks; ``validate`` and every byte reader use the default.
     """
-    file_size = os.fstat(fh.fileno()).st_size
+    size = size_of(fh)
     fh.seek(0)
     try:
         with zipfile.ZipFile(fh) as zf:
@@ -101,6 +102,8 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
     if len(infos) > MAX_RECORDS:
         raise UnreadableCheckpoint(f"too many records ({len(infos)})")
     prefix = _common_prefix(infos)
+    if local_headers and hasattr(fh, "prefetch"):  # an object store's file: every local header in a few requests
+        fh.prefetch([(i.header_offset, i.header_offset + LOCAL_HEADER_SIZE + HEADER_NAME_ROOM) for i in infos])
     suspicious: list[str] = []
     records: dict[str, Record] = {}
     for info in infos:
@@ -113,7 +116,7 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
         if info.flag_bits & 0x1:
             suspicious.append(f"record {key} is encrypted")
         if local_headers or key == "data.pkl":
-            records[key] = _read_local_header(fh, info, key, start_dir, file_size, suspicious)
+            records[key] = _read_local_header(fh, info, key, start_dir, size, suspicious)
         else:
             records[key] = _central_record(info, key, start_dir)
     if local_headers:
@@ -122,7 +125,7 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
         raise UnreadableCheckpoint(f"missing {prefix}/data.pkl")
     if records["data.pkl"].size > MAX_PICKLE_BYTES:
         raise UnreadableCheckpoint(f"data.pkl too large ({records['data.pkl'].size} bytes)")
-    return Container(path, file_size, prefix, records, suspicious, local_headers)
+    return Container(path, size, prefix, records, suspicious, local_headers)
 
 
 def _central_record(info: zipfile.ZipInfo, key: str, start_dir: int) -> Record:
@@ -152,13 +155,13 @@ def _read_local_header(
     """Find where a record's bytes start; the central directory alone does not say."""
     if not 0 <= info.header_offset < start_dir:  # zipfile shifts offsets by a damaged end record
         raise UnreadableCheckpoint(f"record {key}: local header offset {info.header_offset} outside the file's data")
-    raw = _pread(fh, info.header_offset, LOCAL_HEADER_SIZE)
+    raw = pread(fh, info.header_offset, LOCAL_HEADER_SIZE)
     if len(raw) < LOCAL_HEADER_SIZE:
         raise UnreadableCheckpoint(f"truncated: local header of {key} missing")
     sig, ver, flags, method, time, date, crc, csize, usize, name_len, extra_len = LOCAL_HEADER.unpack(raw)
     if sig != ZIP_MAGIC:
         raise UnreadableCheckpoint(f"record {key}: bad local header signature")
-    local_name = _pread(fh, info.header_offset + LOCAL_HEADER_SIZE, name_len)
+    local_name = pread(fh, info.header_offset + LOCAL_HEADER_SIZE, name_len)
     if local_name.decode("utf-8", "replace") != info.filename:
         suspicious.append(f"record {key}: local and central names differ ({local_name!r})")
     data_offset = info.header_offset + LOCAL_HEADER_SIZE + name_len + extra_len
@@ -207,7 +210,7 @@ def end_record_problems(fh: BinaryIO, file_size: int) -> list[str]:
     ``zipfile`` and torch's reader both use the zip64 values and ignore the classic ones, so a
     flipped byte there changes nothing a reader sees; ``validate`` still reports it as damage.
     """
-    tail = _pread(fh, max(0, file_size - 65_536 - EOCD.size), 65_536 + EOCD.size)
+    tail = pread(fh, max(0, file_size - 65_536 - EOCD.size), 65_536 + EOCD.size)
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < EOCD.size:
         return ["end of central directory record missing"]
@@ -215,7 +218,7 @@ def end_record_problems(fh: BinaryIO, file_size: int) -> list[str]:
     if at < ZIP64_LOCATOR.size or tail[at - ZIP64_LOCATOR.size : at - ZIP64_LOCATOR.size + 4] != b"PK\x06\x07":
         return []  # no zip64 records: zipfile already used (and checked) the classic values
     _sig, _disk, z64_offset, _disks = ZIP64_LOCATOR.unpack_from(tail, at - ZIP64_LOCATOR.size)
-    raw = _pread(fh, z64_offset, ZIP64_EOCD.size)
+    raw = pread(fh, z64_offset, ZIP64_EOCD.size)
     if len(raw) < ZIP64_EOCD.size or raw[:4] != b"PK\x06\x06":
         return ["zip64 end of central directory record missing"]
     fields = ZIP64_EOCD.unpack(raw)
@@ -241,7 +244,7 @@ def data_descriptor_problem(fh: BinaryIO, record: Record) -> str | None:
     """
     if not record.flags & 0x8:
         return None
-    raw = _pread(fh, record.data_offset + record.size, 24)
+    raw = pread(fh, record.data_offset + record.size, 24)
     body = raw[4:] if raw[:4] == DESCRIPTOR_MAGIC else raw
     if len(body) < 12:
         return f"record {record.key}: data descriptor missing"
@@ -262,15 +265,31 @@ def _check_overlaps(records: dict[str, Record], suspicious: list[str]) -> None:
             suspicious.append(f"records {before.key} and {after.key} overlap")
 
 
-def _pread(fh: BinaryIO, offset: int, size: int) -> bytes:
-    return os.pread(fh.fileno(), size, offset)
+def pread(fh: BinaryIO, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset``: ``os.pread`` on a local file; seek and read on an object
+    store's file (no descriptor), whose reads are ranged requests."""
+    try:
+        fd = fh.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both an OSError and a ValueError
+        fh.seek(offset)
+        return fh.read(size)
+    return os.pread(fd, size, offset)
+
+
+def size_of(fh: BinaryIO) -> int:
+    """The size of an open file: ``fstat`` locally, the end position for an object store's file."""
+    try:
+        fd = fh.fileno()
+    except (OSError, ValueError, AttributeError):
+        return fh.seek(0, os.SEEK_END)
+    return os.fstat(fd).st_size
 
 
 def read_record(fh: BinaryIO, record: Record, limit: int = MAX_PICKLE_BYTES) -> bytes:
     """The bytes of one record (refusing records larger than ``limit``)."""
     if record.size > limit:
         raise UnreadableCheckpoint(f"record {record.key} too large to read ({record.size} bytes)")
-    data = _pread(fh, record.data_offset, record.size)
+    data = pread(fh, record.data_offset, record.size)
     if len(data) != record.size:
         raise UnreadableCheckpoint(f"truncated: record {record.key} is short")
     return data

@@ -11,6 +11,7 @@ from .catalog import STATUS_OK, STATUS_PARTIAL, Entry, scan
 from .errors import BadInputError
 from .listing_cache import Facts, ListingCache
 from .naming import GROUP_OF, Kind
+from .storage import is_url, location
 
 # Foreign files are listed only when they look like a checkpoint; logs and configs are not.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -67,7 +68,7 @@ class Row:
 
 @dataclass
 class Listing:
-    directory: Path
+    directory: Path  # a storage.RemotePath for a URL
     rows: list[Row]
     total_bytes: int  # hard links counted once
 
@@ -101,7 +102,8 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
     wanted = _kinds(kinds)
     entries = scan(directory, require_checkpoints=True)
     total = _total_bytes(entries)
-    cache = ListingCache(Path(directory), enabled=use_cache)
+    local = None if is_url(directory) else Path(directory)  # objects in a store have no stat identity
+    cache = ListingCache(local, enabled=use_cache)
     rows = []
     for entry in entries:
         if entry.kind is Kind.OTHER and not entry.name.endswith(CHECKPOINT_SUFFIXES):
@@ -112,7 +114,7 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
         rows.append(Row(entry, _facts(entry, cache)))
     cache.save()
     rows.sort(key=_sort_key(sort))
-    return Listing(Path(directory), rows, total)
+    return Listing(location(directory), rows, total)
 
 
 def _facts(entry: Entry, cache: ListingCache) -> Facts:

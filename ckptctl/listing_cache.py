@@ -81,11 +81,13 @@ def reader_fingerprint() -> str:
 class ListingCache:
     """The cached facts of one checkpoint directory, loaded once per listing and saved once."""
 
-    def __init__(self, directory: Path, *, enabled: bool = True):
+    def __init__(self, directory: Path | None, *, enabled: bool = True):
+        """``directory`` None (an object-store URL) or ``enabled`` False: a cache that keeps nothing."""
+        enabled = enabled and directory is not None
         self.enabled = enabled
         self.started_ns = time.time_ns()
         self.fingerprint = reader_fingerprint() if enabled else ""
-        self.path = self._file_for(directory) if enabled else None
+        self.path = self._file_for(directory) if directory is not None and enabled else None
         self.old: dict[str, Any] = self._load() if enabled else {}
         self.new: dict[str, Any] = {}
 

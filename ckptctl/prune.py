@@ -6,12 +6,18 @@ directory lock shared with a running :class:`~ckptctl.manager.CheckpointManager`
 from a fresh scan: a save may have landed between the shown plan and the lock. Only files that
 both plans remove are deleted (never more than the user saw and confirmed, never something the
 policy now keeps), and each is checked to still be the very inode that was planned.
+
+On object storage (``s3://...``) there is no directory lock: execution re-plans from a fresh
+listing right before deleting, and an object counts as the planned one only while its ETag, size
+and modification time are unchanged (they make up its ``inode``). A save racing the deletion
+itself is not excluded; run prune on a bucket while no training writes to the prefix.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +26,8 @@ from .durable import fsync_directory, remove_entry
 from .errors import BadInputError, CheckpointError
 from .locking import DirectoryLock
 from .retention import Policy, RetentionPlan, freed_bytes, plan_retention, refuse_if_removes_everything
+from . import storage
+from .storage import is_url, location
 
 # Deleting fails this way when the directory (or the file system) does not let us: bad input, not a finding.
 _NOT_PERMITTED = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -60,7 +68,7 @@ def plan_prune(directory: str | os.PathLike[str], policy: Policy, *, now: float 
     A directory without a single checkpoint name is bad input too: a prune pointed at the wrong
     directory from cron should say so, not report success.
     """
-    path = Path(directory)
+    path = location(directory)
     retention = plan_retention(scan(path, require_checkpoints=True), policy, now=now)
     refuse_if_removes_everything(retention)
     return PrunePlan(path, policy, retention)
@@ -75,16 +83,18 @@ def execute(plan: PrunePlan, *, wait: float = 0.0, now: float | None = None) -> 
     result = PruneResult()
     if not plan.deletions:
         return result
-    _check_writable(plan.directory)
-    with DirectoryLock(plan.directory, wait=wait):
+    remote = is_url(plan.directory)
+    if not remote:
+        _check_writable(plan.directory)
+    with nullcontext() if remote else DirectoryLock(plan.directory, wait=wait):
         fresh = plan_retention(scan(plan.directory), plan.policy, now=now)
         still_removed = {(e.name, e.inode) for e in fresh.deletions}
         for entry in plan.deletions:
-            if (entry.name, entry.inode) in still_removed and _same_file(entry):
+            if (entry.name, entry.inode) in still_removed and (remote or _same_file(entry)):
                 _unlink(entry, result)
             else:
                 result.skipped.append(entry)
-        if result.removed:
+        if result.removed and not remote:
             fsync_directory(plan.directory)
     return result
 
@@ -109,7 +119,10 @@ def _same_file(entry: Entry) -> bool:
 
 def _unlink(entry: Entry, result: PruneResult) -> None:
     try:
-        remove_entry(entry.path, entry.is_directory)
+        if is_url(entry.path):  # the fresh listing just matched its ETag, size and mtime
+            storage.delete(entry.path, recursive=entry.is_directory)  # type: ignore[arg-type]
+        else:
+            remove_entry(entry.path, entry.is_directory)
     except FileNotFoundError:
         result.skipped.append(entry)
         return

@@ -9,14 +9,15 @@ against the records that hold them.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
-from .container import Container, open_container, read_record, sniff_format
-from .errors import UnreadableCheckpoint, UnsafeCheckpoint
+from . import storage
+from .container import Container, open_container, pread, read_record, sniff_format
+from .errors import BadInputError, UnreadableCheckpoint, UnsafeCheckpoint
+from .storage import RemotePath, is_url
 from .unpickler import (
     DTYPE_ITEMSIZE,
     Namespace,
@@ -60,7 +61,7 @@ class CheckpointFile:
         yield from iter_tensors(self.root)
 
 
-def read_checkpoint(path: str | os.PathLike[str], *, spans: bool = True) -> CheckpointFile:
+def read_checkpoint(path: str | os.PathLike[str] | RemotePath, *, spans: bool = True) -> CheckpointFile:
     """Parse ``path`` safely. Raises UnreadableCheckpoint or UnsafeCheckpoint (never executes).
 
     ``spans=False`` is the listing's fast path: storage sizes are still cross-checked against the
@@ -68,6 +69,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, spans: bool = True) -> Chec
     the container's storage records have no data offset. Anything that reads tensor bytes needs
     the default.
     """
+    if is_url(path):
+        return _read_remote(path, spans)  # type: ignore[arg-type]
     path = Path(path)
     if path.is_dir():  # a sharded (DCP) checkpoint: .metadata through the same restricted unpickler
         from .sharded import looks_like_dcp, read_directory
@@ -81,18 +84,38 @@ def read_checkpoint(path: str | os.PathLike[str], *, spans: bool = True) -> Chec
     except OSError as exc:
         raise UnreadableCheckpoint(f"cannot open: {exc.strerror or exc}") from None
     with fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            raise UnreadableCheckpoint("empty file")
-        kind = sniff_format(fh)
-        if kind == "zip":
-            return _read_zip(path, fh, size, spans)
-        if kind == "legacy":
-            return _read_legacy(path, fh, size)
+        return _read_open(path, fh, os.fstat(fh.fileno()).st_size, spans)
+
+
+def _read_remote(path: str | RemotePath, spans: bool) -> CheckpointFile:
+    """An object in an object store, through ranged reads (see :func:`ckptctl.storage.open_object`)."""
+    remote_path = storage.location(path)
+    size = remote_path.size if remote_path.size is not None else storage.stat(remote_path).size
+    remote_path = storage.RemotePath(remote_path.url, remote_path.fs, size)
+    try:
+        fh = storage.open_object(remote_path)
+    except BadInputError as exc:
+        raise UnreadableCheckpoint(f"cannot open: {exc}") from None
+    with fh:
+        try:
+            return _read_open(remote_path, fh, size, spans)  # type: ignore[arg-type]
+        except OSError as exc:  # the object vanished or the store failed mid-read
+            raise UnreadableCheckpoint(f"read error: {exc}") from None
+
+
+def _read_open(path: Path, fh: BinaryIO, size: int, spans: bool) -> CheckpointFile:
+    """Parse an open file (local or remote) by its first bytes."""
+    if size == 0:
+        raise UnreadableCheckpoint("empty file")
+    kind = sniff_format(fh)
+    if kind == "zip":
+        return _read_zip(path, fh, size, spans)
+    if kind == "legacy":
+        return _read_legacy(path, fh, size)
     raise UnreadableCheckpoint("not a checkpoint: unknown file format")
 
 
-def _read_zip(path: Path, fh: io.BufferedReader, size: int, with_spans: bool = True) -> CheckpointFile:
+def _read_zip(path: Path, fh: BinaryIO, size: int, with_spans: bool = True) -> CheckpointFile:
     container = open_container(path, fh, local_headers=with_spans)
     if container.suspicious:
         raise UnsafeCheckpoint([], reason="suspicious container: " + "; ".join(container.suspicious))
@@ -111,7 +134,7 @@ def _read_zip(path: Path, fh: io.BufferedReader, size: int, with_spans: bool = T
     return CheckpointFile(path, "zip", size, root, storages, spans, container, spans_read=with_spans)
 
 
-def _read_legacy(path: Path, fh: io.BufferedReader, size: int) -> CheckpointFile:
+def _read_legacy(path: Path, fh: BinaryIO, size: int) -> CheckpointFile:
     """The pre-1.6 format: magic, protocol, sys_info, the object pickle, storage keys, raw storages."""
     fh.seek(0)
     stream = _Bounded(fh, size)
@@ -141,7 +164,7 @@ class _Bounded:
     so the position after one pickle is the start of the next.)
     """
 
-    def __init__(self, fh: io.BufferedReader, size: int):
+    def __init__(self, fh: BinaryIO, size: int):
         self._fh = fh
         self._size = size
 
@@ -159,14 +182,14 @@ class _Bounded:
         return self._fh.seek(offset, whence)
 
 
-def _legacy_spans(fh: io.BufferedReader, keys: list[str], storages: dict[str, StorageRef], size: int) -> dict[str, Span]:
+def _legacy_spans(fh: BinaryIO, keys: list[str], storages: dict[str, StorageRef], size: int) -> dict[str, Span]:
     spans: dict[str, Span] = {}
     pos = fh.tell()
     for key in keys:
         storage = storages.get(key)
         if storage is None:
             raise UnreadableCheckpoint(f"legacy storage {key} is not referenced by the pickle")
-        header = os.pread(fh.fileno(), 8, pos)
+        header = pread(fh, pos, 8)
         if len(header) < 8:
             raise UnreadableCheckpoint(f"truncated: legacy storage {key} missing")
         numel = int.from_bytes(header, "little", signed=True)

@@ -98,7 +98,10 @@ def read_directory(path: str | os.PathLike[str], *, all_values: bool = True):  #
     hyper-parameters, RNG states) are left as None.
     """
     from .reader import CheckpointFile
+    from .storage import is_url
 
+    if is_url(path):
+        raise UnreadableCheckpoint("sharded (DCP) checkpoint on object storage: not supported, copy it to a local path")
     path = Path(path)
     metadata = _load_metadata(path)
     files = _shard_files(path, metadata)

@@ -21,6 +21,7 @@ from pathlib import Path
 from .catalog import Entry, scan
 from .errors import BadInputError
 from .naming import GROUP_OF, Kind
+from .storage import is_url, location
 
 # Report order of the kinds (as a person groups them), and the order in which a shared inode
 # is attributed: the file that holds the data first, the names that link to it after.
@@ -81,7 +82,7 @@ class Usage:
     directory: Path
     kinds: dict[str, KindUsage]
     counts: dict[str, int]  # files per layout kind (``Kind`` values), for the summary line
-    filesystem: FilesystemUsage
+    filesystem: FilesystemUsage | None  # None for an object store: no capacity, no free space
     projection: Projection
     checkpoint_bytes: int  # on-disk bytes of checkpoint files (not partial/other), inodes once
     total: KindUsage = field(init=False)
@@ -98,14 +99,15 @@ class Usage:
 def measure(directory: str | os.PathLike[str]) -> Usage:
     """Scan ``directory`` (names and stat) and its file system; BadInputError for a bad directory."""
     entries = scan(directory)
-    path = Path(directory)
+    path = location(directory)
     kinds = _by_kind(entries)
     counts: dict[str, int] = {}
     for entry in entries:
         counts[entry.kind.value] = counts.get(entry.kind.value, 0) + 1
     checkpoint_inodes = {e.inode: e.allocated_bytes or e.size_bytes for e in entries if e.parsed.is_checkpoint}
-    filesystem = filesystem_usage(path)
-    return Usage(path, kinds, counts, filesystem, project(entries, filesystem.free_bytes), sum(checkpoint_inodes.values()))
+    filesystem = None if is_url(path) else filesystem_usage(path)
+    free = filesystem.free_bytes if filesystem is not None else None
+    return Usage(path, kinds, counts, filesystem, project(entries, free), sum(checkpoint_inodes.values()))
 
 
 def _by_kind(entries: list[Entry]) -> dict[str, KindUsage]:
@@ -131,8 +133,10 @@ def filesystem_usage(directory: Path) -> FilesystemUsage:
     )
 
 
-def project(entries: list[Entry], free_bytes: int) -> Projection:
+def project(entries: list[Entry], free_bytes: int | None) -> Projection:
     """Saves that fit in ``free_bytes``: the newest rolling (else latest, emergency) file sets the size.
+
+    ``free_bytes`` None (an object store): the sizes are still given, the counts that fit are None.
 
     ``entries`` must be in :func:`ckptctl.catalog.scan` order (kind, then step/epoch/timestamp).
     """
@@ -147,9 +151,9 @@ def project(entries: list[Entry], free_bytes: int) -> Projection:
     return Projection(
         checkpoint_bytes=current.size_bytes if current is not None else None,
         rolling_save_bytes=rolling_save,
-        rolling_saves_fit=free_bytes // rolling_save if rolling_save else None,
+        rolling_saves_fit=free_bytes // rolling_save if rolling_save and free_bytes is not None else None,
         epoch_bytes=epoch_bytes,
-        epochs_fit=free_bytes // epoch_bytes if epoch_bytes else None,
+        epochs_fit=free_bytes // epoch_bytes if epoch_bytes and free_bytes is not None else None,
     )
 
 
@@ -164,10 +168,8 @@ def summary_line(usage: Usage) -> str:
     import humanize
 
     kinds = ", ".join(f"{usage.counts.get(kind.value, 0)} {kind.value}" for kind in SUMMARY_KINDS)
-    return (
-        f"Checkpoint storage: {humanize.naturalsize(usage.checkpoint_bytes, binary=True)} ({kinds}) — "
-        f"{humanize.naturalsize(usage.filesystem.free_bytes, binary=True)} free"
-    )
+    free = "n/a" if usage.filesystem is None else humanize.naturalsize(usage.filesystem.free_bytes, binary=True)
+    return f"Checkpoint storage: {humanize.naturalsize(usage.checkpoint_bytes, binary=True)} ({kinds}) — {free} free"
 
 
 def storage_summary(directory: str | os.PathLike[str]) -> str:
@@ -183,8 +185,12 @@ class FreeThreshold:
     percent: float | None = None
     bytes: int | None = None
 
-    def crossed(self, filesystem: FilesystemUsage) -> bool:
-        """True when free space is below the threshold (the cron alert condition)."""
+    def crossed(self, filesystem: FilesystemUsage | None) -> bool:
+        """True when free space is below the threshold (the cron alert condition).
+
+        An object store has no free space to fall short of: asking is bad input."""
+        if filesystem is None:
+            raise BadInputError("--warn-free needs a file system: an object store has no free space to check")
         if self.percent is not None:
             return filesystem.free_percent < self.percent
         return filesystem.free_bytes < (self.bytes or 0)

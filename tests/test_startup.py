@@ -1,4 +1,5 @@
-"""Startup: --help, list, inspect and shell completion never import torch or numpy (fresh interpreter each)."""
+"""Startup: --help, list, inspect and shell completion never import torch or numpy (fresh interpreter each),
+and nothing local imports fsspec or s3fs (object storage is imported only for a URL)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-heavy = sorted(m for m in ("torch", "numpy") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "numpy", "fsspec", "s3fs") if m in sys.modules)
 os.write(2, ("\\nPROBE " + json.dumps({"code": code, "heavy": heavy}) + "\\n").encode())
 """
 
@@ -50,6 +51,12 @@ def test_inspect_imports_neither_torch_nor_numpy(ckpt_dir):
     probe = _run(["inspect", str(ckpt_dir / "latest.pt"), "--tensors"])
     assert probe["code"] == 0 and "AdamW" in probe["stdout"] and "numpy" in probe["stdout"]  # the RNG state names it
     assert probe["heavy"] == []
+
+
+def test_list_of_a_url_imports_neither_torch_nor_numpy(s3_layout, s3_endpoint):
+    probe = _run(["list", s3_layout[1]], env=s3_endpoint.env)
+    assert probe["code"] == 0 and "latest.pt" in probe["stdout"]
+    assert probe["heavy"] == ["fsspec", "s3fs"]
 
 
 def test_completion_imports_neither_torch_nor_numpy():

@@ -37,7 +37,10 @@ def compare_command(
 ) -> None:
     """Compare checkpoints A and B: metadata, args, keys, tensor inventory, optimizer; --values for tensor values."""
     from ..compare import compare, compare_values
+    from ..storage import refuse_url
 
+    refuse_url(a, "compare")
+    refuse_url(b, "compare")
     comparison = compare(a, b)
     if values:
         with _ProgressBar(comparison) as progress:

@@ -60,8 +60,8 @@ def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dic
         "total": {**_kind_json(usage.total), "hard_links_counted_once": True},
         "checkpoint_bytes": usage.checkpoint_bytes,
         "counts": usage.counts,
-        "filesystem": {"total_bytes": fs.total_bytes, "used_bytes": fs.used_bytes, "free_bytes": fs.free_bytes,
-                       "free_percent": round(fs.free_percent, 2)},  # fmt: skip
+        "filesystem": None if fs is None else {"total_bytes": fs.total_bytes, "used_bytes": fs.used_bytes,
+                                               "free_bytes": fs.free_bytes, "free_percent": round(fs.free_percent, 2)},  # fmt: skip
         "projection": {
             "checkpoint_bytes": projection.checkpoint_bytes,
             "rolling_save_bytes": projection.rolling_save_bytes,
@@ -97,8 +97,11 @@ def _notes(usage: Usage) -> list[str]:
     if usage.total.linked_files:
         notes.append(f"Hard links counted once: {usage.total.linked_files} names share their data with another file "
                      "(counted under the kind that owns the data).")  # fmt: skip
-    notes.append(f"File system: {render.size(fs.total_bytes)} total, {render.size(fs.used_bytes)} used, "
-                 f"{render.size(fs.free_bytes)} free ({fs.free_percent:.1f}%).")  # fmt: skip
+    if fs is None:
+        notes.append("File system: n/a (object storage has no capacity or free space to report).")
+    else:
+        notes.append(f"File system: {render.size(fs.total_bytes)} total, {render.size(fs.used_bytes)} used, "
+                     f"{render.size(fs.free_bytes)} free ({fs.free_percent:.1f}%).")  # fmt: skip
     notes.append(_projection_note(usage))
     notes.append(summary_line(usage))
     return notes
@@ -106,6 +109,8 @@ def _notes(usage: Usage) -> list[str]:
 
 def _projection_note(usage: Usage) -> str:
     p = usage.projection
+    if usage.filesystem is None and p.rolling_save_bytes:
+        return f"One rolling save takes {render.size(p.rolling_save_bytes)} (object storage: no free space to project into)."
     if p.rolling_saves_fit is None:
         return "No checkpoint yet to project from."
     text = f"Room for {p.rolling_saves_fit} more rolling saves ({render.size(p.rolling_save_bytes)} each"
@@ -137,9 +142,10 @@ def _rich_report(usage: Usage) -> None:
     table.add_row(*_cells(usage.total), "", style="bold")
     console.print(table)
     fs = usage.filesystem
-    bar = Text("disk ")  # filled: everything that is not free for us (used, and blocks reserved for root)
-    bar.append(_bar(fs.total_bytes - fs.free_bytes, fs.total_bytes, 2 * BAR_WIDTH), style="red" if fs.free_percent < 10 else "green")
-    bar.append(f" {100 - fs.free_percent:.0f}% full, {render.size(fs.free_bytes)} free")
-    console.print(bar)
+    if fs is not None:  # an object store has no disk to fill
+        bar = Text("disk ")  # filled: everything that is not free for us (used, and blocks reserved for root)
+        bar.append(_bar(fs.total_bytes - fs.free_bytes, fs.total_bytes, 2 * BAR_WIDTH), style="red" if fs.free_percent < 10 else "green")
+        bar.append(f" {100 - fs.free_percent:.0f}% full, {render.size(fs.free_bytes)} free")
+        console.print(bar)
     for note in _notes(usage):
         console.print(Text(note))

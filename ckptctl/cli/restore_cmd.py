@@ -43,7 +43,10 @@ def restore_command(
     (DCP) directory the latest symlink is re-pointed and best_model/ is replaced by a copied directory.
     """
     from ..restore import execute
+    from ..storage import refuse_url
 
+    refuse_url(directory, "restore")
+    refuse_url(source, "restore")
     plan = _plan(directory, source, to, rollback_best, discard, mode)
     if not json_output:
         _Report().plan(plan)

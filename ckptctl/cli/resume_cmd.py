@@ -57,7 +57,10 @@ def resume_command(
 ) -> None:
     """Print the command line that resumes training from CHECKPOINT with every saved hyperparameter."""
     from ..resume import build_resume_command
+    from ..storage import refuse_url
 
+    refuse_url(checkpoint, "resume-cmd")
+    refuse_url(directory, "resume-cmd")
     result = build_resume_command(
         checkpoint,
         directory=directory,
