@@ -121,13 +121,13 @@ def _read_zip(path: Path, fh: BinaryIO, size: int, with_spans: bool = True) -> C
         raise UnsafeCheckpoint([], reason="suspicious container: " + "; ".join(container.suspicious))
     root, storages = safe_loads(read_record(fh, container.pickle_record))
     spans: dict[str, Span] = {}
-    for key, storage in storages.items():
+    for key, ref in storages.items():
         record = container.storage_record(key)
         if record is None:
             raise UnreadableCheckpoint(f"missing record data/{key}")
-        if record.size != storage.nbytes:
+        if record.size != ref.nbytes:
             raise UnreadableCheckpoint(
-                f"record data/{key} holds {record.size} bytes, the pickle expects {storage.nbytes}"
+                f"record data/{key} holds {record.size} bytes, the pickle expects {ref.nbytes}"
             )
         if with_spans:
             spans[key] = Span(key, record.data_offset, record.size, record.crc32)
@@ -186,16 +186,16 @@ def _legacy_spans(fh: BinaryIO, keys: list[str], storages: dict[str, StorageRef]
     spans: dict[str, Span] = {}
     pos = fh.tell()
     for key in keys:
-        storage = storages.get(key)
-        if storage is None:
+        ref = storages.get(key)
+        if ref is None:
             raise UnreadableCheckpoint(f"legacy storage {key} is not referenced by the pickle")
         header = pread(fh, pos, 8)
         if len(header) < 8:
             raise UnreadableCheckpoint(f"truncated: legacy storage {key} missing")
         numel = int.from_bytes(header, "little", signed=True)
-        if numel != storage.numel:
-            raise UnreadableCheckpoint(f"legacy storage {key}: {numel} elements in file, {storage.numel} expected")
-        nbytes = numel * DTYPE_ITEMSIZE[storage.dtype]
+        if numel != ref.numel:
+            raise UnreadableCheckpoint(f"legacy storage {key}: {numel} elements in file, {ref.numel} expected")
+        nbytes = numel * DTYPE_ITEMSIZE[ref.dtype]
         spans[key] = Span(key, pos + 8, nbytes, None)
         pos += 8 + nbytes
     if pos > size:
