@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Annotated
 
@@ -28,6 +27,8 @@ def demo_command(
     from ..listing import list_checkpoints
     from . import list_cmd
 
+    import logging
+
     path = prepare_directory(directory, force)
     with _manager_log_to_stderr(logging.ERROR if json_output else logging.INFO):
         result = run_demo(path, steps=steps, on_event=None if json_output else _progress)
@@ -46,17 +47,20 @@ class _manager_log_to_stderr:
     """Show the library's storage line and its warnings on stderr while the demo runs (the rest is in the events)."""
 
     def __init__(self, level: int):
+        import logging  # only the demo logs: kept out of every other command's start-up
+
         self.logger = logging.getLogger("ckptctl")
         self.handler = logging.StreamHandler(sys.stderr)
         self.handler.setFormatter(logging.Formatter("  %(name)s: %(message)s"))
         self.handler.setLevel(level)
         self.handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.getMessage().startswith("Checkpoint storage"))
         self.level = level
+        self.warning = logging.WARNING
 
     def __enter__(self) -> None:
         self.previous = self.logger.level
         self.logger.addHandler(self.handler)
-        self.logger.setLevel(min(self.level, self.previous or logging.WARNING))
+        self.logger.setLevel(min(self.level, self.previous or self.warning))
 
     def __exit__(self, *exc: object) -> None:
         self.logger.removeHandler(self.handler)

@@ -6,7 +6,6 @@ Also the one table that maps core exceptions to a single line on stderr and an e
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import traceback
@@ -79,6 +78,8 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 def print_json(document: Any) -> None:
     """One JSON document on stdout."""
+    import json  # only for --json: kept out of the other reports' start-up
+
     json.dump(document, sys.stdout, indent=2, default=_json_default, ensure_ascii=False)
     sys.stdout.write("\n")
 
