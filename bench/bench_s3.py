@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--crc", action="store_true", help="also validate at the default level (streams every byte)")
+    parser.add_argument("--latency-ms", type=float, default=20.0,
+                        help="round trip added per request for the concurrency comparison (0: skip it)")  # fmt: skip
     options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_s3_"))
@@ -75,9 +77,34 @@ def main() -> None:
             if label == "list":
                 share = served / total
         print(f"target: list reads <= 1% of the object bytes: {share:.3%} -> {'PASS' if share <= 0.01 else 'FAIL'}")
+        if options.latency_ms:
+            compare_concurrency(endpoint, url, options.latency_ms / 1000, options.runs)
     finally:
         endpoint.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def compare_concurrency(endpoint, url: str, latency: float, runs: int) -> None:
+    """``list`` in this process with a round trip added to every request (loopback has none): the
+    listing's concurrent reads (ckptctl.listing.REMOTE_READERS) against one object at a time."""
+    sys.path.insert(0, str(ROOT))
+    from ckptctl import listing
+
+    os.environ.update(endpoint.env)
+    default, times = listing.REMOTE_READERS, {}
+    endpoint.proxy.latency = latency
+    try:
+        for _ in range(runs):
+            for readers in (1, default):
+                listing.REMOTE_READERS = readers
+                start = time.perf_counter()
+                listing.list_checkpoints(url)
+                times.setdefault(readers, []).append(time.perf_counter() - start)
+    finally:
+        listing.REMOTE_READERS, endpoint.proxy.latency = default, 0.0
+    one, many = min(times[1]), min(times[default])
+    print(f"list with {latency * 1000:.0f} ms added per request (in-process, best of {runs}): one object at a time "
+          f"{one:.2f} s, {default} at once {many:.2f} s -> {one / many:.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

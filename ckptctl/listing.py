@@ -17,6 +17,7 @@ from .storage import is_url, location
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SORT_KEYS = ("kind", "step", "name", "size", "time", "val_loss")
 JSON_KIND = {Kind.PARTIAL: "other"}
+REMOTE_READERS = 8  # files of an object store read at once by a listing
 
 
 @dataclass
@@ -104,17 +105,30 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
     total = _total_bytes(entries)
     local = None if is_url(directory) else Path(directory)  # objects in a store have no stat identity
     cache = ListingCache(local, enabled=use_cache)
-    rows = []
+    listed = []
     for entry in entries:
         if entry.kind is Kind.OTHER and not entry.name.endswith(CHECKPOINT_SUFFIXES):
             continue
         if wanted and entry.kind not in wanted:
             cache.get(entry)  # kept in the cache for the next, unfiltered, listing
             continue
-        rows.append(Row(entry, _facts(entry, cache)))
+        listed.append(entry)
+    if local is None:
+        _read_concurrently([entry for entry in listed if entry.kind is not Kind.PARTIAL])
+    rows = [Row(entry, _facts(entry, cache)) for entry in listed]
     cache.save()
     rows.sort(key=_sort_key(sort))
     return Listing(location(directory), rows, total)
+
+
+def _read_concurrently(entries: list[Entry]) -> None:
+    """Object stores: reading a file costs a few round trips, so several files are read at once
+    (each Entry keeps what it read). Threads suffice: they wait on the network, not the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(REMOTE_READERS) as pool:
+        for _ in pool.map(lambda entry: entry.read(spans=False), entries):
+            pass
 
 
 def _facts(entry: Entry, cache: ListingCache) -> Facts:

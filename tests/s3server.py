@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 CLIENT_ENV = {
@@ -24,10 +25,15 @@ CLIENT_ENV = {
 
 
 class CountingProxy:
-    """Forward TCP connections to ``target``; count the bytes sent back (responses: headers + bodies)."""
+    """Forward TCP connections to ``target``; count the bytes sent back (responses: headers + bodies).
 
-    def __init__(self, target: tuple[str, int]):
+    ``latency`` seconds are added before each request is forwarded: loopback has no round trip,
+    a real bucket has tens of milliseconds of it (bench/bench_s3.py --latency-ms).
+    """
+
+    def __init__(self, target: tuple[str, int], latency: float = 0.0):
         self.target = target
+        self.latency = latency
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.bytes_served = 0
@@ -62,6 +68,8 @@ class CountingProxy:
                 elif data[:4] in (b"GET ", b"HEAD", b"PUT ", b"POST", b"DELE"):
                     with self._lock:
                         self.requests += 1
+                    if self.latency:
+                        time.sleep(self.latency)
                 sink.sendall(data)
         except OSError:
             pass
@@ -79,14 +87,14 @@ class CountingProxy:
 class Endpoint:
     """moto's S3 server on loopback behind a CountingProxy; ``env`` is what a client process needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log on stderr
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
-        self.proxy = CountingProxy((host, port))
+        self.proxy = CountingProxy((host, port), latency)
         self.url = f"http://127.0.0.1:{self.proxy.port}"
         self.env = {**CLIENT_ENV, "AWS_ENDPOINT_URL": self.url}
 

@@ -49,6 +49,25 @@ def test_list_plain_report_names_the_url(s3_layout):
     assert "14 files, total storage" in result.stdout
 
 
+def test_list_of_a_url_reads_several_objects_at_once(s3_layout, monkeypatch):
+    import threading
+
+    from ckptctl import catalog
+
+    threads: set[int] = set()
+    real = catalog.read_checkpoint
+
+    def recording(path, **kwargs):
+        if str(path).startswith("s3://"):
+            threads.add(threading.get_ident())
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(catalog, "read_checkpoint", recording)
+    here, there = both(["list", "--json"], *s3_layout, position=1)
+    assert there == here
+    assert len(threads) > 1  # the objects were read by several threads
+
+
 def test_list_of_a_url_neither_uses_nor_writes_the_listing_cache(s3_layout, tmp_path, monkeypatch):
     from ckptctl import listing_cache
 
