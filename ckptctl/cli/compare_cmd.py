@@ -10,7 +10,7 @@ import typer
 from ..errors import EXIT_FINDINGS, EXIT_OK
 from . import render
 from .options import JsonOpt
-from .output import handle_errors, out_console, print_json, print_table, stderr_is_terminal, stdout_is_terminal
+from .output import handle_errors, out_console, print_json, print_line, print_table, stderr_is_terminal, stdout_is_terminal, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
     from ..compare import Comparison
@@ -104,12 +104,7 @@ class _Report:
         self.line(f"result: {verdict} at the {c.level} level")
 
     def line(self, text: str = "") -> None:
-        if self.console is not None:
-            from rich.text import Text
-
-            self.console.print(Text(text))
-        else:
-            print(text)
+        print_line(text, self.console)
 
     def table(self, title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         print_table(self.console, title, headers, rows)
@@ -185,7 +180,7 @@ class _Report:
         for name, reason in list(v.not_compared.items())[:LIST_LIMIT]:
             self.line(f"  not compared: {name}: {reason}")
         for note in v.notes:
-            print(f"ckptctl: {note}", file=sys.stderr)
+            warn(note)
 
 
 def _value(value: Any) -> str:

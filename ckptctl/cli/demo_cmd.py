@@ -9,6 +9,7 @@ import typer
 
 from .options import JsonOpt
 from .output import handle_errors, print_json
+from .render import display_text
 
 
 @handle_errors
@@ -35,12 +36,23 @@ def demo_command(
     if json_output:
         print_json({**result.to_json(), "checkpoints": list_checkpoints(path).to_json()["checkpoints"]})
         return
-    print(f"ckptctl demo: done. Try: ckptctl inspect {path}/latest.pt", file=sys.stderr)
+    print(f"ckptctl demo: done. Try: ckptctl inspect {display_text(path)}/latest.pt", file=sys.stderr)
     list_cmd.list_command(str(path))
 
 
 def _progress(message: str) -> None:
-    print(f"ckptctl demo: {message}", file=sys.stderr)
+    print(f"ckptctl demo: {display_text(message)}", file=sys.stderr)
+
+
+def _escaping_formatter(fmt: str):
+    """A logging formatter whose records come out as one escaped line (messages name files in DIR)."""
+    import logging
+
+    class EscapingFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return display_text(super().format(record))
+
+    return EscapingFormatter(fmt)
 
 
 class _manager_log_to_stderr:
@@ -51,7 +63,7 @@ class _manager_log_to_stderr:
 
         self.logger = logging.getLogger("ckptctl")
         self.handler = logging.StreamHandler(sys.stderr)
-        self.handler.setFormatter(logging.Formatter("  %(name)s: %(message)s"))
+        self.handler.setFormatter(_escaping_formatter("  %(name)s: %(message)s"))
         self.handler.setLevel(level)
         self.handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.getMessage().startswith("Checkpoint storage"))
         self.level = level

@@ -119,7 +119,7 @@ def _projection_note(usage: Usage) -> str:
 
 
 def _plain_report(usage: Usage) -> str:
-    return "\n".join([plain_table(HEADERS, _rows(usage)), *_notes(usage)])
+    return "\n".join([plain_table(HEADERS, _rows(usage)), *map(render.display_text, _notes(usage))])
 
 
 def _bar(part: int, whole: int, width: int = BAR_WIDTH) -> str:
@@ -132,7 +132,7 @@ def _rich_report(usage: Usage) -> None:
     from rich.text import Text
 
     console = out_console()
-    table = Table(title=f"Disk usage of {usage.directory}", title_justify="left", header_style="bold")
+    table = Table(title=Text(f"Disk usage of {render.display_text(usage.directory)}"), title_justify="left", header_style="bold")
     for header in HEADERS:
         table.add_column(header, justify="left" if header == "kind" else "right")
     table.add_column("share", no_wrap=True, min_width=BAR_WIDTH)

@@ -35,7 +35,7 @@ def inspect_command(
 def _print_report(report: dict) -> None:
     lines = [f"{report['name']}  ({report['kind']}, {render.size(report['size_bytes'])}, {report['format'] or '?'} format)"]
     if report["status"] != "ok":
-        print("\n".join(lines))
+        _print_lines(lines)
         return
     for key in ("step", "epoch", "train_loss", "val_loss", "checkpoint_type", "saved_at"):
         lines.append(f"  {key:<16}{render.short(report[key]) if report[key] is not None else '-'}")
@@ -59,7 +59,12 @@ def _print_report(report: dict) -> None:
         lines.append(f"tensors ({len(report['tensors'])})")
         for t in report["tensors"]:
             lines.append(f"  {t['name']:<48} {t['dtype']:<10} {list(t['shape'])}")
-    print("\n".join(lines))
+    _print_lines(lines)
+
+
+def _print_lines(lines: list[str]) -> None:
+    """Each line escaped on its own: names, keys and values inside come from the file."""
+    print("\n".join(map(render.display_text, lines)))
 
 
 def _section(lines: list[str], title: str, value) -> None:

@@ -72,13 +72,13 @@ def _cells(row: Row) -> list[str]:
     data = row.to_json()
     status = row.status if not row.error else f"{row.status}: {row.error}"
     return [
-        row.entry.name,
+        render.display_text(row.entry.name),
         render.number(data["step"]),
         render.number(data["epoch"]),
         render.number(data["val_loss"]),
         render.size(row.entry.size_bytes),
         render.age(row.saved_at) if data["saved_at"] else "-",
-        status,
+        render.display_text(status),
     ]
 
 
@@ -106,7 +106,7 @@ def _rich_report(listing: Listing, grouped: bool) -> None:
     from ..naming import GROUP_OF
 
     console = out_console()
-    console.print(Text(f"AVAILABLE CHECKPOINTS in {listing.directory}", style="bold"))
+    console.print(Text(f"AVAILABLE CHECKPOINTS in {render.display_text(listing.directory)}", style="bold"))
     groups: dict[str, list[Row]] = {}
     for row in listing.rows:
         groups.setdefault(GROUP_OF[row.kind] if grouped else "all", []).append(row)

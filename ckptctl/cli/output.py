@@ -1,6 +1,11 @@
 """Where output goes: data to stdout, everything else to stderr; Rich on a terminal, plain when piped.
 
 Also the one table that maps core exceptions to a single line on stderr and an exit code.
+
+Every helper here passes text through :func:`render.display_text` on its way out: names, keys,
+values and error messages come from files an attacker may have written, so control characters
+are shown escaped (``\\x1b``, ``\\r``) instead of reaching the terminal. Commands that build their
+own Rich objects call :func:`styled` (or ``display_text``) for each file-derived string.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import typer
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, CkptctlError
+from .render import display_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,7 +50,7 @@ def confirm_or_exit(question: str, *, refusal: str, declined: str = "nothing cha
     if not can_prompt():
         raise fail(refusal, EXIT_USAGE)
     try:
-        confirmed = typer.confirm(question, default=False, err=True)
+        confirmed = typer.confirm(display_text(question), default=False, err=True)
     except typer.Abort:
         print(f"\nckptctl: interrupted, {declined}", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -54,25 +60,41 @@ def confirm_or_exit(question: str, *, refusal: str, declined: str = "nothing cha
 
 
 def err_console():
-    """A Rich console on stderr (markup off: file names are never interpreted as markup)."""
+    """A Rich console on stderr (markup and emoji codes off: a file named ``[red]x`` or ``:ok:``
+    is shown as it is spelled, never interpreted)."""
     from rich.console import Console
 
-    return Console(stderr=True, markup=False, highlight=False)
+    return Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 
 def out_console():
     from rich.console import Console
 
-    return Console(markup=False, highlight=False)
+    return Console(markup=False, emoji=False, highlight=False)
+
+
+def styled(text: object, style: str = "") -> Any:
+    """A Rich ``Text`` of ``text`` escaped for the terminal (Text is never parsed as markup)."""
+    from rich.text import Text
+
+    return Text(display_text(text), style=style)
+
+
+def print_line(text: object, console: Any = None) -> None:
+    """One line of a report on stdout, escaped: through Rich's ``console`` when given, else plain."""
+    if console is None:
+        print(display_text(text))
+    else:
+        console.print(styled(text))
 
 
 def warn(message: str) -> None:
-    print(f"ckptctl: {message}", file=sys.stderr)
+    print(f"ckptctl: {display_text(message)}", file=sys.stderr)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print one error line on stderr; return the Exit to raise (``raise fail(...)``)."""
-    print(f"ckptctl: error: {message}", file=sys.stderr)
+    print(f"ckptctl: error: {display_text(message)}", file=sys.stderr)
     return typer.Exit(code)
 
 
@@ -130,8 +152,8 @@ def _silence_broken_pipe() -> None:
 
 
 def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Aligned plain-text columns for pipes (no box drawing, no colour)."""
-    rows = [list(map(str, r)) for r in rows]
+    """Aligned plain-text columns for pipes (no box drawing, no colour); every cell escaped."""
+    rows = [list(map(display_text, r)) for r in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
@@ -145,18 +167,18 @@ def plain_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 def print_table(console: Any, title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A titled table on stdout: Rich when ``console`` is given (a terminal), else aligned plain text
     followed by a blank line (so sections stay apart when piped)."""
-    rows = [[str(cell) for cell in row] for row in rows]
+    rows = [[display_text(cell) for cell in row] for row in rows]
     if console is None:
         if title:
-            print(title)
+            print(display_text(title))
         print(plain_table(headers, rows))
         print()
         return
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = Table(title=styled(title) if title else None, title_justify="left", header_style="bold")
     for header in headers:
         table.add_column(header, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(styled, row))
     console.print(table)

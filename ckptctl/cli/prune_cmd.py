@@ -171,5 +171,5 @@ def _print_plan(plan: PrunePlan) -> None:
             table.add_column(header, justify="right" if header in ("step", "size", "age") else "left", style=style,
                              overflow="fold" if header == "name" else "ellipsis")  # fmt: skip
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(render.display_text, row))
         console.print(table)

@@ -1,4 +1,5 @@
-"""Formatting shared by the commands: sizes, ages, inert values as JSON, a val_loss sparkline."""
+"""Formatting shared by the commands: sizes, ages, inert values as JSON, a val_loss sparkline,
+and :func:`display_text`, the one escape every file-derived string passes before a terminal."""
 
 from __future__ import annotations
 
@@ -8,6 +9,27 @@ from typing import Any
 
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
+
+
+def display_text(value: object) -> str:
+    """``value`` as one line that is safe to write to a terminal.
+
+    Names, keys, values and error messages come from files (and file names from directories) that
+    an attacker may have written: a raw ESC, CR, backspace or bidi override in them could repaint
+    the screen, e.g. turn an ``unsafe`` verdict into a green ``ok``. Every character Python's
+    ``repr`` would escape (C0/C1 controls, DEL, newline, tab, format characters such as U+202E or
+    zero-width spaces, line separators, lone surrogates) is shown as that escape: ``\\x1b``,
+    ``\\r``, ``\\n``, ``\\u202e``. Everything else is unchanged, so applying it twice is harmless.
+    JSON output does not use it (``json.dumps`` escapes for itself and keeps the raw value).
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    return repr(char)[1:-1]
 
 
 def size(n: int | None) -> str:
@@ -57,6 +79,7 @@ def short(value: Any, width: int = 60) -> str:
         from ..values import jsonable  # imports the unpickler's classes: only when a value is shown
 
         text = repr(jsonable(value)) if not isinstance(value, str) else value
+    text = display_text(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, BadInputError
 from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
-from .output import confirm_or_exit, handle_errors, out_console, print_json, print_table, stdout_is_terminal
+from .output import confirm_or_exit, handle_errors, out_console, print_json, print_line, print_table, stdout_is_terminal
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
     from ..restore import Action, RestorePlan
@@ -124,12 +124,7 @@ class _Report:
                 self.line(f"skipped {action.target}: {action.note}")
 
     def line(self, text: str) -> None:
-        if self.console is None:
-            print(text)
-        else:
-            from rich.text import Text
-
-            self.console.print(Text(text))
+        print_line(text, self.console)
 
     def table(self, title: str, headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
         rows = list(rows)

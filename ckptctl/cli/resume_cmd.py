@@ -13,7 +13,7 @@ import typer
 
 from . import render
 from .options import JsonOpt
-from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, warn
+from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, styled, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
     from ..resume import ResumeCommand
@@ -83,9 +83,10 @@ def resume_command(
 
 def _cells(result: ResumeCommand) -> list[list[str]]:
     return [
-        [c.key, "-" if c.is_new_key else render.short(c.checkpoint_value), render.short(c.new_value), c.note or ""]
+        [render.display_text(c.key), "-" if c.is_new_key else render.short(c.checkpoint_value),
+         render.short(c.new_value), c.note or ""]
         for c in result.changes
-    ]
+    ]  # fmt: skip
 
 
 def _print_compare(result: ResumeCommand) -> None:
@@ -101,7 +102,7 @@ def _print_compare(result: ResumeCommand) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = Table(title=styled(title), title_justify="left", header_style="bold")
     for header in HEADERS:
         table.add_column(header, overflow="fold")
     for change, cells in zip(result.changes, _cells(result)):

@@ -128,11 +128,11 @@ def _rich_report(report: Report) -> None:
     for result in report.results:
         details = Text()
         for problem in result.problems:
-            details.append(problem + "\n", style="red")
+            details.append(render.display_text(problem) + "\n", style="red")
         for note in result.notes:
-            details.append(f"note: {note}\n", style="dim")
+            details.append(f"note: {render.display_text(note)}\n", style="dim")
         details.rstrip()
-        table.add_row(Text(result.status, style=STYLES[result.status]), Text(str(result.path)),
+        table.add_row(Text(result.status, style=STYLES[result.status]), Text(render.display_text(result.path)),
                       render.size(result.size_bytes), details)  # fmt: skip
     console = out_console()
     console.print(table)
