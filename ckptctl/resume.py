@@ -12,8 +12,19 @@ Rendering follows what an ``argparse`` parser built from the same keys reads bac
 * lists and tuples as ``--key v1 v2`` (``nargs="*"``), an empty list as a bare ``--key``;
 * ``None`` left out, so the script's default (normally ``None``) applies;
 * every token quoted with :func:`shlex.quote`, so the line can be pasted, ``eval``'d or run by
-  ``sh -c``. Values argparse itself cannot read back (``--`` anywhere, a list item that looks like
-  an option) are still printed, with a warning.
+  ``sh -c``. A scalar ``--`` (which argparse cannot read back) is printed with a warning.
+
+The checkpoint is untrusted, and the documented ``eval "$(ckptctl resume-cmd ...)"`` runs what is
+printed, so only what a shell and argparse take as *data* is emitted (:func:`check_word`):
+
+* the script is a path: not empty, not starting with ``-`` (``-c<code>`` would make python run
+  code), no control or invisible characters (nothing in the line can repaint a terminal);
+* every saved key matches :data:`OPTION_KEY`; every value is printable text; a list item never
+  starts with ``-`` unless it is a negative number (argparse would take it for an option).
+
+What the user typed (``--script``, ``--python``, ``--set``) is refused as bad input (exit 2). From
+the checkpoint, a key or value that breaks a rule is left out with a warning, and a recorded script
+or a checkpoint path that does is refused as :class:`UnsafeCheckpoint` (exit 1, nothing printed).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError
+from .errors import BadInputError, UnsafeCheckpoint
 from .metadata import args_dict, as_float, as_int, summarize
 from .reader import read_checkpoint
 from .resolve import Resolution, resolve_target
@@ -42,7 +53,9 @@ TRUE_WORDS = {"true", "1", "yes", "on", "y", "t"}
 FALSE_WORDS = {"false", "0", "no", "off", "n", "f"}
 # argparse (3.11) reads these as numbers, not options, inside an nargs list.
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
-_KEY = re.compile(r"[^\s=\-][^\s=]*")
+# A key we write as --key=value: argparse's own spelling of a long option, nothing a shell or
+# argparse could read as more than one word, an option prefix or a value.
+OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,11 @@ def build_resume_command(
         raise BadInputError(f"unknown boolean style {bool_style!r} (choose from {', '.join(BOOL_STYLES)})")
     resume_flag = _check_flag(resume_flag)
     python_argv = _split_python(python)
+    if script is not None and (why := script_problem(script)):
+        raise BadInputError(f"--script {script!r} {why}")
     resolution = resolve_target(target, directory)
+    if why := check_word(str(resolution.path)):
+        raise UnsafeCheckpoint([], f"unsafe: the checkpoint path {str(resolution.path)!r} {why}; nothing printed")
     meta = summarize(read_checkpoint(resolution.path))
     warnings = resolution.fallback_notes()
     saved, dropped = normalise_args(meta.args)
@@ -184,7 +201,8 @@ def build_resume_command(
         warnings.append("the checkpoint has no saved args: the command carries only the resume flag")
     saved_lrs = [g["lr"] for g in (meta.optimizer.param_groups if meta.optimizer else []) if "lr" in g]
     final, changes = apply_overrides(saved, overrides or [], allow_new, saved_lrs)
-    chosen_script, placeholder = _script(script, final)
+    overridden = {c.key for c in changes}
+    chosen_script, placeholder = _script(script, final, args_dict(meta.args) or {}, overridden, resolution.path)
     if placeholder:
         warnings.append(f"no training script recorded in the checkpoint's args: using the placeholder "
                         f"{PLACEHOLDER_SCRIPT}; set the real one with --script")  # fmt: skip
@@ -203,22 +221,64 @@ def _check_flag(flag: str) -> str:
 
 
 def _split_python(python: str) -> list[str]:
-    """``--python`` may be a launcher with arguments (``torchrun --nproc_per_node 4``)."""
+    """``--python`` may be a launcher with arguments (``torchrun --nproc_per_node 4``); its first
+    word is a program (a path or a name, never an option) and no word holds a control character."""
     try:
         parts = shlex.split(python)
     except ValueError as exc:
         raise BadInputError(f"cannot split --python {python!r}: {exc}") from None
     if not parts:
         raise BadInputError("--python must not be empty")
+    if why := script_problem(parts[0]):
+        raise BadInputError(f"--python: the program {parts[0]!r} {why}")
+    for part in parts[1:]:
+        if why := check_word(part):
+            raise BadInputError(f"--python: {part!r} {why}")
     return parts
 
 
-def _script(script: str | None, args: dict[str, Any]) -> tuple[str, bool]:
-    if script:
-        return script, False
+def check_word(word: str) -> str | None:
+    """Why ``word`` cannot appear in a printed command line, or None.
+
+    Quoting makes any text data to the shell, but a control or invisible character (ESC, CR,
+    newline, U+202E...) would still reach the terminal of whoever reads the line, and could make
+    it look like another command. Python's ``str.isprintable`` is the rule (as for display).
+    """
+    if not word.isprintable():
+        return "holds control or invisible characters"
+    return None
+
+
+def script_problem(script: str) -> str | None:
+    """Why ``script`` is not a plain path to a script, or None.
+
+    The interpreter reads a first word that starts with ``-`` as its own option: ``-c<code>``
+    runs code, ``-m mod`` a module, ``-`` standard input.
+    """
+    if not script:
+        return "is empty"
+    if script.startswith("-"):
+        return "starts with '-': python would read it as an option, not a script path"
+    return check_word(script)
+
+
+def _script(script: str | None, final: dict[str, Any], raw: dict[str, Any], overridden: set[str],
+            checkpoint: Path) -> tuple[str, bool]:  # fmt: skip
+    """``--script``, else the first script key of the args (as overridden, else as saved, even if
+    normalising left it out), else the placeholder. A recorded script that is not a plain path is
+    refused, not replaced: the user has to say which script to run."""
+    if script is not None:
+        return script, False  # checked before anything was read
     for key in SCRIPT_KEYS:
-        if isinstance(args.get(key), str) and args[key]:
-            return args[key], False
+        value = final[key] if key in final else raw.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        if why := script_problem(value):
+            if key in overridden:
+                raise BadInputError(f"--set {key}={value!r}: {why}")
+            raise UnsafeCheckpoint([], f"unsafe: {checkpoint}: the saved {key} {value!r} {why}; "
+                                       "nothing printed (give the script with --script)")  # fmt: skip
+        return value, False
     return PLACEHOLDER_SCRIPT, True
 
 
@@ -228,15 +288,36 @@ def normalise_args(raw: Any) -> tuple[dict[str, Any], list[str]]:
     result: dict[str, Any] = {}
     dropped: list[str] = []
     for key, value in args.items():
-        if not _KEY.fullmatch(key):
+        if not isinstance(key, str) or not OPTION_KEY.fullmatch(key):
             dropped.append(f"saved arg {key!r} is not an option name: left out")
             continue
         plain = _plain(value)
         if plain is _UNSUPPORTED:
             dropped.append(f"saved arg {key!r} ({type(value).__name__}) cannot be given on a command line: left out")
             continue
+        if why := value_problem(plain):
+            dropped.append(f"saved arg {key!r}: {why}: left out")
+            continue
         result[key] = plain
     return result, dropped
+
+
+def value_problem(value: Any) -> str | None:
+    """Why a plain value cannot be written as data on a command line, or None.
+
+    Scalars are written as ``--key=value``, so any printable text is data, even ``-x``. List items
+    are separate words: one starting with ``-`` (other than a negative number) or ``--`` would be
+    read by argparse as an option or the end of options.
+    """
+    if isinstance(value, list):
+        for item in value:
+            text = _list_item(item)
+            if why := check_word(text) or _list_hazard(text):
+                return f"list item {text!r} {why}"
+        return None
+    if isinstance(value, str):
+        return check_word(value)
+    return None
 
 
 _UNSUPPORTED = object()
@@ -271,10 +352,11 @@ def args_to_argv(args: dict[str, Any], bool_style: str = "flag") -> tuple[list[s
             elif bool_style == "optional":
                 tokens.append(f"--no-{key}")
             continue
+        if why := value_problem(value):  # normally caught earlier; never emitted
+            problems.append(f"--{key}: {why}: left out")
+            continue
         if isinstance(value, list):
-            items = [_list_item(v) for v in value]
-            problems += [f"--{key}: list item {i!r} {why}" for i in items if (why := _list_hazard(i))]
-            tokens += [option, *items]
+            tokens += [option, *(_list_item(v) for v in value)]
             continue
         text = _scalar(value)
         if text == "--":
@@ -296,9 +378,9 @@ def _list_item(value: Any) -> str:
 
 def _list_hazard(item: str) -> str | None:
     if item == "--":
-        return "is dropped by argparse"
-    if item.startswith("-") and len(item) > 1 and " " not in item and not _NEGATIVE_NUMBER.match(item):
-        return "looks like an option to argparse and cannot be read back in an nargs list"
+        return "would end argparse's options: the words after it become positionals"
+    if item.startswith("-") and not _NEGATIVE_NUMBER.match(item):
+        return "would be read by argparse as an option"
     return None
 
 
@@ -314,6 +396,8 @@ def apply_overrides(
         if is_new and not allow_new:
             raise BadInputError(_unknown_key_message(key, saved))
         value = coerce(raw, saved.get(key), key)
+        if why := value_problem(value):
+            raise BadInputError(f"--set {key}: {why}")
         final[key] = value
         change = Change(key, saved.get(key), value, is_new)
         _annotate(change, saved_lrs or [])
@@ -326,8 +410,8 @@ def parse_override(text: str) -> tuple[str, str]:
     key = key.strip()
     if not sep or not key:
         raise BadInputError(f"--set expects KEY=VALUE, got {text!r}")
-    if not _KEY.fullmatch(key):
-        raise BadInputError(f"--set: {key!r} is not an option name")
+    if not OPTION_KEY.fullmatch(key):
+        raise BadInputError(f"--set: {key!r} is not an option name (letters, digits, _ . -; not starting with - or a digit)")
     return key, raw
 
 
