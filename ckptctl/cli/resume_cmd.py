@@ -55,7 +55,15 @@ def resume_command(
     ] = "flag",
     json_output: JsonOpt = False,
 ) -> None:
-    """Print the command line that resumes training from CHECKPOINT with every saved hyperparameter."""
+    """Print the command line that resumes training from CHECKPOINT with every saved hyperparameter.
+
+    Only data is printed, since eval runs it: the script is a path (not starting with -), every
+    key an option name ([A-Za-z_][A-Za-z0-9_.-]*) written --key=value, every word shell-quoted
+    and free of control characters, no list item argparse would take for an option. Saved args
+    that break this are left out with a warning; a recorded script or a checkpoint path that does
+    is refused (exit 1, "unsafe: ...", nothing on stdout: give --script); a bad --script,
+    --python or --set is exit 2.
+    """
     from ..resume import build_resume_command
     from ..storage import refuse_url
 

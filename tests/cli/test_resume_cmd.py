@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from ckptctl.cli.app import app
@@ -113,3 +115,130 @@ def test_the_cli_default_python_is_the_cores():
     from ckptctl.cli.resume_cmd import resume_command
 
     assert inspect.signature(resume_command).parameters["python"].default == resume.DEFAULT_PYTHON
+
+
+# --- only data reaches the shell: eval "$(ckptctl resume-cmd ...)" runs what is printed ------------
+
+ARGV_PRINTER = "import json, sys\njson.dump(sys.argv[1:], sys.stdout)\n"
+
+
+def _eval(command: str, cwd, form: str) -> list[str]:
+    """Run the printed line the documented ways (eval, a pipe to bash, sh -c) and return the argv
+    the script received."""
+    import subprocess
+
+    scripts = {"eval": (["bash", "-c", 'eval "$1"', "_", command], None),
+               "pipe": (["bash"], command + "\n"),
+               "sh": (["sh", "-c", command], None)}  # fmt: skip
+    argv, stdin = scripts[form]
+    done = subprocess.run(argv, input=stdin, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _ckpt_with_args(tmp_path, args):
+    return write_checkpoint(tmp_path / "run" / "latest.pt", {"step": 3, "args": args})
+
+
+HOSTILE_SCRIPTS = ["-cimport os; open('MARKER', 'w')", "-mhttp.server", "--foo", "-", "",
+                   "train.py\n; touch MARKER", "a\x1b[2Jb.py", "t\rrain.py", "x\u202eyp.py"]  # fmt: skip
+
+
+@pytest.mark.parametrize("script", HOSTILE_SCRIPTS)
+def test_a_saved_script_that_is_not_a_path_is_refused(tmp_path, script):
+    ckpt = _ckpt_with_args(tmp_path, {"script": script, "lr": 0.1})
+    result = invoke(str(ckpt))
+    if script == "":  # an empty script is no script: the placeholder, with its warning
+        assert result.exit_code == 0 and "placeholder" in result.stderr
+        return
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "unsafe: " in result.stderr and "--script" in result.stderr
+    assert result.stderr.isprintable() or result.stderr[:-1].isprintable()
+    # the user naming the script is the way out; the saved one still travels as inert --script=...
+    (tmp_path / "run" / "t.py").write_text(ARGV_PRINTER)
+    result = invoke(str(ckpt), "--script", "t.py", "--python", sys.executable)
+    if not script.isprintable():
+        assert result.exit_code == 0 and "saved arg 'script'" in result.stderr and "left out" in result.stderr
+        expected = ["--lr=0.1", f"--resume={ckpt}"]
+    else:
+        expected = [f"--script={script}", "--lr=0.1", f"--resume={ckpt}"]
+    assert _eval(result.stdout, tmp_path / "run", "eval") == expected
+    assert not (tmp_path / "run" / "MARKER").exists()
+
+
+SHELL_HOSTILE_PATHS = ["$(touch MARKER)", "a;touch MARKER", "`touch MARKER`", "x' ; touch MARKER; '", "b c.py",
+                       '"; touch MARKER; "', "*", "~root", "$HOME"]  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["eval", "pipe", "sh"])
+@pytest.mark.parametrize("script", SHELL_HOSTILE_PATHS)
+def test_a_script_path_with_shell_syntax_is_data(tmp_path, script, form):
+    """A path is a path however it is spelled: the shell runs that file, never the text in its name."""
+    ckpt = _ckpt_with_args(tmp_path, {"train_script": script, "lr": 0.1})
+    (tmp_path / "run" / script).write_text(ARGV_PRINTER)  # the file the name names: it prints its argv
+    result = invoke(str(ckpt), "--python", sys.executable)
+    assert result.exit_code == 0, result.output
+    argv = _eval(result.stdout, tmp_path / "run", form)
+    assert argv == [f"--train_script={script}", "--lr=0.1", f"--resume={ckpt}"]
+    assert not (tmp_path / "run" / "MARKER").exists()
+
+
+def test_hostile_keys_are_left_out_and_hostile_values_stay_data(tmp_path):
+    args = {
+        "a;b": 1, "-x": 2, "x y": 3, "": 4, "1st": 5, "$(touch MARKER)": 6, "--evil": 7, "k=v": 8, "é": 9,
+        "q": "'; touch MARKER; '", "d": "$(touch MARKER)", "b": "`touch MARKER`", "opt": "--help", "neg": "-x",
+        "nl": "a\nb", "esc": "a\x1b[2Jb", "bidi": "a\u202eb",
+        "items": ["ok", "$(touch MARKER)", "-1", "-2.5"], "optlist": ["a", "-x"], "endlist": ["--", "--evil"],
+        "lr": 0.1, "ok.key-1": "v",
+    }  # fmt: skip
+    ckpt = _ckpt_with_args(tmp_path, args)
+    (tmp_path / "run" / "t.py").write_text(ARGV_PRINTER)
+    result = invoke(str(ckpt), "--script", "t.py", "--python", sys.executable)
+    assert result.exit_code == 0, result.output
+    expected = ["--q='; touch MARKER; '", "--d=$(touch MARKER)", "--b=`touch MARKER`", "--opt=--help", "--neg=-x",
+                "--items", "ok", "$(touch MARKER)", "-1", "-2.5", "--lr=0.1", "--ok.key-1=v", f"--resume={ckpt}"]  # fmt: skip
+    for form in ("eval", "pipe", "sh"):
+        assert _eval(result.stdout, tmp_path / "run", form) == expected
+    assert not (tmp_path / "run" / "MARKER").exists()
+    left_out = [line for line in result.stderr.splitlines() if "left out" in line]
+    assert len(left_out) == 14  # 9 keys, 3 values with control characters, 2 lists
+    for key in ("a;b", "-x", "x y", "", "1st", "$(touch MARKER)", "--evil", "k=v", "é", "nl", "esc", "bidi",
+                "optlist", "endlist"):  # fmt: skip
+        assert any(repr(key) in line for line in left_out), key
+    assert result.stdout.rstrip("\n").isprintable() and result.stderr.replace("\n", "").isprintable()
+
+
+def test_non_string_keys_of_a_namespace_are_left_out(tmp_path):
+    """A Namespace whose __dict__ a crafted pickle filled with non-str keys."""
+    from tests import hostile
+
+    ns = hostile._global("argparse", "Namespace") + b")\x81" + b"}(" + b"K\x01K\x02" + hostile._str("lr") + b"G?\xb9\x99\x99\x99\x99\x99\x9a" + b"ub"
+    data = b"\x80\x02}(" + hostile._str("step") + b"K\x03" + hostile._str("args") + ns + b"u."
+    ckpt = hostile.torch_zip(tmp_path / "ns.pt", data)
+    result = invoke(str(ckpt), "--script", "t.py", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["argv"][2:-1] == ["--lr=0.1"] and any("left out" in w for w in doc["warnings"])
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [(["--script", "-cimport os"], "starts with '-'"), (["--script", ""], "is empty"),
+     (["--script", "a\nb.py"], "control"), (["--python", "-c 'import os'"], "starts with '-'"),
+     (["--python", "python\x1b[2J"], "control"), (["--python", "torchrun --x\x07"], "control"),
+     (["--set", "a;b=1", "--allow-new"], "not an option name"), (["--set", "-x=1", "--allow-new"], "not an option name"),
+     (["--set", "lr=1", "--set", "note=a\nb", "--allow-new"], "control"),
+     (["--set", "tags=-x y"], "as an option"), (["--set", "tags=[\"--\"]"], "end argparse's options"),
+     (["--set", "script=-cimport os", "--allow-new"], "starts with '-'"), (["--resume-flag", "--r;x"], "not an option name")],
+)  # fmt: skip
+def test_bad_user_input_is_exit_2(ckpt_dir, option, message):
+    result = invoke(str(ckpt_dir / "latest.pt"), *option)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and message in result.stderr
+    assert result.stderr.rstrip("\n").isprintable()
+
+
+def test_a_launcher_with_options_is_fine(ckpt_dir):
+    result = invoke(str(ckpt_dir / "latest.pt"), "--script", "t.py", "--python", "torchrun --nproc_per_node 4")
+    assert result.exit_code == 0 and shlex.split(result.stdout)[:5] == ["torchrun", "--nproc_per_node", "4", "t.py", "--lr=0.0003"]
