@@ -58,7 +58,7 @@ def _print_report(report: dict) -> None:
     if "tensors" in report:
         lines.append(f"tensors ({len(report['tensors'])})")
         for t in report["tensors"]:
-            lines.append(f"  {t['name']:<48} {t['dtype']:<10} {list(t['shape'])}")
+            lines.append(f"  {render.display_text(t['name']):<48} {t['dtype']:<10} {list(t['shape'])}")
     _print_lines(lines)
 
 
@@ -74,6 +74,6 @@ def _section(lines: list[str], title: str, value) -> None:
     lines.append(title)
     if isinstance(value, dict):
         for key, item in value.items():
-            lines.append(f"  {key:<24}{render.short(item)}")
+            lines.append(f"  {render.display_text(key):<24}{render.short(item)}")  # escaped before padding
     else:
         lines.append(f"  {render.short(value)}")
