@@ -258,7 +258,7 @@ def script_problem(script: str) -> str | None:
     if not script:
         return "is empty"
     if script.startswith("-"):
-        return "starts with '-': python would read it as an option, not a script path"
+        return "starts with '-': it would be read as an option, not as a path"
     return check_word(script)
 
 

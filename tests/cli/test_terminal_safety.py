@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ckptctl.cli import compare_cmd, du_cmd, list_cmd, prune_cmd, restore_cmd, resume_cmd, validate_cmd
@@ -177,6 +179,14 @@ def test_demo_messages_are_escaped(tmp_path):
 def test_display_text_escapes_like_repr(text, shown):
     assert display_text(text) == shown
     assert display_text(shown) == shown  # escaping twice changes nothing
+
+
+@settings(max_examples=int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "200")), deadline=None)
+@given(st.text(st.characters(blacklist_characters="'\"\\")))
+def test_display_text_is_printable_and_matches_repr(text):
+    shown = display_text(text)
+    assert shown.isprintable()
+    assert shown == repr(text)[1:-1]  # without quotes or backslashes in the text, repr adds nothing else
 
 
 def test_every_command_on_a_real_terminal(hostile_dir):
