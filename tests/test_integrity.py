@@ -165,41 +165,47 @@ def test_legacy_format_is_valid_with_a_note(tmp_path):
     assert any("legacy format" in note for note in validate_file(path).notes)
 
 
-def test_step_and_epoch_must_agree_with_the_name(tmp_path):
+def test_step_and_epoch_disagreeing_with_the_name_are_findings_not_damage(tmp_path):
     rolling = write_checkpoint(tmp_path / "rolling_step_015500.pt", step=15000)
-    assert validate_file(rolling).problems == ["step 15000 in file, 15500 in name"]
-    assert validate_file(rolling, QUICK).valid  # name checks belong to the default level
+    result = validate_file(rolling)
+    assert result.valid and result.status == "valid" and not result.failed
+    assert result.findings == ["step 15000 in file, 15500 in name"]
+    assert validate_file(rolling, QUICK).findings == []  # name checks belong to the default level
     epoch = write_checkpoint(tmp_path / "epoch_00007.pt", epoch=6)
-    assert validate_file(epoch).problems == ["epoch 6 in file, 7 in name"]
+    assert validate_file(epoch).findings == ["epoch 6 in file, 7 in name"]
     emergency = write_checkpoint(tmp_path / "emergency_step_000100_20261101_120000.pt", step=100)
-    assert validate_file(emergency).valid
+    assert validate_file(emergency).findings == []
 
 
-def test_required_keys_and_dict_root(tmp_path):
+def test_missing_usual_keys_and_a_non_dict_root_are_findings(tmp_path):
     import torch
 
     state = make_state()
     del state["model"], state["epoch"]
     result = validate_file(write_checkpoint(tmp_path / "latest.pt", state))
-    assert result.problems == ["missing required key 'epoch'", "missing required key 'model'"]
+    assert result.valid and result.problems == [] and result.to_json()["status"] == "valid"
+    assert result.findings == ["missing key 'epoch'", "missing key 'model'"]
     torch.save([1, 2, 3], tmp_path / "best_model.pt")
-    assert validate_file(tmp_path / "best_model.pt").problems == ["not a checkpoint dict: the file holds a list"]
+    listed = validate_file(tmp_path / "best_model.pt")
+    assert listed.valid and listed.findings == ["not a checkpoint dict: the file holds a list"]
     torch.save({"weight": torch.zeros(3)}, tmp_path / "weights.pt")  # not a layout name: no layout checks
     other = validate_file(tmp_path / "weights.pt")
     assert other.valid and any("not a layout name" in note for note in other.notes)
 
 
-def test_deep_reports_nan_and_inf_per_tensor(tmp_path):
+def test_deep_reports_nan_and_inf_per_tensor_as_failing_findings(tmp_path):
     import torch
 
     state = make_state()
     state["model"]["0.weight"][0, :3] = float("nan")
     state["model"]["2.bias"][1] = float("-inf")
     path = write_checkpoint(tmp_path / "latest.pt", state)
-    assert validate_file(path).valid  # values are not read below --deep
+    assert validate_file(path).valid and validate_file(path).finite is None  # values are not read below --deep
     result = validate_file(path, DEEP)
-    assert result.problems == ["tensor model.0.weight: 3 NaN, 0 Inf", "tensor model.2.bias: 0 NaN, 1 Inf"]
+    assert result.findings == ["tensor model.0.weight: 3 NaN, 0 Inf", "tensor model.2.bias: 0 NaN, 1 Inf"]
+    assert result.valid and result.finite is False and result.failed  # intact, but validate exits 1
     assert torch.isnan(state["model"]["0.weight"]).sum() == 3
+    assert validate_file(write_checkpoint(tmp_path / "rolling_step_000100.pt", step=100), DEEP).finite is True
 
 
 def test_count_non_finite_in_chunks(monkeypatch):

@@ -309,7 +309,8 @@ def test_sharded_latest_is_pointed_at_the_newest_valid_and_the_old_link_kept(dcp
         latest.unlink()
         shutil.copytree(dcp_dir / "rolling_step_000300", latest)
         (latest / ".metadata").write_bytes(b"garbage")
-    expected = "rolling_step_000300" if damage in ("missing", "a real directory") else "rolling_step_000200"
+    # Where to resume is the newest valid of any kind: epoch_00001 holds step 300 (saved after rolling 300).
+    expected = "rolling_step_000300" if damage in ("missing", "a real directory") else "epoch_00001"
     plan = plan_heal(dcp_dir, now=NOW)
     (action,) = plan.actions
     assert (action.target, action.source.name, action.how) == ("latest", expected, "pointer")
@@ -333,7 +334,7 @@ def test_sharded_discard_keeps_no_old_link(dcp_dir):
     plan = plan_heal(dcp_dir, discard=True, now=NOW)
     assert plan.actions[0].keep_as is None
     execute(plan)
-    assert os.readlink(dcp_dir / "latest") == "rolling_step_000200"
+    assert os.readlink(dcp_dir / "latest") == "epoch_00001"  # step 300, the newest valid
     assert not [p for p in dcp_dir.iterdir() if ".replaced-" in p.name]
     assert (dcp_dir / "rolling_step_000300").is_dir()  # the directory the link named is not deleted
 
@@ -351,13 +352,13 @@ def test_sharded_damaged_best_is_reported_with_the_rollback_hint_and_nothing_cha
 
 
 def test_sharded_nothing_valid_left_for_latest(dcp_dir):
-    for name in ("rolling_step_000100", "rolling_step_000200", "rolling_step_000300"):
+    for name in ("rolling_step_000100", "rolling_step_000200", "rolling_step_000300", "epoch_00001"):
         (dcp_dir / name / ".metadata").unlink()
     plan = plan_heal(dcp_dir, now=NOW)
     assert plan.actions == []
     assert plan.unrestorable == ["latest is invalid (no .metadata: a sharded save that did not finish) and nothing "
                                  "valid is left to point it at (tried: rolling_step_000300, rolling_step_000200, "
-                                 "rolling_step_000100)"]  # fmt: skip
+                                 "rolling_step_000100, epoch_00001)"]  # fmt: skip
 
 
 @pytest.mark.parametrize("source", ["rolling_step_000100", "latest_backup", "epoch_00001"])

@@ -36,7 +36,7 @@ def test_healthy_directory_exit_0_nothing_to_do(ckpt_dir):
     before = digests(ckpt_dir)
     result = invoke(str(ckpt_dir))
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.rstrip().endswith("nothing to do: latest and best are valid")
+    assert result.stdout.rstrip().endswith("nothing to do: latest.pt and best_model.pt are valid")
     assert digests(ckpt_dir) == before
 
 
@@ -145,11 +145,11 @@ def test_sharded_heal_dry_run_then_yes(dcp_dir):
     (dcp_dir / "rolling_step_000300" / ".metadata").unlink()
     dry = invoke(str(dcp_dir), "--dry-run")
     assert dry.exit_code == 0 and os.readlink(dcp_dir / "latest") == "rolling_step_000300"
-    assert "latest  <- rolling_step_000200  step 200  kept as latest.replaced-" in dry.stdout
+    assert "latest  <- epoch_00001  step 300  kept as latest.replaced-" in dry.stdout  # the newest valid
     result = invoke(str(dcp_dir), "--yes")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.rstrip().endswith("restored latest from rolling_step_000200 (symlink)")
-    assert os.readlink(dcp_dir / "latest") == "rolling_step_000200"
+    assert result.stdout.rstrip().endswith("restored latest from epoch_00001 (symlink)")
+    assert os.readlink(dcp_dir / "latest") == "epoch_00001"
     assert runner.invoke(app, ["validate", str(dcp_dir / "latest")]).exit_code == 0
 
 
