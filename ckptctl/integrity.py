@@ -354,7 +354,7 @@ def _opens(result: FileResult) -> bool:
         os.close(os.open(result.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
     except PermissionError as exc:
         result.inaccessible = True
-        _add(result, f"permission denied: {exc.strerror or exc} (not damage: the file could not be read)")
+        _add(result, "permission denied: the file cannot be opened for reading (not damage)")
         return False
     except OSError as exc:
         if exc.errno == errno.ELOOP:

@@ -127,6 +127,8 @@ def explain(chosen: Entry, entries: list[Entry], unusable: dict[str, str] | None
     step = chosen.effective_step
     this = f"{chosen.name} (step {step if step is not None else 'unknown'})"
     latest = next((e for e in entries if e.kind is Kind.LATEST), None)
+    if latest is None and _latest_name(entries) in unusable:  # a broken link: not in the scan
+        return f"{this} is the newest valid checkpoint; {_latest_name(entries)} is {unusable[_latest_name(entries)]}"
     if latest is None or latest.name == chosen.name:
         where = "" if latest is not None else f" (there is no {_latest_name(entries)})"
         return f"{this} is the newest valid checkpoint{where}"

@@ -98,6 +98,7 @@ class Action:
     mode_used: str | None = None
     note: str | None = None
     how: str = FILE  # FILE: staged copy; sharded (DCP) layout: POINTER re-points a symlink, DIRECTORY copies one
+    broken_link: bool = False  # the target is a dangling or looping symlink (replaced, not kept)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -189,6 +190,9 @@ class _Planner:
             self.verdicts[path] = result
             self.plan.checked.append(Check(path.name, result.valid, list(result.problems), step, result.status,
                                            list(result.findings)))  # fmt: skip
+            if result.inaccessible:  # not damage: never replaced, never used as a source; reported once
+                self.plan.inaccessible.append(f"{path.name}: {'; '.join(result.problems)}; fix its permissions "
+                                              "(restore neither replaces nor uses a file it cannot read)")  # fmt: skip
         return self.verdicts[path]
 
     def replace(self, target: str, source: Path, reason: str, step: int | None = None, how: str = FILE) -> None:
@@ -197,8 +201,11 @@ class _Planner:
         A pointer's identity is the link itself (lstat): a dangling one is kept too, as a record."""
         path = self.directory / target
         identity = _identity(path, follow=how != POINTER)
-        keep_as = None if self.discard or identity is None else self.kept_name(target)
-        self.plan.actions.append(Action(target, source, reason, keep_as, step, identity, _identity(source), how=how))
+        # A broken link to a file holds no data, and a copy of it would point at the healed file: not kept.
+        broken = how == FILE and identity is not None and _broken_link(path) is not None
+        keep_as = None if self.discard or identity is None or broken else self.kept_name(target)
+        self.plan.actions.append(Action(target, source, reason, keep_as, step, identity, _identity(source), how=how,
+                                        broken_link=broken))  # fmt: skip
 
     def kept_name(self, target: str) -> str:
         """``<target>.replaced-<stamp>``, with a counter if that name is taken (never overwrite)."""
@@ -253,10 +260,6 @@ def _state(planner: _Planner, name: str) -> tuple[bool, str]:
         return False, broken
     result = planner.verdict(path)
     if result.inaccessible:
-        message = (f"{name} could not be read ({'; '.join(result.problems)}): fix its permissions; "
-                   "restore does not replace a file it cannot read")  # fmt: skip
-        if message not in planner.plan.inaccessible:
-            planner.plan.inaccessible.append(message)
         return False, "inaccessible"
     return (True, "valid") if result.valid else (False, _invalid(result))
 
@@ -509,11 +512,7 @@ def _execute_action(plan: RestorePlan, action: Action) -> None:
 
 
 def _keep(target: Path, kept: Path) -> None:
-    """A second name for the file about to be replaced: a hard link (a copy where links fail);
-    for a dangling or looping symlink, a symlink with the same contents (a record of where it pointed)."""
+    """A second name for the file about to be replaced: a hard link (a copy where links fail)."""
     if os.path.lexists(kept):
         raise CheckpointError(f"{kept.name} exists already; refusing to overwrite it")
-    if _broken_link(target) is not None:
-        os.symlink(os.readlink(target), kept)
-        return
     durable.link_or_copy(target, kept, durable.LINK)

@@ -93,7 +93,8 @@ def _confirm(plan: RestorePlan) -> None:
 
 def _describe(action: Action) -> list[str]:
     step = f"step {action.step}" if action.step is not None else ""
-    keep = f"kept as {action.keep_as}" if action.keep_as else "(discarded)" if action.target_identity else "(was missing)"
+    keep = (f"kept as {action.keep_as}" if action.keep_as else "(broken link, not kept)" if action.broken_link
+            else "(discarded)" if action.target_identity else "(was missing)")  # fmt: skip
     return [action.target, "<- " + str(action.source.name), step, keep, action.reason]
 
 
@@ -102,6 +103,8 @@ def _verdict(check: Check) -> str:
     if check.valid:
         count = len(check.findings)
         return "valid" + (f" ({count} content finding{'s' if count > 1 else ''}: not damage)" if count else "")
+    if check.status == "inaccessible":
+        return "inaccessible (see below)"  # its reason is printed once, under the tables
     return f"{check.status}: " + "; ".join(check.problems)
 
 

@@ -116,7 +116,7 @@ def _verdict(result: FileResult) -> str:
 
 
 def _summary(report: Report) -> str:
-    line = f"{len(report.results)} checked: {report.valid} valid, {report.invalid} invalid"
+    line = f"{len(report.results)} checked: {report.valid} valid, {report.invalid - report.inaccessible} invalid"
     extras = [f"{report.inaccessible} not readable (permission)" if report.inaccessible else "",
               f"{report.with_findings} with findings" if report.with_findings else ""]  # fmt: skip
     line += "".join(f", {extra}" for extra in extras if extra) + f" ({report.level} level"
