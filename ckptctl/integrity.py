@@ -389,10 +389,10 @@ def _check_level(level: str) -> None:
         raise BadInputError(f"unknown validation level {level!r} (choose from {', '.join(LEVELS)})")
 
 
-def _safe_read(result: FileResult, reader: Callable[[Path], CheckpointFile] = read_checkpoint) -> CheckpointFile | None:
+def _safe_read(result: FileResult, reader: Callable[[Path], CheckpointFile] | None = None) -> CheckpointFile | None:
     """The allowlisted unpickle (and storage-size cross-check); its refusal is the verdict."""
     try:
-        ckpt = reader(result.path)
+        ckpt = (reader or read_checkpoint)(result.path)
     except UnsafeCheckpoint as exc:
         result.unsafe = True
         _add(result, f"unsafe: {exc.reason}")

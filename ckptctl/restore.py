@@ -342,7 +342,10 @@ def _heal_latest(planner: _Planner) -> None:
 
 def _resume_from(planner: _Planner, entry: Entry, unusable: dict[str, str]) -> None:
     """Record where to resume (the entry chosen by the one rule) and why."""
-    planner.plan.resume_from = next(c for c in planner.plan.checked if c.name == entry.name)
+    check = next(c for c in planner.plan.checked if c.name == entry.name)
+    if check.step is None:
+        check.step = entry.effective_step  # latest.pt: its step is in the metadata
+    planner.plan.resume_from = check
     planner.plan.resume_reason = explain(entry, planner.entries, unusable)
 
 

@@ -207,3 +207,43 @@ def test_the_cli_default_mode_is_the_cores():
     from ckptctl.cli.restore_cmd import restore_command
 
     assert inspect.signature(restore_command).parameters["mode"].default == durable.REFLINK
+
+
+# ------------------------------------------ heal damage only, broken links, access (#13, #12)
+
+
+def test_symlink_loop_latest_dry_run_plans_the_heal_without_a_traceback(ckpt_dir):
+    (ckpt_dir / "latest.pt").unlink()
+    (ckpt_dir / "latest.pt").symlink_to("latest.pt")
+    result = invoke(str(ckpt_dir), "--dry-run")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    assert "latest.pt is a symlink loop" in result.stdout and "(broken link, not kept)" in result.stdout
+    assert result.stdout.rstrip().endswith("dry run: 1 replacements planned, nothing changed")
+    assert (ckpt_dir / "latest.pt").is_symlink()
+
+
+def test_manager_checkpoints_without_epoch_need_nothing(tmp_path):
+    from tests.test_integrity import _manager_run_without_epoch
+
+    directory = _manager_run_without_epoch(tmp_path / "run")
+    result = invoke(str(directory), "--dry-run")
+    assert result.exit_code == 0, result.stdout
+    assert "latest.pt  valid (1 content finding: not damage)" in result.stdout and "plan\n" not in result.stdout
+    assert "note: no best model saved yet" in result.stdout and "resume from: latest.pt (step 2)" in result.stdout
+    assert result.stdout.rstrip().endswith("nothing to do: latest.pt is valid")  # never "best is valid"
+    doc = json.loads(invoke(str(directory), "--dry-run", "--json").stdout)
+    assert doc["actions"] == [] and doc["resume_from"]["name"] == "latest.pt"
+
+
+def test_unreadable_latest_is_reported_once_left_alone_exit_2(ckpt_dir):
+    from tests.cli.test_validate import run_without_read_permission
+
+    before = digests(ckpt_dir)
+    result = run_without_read_permission(ckpt_dir, ckpt_dir / "latest.pt", "restore", ".", "--yes")
+    assert result.returncode == 2, result.stderr
+    assert "plan\n" not in result.stdout
+    assert [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith("latest.pt ")] == [
+        "inaccessible (see below)"]
+    assert result.stdout.count("permission denied") == 1 and "fix its permissions" in result.stdout
+    (ckpt_dir / "latest.pt").chmod(0o644)
+    assert digests(ckpt_dir) == before
