@@ -78,10 +78,10 @@ def resume_command(
         return
     for message in result.warnings:
         warn(message)
-    if result.resolution.reason:
-        warn(f"where to resume: {result.resolution.reason}")
     if compare:
         _print_compare(result)
+    if result.resolution.reason:
+        warn(f"where to resume: {result.resolution.reason}")
     print(result.command)
 
 
