@@ -160,8 +160,7 @@ def resume_point(
 ) -> Resolution:
     """Where to resume in ``directory`` (see the module docstring), with the reason; NoCheckpointError
     when no checkpoint is valid. Every candidate passed over is in ``skipped`` with its reason."""
-    resolution = resolve(directory, NEWEST, verdict)
-    return resolution
+    return resolve(directory, NEWEST, verdict)
 
 
 def _safe_reader_verdict(entry: Entry) -> str | None:
