@@ -3,10 +3,19 @@
 - ``quick``: the container's structure and the safe (allowlisted) unpickle of ``data.pkl``, which
   also cross-checks every storage's byte count against its record.
 - ``default``: also the CRC-32 of every record (``data.pkl``, tensor data, the small records),
-  local headers and data descriptors against the central directory, the layout's required keys,
+  local headers and data descriptors against the central directory, the layout's usual keys,
   and the step/epoch in the file against the file name.
 - ``deep``: also ``torch.load(weights_only=True, mmap=True)`` and a NaN/Inf scan of every floating
   tensor. Never reached for a file the safe reader refused, so a hostile pickle never runs.
+
+Two verdicts per file, because they call for different actions: the *integrity* ``status`` (is the
+file intact and safe to read? valid / invalid (damaged or unreadable) / unsafe / inaccessible) and
+content ``findings`` (a usual key missing, step/epoch disagreeing with the name, NaN/Inf at
+``deep``). ``restore`` replaces only what fails integrity; a finding never makes a file "invalid"
+(the manager writes whatever state dict it is given, so a checkpoint without ``epoch`` is intact).
+A file that cannot be opened for lack of permission is ``inaccessible``: not damage, so nothing
+replaces it. :func:`validate_targets` reads each inode once: hard links (``latest.pt``,
+``rolling_step_N.pt``, ``rolling_last_backup.pt`` of one save) share the first path's verdict.
 
 CRC-32 is streamed with ``os.preadv`` into one reused buffer per worker, so memory stays the same
 for a 10 MB and a 500 MB file. Large records are cut into segments that ``jobs`` threads check in
@@ -18,6 +27,8 @@ the GIL) one thread copies while the other checksums. Same polynomial and values
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import itertools
 import mmap
 import os
@@ -25,6 +36,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
+import stat as stat_module
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
@@ -66,7 +78,8 @@ CHUNK_BYTES = 1 << 20  # one preadv; small enough to stay in the CPU cache for t
 # cache 8 MiB segments read ~13% slower than 32 MiB (1.13 against 1.30 GB/s, median of 6 here).
 SEGMENT_BYTES = 32 << 20
 NAN_SCAN_ELEMENTS = 1 << 22  # elements per NaN/Inf chunk: bounds the temporary boolean tensors
-REQUIRED_KEYS = ("step", "epoch", "model")
+USUAL_KEYS = ("step", "epoch", "model")  # what the manager's build_state writes; a missing one is a finding
+REQUIRED_KEYS = USUAL_KEYS  # the old name: nothing is required of a checkpoint's content
 PICKLE_CRC_MISMATCH = "record data.pkl: CRC mismatch"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
@@ -75,7 +88,8 @@ Progress = Callable[[int], None]  # bytes just checked; may be called from worke
 
 @dataclass
 class FileResult:
-    """The verdict for one file: ``valid`` when nothing in ``problems``; ``notes`` never invalidate."""
+    """The verdicts for one file: integrity (``valid`` when nothing in ``problems``) and content
+    ``findings``, which never invalidate; ``notes`` say what was (not) checked."""
 
     path: Path
     level: str
@@ -87,6 +101,10 @@ class FileResult:
     notes: list[str] = field(default_factory=list)
     records_checked: int = 0
     bytes_checked: int = 0
+    findings: list[str] = field(default_factory=list)  # content: a usual key missing, name mismatch, NaN/Inf
+    inaccessible: bool = False  # the file could not be opened (permission): not damage
+    finite: bool | None = None  # deep level: False when a floating tensor holds NaN/Inf; None: not scanned
+    same_file_as: str | None = None  # a hard link of a file checked earlier in the run (not read again)
 
     @property
     def name(self) -> str:
@@ -94,14 +112,22 @@ class FileResult:
 
     @property
     def valid(self) -> bool:
+        """Integrity only: intact, safe and readable. Content findings do not count."""
         return not self.problems
 
     @property
     def status(self) -> str:
-        """valid / invalid / unsafe (a refused pickle is reported as its own status)."""
+        """The integrity verdict: valid / invalid (damaged or unreadable) / unsafe / inaccessible."""
         if self.unsafe:
             return "unsafe"
+        if self.inaccessible:
+            return "inaccessible"
         return "valid" if self.valid else "invalid"
+
+    @property
+    def failed(self) -> bool:
+        """What makes ``validate`` exit 1: damage, an unsafe pickle, or NaN/Inf found at ``deep``."""
+        return self.status in ("invalid", "unsafe") or self.finite is False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,7 +136,10 @@ class FileResult:
             "valid": self.valid,
             "status": self.status,
             "problems": list(self.problems),
+            "findings": list(self.findings),
             "notes": list(self.notes),
+            "finite": self.finite,
+            "same_file_as": self.same_file_as,
             "level": self.level,
             "format": self.format,
             "checksums": self.checksums,
@@ -135,17 +164,36 @@ class Report:
 
     @property
     def invalid(self) -> int:
+        """Files that are not intact, inaccessible ones included (see :attr:`inaccessible`)."""
         return len(self.results) - self.valid
+
+    @property
+    def inaccessible(self) -> int:
+        return sum(r.inaccessible for r in self.results)
+
+    @property
+    def with_findings(self) -> int:
+        return sum(bool(r.findings) for r in self.results)
 
     @property
     def bytes_checked(self) -> int:
         return sum(r.bytes_checked for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any file is damaged or unsafe or (``deep``) holds NaN/Inf; else 2 when any file
+        could not be read (permission: the check is incomplete); else 0, findings or not."""
+        if any(r.failed for r in self.results):
+            return 1
+        return 2 if self.inaccessible else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "results": [r.to_json() for r in self.results],
             "valid": self.valid,
             "invalid": self.invalid,
+            "inaccessible": self.inaccessible,
+            "with_findings": self.with_findings,
             "level": self.level,
             "skipped": [str(p) for p in self.skipped],
             "bytes_checked": self.bytes_checked,
@@ -196,54 +244,125 @@ def validate_paths(
     _check_level(level)
     started = time.perf_counter()
     targets, skipped = collect_targets(paths)
-    results = [validate_file(path, level, jobs=jobs, progress=progress) for path in targets]
+    results = validate_targets(targets, level, jobs=jobs, progress=progress)
     return Report(level, results, skipped, time.perf_counter() - started)
 
 
 def planned_bytes(paths: Iterable[Path], level: str) -> int:
-    """How many bytes a run will read (for a progress bar): the file sizes, except at ``quick``."""
+    """How many bytes a run will read (for a progress bar): the file sizes, each inode once,
+    except at ``quick``."""
     if level == QUICK:
         return 0
     total = 0
+    seen: set[tuple[int, int]] = set()
     for path in paths:
         try:
-            total += (path.size or 0) if is_url(path) else path.stat().st_size  # type: ignore[attr-defined]
+            if is_url(path):
+                total += path.size or 0  # type: ignore[attr-defined]
+                continue
+            info = path.stat()
         except OSError:
             continue
+        if (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            total += info.st_size
     return total
+
+
+def validate_targets(paths: Iterable[str | os.PathLike[str]], level: str = DEFAULT, *, jobs: int = 1,
+                     progress: Progress | None = None) -> list[FileResult]:  # fmt: skip
+    """One verdict per path, in order, reading each inode once.
+
+    A later path naming a file already checked (a hard link or a symlink to it, same st_dev and
+    st_ino) gets that file's integrity verdict, noted as ``same file as <first>``; only its name
+    checks (step/epoch against *its* name) run again, on the pickle already read.
+    """
+    _check_level(level)
+    first: dict[tuple[int, int], tuple[FileResult, CheckpointFile | None]] = {}
+    results = []
+    for path in paths:
+        key = _inode(path)
+        if key is not None and key in first:
+            base, ckpt = first[key]
+            result = _same_file(base, Path(path))  # type: ignore[arg-type]
+        else:
+            result, ckpt = _check_file(path, level, jobs, progress)
+            if key is not None:
+                first[key] = (dataclasses.replace(result, problems=list(result.problems), notes=list(result.notes),
+                                                  findings=list(result.findings)), ckpt)  # fmt: skip
+        if ckpt is not None and level != QUICK:
+            _check_layout(result, ckpt)
+        results.append(result)
+    return results
 
 
 def validate_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: int = 1,
                   progress: Progress | None = None) -> FileResult:  # fmt: skip
     """One file's verdict. Never raises for a damaged or hostile file: every finding is a problem."""
-    _check_level(level)
+    return validate_targets([path], level, jobs=jobs, progress=progress)[0]
+
+
+def _inode(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a local regular file (symlinks followed); None for anything else."""
+    if is_url(path):
+        return None
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (info.st_dev, info.st_ino) if stat_module.S_ISREG(info.st_mode) else None
+
+
+def _same_file(base: FileResult, path: Path) -> FileResult:
+    """The verdict of ``base`` for another name of the same inode, not read again."""
+    return dataclasses.replace(
+        base, path=path, problems=list(base.problems), findings=list(base.findings),
+        notes=[f"same file as {base.name} (one inode, checked once)", *base.notes],
+        same_file_as=base.name, bytes_checked=0,
+    )  # fmt: skip
+
+
+def _check_file(path: str | os.PathLike[str], level: str, jobs: int,
+                progress: Progress | None) -> tuple[FileResult, CheckpointFile | None]:  # fmt: skip
+    """Integrity (and, at ``deep``, values) of one file; the name checks are the caller's."""
     if is_url(path):
         result = _remote_result(path, level)  # type: ignore[arg-type]
     else:
         result = FileResult(Path(path), level)
         if result.path.is_dir():
-            return _validate_directory(result)
-        try:
-            result.size_bytes = result.path.stat().st_size
-        except OSError as exc:
-            result.problems.append(f"cannot open: {exc.strerror or exc}")
-            return result
+            return _validate_directory(result), None
+        if not _opens(result):
+            return result, None
     if level != QUICK:
         _check_container(result, jobs, progress)
         if any(p.startswith(PICKLE_CRC_MISMATCH) for p in result.problems):
             # Damaged pickle bytes are not unpickled at all: a flipped memo index alone can make
             # the C unpickler allocate gigabytes before it fails.
             result.notes.append("data.pkl fails its CRC-32: not unpickled")
-            return result
+            return result, None
     ckpt = _safe_read(result)
-    if ckpt is None:
-        return result
-    if level == QUICK:
-        return result
-    _check_layout(result, ckpt)
-    if level == DEEP and result.valid:
+    if ckpt is not None and level == DEEP and result.valid:
         _check_values(result, ckpt)
-    return result
+    return result, ckpt
+
+
+def _opens(result: FileResult) -> bool:
+    """Stat and open the file once, so that a permission problem is reported as exactly that
+    (``inaccessible``, one line) and a looping symlink as damage, before any reader tries it."""
+    try:
+        result.size_bytes = result.path.stat().st_size
+        os.close(os.open(result.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
+    except PermissionError as exc:
+        result.inaccessible = True
+        _add(result, "permission denied: the file cannot be opened for reading (not damage)")
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _add(result, "a symlink loop: the name points at itself through links")
+        else:
+            _add(result, f"cannot open: {exc.strerror or exc}")
+        return False
+    return True
 
 
 def _validate_directory(result: FileResult) -> FileResult:
@@ -270,10 +389,10 @@ def _check_level(level: str) -> None:
         raise BadInputError(f"unknown validation level {level!r} (choose from {', '.join(LEVELS)})")
 
 
-def _safe_read(result: FileResult, reader: Callable[[Path], CheckpointFile] = read_checkpoint) -> CheckpointFile | None:
+def _safe_read(result: FileResult, reader: Callable[[Path], CheckpointFile] | None = None) -> CheckpointFile | None:
     """The allowlisted unpickle (and storage-size cross-check); its refusal is the verdict."""
     try:
-        ckpt = reader(result.path)
+        ckpt = (reader or read_checkpoint)(result.path)
     except UnsafeCheckpoint as exc:
         result.unsafe = True
         _add(result, f"unsafe: {exc.reason}")
@@ -445,22 +564,31 @@ def _join(parts: dict[tuple[int, int], int | None], index: int, record: Record) 
 
 
 def _check_layout(result: FileResult, ckpt: CheckpointFile) -> None:
-    """Required keys and step/epoch against the name; only for names of the layout."""
+    """Content findings for names of the layout: a usual key missing, step/epoch against the name.
+
+    Findings, not problems: the manager saves whatever dict it is given (no ``epoch``, no
+    ``optimizer``...), and such a file is intact. Run per name, so each hard link gets its own.
+    """
     parsed = parse(result.name, directory=ckpt.format == "dcp")
     if not parsed.is_checkpoint:
-        result.notes.append("not a layout name: required keys and name checks skipped")
+        result.notes.append("not a layout name: usual keys and name checks skipped")
         return
     if not isinstance(ckpt.root, dict):
-        _add(result, f"not a checkpoint dict: the file holds a {type(ckpt.root).__name__}")
+        _find(result, f"not a checkpoint dict: the file holds a {type(ckpt.root).__name__}")
         return
-    for key in REQUIRED_KEYS:
+    for key in USUAL_KEYS:
         if key not in ckpt.root:
-            _add(result, f"missing required key {key!r}")
+            _find(result, f"missing key {key!r}")
     meta = summarize(ckpt)
     for what, in_name, in_file in (("step", parsed.step, meta.step), ("epoch", parsed.epoch, meta.epoch)):
         if in_name is not None and what in ckpt.root and in_file != in_name:
             shown = in_file if in_file is not None else repr(ckpt.root.get(what))
-            _add(result, f"{what} {shown} in file, {in_name} in name")
+            _find(result, f"{what} {shown} in file, {in_name} in name")
+
+
+def _find(result: FileResult, finding: str) -> None:
+    if finding not in result.findings:
+        result.findings.append(finding)
 
 
 # ---------------------------------------------------------------------------------- deep (values)
@@ -478,10 +606,12 @@ def _check_values(result: FileResult, ckpt: CheckpointFile) -> None:
     except Exception as exc:  # torch reports damage as many exception types
         _add(result, f"torch.load failed: {_first_line(exc)}")
         return
+    result.finite = True
     for name, tensor in iter_tensors(root, torch.is_tensor):
         nan, inf = count_non_finite(tensor)
         if nan or inf:
-            _add(result, f"tensor {name}: {nan} NaN, {inf} Inf")
+            result.finite = False  # the file is intact; its values are not (validate exits 1)
+            _find(result, f"tensor {name}: {nan} NaN, {inf} Inf")
 
 
 def count_non_finite(tensor: Any) -> tuple[int, int]:

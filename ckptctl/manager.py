@@ -6,7 +6,8 @@
     mgr.save_best(state, step=step, val_loss=loss)   # only if better than every earlier best
     mgr.save_epoch(state, epoch=epoch)               # epoch_NNNNN.pt, kept forever
     mgr.save_emergency(state, step=step)             # emergency_step_N_YYYYMMDD_HHMMSS.pt
-    state = mgr.load("latest")                       # or "best", or a path; falls back if damaged
+    start = mgr.resume(model, optimizer).step        # where to resume (newest valid of any kind); 0 on a first run
+    state = mgr.load("latest")                       # or "best", "newest", or a path; falls back if damaged
 
 Each save serialises the state once (``torch.save`` into a verified temp file, see
 :mod:`ckptctl.durable`); every other file of the save is a rename or a hard link, except the
@@ -50,7 +51,7 @@ from .locking import DirectoryLock
 from .metadata import as_float
 from .naming import Kind, format_name
 from .reader import read_checkpoint
-from .resolve import BEST, BEST_CHAIN, LATEST, LATEST_CHAIN, fallback_candidates
+from .resolve import BEST, BEST_CHAIN, LATEST, LATEST_CHAIN, NEWEST, explain, fallback_candidates, resume_candidates
 from .retention import Policy, plan_retention
 from .rng import capture_rng_state, restore_rng_state, safe_globals
 from .usage import Usage, measure, summary_line
@@ -61,13 +62,23 @@ log = logging.getLogger("ckptctl.manager")
 
 @dataclass
 class Resumed:
-    """What :meth:`CheckpointManager.resume` restored, and where the loop should continue."""
+    """What :meth:`CheckpointManager.resume` restored, and where the loop should continue.
 
-    path: Path
+    A first run (no checkpoint in the directory) gives ``path=None``, ``step=0``, ``epoch=0``
+    and an empty ``state``: ``start = mgr.resume(model, optimizer).step`` works either way.
+    """
+
+    path: Path | None
     step: int | None
     epoch: int | None
     dataloader_state: Any
     state: dict[str, Any]
+    reason: str = ""  # why this checkpoint: "emergency_step_... (step 33) is newer than latest.pt (step 30)"
+
+    @property
+    def fresh(self) -> bool:
+        """True when there was nothing to resume from (a first run)."""
+        return self.path is None
 
 
 class CheckpointManager:
@@ -103,6 +114,7 @@ class CheckpointManager:
             raise ValueError(f"format must be 'pt' or 'dcp', got {format!r}")
         self.format = format  # "dcp": sharded directories through torch.distributed.checkpoint (ckptctl.sharded)
         self.loaded_path: Path | None = None
+        self.loaded_reason = ""  # load("newest"): why that file (ckptctl.resolve.explain)
         self._saves = 0
         self._low_space_warned = False
         self._writer = AsyncWriter()
@@ -382,10 +394,13 @@ class CheckpointManager:
     # ----------------------------------------------------------------------------------- loading
 
     def load(self, which: str | os.PathLike[str] = "latest", *, map_location: Any = "cpu", unsafe: bool = False) -> dict[str, Any]:
-        """Load ``"latest"``, ``"best"`` or a path; the named chains fall back past damaged files.
+        """Load ``"latest"``, ``"best"``, ``"newest"`` or a path; the named chains fall back past damaged files.
 
         latest -> latest_backup -> rolling_last_backup -> newest rolling/emergency by step;
-        best -> best_backup -> best_previous. Each fallback is logged. ``unsafe=True`` allows
+        best -> best_backup -> best_previous; newest: where to resume, the newest valid checkpoint
+        of any kind (:func:`ckptctl.resolve.resume_candidates`; why it was chosen is in
+        ``self.loaded_reason``). Each fallback is logged; a directory with no checkpoint at all
+        raises NoCheckpointError without logging any. ``unsafe=True`` allows
         ``weights_only=False`` (runs pickle code: only for files you trust).
 
         In a process group, a named chain is resolved by rank 0 and every rank loads the file rank
@@ -393,7 +408,7 @@ class CheckpointManager:
         any rank cannot load it, every rank raises NoCheckpointError.
         """
         self._settle()
-        if which in ("latest", "best") and distributed.is_active():
+        if which in (LATEST, BEST, NEWEST) and distributed.is_active():
             return self._load_agreed(str(which), map_location=map_location, unsafe=unsafe)
         return self._load_chain(which, map_location=map_location, unsafe=unsafe)
 
@@ -423,8 +438,12 @@ class CheckpointManager:
 
     def _load_chain(self, which: str | os.PathLike[str], *, map_location: Any, unsafe: bool) -> dict[str, Any]:
         """This process's own walk down the fallback chain (see :meth:`load`)."""
-        candidates = self._candidates(which)
+        entries = scan(self.directory) if which in (LATEST, BEST, NEWEST) and self.directory.is_dir() else []
+        if which in (LATEST, BEST, NEWEST) and not any(e.parsed.is_checkpoint for e in entries):
+            raise NoCheckpointError(f"no loadable {which} checkpoint in {self.directory} (no checkpoints saved yet)")
+        candidates = self._candidates(which, entries)
         tried: list[str] = []
+        unusable: dict[str, str] = {}
         failed_inodes: dict[tuple[int, int], str] = {}
         for index, path in enumerate(candidates):
             following = candidates[index + 1].name if index + 1 < len(candidates) else None
@@ -435,6 +454,7 @@ class CheckpointManager:
                 state = load_file(path, map_location=map_location, unsafe=unsafe)
             except CheckpointError as exc:
                 tried.append(f"{path.name}: {exc.reason}")
+                unusable[path.name] = exc.reason
                 if identity is not None:
                     failed_inodes.setdefault(identity, path.name)
                 if following:
@@ -443,6 +463,8 @@ class CheckpointManager:
             if tried:
                 log.warning("loaded %s after %d fallback(s)", path.name, len(tried))
             self.loaded_path = path
+            chosen = next((e for e in entries if e.path == path), None)
+            self.loaded_reason = explain(chosen, entries, unusable) if which == NEWEST and chosen else ""
             return state
         detail = "; ".join(tried) if tried else "no candidates"
         raise NoCheckpointError(f"no loadable {which!s} checkpoint in {self.directory} ({detail})")
@@ -451,13 +473,24 @@ class CheckpointManager:
         self,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
-        which: str | os.PathLike[str] = "latest",
+        which: str | os.PathLike[str] = NEWEST,
         *,
         scheduler: Any = None,
         map_location: Any = "cpu",
         restore_rng: bool = True,
     ) -> Resumed:
-        """Load a checkpoint into ``model``/``optimizer``/``scheduler``, restore RNG states, say where to continue."""
+        """Load a checkpoint into ``model``/``optimizer``/``scheduler``, restore RNG states, say where to continue.
+
+        By default, where to resume: the newest valid checkpoint of any kind (an emergency save
+        after Ctrl+C beats an older latest.pt; ``Resumed.reason`` says why), falling back past
+        damaged files. A directory without any checkpoint is a first run: nothing is loaded or
+        logged, and the result has ``step == 0`` (``fresh``). ``which="latest"``, ``"best"`` or a
+        path load exactly that (with its fallbacks) and raise NoCheckpointError when nothing is there.
+        """
+        self._settle()
+        # rank 0 looks (as for best_val_loss): every rank starts fresh, or every rank loads
+        if which == NEWEST and distributed.broadcast_from_main(self._nothing_saved() if distributed.is_main_process() else None):
+            return Resumed(None, 0, 0, None, {}, f"no checkpoint in {self.directory} yet: starting fresh")
         state = self.load(which, map_location=map_location)
         model.load_state_dict(state["model"])
         if optimizer is not None and state.get("optimizer") is not None:
@@ -467,16 +500,25 @@ class CheckpointManager:
         if restore_rng:
             restore_rng_state(state.get("rng_state"))
         assert self.loaded_path is not None
-        return Resumed(self.loaded_path, state.get("step"), state.get("epoch"), state.get("dataloader_state"), state)
+        return Resumed(self.loaded_path, state.get("step"), state.get("epoch"), state.get("dataloader_state"), state,
+                       self.loaded_reason or f"{self.loaded_path.name}, as asked ({which!s})")  # fmt: skip
 
-    def _candidates(self, which: str | os.PathLike[str]) -> list[Path]:
-        """The fallback order of :mod:`ckptctl.resolve` (one definition for the manager and the CLI).
+    def _nothing_saved(self) -> bool:
+        """A first run: the directory holds no checkpoint of any kind (damaged ones count: they are not nothing)."""
+        if not self.directory.is_dir():
+            return True
+        return not any(e.parsed.is_checkpoint for e in scan(self.directory))
 
-        The fixed names are tried even when absent, so a missing ``latest.pt`` is logged as a fallback.
+    def _candidates(self, which: str | os.PathLike[str], entries: list[Any]) -> list[Path]:
+        """The orders of :mod:`ckptctl.resolve` (one definition for the manager and the CLI).
+
+        The fixed names of latest/best are tried even when absent, so a missing ``latest.pt`` is
+        logged as a fallback; ``newest`` is the one rule of where to resume.
         """
+        if which == NEWEST:
+            return [e.path for e in resume_candidates(entries)]
         if which in (LATEST, BEST):
             fixed = LATEST_CHAIN if which == LATEST else BEST_CHAIN
-            entries = scan(self.directory) if self.directory.is_dir() else []
             rest = [e.path for e in fallback_candidates(entries, which) if e.kind not in fixed]
             return [self._path(kind) for kind in fixed] + rest
         path = Path(which)

@@ -1,16 +1,26 @@
-"""Which file ``latest``, ``best`` or a bare directory stands for: the one fallback order.
+"""Which file ``latest``, ``best`` or a bare directory stands for, and the one rule of where to resume.
 
-Resuming must not depend on one file being intact. ``latest`` falls back latest → latest_backup →
-rolling_last_backup → the newest rolling or emergency checkpoint (by step, then the name's
-timestamp); ``best`` falls back best → best_backup → best_previous; a directory means the valid
-checkpoint with the highest step of any kind. The order is data (``fallback_candidates``) so the
+**Where to resume** (``newest``; :func:`resume_candidates`, :func:`resume_point`): the newest
+*valid* checkpoint of any kind — latest, its backups, rolling, emergency, epoch, and best too (a
+best save is a full training state of its step; at equal steps the others come first) — ordered
+by step (from the name, else the file's metadata), then by save time (the name's timestamp, else
+the metadata's ``timestamp``), never by mtime. ``CheckpointManager.resume()`` and
+``load("newest")``, ``resume-cmd DIR`` and ``restore`` (the source a damaged latest is healed
+from) all walk this order, each with its own check of "valid", and say why they chose what they
+chose (:func:`explain`): after Ctrl+C at step 33 with ``latest.pt`` at 30, the step-33 emergency
+file wins, "newer than latest.pt (step 30)".
+
+``latest`` keeps meaning ``latest.pt``, falling back latest → latest_backup → rolling_last_backup
+→ the newest rolling or emergency checkpoint (by step, then the name's timestamp); ``best`` falls
+back best → best_backup → best_previous. The orders are data (``fallback_candidates``) so the
 CheckpointManager can walk the same list with its own loader and log each fallback, while
 ``resume-cmd`` and ``compare`` use ``resolve`` (first candidate the safe reader accepts).
-Plain Python: the safe reader decides validity, nothing here imports torch.
+Plain Python: nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +50,7 @@ class Resolution:
     entry: Entry
     requested: str
     skipped: list[tuple[Entry, str]] = field(default_factory=list)
+    reason: str = ""  # why this one (``newest``): "emergency_... (step 33) is newer than latest.pt (step 30)"
 
     @property
     def path(self) -> Path:
@@ -59,8 +70,7 @@ def fallback_candidates(entries: list[Entry], which: str) -> list[Entry]:
     if which == BEST:
         return [e for kind in BEST_CHAIN for e in entries if e.kind is kind]
     if which == NEWEST:
-        found = [e for e in entries if e.kind in TIE_ORDER]
-        return sorted(found, key=lambda e: (_step_or_none_last(e), TIE_ORDER.index(e.kind), _newest_first(e)))
+        return resume_candidates(entries)
     raise BadInputError(f"unknown checkpoint target {which!r} (choose from {', '.join(TARGETS)})")
 
 
@@ -71,10 +81,86 @@ def _newest_first(entry: Entry) -> tuple:
     return (-step, -stamp.timestamp() if stamp != datetime.min else 0.0, entry.name)
 
 
-def _step_or_none_last(entry: Entry) -> tuple[bool, int]:
-    """Newest by the step in the name or, for fixed names, the metadata; unknown steps last."""
-    step = entry.effective_step if entry.kind is not Kind.PARTIAL else None
+def resume_candidates(entries: list[Entry]) -> list[Entry]:
+    """Every checkpoint of the directory, newest first: the one order of "where to resume".
+
+    By step (name, else metadata; unknown last), then save time (the name's timestamp, else the
+    metadata's; unknown last), then the kind a resume would normally use (:data:`TIE_ORDER`),
+    then the name. Save times are read only to break a tie of steps.
+    """
+    return sorted((e for e in entries if e.kind in TIE_ORDER), key=functools.cmp_to_key(_compare_newest))
+
+
+def _compare_newest(a: Entry, b: Entry) -> int:
+    for key in (_step_key, _time_key, lambda e: (TIE_ORDER.index(e.kind), e.name)):
+        ka, kb = key(a), key(b)
+        if ka != kb:
+            return -1 if ka < kb else 1
+    return 0
+
+
+def _step_key(entry: Entry) -> tuple[bool, int]:
+    step = entry.effective_step
     return (step is None, -(step or 0))
+
+
+def _time_key(entry: Entry) -> tuple[bool, float]:
+    when = saved_at(entry)
+    return (when is None, -(when or 0.0))
+
+
+def saved_at(entry: Entry) -> float | None:
+    """When the checkpoint was saved (POSIX seconds): the name's timestamp, else the metadata's."""
+    stamp = entry.parsed.timestamp
+    if stamp is None:
+        meta = entry.metadata
+        stamp = meta.timestamp if meta is not None else None
+    try:
+        return stamp.timestamp() if stamp is not None else None  # naive: local time, as the names are
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def explain(chosen: Entry, entries: list[Entry], unusable: dict[str, str] | None = None) -> str:
+    """Why ``chosen`` is where to resume, measured against ``latest.pt`` (what users expect)."""
+    unusable = unusable or {}
+    step = chosen.effective_step
+    this = f"{chosen.name} (step {step if step is not None else 'unknown'})"
+    latest = next((e for e in entries if e.kind is Kind.LATEST), None)
+    if latest is None and _latest_name(entries) in unusable:  # a broken link: not in the scan
+        return f"{this} is the newest valid checkpoint; {_latest_name(entries)} is {unusable[_latest_name(entries)]}"
+    if latest is None or latest.name == chosen.name:
+        where = "" if latest is not None else f" (there is no {_latest_name(entries)})"
+        return f"{this} is the newest valid checkpoint{where}"
+    if latest.name in unusable:
+        return f"{this} is the newest valid checkpoint; {latest.name} is unusable ({unusable[latest.name]})"
+    latest_step = latest.effective_step
+    if latest_step is None:
+        return f"{this} is the newest valid checkpoint; {latest.name} records no step"
+    if step is not None and step > latest_step:
+        return f"{this} is newer than {latest.name} (step {latest_step})"
+    return f"{this} was saved after {latest.name} (step {latest_step})"
+
+
+def _latest_name(entries: list[Entry]) -> str:
+    sharded = bool(entries) and all(e.is_directory for e in entries if e.parsed.is_checkpoint)
+    return "latest" if sharded else "latest.pt"
+
+
+def intact_verdict(entry: Entry) -> str | None:
+    """None when ``validate`` (default level: CRC-32 included) finds the checkpoint intact, else why not."""
+    from .integrity import DEFAULT, validate_file
+
+    result = validate_file(entry.path, DEFAULT)
+    return None if result.valid else f"{result.status}: {'; '.join(result.problems)}"
+
+
+def resume_point(
+    directory: str | os.PathLike[str], verdict: Callable[[Entry], str | None] = intact_verdict
+) -> Resolution:
+    """Where to resume in ``directory`` (see the module docstring), with the reason; NoCheckpointError
+    when no checkpoint is valid. Every candidate passed over is in ``skipped`` with its reason."""
+    return resolve(directory, NEWEST, verdict)
 
 
 def _safe_reader_verdict(entry: Entry) -> str | None:
@@ -94,7 +180,8 @@ def resolve(
     for entry in fallback_candidates(entries, which):
         reason = verdict(entry)
         if reason is None:
-            return Resolution(entry, which, skipped)
+            why = explain(entry, entries, {e.name: r for e, r in skipped}) if which == NEWEST else ""
+            return Resolution(entry, which, skipped, why)
         skipped.append((entry, reason))
     tried = "; ".join(f"{e.name} {r}" for e, r in skipped) or "no candidate files"
     raise NoCheckpointError(f"no valid {which} checkpoint in {directory} ({tried})")
@@ -104,7 +191,8 @@ def resolve_target(target: str, directory: str | os.PathLike[str] | None = None)
     """What a user typed: ``latest`` / ``best`` (in ``directory``), ``DIR/latest``, a directory, a file.
 
     A file is returned as named (the caller reads it and reports what is wrong with it); only the
-    symbolic targets and directories fall back.
+    symbolic targets and directories fall back. A directory means where to resume in it
+    (:func:`resume_point`: the newest intact checkpoint of any kind).
     """
     if target in (LATEST, BEST):
         return resolve(directory if directory is not None else ".", target)
@@ -112,7 +200,7 @@ def resolve_target(target: str, directory: str | os.PathLike[str] | None = None)
     if path.is_dir() and looks_like_dcp(path):  # one sharded checkpoint (``DIR/latest`` is a symlink to one)
         return Resolution(entry_for_file(path), target)
     if path.is_dir():
-        return resolve(path, NEWEST)
+        return resume_point(path)
     if not path.exists() and path.name in (LATEST, BEST) and path.parent.is_dir():
         return resolve(path.parent, path.name)
     return Resolution(entry_for_file(path), "file")

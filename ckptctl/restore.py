@@ -2,15 +2,21 @@
 
 Three plans, one executor:
 
-- :func:`plan_heal` makes a directory resumable again: an invalid or missing ``latest.pt`` is
-  replaced by the newest valid of latest_backup / rolling_last_backup / rolling / emergency, an
-  invalid or missing ``best_model.pt`` by ``best_model_backup.pt`` (never silently by
-  ``best_model_previous.pt``: that is a different model, promoted only by an explicit rollback).
+- :func:`plan_heal` makes a directory resumable again: a damaged, missing, dangling or looping
+  ``latest.pt`` is replaced by where to resume (:func:`ckptctl.resolve.resume_candidates`: the
+  newest valid checkpoint of any kind, by step then save time), a damaged or missing
+  ``best_model.pt`` by ``best_model_backup.pt`` (never silently by ``best_model_previous.pt``: that
+  is a different model, promoted only by an explicit rollback). It heals *damage* only: an intact
+  file is never replaced, whatever its content findings (a missing ``epoch`` key is no damage), so
+  a newer intact checkpoint is never replaced by an older one. When a checkpoint newer than an
+  intact ``latest.pt`` exists (an emergency save after Ctrl+C), the plan says so in
+  ``resume_from`` and changes nothing. A file that cannot be read (permission) is not damage
+  either: it is reported in ``inaccessible`` and left alone.
 - :func:`plan_from` puts a named file in place of latest or best.
 - :func:`plan_rollback_best` promotes ``best_model_previous.pt`` (the "validation spike" case).
 
-"Valid" is :func:`ckptctl.integrity.validate_file` at the default level (structure, safe
-unpickle, CRC-32 of every record, layout keys). A replaced file is never destroyed: it is kept as
+"Valid" is :func:`ckptctl.integrity.validate_file`'s integrity verdict at the default level
+(structure, safe unpickle, CRC-32 of every record). A replaced file is never destroyed: it is kept as
 ``<name>.replaced-<YYYYmmdd_HHMMSS>``, which the filename grammar classifies as a foreign file (not
 a checkpoint, not a partial write), unless ``discard``. :func:`execute` takes the directory lock,
 checks that nothing changed since planning (a save may have landed meanwhile), stages each
@@ -29,6 +35,7 @@ no best_model_backup to heal from.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,7 +48,7 @@ from .errors import BadInputError, CheckpointError
 from .integrity import DEFAULT, FileResult, validate_file
 from .locking import DirectoryLock
 from .naming import FIXED_NAMES, Kind, format_name, parse
-from .resolve import LATEST, fallback_candidates
+from .resolve import explain, resume_candidates
 from .sharded import POINTER_KINDS, repoint
 
 FILE, POINTER, DIRECTORY = "file", "pointer", "directory"  # how an Action replaces its target
@@ -50,6 +57,7 @@ TO_BEST = "best"
 TARGETS = (TO_LATEST, TO_BEST)
 REPLACED_MARK = ".replaced-"
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
+NO_BEST_YET = "no best model saved yet (no best_model file and no backup of one)"
 
 LATEST_NAME = FIXED_NAMES[Kind.LATEST]
 BEST_NAME = FIXED_NAMES[Kind.BEST]
@@ -67,9 +75,12 @@ class Check:
     valid: bool
     problems: list[str]
     step: int | None = None
+    status: str = "valid"  # the integrity verdict: valid / invalid / unsafe / inaccessible
+    findings: list[str] = field(default_factory=list)  # content findings: shown, never acted on
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "valid": self.valid, "problems": self.problems, "step": self.step}
+        return {"name": self.name, "valid": self.valid, "status": self.status, "problems": self.problems,
+                "findings": self.findings, "step": self.step}  # fmt: skip
 
 
 @dataclass
@@ -87,6 +98,7 @@ class Action:
     mode_used: str | None = None
     note: str | None = None
     how: str = FILE  # FILE: staged copy; sharded (DCP) layout: POINTER re-points a symlink, DIRECTORY copies one
+    broken_link: bool = False  # the target is a dangling or looping symlink (replaced, not kept)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,10 +125,21 @@ class RestorePlan:
     notes: list[str] = field(default_factory=list)
     mode: str = durable.REFLINK
     executed: bool = False
+    inaccessible: list[str] = field(default_factory=list)  # files restore could not read: left alone
+    resume_from: Check | None = None  # heal: where to resume once the plan is done
+    resume_reason: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.unrestorable and all(a.status != "skipped" for a in self.actions)
+
+    @property
+    def exit_code(self) -> int:
+        """1 when something could not be restored (or an action was skipped); else 2 when a file
+        could not be read (permission: not damage, nothing replaced it); else 0."""
+        if not self.ok:
+            return 1
+        return 2 if self.inaccessible else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,7 +151,10 @@ class RestorePlan:
             "actions": [a.to_json() for a in self.actions],
             "checked": [c.to_json() for c in self.checked],
             "unrestorable": list(self.unrestorable),
+            "inaccessible": list(self.inaccessible),
             "notes": list(self.notes),
+            "resume_from": None if self.resume_from is None else {
+                "name": self.resume_from.name, "step": self.resume_from.step, "reason": self.resume_reason},
         }
 
 
@@ -162,7 +188,11 @@ class _Planner:
         if path not in self.verdicts:
             result = self.validator(path)
             self.verdicts[path] = result
-            self.plan.checked.append(Check(path.name, result.valid, list(result.problems), step))
+            self.plan.checked.append(Check(path.name, result.valid, list(result.problems), step, result.status,
+                                           list(result.findings)))  # fmt: skip
+            if result.inaccessible:  # not damage: never replaced, never used as a source; reported once
+                self.plan.inaccessible.append(f"{path.name}: {'; '.join(result.problems)}; fix its permissions "
+                                              "(restore neither replaces nor uses a file it cannot read)")  # fmt: skip
         return self.verdicts[path]
 
     def replace(self, target: str, source: Path, reason: str, step: int | None = None, how: str = FILE) -> None:
@@ -171,8 +201,11 @@ class _Planner:
         A pointer's identity is the link itself (lstat): a dangling one is kept too, as a record."""
         path = self.directory / target
         identity = _identity(path, follow=how != POINTER)
-        keep_as = None if self.discard or identity is None else self.kept_name(target)
-        self.plan.actions.append(Action(target, source, reason, keep_as, step, identity, _identity(source), how=how))
+        # A broken link to a file holds no data, and a copy of it would point at the healed file: not kept.
+        broken = how == FILE and identity is not None and _broken_link(path) is not None
+        keep_as = None if self.discard or identity is None or broken else self.kept_name(target)
+        self.plan.actions.append(Action(target, source, reason, keep_as, step, identity, _identity(source), how=how,
+                                        broken_link=broken))  # fmt: skip
 
     def kept_name(self, target: str) -> str:
         """``<target>.replaced-<stamp>``, with a counter if that name is taken (never overwrite)."""
@@ -185,19 +218,49 @@ class _Planner:
 
 
 def _identity(path: Path, follow: bool = True) -> Identity:
+    """(inode, mtime, size) of what ``path`` names; of the link itself when it dangles or loops
+    (a broken pointer is still something that is there); None when nothing has the name."""
     try:
         info = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
-        return None
+        if not follow or not os.path.islink(path):
+            return None
+        info = os.lstat(path)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        info = os.lstat(path)
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
+def _broken_link(path: Path) -> str | None:
+    """'a dangling symlink (to X)' or 'a symlink loop' for a pointer that leads nowhere, else None."""
+    try:
+        os.stat(path)
+        return None
+    except FileNotFoundError:
+        if not os.path.islink(path):
+            return None
+        return f"a dangling symlink (to {os.readlink(path)}, which does not exist)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop (a pointer that never reaches a file)"
+        raise
+
+
 def _state(planner: _Planner, name: str) -> tuple[bool, str]:
-    """(usable, description) of a target file: 'missing', 'invalid: <problem>' or 'valid'."""
+    """(usable, description) of a target file: 'missing', 'a dangling symlink ...', 'a symlink
+    loop ...', 'invalid (<problems>)', 'inaccessible ...' or 'valid'. Only an intact file is usable;
+    an inaccessible one is recorded in the plan's ``inaccessible`` (callers leave it alone)."""
     path = planner.directory / name
-    if _identity(path) is None:
+    if not os.path.lexists(path):
         return False, "missing"
+    broken = _broken_link(path)
+    if broken is not None:
+        return False, broken
     result = planner.verdict(path)
+    if result.inaccessible:
+        return False, "inaccessible"
     return (True, "valid") if result.valid else (False, _invalid(result))
 
 
@@ -230,51 +293,72 @@ def _is_sharded(entries: list[Entry]) -> bool:
 
 def _heal_latest_pointer(planner: _Planner) -> None:
     """Sharded layout: ``latest`` is a symlink; when it is missing, dangling or names an invalid
-    directory, point it at the newest valid rolling/emergency directory (in :mod:`ckptctl.resolve`'s
-    order, pointers left out: ``latest`` names a real directory). Nothing is copied; the old link is
-    kept as ``latest.replaced-<stamp>`` (a record of what it named) unless ``discard``."""
+    directory, point it at where to resume among the rolling/emergency/epoch directories
+    (:func:`ckptctl.resolve.resume_candidates`' order; pointers and best_model/ left out: ``latest``
+    names a directory no later save renames). Nothing is copied; the old link is kept as
+    ``latest.replaced-<stamp>`` (a record of what it named) unless ``discard``."""
     name = planner.name(Kind.LATEST)
     usable, state = _state(planner, name)
-    if usable:
+    if usable or state == "inaccessible":
         return
-    candidates = [e for e in fallback_candidates(planner.entries, LATEST) if e.kind not in POINTER_KINDS]
-    for entry, step in _newest_first(candidates):
-        if planner.verdict(entry.path, step).valid:
-            planner.replace(name, entry.path, f"{name} is {state}; newest valid is {entry.name}", step, how=POINTER)
+    candidates = [e for e in resume_candidates(planner.entries) if e.kind in (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH)]
+    for entry in candidates:
+        if planner.verdict(entry.path, entry.effective_step).valid:
+            planner.replace(name, entry.path, f"{name} is {state}; newest valid is {entry.name}", entry.effective_step,
+                            how=POINTER)  # fmt: skip
+            _resume_from(planner, entry, {name: state})
             return
     tried = ", ".join(e.name for e in candidates) or "no rolling or emergency checkpoints"
     planner.plan.unrestorable.append(f"{name} is {state} and nothing valid is left to point it at (tried: {tried})")
 
 
 def _heal_latest(planner: _Planner) -> None:
+    """latest.pt <- where to resume, when latest.pt is damaged, missing or a broken link; when it
+    is intact, nothing is replaced and ``resume_from`` names any newer valid checkpoint."""
     usable, state = _state(planner, LATEST_NAME)
+    if state == "inaccessible":
+        return
+    candidates = resume_candidates(planner.entries)
+    unusable = {} if usable else {LATEST_NAME: state}
+    for entry in candidates:
+        if entry.kind is Kind.LATEST and not usable:
+            continue
+        if not planner.verdict(entry.path, entry.effective_step).valid:
+            unusable[entry.name] = _invalid(planner.verdicts[entry.path])
+            continue
+        _resume_from(planner, entry, unusable)
+        if not usable:
+            planner.replace(LATEST_NAME, entry.path, f"{LATEST_NAME} is {state}; newest valid is {entry.name}",
+                            entry.effective_step)  # fmt: skip
+        elif entry.kind is not Kind.LATEST:
+            planner.plan.notes.append(f"resume from {planner.plan.resume_reason}; {LATEST_NAME} is intact and is "
+                                      "not replaced (restore heals damage only)")  # fmt: skip
+        return
     if usable:
         return
-    candidates = [e for e in fallback_candidates(planner.entries, LATEST) if e.kind is not Kind.LATEST]
-    for entry, step in _newest_first(candidates):
-        if planner.verdict(entry.path, step).valid:
-            planner.replace(LATEST_NAME, entry.path, f"{LATEST_NAME} is {state}; newest valid is {entry.name}", step)
-            return
-    tried = ", ".join(e.name for e in candidates) or "no backup, rolling or emergency checkpoints"
+    tried = ", ".join(e.name for e in candidates if e.kind is not Kind.LATEST) or "no backup, rolling or emergency checkpoints"
     planner.plan.unrestorable.append(f"{LATEST_NAME} is {state} and nothing valid is left to restore it from (tried: {tried})")
 
 
-def _newest_first(candidates: list[Entry]) -> list[tuple[Entry, int | None]]:
-    """Highest step first (from the name, else the metadata); equal steps keep the fallback order."""
-    stepped = [(entry, entry.effective_step) for entry in candidates]
-    order = sorted(range(len(stepped)), key=lambda i: (stepped[i][1] is None, -(stepped[i][1] or 0), i))
-    return [stepped[i] for i in order]
+def _resume_from(planner: _Planner, entry: Entry, unusable: dict[str, str]) -> None:
+    """Record where to resume (the entry chosen by the one rule) and why."""
+    check = next(c for c in planner.plan.checked if c.name == entry.name)
+    if check.step is None:
+        check.step = entry.effective_step  # latest.pt: its step is in the metadata
+    planner.plan.resume_from = check
+    planner.plan.resume_reason = explain(entry, planner.entries, unusable)
 
 
 def _heal_best(planner: _Planner) -> None:
     """best <- best_backup; never silently best_previous (a different model: ``--rollback-best``).
     The sharded layout keeps no best_model_backup, so there a damaged best_model/ is reported."""
     has_best_files = any(planner.entry(k) for k in (Kind.BEST, Kind.BEST_BACKUP, Kind.BEST_PREVIOUS))
-    if not has_best_files:
+    if not has_best_files and not os.path.lexists(planner.directory / planner.name(Kind.BEST)):
+        planner.plan.notes.append(NO_BEST_YET)
         return
     best, backup_name, previous_name = (planner.name(k) for k in (Kind.BEST, Kind.BEST_BACKUP, Kind.BEST_PREVIOUS))
     usable, state = _state(planner, best)
-    if usable:
+    if usable or state == "inaccessible":
         return
     backup = planner.entry(Kind.BEST_BACKUP)
     if backup is not None and planner.verdict(backup.path, backup.effective_step).valid:

@@ -165,41 +165,47 @@ def test_legacy_format_is_valid_with_a_note(tmp_path):
     assert any("legacy format" in note for note in validate_file(path).notes)
 
 
-def test_step_and_epoch_must_agree_with_the_name(tmp_path):
+def test_step_and_epoch_disagreeing_with_the_name_are_findings_not_damage(tmp_path):
     rolling = write_checkpoint(tmp_path / "rolling_step_015500.pt", step=15000)
-    assert validate_file(rolling).problems == ["step 15000 in file, 15500 in name"]
-    assert validate_file(rolling, QUICK).valid  # name checks belong to the default level
+    result = validate_file(rolling)
+    assert result.valid and result.status == "valid" and not result.failed
+    assert result.findings == ["step 15000 in file, 15500 in name"]
+    assert validate_file(rolling, QUICK).findings == []  # name checks belong to the default level
     epoch = write_checkpoint(tmp_path / "epoch_00007.pt", epoch=6)
-    assert validate_file(epoch).problems == ["epoch 6 in file, 7 in name"]
+    assert validate_file(epoch).findings == ["epoch 6 in file, 7 in name"]
     emergency = write_checkpoint(tmp_path / "emergency_step_000100_20261101_120000.pt", step=100)
-    assert validate_file(emergency).valid
+    assert validate_file(emergency).findings == []
 
 
-def test_required_keys_and_dict_root(tmp_path):
+def test_missing_usual_keys_and_a_non_dict_root_are_findings(tmp_path):
     import torch
 
     state = make_state()
     del state["model"], state["epoch"]
     result = validate_file(write_checkpoint(tmp_path / "latest.pt", state))
-    assert result.problems == ["missing required key 'epoch'", "missing required key 'model'"]
+    assert result.valid and result.problems == [] and result.to_json()["status"] == "valid"
+    assert result.findings == ["missing key 'epoch'", "missing key 'model'"]
     torch.save([1, 2, 3], tmp_path / "best_model.pt")
-    assert validate_file(tmp_path / "best_model.pt").problems == ["not a checkpoint dict: the file holds a list"]
+    listed = validate_file(tmp_path / "best_model.pt")
+    assert listed.valid and listed.findings == ["not a checkpoint dict: the file holds a list"]
     torch.save({"weight": torch.zeros(3)}, tmp_path / "weights.pt")  # not a layout name: no layout checks
     other = validate_file(tmp_path / "weights.pt")
     assert other.valid and any("not a layout name" in note for note in other.notes)
 
 
-def test_deep_reports_nan_and_inf_per_tensor(tmp_path):
+def test_deep_reports_nan_and_inf_per_tensor_as_failing_findings(tmp_path):
     import torch
 
     state = make_state()
     state["model"]["0.weight"][0, :3] = float("nan")
     state["model"]["2.bias"][1] = float("-inf")
     path = write_checkpoint(tmp_path / "latest.pt", state)
-    assert validate_file(path).valid  # values are not read below --deep
+    assert validate_file(path).valid and validate_file(path).finite is None  # values are not read below --deep
     result = validate_file(path, DEEP)
-    assert result.problems == ["tensor model.0.weight: 3 NaN, 0 Inf", "tensor model.2.bias: 0 NaN, 1 Inf"]
+    assert result.findings == ["tensor model.0.weight: 3 NaN, 0 Inf", "tensor model.2.bias: 0 NaN, 1 Inf"]
+    assert result.valid and result.finite is False and result.failed  # intact, but validate exits 1
     assert torch.isnan(state["model"]["0.weight"]).sum() == 3
+    assert validate_file(write_checkpoint(tmp_path / "rolling_step_000100.pt", step=100), DEEP).finite is True
 
 
 def test_count_non_finite_in_chunks(monkeypatch):
@@ -366,3 +372,95 @@ def test_vanished_file_is_a_problem_not_an_exception(tmp_path):
     """A file deleted between the directory scan and its check (retention ran meanwhile)."""
     result = validate_file(tmp_path / "rolling_step_000100.pt")
     assert not result.valid and result.problems == ["cannot open: No such file or directory"]
+
+
+# ------------------------------------------------- integrity vs content, access, hard links (#13)
+
+
+def _manager_run_without_epoch(directory: Path) -> Path:
+    """The issue's scenario: CheckpointManager saves steps 1 and 2 of a state that has no ``epoch``."""
+    import torch
+
+    from ckptctl.manager import CheckpointManager
+
+    mgr = CheckpointManager(directory)
+    model = torch.nn.Linear(2, 2)
+    for step in (1, 2):
+        mgr.save({"step": step, "model": model.state_dict()}, step=step)
+    return directory
+
+
+def test_what_the_manager_writes_without_epoch_is_intact_with_a_finding(tmp_path):
+    report = validate_paths([_manager_run_without_epoch(tmp_path / "run")])
+    assert [r.status for r in report.results] == ["valid"] * 5 and report.exit_code == 0
+    assert all(r.findings == ["missing key 'epoch'"] and not r.failed for r in report.results)
+    assert report.to_json()["with_findings"] == 5
+
+
+def test_each_inode_is_read_once_and_every_path_is_named(tmp_path, monkeypatch):
+    directory = _manager_run_without_epoch(tmp_path / "run")
+    crc_bytes: dict[int, int] = {}
+    reads: list[int] = []
+    original_crc, original_read = integrity.crc_range, integrity.read_checkpoint
+
+    def counting_crc(fd, offset, size, view, progress=None):
+        inode = os.fstat(fd).st_ino
+        crc_bytes[inode] = crc_bytes.get(inode, 0) + size
+        return original_crc(fd, offset, size, view, progress)
+
+    def counting_read(path, *args, **kwargs):
+        reads.append(os.stat(path).st_ino)
+        return original_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(integrity, "crc_range", counting_crc)
+    monkeypatch.setattr(integrity, "read_checkpoint", counting_read)
+    report = validate_paths([directory])
+    inodes = {p.stat().st_ino: p.stat().st_size for p in directory.glob("*.pt")}
+    assert len(inodes) == 2 and len(report.results) == 5  # latest, rolling 2, rolling backup share one inode
+    assert sorted(reads) == sorted(inodes)  # one safe unpickle per inode
+    assert set(crc_bytes) == set(inodes) and all(crc_bytes[i] < inodes[i] for i in inodes)  # one CRC pass each
+    assert report.bytes_checked == sum(crc_bytes.values())
+    by_name = {r.name: r for r in report.results}
+    assert by_name["rolling_step_000002.pt"].same_file_as == "latest.pt"
+    assert by_name["rolling_last_backup.pt"].to_json()["same_file_as"] == "latest.pt"
+    assert "same file as latest.pt (one inode, checked once)" in by_name["rolling_last_backup.pt"].notes
+    assert by_name["latest.pt"].same_file_as is None and by_name["latest.pt"].bytes_checked > 0
+
+
+def test_hard_links_share_the_verdict_but_name_checks_follow_each_name(tmp_path):
+    path = write_checkpoint(tmp_path / "latest.pt", step=300)
+    os.link(path, tmp_path / "rolling_step_000400.pt")
+    layout = Layout.of(path.read_bytes())
+    _header, offset, size = layout.records[layout.tensor_keys()[0]]
+    with open(path, "r+b") as fh:  # damage in place: both names keep sharing the inode
+        fh.seek(offset + size // 2)
+        byte = fh.read(1)
+        fh.seek(offset + size // 2)
+        fh.write(bytes([byte[0] ^ 1]))
+    first, second = integrity.validate_targets([path, tmp_path / "rolling_step_000400.pt"])
+    assert not first.valid and second.problems == first.problems and second.status == "invalid"
+    assert second.findings == ["step 300 in file, 400 in name"] and first.findings == []
+
+
+def test_permission_denied_is_inaccessible_reported_once_not_damage(tmp_path, monkeypatch):
+    path = write_checkpoint(tmp_path / "latest.pt")
+    real_open = os.open
+
+    def refusing_open(name, flags, *args, **kwargs):
+        if os.fspath(name) == os.fspath(path):
+            raise PermissionError(13, "Permission denied", os.fspath(name))
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(integrity.os, "open", refusing_open)
+    for level in LEVELS:
+        result = validate_file(path, level)
+        assert (result.status, result.inaccessible, result.failed) == ("inaccessible", True, False)
+        assert result.problems == ["permission denied: the file cannot be opened for reading (not damage)"]
+    report = integrity.Report(DEFAULT, [result, validate_file(write_checkpoint(tmp_path / "epoch_00001.pt"))])
+    assert report.exit_code == 2 and report.to_json()["inaccessible"] == 1
+
+
+def test_a_symlink_loop_is_damage(tmp_path):
+    (tmp_path / "latest.pt").symlink_to("latest.pt")
+    result = validate_file(tmp_path / "latest.pt")
+    assert result.status == "invalid" and result.problems == ["a symlink loop: the name points at itself through links"]

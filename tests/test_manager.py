@@ -326,7 +326,7 @@ def test_load_path_and_nothing_loadable(tmp_path):
     path = write_checkpoint(tmp_path / "elsewhere.pt", step=77)
     assert mgr.load(str(path))["step"] == 77
     assert mgr.load("elsewhere.pt")["step"] == 77  # relative to the checkpoint directory
-    with pytest.raises(NoCheckpointError, match="latest.pt: missing"):
+    with pytest.raises(NoCheckpointError, match="no checkpoints saved yet"):
         mgr.load("latest")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(NoCheckpointError, match="unknown file format"):
@@ -383,3 +383,41 @@ def test_resume_restores_model_optimizer_rng_and_dataloader_state(tmp_path):
     assert torch.equal(fresh.weight, model.weight)
     assert fresh_opt.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_first_run_starts_fresh_without_warnings_or_exceptions(tmp_path, caplog):
+    model = torch.nn.Linear(4, 2)
+    before = model.weight.detach().clone()
+    with caplog.at_level(logging.DEBUG, logger="ckptctl"):
+        mgr = CheckpointManager(tmp_path / "new-run")
+        resumed = mgr.resume(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert resumed.fresh and (resumed.path, resumed.step, resumed.epoch, resumed.state) == (None, 0, 0, {})
+    assert "starting fresh" in resumed.reason
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert torch.equal(model.weight, before)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ckptctl"), pytest.raises(NoCheckpointError, match="no checkpoints saved yet"):
+        mgr.load("latest")  # asking for latest.pt explicitly is still an error, but without fallback noise
+    assert caplog.records == []
+
+
+def test_a_directory_of_damaged_checkpoints_is_not_a_fresh_start(tmp_path):
+    (tmp_path / "latest.pt").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(NoCheckpointError, match="no loadable newest checkpoint"):
+        CheckpointManager(tmp_path).resume(torch.nn.Linear(4, 2))
+
+
+def test_resume_and_load_newest_pick_the_newest_valid_of_any_kind(tmp_path, caplog):
+    mgr = CheckpointManager(tmp_path)
+    for step in (10, 20):
+        mgr.save(make_state(step=step), step=step)
+    best = mgr.save_best(make_state(step=25), step=25, val_loss=0.1)  # the newest training state
+    assert mgr.load("newest")["step"] == 25 and mgr.loaded_path == best
+    assert mgr.loaded_reason == "best_model.pt (step 25) is newer than latest.pt (step 20)"
+    flip_byte_in_largest_tensor(best)  # best_model_backup.pt is a hard link: damaged too
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    with caplog.at_level(logging.WARNING, logger="ckptctl"):
+        resumed = mgr.resume(model)
+    assert (resumed.path.name, resumed.step) == ("latest.pt", 20)  # damaged newer files are passed over, logged
+    assert "best_model.pt unusable" in caplog.text
+    assert resumed.reason.startswith("latest.pt (step 20) is the newest valid checkpoint")

@@ -102,3 +102,84 @@ def test_resolve_target_forms(ckpt_dir, monkeypatch):
 def test_resolve_target_missing_file(tmp_path):
     with pytest.raises(BadInputError, match="no such file"):
         resolve_target(str(tmp_path / "nope.pt"))
+
+
+# ------------------------------------------------------------- one rule of where to resume (#13.2)
+
+
+def _interrupted_run(directory):
+    """What a run leaves after Ctrl+C at step 33 with saves every 10 steps: latest.pt at 30, an emergency at 33."""
+    import torch
+
+    from ckptctl.manager import CheckpointManager
+
+    mgr = CheckpointManager(directory)
+    model = torch.nn.Linear(2, 2)
+    for step in (10, 20, 30, 33):
+        state = {"step": step, "epoch": 0, "model": model.state_dict(), "args": {"lr": 0.1}}
+        (mgr.save_emergency if step == 33 else mgr.save)(state, step=step)
+    (emergency,) = directory.glob("emergency_step_000033_*.pt")
+    return emergency
+
+
+def test_every_consumer_resumes_from_the_emergency_save_newer_than_latest(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ckptctl.cli.app import app
+    from ckptctl.manager import CheckpointManager
+    from ckptctl.restore import plan_heal
+
+    directory = tmp_path / "run"
+    emergency = _interrupted_run(directory)
+    why = f"{emergency.name} (step 33) is newer than latest.pt (step 30)"
+
+    point = resolve_target(str(directory))
+    assert point.path == emergency and point.reason == why
+
+    mgr = CheckpointManager(directory)
+    import torch
+
+    resumed = mgr.resume(torch.nn.Linear(2, 2))
+    assert (resumed.path, resumed.step, resumed.reason) == (emergency, 33, why)
+    assert mgr.load("newest")["step"] == 33 and mgr.loaded_reason == why
+    assert mgr.load("latest")["step"] == 30  # "latest" keeps meaning latest.pt
+
+    result = CliRunner().invoke(app, ["resume-cmd", str(directory), "--script", "train.py"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.rstrip().endswith(f"--resume={emergency}")
+    assert f"where to resume: {why}" in result.stderr
+    doc = json.loads(CliRunner().invoke(app, ["resume-cmd", str(directory), "--json"]).stdout)
+    assert doc["checkpoint"] == str(emergency) and doc["reason"] == why
+
+    plan = plan_heal(directory)
+    assert plan.actions == [] and plan.resume_from.name == emergency.name and plan.resume_reason == why
+    assert any(why in note and "latest.pt is intact and is not replaced" in note for note in plan.notes)
+    (directory / "latest.pt").unlink()
+    (directory / "latest.pt").write_bytes(b"PK\x03\x04 damaged")
+    (action,) = plan_heal(directory).actions
+    assert (action.target, action.source, action.step) == ("latest.pt", emergency, 33)
+
+
+def test_equal_steps_are_ordered_by_save_time_from_names_and_metadata_never_mtime(tmp_path):
+    import os
+
+    older = write_checkpoint(tmp_path / "rolling_step_000050.pt", make_state(step=50, timestamp="2026-11-01T12:00:00"))
+    newer = write_checkpoint(tmp_path / "emergency_step_000050_20261101_130000.pt", make_state(step=50))
+    os.utime(older, (2e9, 2e9))  # a newer mtime must not matter
+    assert [e.name for e in fallback_candidates(scan(tmp_path), "newest")] == [newer.name, older.name]
+    assert resolve(tmp_path).reason == f"{newer.name} (step 50) is the newest valid checkpoint (there is no latest.pt)"
+    write_checkpoint(tmp_path / "latest.pt", make_state(step=50, timestamp="2026-11-01T14:00:00"))
+    assert resolve(tmp_path).path.name == "latest.pt"  # saved last of the three
+
+
+def test_newest_skips_a_damaged_newer_file_and_says_why(tmp_path):
+    directory = tmp_path / "run"
+    emergency = _interrupted_run(directory)
+    data = bytearray(emergency.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the tensor records: the safe reader alone would not notice
+    emergency.write_bytes(bytes(data))
+    point = resolve_target(str(directory))
+    assert point.path.name == "latest.pt" and point.skipped[0][0].path == emergency
+    assert point.reason == "latest.pt (step 30) is the newest valid checkpoint"

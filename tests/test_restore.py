@@ -105,6 +105,8 @@ def test_missing_best_files_are_not_a_problem(tmp_path):
     write_checkpoint(directory / "latest.pt")
     plan = plan_heal(directory, now=NOW)
     assert plan.ok and plan.actions == []
+    assert plan.notes == ["no best model saved yet (no best_model file and no backup of one)"]
+    assert [c.name for c in plan.checked] == ["latest.pt"]  # nothing claims best is valid
 
 
 def test_rollback_best_promotes_previous_and_keeps_the_replaced_best(ckpt_dir):
@@ -250,7 +252,8 @@ def test_heal_never_loses_a_file_and_leaves_a_valid_latest_when_possible(ckpt_di
                 data[rng.randrange(len(data))] ^= 0x04
                 path.write_bytes(bytes(data))
         before = digests(directory)
-        could = any(validate_file(directory / n).valid for n in DAMAGEABLE[:7] if (directory / n).exists())
+        # latest.pt is healed from the newest valid checkpoint of any kind (best and epochs included)
+        could = any(validate_file(p).valid for p in directory.glob("*.pt"))
         plan = execute(plan_heal(directory, now=NOW))
         after = digests(directory)
         assert set(before.values()) <= set(after.values()), f"round {round_}: a file's content was lost"
@@ -309,7 +312,15 @@ def test_sharded_latest_is_pointed_at_the_newest_valid_and_the_old_link_kept(dcp
         latest.unlink()
         shutil.copytree(dcp_dir / "rolling_step_000300", latest)
         (latest / ".metadata").write_bytes(b"garbage")
-    expected = "rolling_step_000300" if damage in ("missing", "a real directory") else "rolling_step_000200"
+    # Where to resume is the newest valid of any kind: epoch_00001 also holds step 300, saved after
+    # rolling 300 (in the same second or a later one: equal save times prefer the rolling kind).
+    from ckptctl.catalog import scan
+    from ckptctl.resolve import saved_at
+
+    expected = "epoch_00001"
+    if damage in ("missing", "a real directory"):
+        when = {e.name: saved_at(e) for e in scan(dcp_dir) if e.name in ("rolling_step_000300", "epoch_00001")}
+        expected = expected if when["epoch_00001"] > when["rolling_step_000300"] else "rolling_step_000300"
     plan = plan_heal(dcp_dir, now=NOW)
     (action,) = plan.actions
     assert (action.target, action.source.name, action.how) == ("latest", expected, "pointer")
@@ -333,7 +344,7 @@ def test_sharded_discard_keeps_no_old_link(dcp_dir):
     plan = plan_heal(dcp_dir, discard=True, now=NOW)
     assert plan.actions[0].keep_as is None
     execute(plan)
-    assert os.readlink(dcp_dir / "latest") == "rolling_step_000200"
+    assert os.readlink(dcp_dir / "latest") == "epoch_00001"  # step 300, the newest valid
     assert not [p for p in dcp_dir.iterdir() if ".replaced-" in p.name]
     assert (dcp_dir / "rolling_step_000300").is_dir()  # the directory the link named is not deleted
 
@@ -351,13 +362,13 @@ def test_sharded_damaged_best_is_reported_with_the_rollback_hint_and_nothing_cha
 
 
 def test_sharded_nothing_valid_left_for_latest(dcp_dir):
-    for name in ("rolling_step_000100", "rolling_step_000200", "rolling_step_000300"):
+    for name in ("rolling_step_000100", "rolling_step_000200", "rolling_step_000300", "epoch_00001"):
         (dcp_dir / name / ".metadata").unlink()
     plan = plan_heal(dcp_dir, now=NOW)
     assert plan.actions == []
     assert plan.unrestorable == ["latest is invalid (no .metadata: a sharded save that did not finish) and nothing "
                                  "valid is left to point it at (tried: rolling_step_000300, rolling_step_000200, "
-                                 "rolling_step_000100)"]  # fmt: skip
+                                 "rolling_step_000100, epoch_00001)"]  # fmt: skip
 
 
 @pytest.mark.parametrize("source", ["rolling_step_000100", "latest_backup", "epoch_00001"])
@@ -440,3 +451,87 @@ def test_sharded_failed_copy_verification_leaves_best_untouched(dcp_dir, monkeyp
     with pytest.raises(SaveError, match="verification failed: truncated"):
         execute(plan)
     assert _tree(dcp_dir) == before
+
+
+# ------------------------------------------ heal damage only, one rule, broken links, access (#13, #12)
+
+
+def test_checkpoints_without_epoch_are_intact_and_nothing_is_rolled_back(tmp_path):
+    from tests.test_integrity import _manager_run_without_epoch
+
+    directory = _manager_run_without_epoch(tmp_path / "run")
+    before = digests(directory)
+    plan = plan_heal(directory, now=NOW)
+    assert plan.actions == [] and plan.ok and plan.exit_code == 0
+    (latest,) = [c for c in plan.checked if c.name == "latest.pt"]
+    assert latest.valid and latest.findings == ["missing key 'epoch'"]
+    assert plan.resume_from.name == "latest.pt" and plan.resume_from.step == 2
+    execute(plan)
+    assert digests(directory) == before
+
+
+def test_a_truly_damaged_newer_latest_is_still_healed(tmp_path):
+    from tests.test_integrity import _manager_run_without_epoch
+
+    directory = _manager_run_without_epoch(tmp_path / "run")
+    truncate(directory / "latest.pt", 900)  # rolling_step_000002 and rolling_last_backup share its inode
+    (action,) = plan_heal(directory, now=NOW).actions
+    assert (action.target, action.source.name, action.step) == ("latest.pt", "latest_backup.pt", 1)
+    assert action.reason.startswith("latest.pt is invalid (truncated")
+
+
+def test_missing_best_with_backups_is_healed(ckpt_dir):
+    (ckpt_dir / "best_model.pt").unlink()
+    (action,) = plan_heal(ckpt_dir, now=NOW).actions
+    assert (action.target, action.source.name, action.keep_as) == ("best_model.pt", "best_model_backup.pt", None)
+    assert action.reason == "best_model.pt is missing; best_model_backup.pt is valid"
+
+
+def test_dangling_best_is_damage_healed_from_its_backup_or_reported(ckpt_dir):
+    (ckpt_dir / "best_model.pt").unlink()
+    (ckpt_dir / "best_model.pt").symlink_to("rolling_step_000900.pt")  # its target was deleted
+    plan = plan_heal(ckpt_dir, now=NOW)
+    (action,) = plan.actions
+    assert action.reason.startswith("best_model.pt is a dangling symlink (to rolling_step_000900.pt")
+    assert action.keep_as is None and action.broken_link  # a broken link holds no data
+    execute(plan)
+    assert not (ckpt_dir / "best_model.pt").is_symlink() and validate_file(ckpt_dir / "best_model.pt").valid
+    for name in ("best_model.pt", "best_model_backup.pt", "best_model_previous.pt"):
+        (ckpt_dir / name).unlink()
+    (ckpt_dir / "best_model.pt").symlink_to("nowhere.pt")
+    plan = plan_heal(ckpt_dir, now=NOW)
+    assert plan.actions == [] and plan.exit_code == 1
+    assert plan.unrestorable == ["best_model.pt is a dangling symlink (to nowhere.pt, which does not exist) "
+                                 "and best_model_backup.pt is missing"]  # fmt: skip
+
+
+def test_a_symlink_loop_as_latest_is_planned_for_healing(ckpt_dir):
+    (ckpt_dir / "latest.pt").unlink()
+    (ckpt_dir / "latest.pt").symlink_to("latest.pt")
+    plan = plan_heal(ckpt_dir, now=NOW)
+    (action,) = plan.actions
+    assert action.reason.startswith("latest.pt is a symlink loop")
+    assert (action.source.name, action.step) == ("rolling_last_backup.pt", 300)
+    assert "latest.pt is a symlink loop" in plan.resume_reason
+    execute(plan)
+    assert action.status == "done" and not (ckpt_dir / "latest.pt").is_symlink()
+    assert validate_file(ckpt_dir / "latest.pt").valid
+
+
+def test_an_unreadable_latest_is_reported_not_replaced(ckpt_dir, monkeypatch):
+    from ckptctl import integrity
+
+    target = os.fspath(ckpt_dir / "latest.pt")
+    real_open = os.open
+
+    def refusing_open(name, flags, *args, **kwargs):
+        if os.fspath(name) == target:
+            raise PermissionError(13, "Permission denied", target)
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(integrity.os, "open", refusing_open)
+    plan = plan_heal(ckpt_dir, now=NOW)
+    assert plan.actions == [] and plan.unrestorable == [] and plan.exit_code == 2
+    (message,) = plan.inaccessible
+    assert message.startswith("latest.pt: permission denied") and "fix its permissions" in message
+    assert plan.to_json()["inaccessible"] == [message]

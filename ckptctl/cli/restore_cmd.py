@@ -1,5 +1,5 @@
 """``ckptctl restore DIR``: heal a checkpoint directory (single files or sharded) from its backups.
-Exit 0 ok, 1 nothing valid to restore from."""
+Exit 0 ok, 1 nothing valid to restore from, 2 bad input or a file restore could not read (permission)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Iterable, Optional, Sequence
 
 import typer
 
-from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, BadInputError
+from ..errors import EXIT_USAGE, BadInputError
 from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
 from .output import confirm_or_exit, handle_errors, out_console, print_json, print_line, print_table, stdout_is_terminal
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
-    from ..restore import Action, RestorePlan
+    from ..restore import Action, Check, RestorePlan
 
 
 @handle_errors
@@ -38,7 +38,9 @@ def restore_command(
 ) -> None:
     """Make DIR resumable again: replace a missing or damaged latest.pt / best_model.pt with the newest valid backup.
 
-    Every replacement is atomic and durable; the replaced file is kept as <name>.replaced-<time>
+    Heals damage only: an intact file is never replaced (content findings such as a missing key
+    are not damage), and a file it cannot read (permission) is reported, left alone, exit 2.
+    latest.pt is healed from where to resume: the newest valid checkpoint of any kind. Every replacement is atomic and durable; the replaced file is kept as <name>.replaced-<time>
     unless --discard. Takes the directory lock (exit 3 while a training holds it). In a sharded
     (DCP) directory the latest symlink is re-pointed and best_model/ is replaced by a copied directory.
     """
@@ -60,7 +62,7 @@ def restore_command(
         print_json(doc)
     else:
         _Report().outcome(plan, dry_run)
-    raise typer.Exit(EXIT_OK if plan.ok else EXIT_FINDINGS)
+    raise typer.Exit(plan.exit_code)
 
 
 def _plan(directory: str, source: str | None, to: str | None, rollback_best: bool, discard: bool, mode: str) -> RestorePlan:
@@ -91,8 +93,26 @@ def _confirm(plan: RestorePlan) -> None:
 
 def _describe(action: Action) -> list[str]:
     step = f"step {action.step}" if action.step is not None else ""
-    keep = f"kept as {action.keep_as}" if action.keep_as else "(discarded)" if action.target_identity else "(was missing)"
+    keep = (f"kept as {action.keep_as}" if action.keep_as else "(broken link, not kept)" if action.broken_link
+            else "(discarded)" if action.target_identity else "(was missing)")  # fmt: skip
     return [action.target, "<- " + str(action.source.name), step, keep, action.reason]
+
+
+def _verdict(check: Check) -> str:
+    """The integrity verdict with its problems; content findings only as a count (never acted on)."""
+    if check.valid:
+        count = len(check.findings)
+        return "valid" + (f" ({count} content finding{'s' if count > 1 else ''}: not damage)" if count else "")
+    if check.status == "inaccessible":
+        return "inaccessible (see below)"  # its reason is printed once, under the tables
+    return f"{check.status}: " + "; ".join(check.problems)
+
+
+def _nothing_to_do(plan: RestorePlan) -> str:
+    """What was found intact, in words: never 'best is valid' when there is no best model."""
+    valid = [c.name for c in plan.checked if c.valid and c.name.startswith(("latest", "best_model"))]
+    checked = " and ".join(dict.fromkeys(valid)) or "nothing"
+    return f"nothing to do: {checked} {'are' if len(valid) > 1 else 'is'} valid"
 
 
 class _Report:
@@ -103,16 +123,21 @@ class _Report:
 
     def plan(self, plan: RestorePlan) -> None:
         self.table("checked", ("file", "verdict", "step"),
-                   [[c.name, "valid" if c.valid else "invalid: " + "; ".join(c.problems), c.step if c.step is not None else ""]
-                    for c in plan.checked])  # fmt: skip
+                   [[c.name, _verdict(c), c.step if c.step is not None else ""] for c in plan.checked])  # fmt: skip
         if plan.actions:
             self.table("plan", ("target", "source", "step", "old file", "reason"), [_describe(a) for a in plan.actions])
         for problem in plan.unrestorable:
             self.line(f"cannot restore: {problem}")
+        for problem in plan.inaccessible:
+            self.line(f"not readable: {problem}")
+        for note in plan.notes:
+            self.line(f"note: {note}")
+        if plan.resume_from is not None and plan.kind == "heal":
+            self.line(f"resume from: {plan.resume_reason}")
 
     def outcome(self, plan: RestorePlan, dry_run: bool) -> None:
         if not plan.actions:
-            self.line("nothing to do: latest and best are valid" if plan.ok else "nothing was changed")
+            self.line(_nothing_to_do(plan) if plan.exit_code == 0 else "nothing was changed")
             return
         if dry_run:
             self.line(f"dry run: {len(plan.actions)} replacements planned, nothing changed")

@@ -27,7 +27,7 @@ def resume_command(
         str,
         typer.Argument(
             metavar="CHECKPOINT",
-            help="A checkpoint file, a directory (its newest valid checkpoint), or latest / best (in --dir).",
+            help="A checkpoint file, a directory (where to resume: its newest valid checkpoint of any kind), or latest / best (in --dir).",
             show_default=False,
         ),
     ],
@@ -80,12 +80,16 @@ def resume_command(
         bool_style=bools,
     )
     if json_output:
-        print_json(result.to_json())
+        doc = result.to_json()
+        doc["reason"] = result.resolution.reason  # a directory: why this checkpoint is where to resume
+        print_json(doc)
         return
     for message in result.warnings:
         warn(message)
     if compare:
         _print_compare(result)
+    if result.resolution.reason:
+        warn(f"where to resume: {result.resolution.reason}")
     print(result.command)
 
 

@@ -1,4 +1,9 @@
-"""``ckptctl validate PATH...``: a verdict per checkpoint file. Exit 0 all valid, 1 any invalid, 2 bad input."""
+"""``ckptctl validate PATH...``: a verdict per checkpoint file.
+
+Exit 0 every file intact (content findings such as a missing ``epoch`` key are shown, not counted);
+1 any file damaged or unsafe, or NaN/Inf at ``--deep``; 2 bad input, or a file that could not be
+read for lack of permission (nothing damaged, but the check is incomplete).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from ..errors import EXIT_FINDINGS, EXIT_OK, BadInputError
+from ..errors import BadInputError
 from . import render
 from .options import JsonOpt
 from .output import err_console, handle_errors, out_console, plain_table, print_json, stderr_is_terminal, stdout_is_terminal
@@ -16,7 +21,7 @@ if TYPE_CHECKING:  # the core is imported when the command runs, not when the ap
     from ..integrity import FileResult, Report
 
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
-STYLES = {"valid": "green", "invalid": "red", "unsafe": "bold red"}
+STYLES = {"valid": "green", "invalid": "red", "unsafe": "bold red", "inaccessible": "yellow", "non-finite": "red"}
 
 PathsArg = Annotated[
     list[str], typer.Argument(metavar="PATH...", help="Checkpoint files or directories.", show_default=False)
@@ -35,8 +40,13 @@ def validate_command(
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Check checkpoint files for damage: structure, safe unpickle, CRC-32 of every record, layout keys."""
-    from ..integrity import DEEP, DEFAULT, QUICK, Report, collect_targets, planned_bytes, validate_file
+    """Check checkpoint files for damage: structure, safe unpickle, CRC-32 of every record, layout keys.
+
+    Exit 0: every file intact (findings such as a missing key are shown, not failures). Exit 1: a
+    file damaged or unsafe, or NaN/Inf with --deep. Exit 2: bad input, or a file not readable
+    (permission). Hard links of one file are read once.
+    """
+    from ..integrity import DEEP, DEFAULT, QUICK, Report, collect_targets, planned_bytes, validate_targets
 
     if quick and deep:
         raise BadInputError("--quick and --deep exclude each other")
@@ -45,7 +55,7 @@ def validate_command(
     workers = jobs or default_jobs()
     bar = _ProgressBar(planned_bytes(targets, level))
     with bar as progress:
-        results = [validate_file(path, level, jobs=workers, progress=progress) for path in targets]
+        results = validate_targets(targets, level, jobs=workers, progress=progress)
     report = Report(level, results, skipped, bar.seconds)
     if json_output:
         print_json(report.to_json())
@@ -53,7 +63,7 @@ def validate_command(
         _rich_report(report)
     else:
         _plain_report(report)
-    raise typer.Exit(EXIT_OK if report.invalid == 0 else EXIT_FINDINGS)
+    raise typer.Exit(report.exit_code)
 
 
 def default_jobs() -> int:
@@ -96,11 +106,20 @@ class _ProgressBar:
 
 
 def _details(result: FileResult) -> list[str]:
-    return list(result.problems) + [f"note: {note}" for note in result.notes]
+    return (list(result.problems) + [f"finding: {finding}" for finding in result.findings]
+            + [f"note: {note}" for note in result.notes])  # fmt: skip
+
+
+def _verdict(result: FileResult) -> str:
+    """The integrity status, except an intact file with NaN/Inf at --deep (which fails the run)."""
+    return "non-finite" if result.status == "valid" and result.finite is False else result.status
 
 
 def _summary(report: Report) -> str:
-    line = f"{len(report.results)} checked: {report.valid} valid, {report.invalid} invalid ({report.level} level"
+    line = f"{len(report.results)} checked: {report.valid} valid, {report.invalid - report.inaccessible} invalid"
+    extras = [f"{report.inaccessible} not readable (permission)" if report.inaccessible else "",
+              f"{report.with_findings} with findings" if report.with_findings else ""]  # fmt: skip
+    line += "".join(f", {extra}" for extra in extras if extra) + f" ({report.level} level"
     if report.bytes_checked:
         line += f", {render.size(report.bytes_checked)} CRC-checked"
     if report.skipped:
@@ -112,7 +131,7 @@ def _plain_report(report: Report) -> None:
     rows = []
     for result in report.results:
         details = _details(result)
-        rows.append([result.status, str(result.path), details[0] if details else ""])
+        rows.append([_verdict(result), str(result.path), details[0] if details else ""])
         rows += [["", "", more] for more in details[1:]]
     print(plain_table(("verdict", "file", "details"), rows))
     print(_summary(report))
@@ -129,11 +148,14 @@ def _rich_report(report: Report) -> None:
         details = Text()
         for problem in result.problems:
             details.append(render.display_text(problem) + "\n", style="red")
+        for finding in result.findings:
+            details.append(f"finding: {render.display_text(finding)}\n", style="red" if result.finite is False else "yellow")
         for note in result.notes:
             details.append(f"note: {render.display_text(note)}\n", style="dim")
         details.rstrip()
-        table.add_row(Text(result.status, style=STYLES[result.status]), Text(render.display_text(result.path)),
+        verdict = _verdict(result)
+        table.add_row(Text(verdict, style=STYLES[verdict]), Text(render.display_text(result.path)),
                       render.size(result.size_bytes), details)  # fmt: skip
     console = out_console()
     console.print(table)
-    console.print(Text(_summary(report), style="bold" if report.invalid else ""))
+    console.print(Text(_summary(report), style="bold" if report.exit_code else ""))

@@ -36,7 +36,7 @@ def test_healthy_directory_exit_0_nothing_to_do(ckpt_dir):
     before = digests(ckpt_dir)
     result = invoke(str(ckpt_dir))
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.rstrip().endswith("nothing to do: latest and best are valid")
+    assert result.stdout.rstrip().endswith("nothing to do: latest.pt and best_model.pt are valid")
     assert digests(ckpt_dir) == before
 
 
@@ -145,11 +145,11 @@ def test_sharded_heal_dry_run_then_yes(dcp_dir):
     (dcp_dir / "rolling_step_000300" / ".metadata").unlink()
     dry = invoke(str(dcp_dir), "--dry-run")
     assert dry.exit_code == 0 and os.readlink(dcp_dir / "latest") == "rolling_step_000300"
-    assert "latest  <- rolling_step_000200  step 200  kept as latest.replaced-" in dry.stdout
+    assert "latest  <- epoch_00001  step 300  kept as latest.replaced-" in dry.stdout  # the newest valid
     result = invoke(str(dcp_dir), "--yes")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.rstrip().endswith("restored latest from rolling_step_000200 (symlink)")
-    assert os.readlink(dcp_dir / "latest") == "rolling_step_000200"
+    assert result.stdout.rstrip().endswith("restored latest from epoch_00001 (symlink)")
+    assert os.readlink(dcp_dir / "latest") == "epoch_00001"
     assert runner.invoke(app, ["validate", str(dcp_dir / "latest")]).exit_code == 0
 
 
@@ -207,3 +207,43 @@ def test_the_cli_default_mode_is_the_cores():
     from ckptctl.cli.restore_cmd import restore_command
 
     assert inspect.signature(restore_command).parameters["mode"].default == durable.REFLINK
+
+
+# ------------------------------------------ heal damage only, broken links, access (#13, #12)
+
+
+def test_symlink_loop_latest_dry_run_plans_the_heal_without_a_traceback(ckpt_dir):
+    (ckpt_dir / "latest.pt").unlink()
+    (ckpt_dir / "latest.pt").symlink_to("latest.pt")
+    result = invoke(str(ckpt_dir), "--dry-run")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    assert "latest.pt is a symlink loop" in result.stdout and "(broken link, not kept)" in result.stdout
+    assert result.stdout.rstrip().endswith("dry run: 1 replacements planned, nothing changed")
+    assert (ckpt_dir / "latest.pt").is_symlink()
+
+
+def test_manager_checkpoints_without_epoch_need_nothing(tmp_path):
+    from tests.test_integrity import _manager_run_without_epoch
+
+    directory = _manager_run_without_epoch(tmp_path / "run")
+    result = invoke(str(directory), "--dry-run")
+    assert result.exit_code == 0, result.stdout
+    assert "latest.pt  valid (1 content finding: not damage)" in result.stdout and "plan\n" not in result.stdout
+    assert "note: no best model saved yet" in result.stdout and "resume from: latest.pt (step 2)" in result.stdout
+    assert result.stdout.rstrip().endswith("nothing to do: latest.pt is valid")  # never "best is valid"
+    doc = json.loads(invoke(str(directory), "--dry-run", "--json").stdout)
+    assert doc["actions"] == [] and doc["resume_from"]["name"] == "latest.pt"
+
+
+def test_unreadable_latest_is_reported_once_left_alone_exit_2(ckpt_dir):
+    from tests.cli.test_validate import run_without_read_permission
+
+    before = digests(ckpt_dir)
+    result = run_without_read_permission(ckpt_dir, ckpt_dir / "latest.pt", "restore", ".", "--yes")
+    assert result.returncode == 2, result.stderr
+    assert "plan\n" not in result.stdout
+    assert [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith("latest.pt ")] == [
+        "inaccessible (see below)"]
+    assert result.stdout.count("permission denied") == 1 and "fix its permissions" in result.stdout
+    (ckpt_dir / "latest.pt").chmod(0o644)
+    assert digests(ckpt_dir) == before

@@ -137,3 +137,88 @@ def test_progress_bar_counts_every_checked_byte_on_a_terminal(ckpt_dir, monkeypa
     result = invoke(str(ckpt_dir), "--json")
     assert result.exit_code == 0
     assert sum(advanced) == json.loads(result.stdout)["bytes_checked"] > 0
+
+
+# ------------------------------------------------- integrity vs content, access, hard links (#13)
+
+AS_OTHER_USER = r"""
+import contextlib, io, os, sys
+from ckptctl.cli.app import app
+
+def run(argv):
+    try:
+        app(argv, prog_name="ckptctl")
+    except SystemExit as exc:
+        return exc.code or 0
+    return 0
+
+os.chdir(sys.argv[1])
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    run(sys.argv[2:])  # as root first: imports every module the command uses (root's interpreter files are private)
+os.setgid(65534)
+os.setuid(65534)
+sys.exit(run(sys.argv[2:]))
+"""
+
+
+def run_without_read_permission(directory: Path, unreadable: Path, *args: str):
+    """Run ``ckptctl ARGS`` in ``directory`` where ``unreadable`` (mode 000) really cannot be opened.
+
+    As root (CI containers), permissions do not apply: the command runs in a subprocess that drops
+    to uid/gid 65534 after a first run as root has imported everything it needs; paths are relative
+    to ``directory``, so no parent directory needs to be searchable by that user.
+    """
+    import os
+    import subprocess
+    import sys
+
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    unreadable.chmod(0)
+    if os.geteuid() != 0:
+        from types import SimpleNamespace
+
+        cwd = os.getcwd()
+        os.chdir(directory)
+        try:
+            result = runner.invoke(app, list(args))
+        finally:
+            os.chdir(cwd)
+        return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+    return subprocess.run([sys.executable, "-c", AS_OTHER_USER, str(directory), *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_manager_checkpoints_without_epoch_exit_0_with_a_finding(tmp_path):
+    from tests.test_integrity import _manager_run_without_epoch
+
+    directory = _manager_run_without_epoch(tmp_path / "run")
+    result = invoke(str(directory))
+    assert result.exit_code == 0, result.stdout
+    assert result.stdout.count("finding: missing key 'epoch'") == 5 and "required" not in result.stdout
+    assert "5 checked: 5 valid, 0 invalid, 5 with findings" in result.stdout
+    doc = json.loads(invoke(str(directory), "--json").stdout)
+    assert {r["status"] for r in doc["results"]} == {"valid"} and doc["with_findings"] == 5
+    assert [r["same_file_as"] for r in doc["results"]].count("latest.pt") == 2
+
+
+def test_nan_at_deep_fails_with_its_own_verdict(tmp_path):
+    state = __import__("tests.factories", fromlist=["make_state"]).make_state()
+    state["model"]["2.bias"][0] = float("nan")
+    path = write_checkpoint(tmp_path / "latest.pt", state)
+    assert invoke(str(path)).exit_code == 0  # intact; values are read at --deep only
+    result = invoke(str(path), "--deep")
+    assert result.exit_code == 1 and result.stdout.startswith("verdict") and "\nnon-finite " in result.stdout
+    assert "finding: tensor model.2.bias: 1 NaN, 0 Inf" in result.stdout
+    (entry,) = json.loads(invoke(str(path), "--deep", "--json").stdout)["results"]
+    assert (entry["status"], entry["valid"], entry["finite"]) == ("valid", True, False)
+
+
+def test_a_file_without_read_permission_is_inaccessible_once_and_exit_2(ckpt_dir):
+    result = run_without_read_permission(ckpt_dir, ckpt_dir / "epoch_00000.pt", "validate", ".")
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "epoch_00000.pt" in line]
+    assert line.startswith("inaccessible ") and "permission denied" in line
+    assert result.stdout.count("permission denied") == 1 and "invalid" not in line
+    assert "12 checked: 11 valid, 0 invalid, 1 not readable (permission)" in result.stdout
