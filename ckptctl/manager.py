@@ -52,7 +52,7 @@ from .naming import Kind, format_name
 from .reader import read_checkpoint
 from .resolve import BEST, BEST_CHAIN, LATEST, LATEST_CHAIN, fallback_candidates
 from .retention import Policy, plan_retention
-from .rng import capture_rng_state, restore_rng_state, safe_globals
+from .rng import capture_rng_state, restore_rng_state, safe_globals, to_plain
 from .usage import Usage, measure, summary_line
 
 log = logging.getLogger("ckptctl.manager")
@@ -317,6 +317,9 @@ class CheckpointManager:
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         payload = dict(state)
         payload.update({key: _plain(value) for key, value in fields.items()})  # step/epoch match the file name
+        rng = payload.get("rng_state")
+        if isinstance(rng, Mapping) and rng.get("numpy") is not None:  # np.random.get_state() of the caller's own
+            payload["rng_state"] = {**rng, "numpy": to_plain(rng["numpy"])}  # dict: plain, so torch.load opens it
         payload.setdefault("timestamp", datetime.now().astimezone().isoformat(timespec="seconds"))
         if checkpoint_type == "emergency" or "checkpoint_type" not in payload:
             payload["checkpoint_type"] = checkpoint_type

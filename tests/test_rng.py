@@ -64,6 +64,9 @@ def test_every_file_the_manager_writes_opens_with_plain_torch_load(tmp_path):
     paths = [mgr.save(state(1), step=1), mgr.save(state(2), step=2), mgr.save_best(state(2), step=2, val_loss=0.25),
              mgr.save_epoch(state(2), epoch=0), mgr.save_emergency(state(3), step=np.int64(3))]  # fmt: skip
     paths += [tmp_path / name for name in ("latest.pt", "latest_backup.pt", "best_model_backup.pt")]
+    own = {"step": 9, "model": model.state_dict(), "rng_state": {"python": random.getstate(), "numpy": np.random.get_state(),
+                                                                 "torch": torch.get_rng_state(), "torch_cuda": None}}  # fmt: skip
+    paths.append(mgr.save(own, step=9))  # a state dict of the caller's own, numpy state as numpy returns it
     result = _plain_torch_load(*paths)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"loaded {len(paths)}" in result.stdout
@@ -151,3 +154,20 @@ def test_to_plain_leaves_no_numpy_objects():
     restored = from_plain(plain)
     assert restored[0] == "MT19937" and restored[1].dtype == np.uint32 and restored[1].shape == (624,)
     assert restored[2:] == np.random.get_state()[2:]
+
+
+def test_a_callers_own_numpy_state_is_stored_plain_and_restores(tmp_path):
+    """``"numpy": np.random.get_state()`` in the caller's dict (the original layout's habit) is made plain."""
+    model, mgr = _model(), CheckpointManager(tmp_path, monitor_every=0)
+    np.random.seed(8)
+    np.random.randn()
+    own = {"step": 3, "model": model.state_dict(), "rng_state": {"python": None, "numpy": np.random.get_state(),
+                                                                 "torch": None, "torch_cuda": None}}  # fmt: skip
+    mgr.save(own, step=3)
+    assert isinstance(own["rng_state"]["numpy"][1], np.ndarray)  # the caller's dict is not changed
+    expected = np.random.randn(4).tolist()
+    np.random.seed(0)
+    assert mgr.resume(_model()).step == 3
+    assert np.random.randn(4).tolist() == expected
+    stored = torch.load(tmp_path / "latest.pt")["rng_state"]["numpy"]
+    assert stored[0] == "MT19937" and isinstance(stored[1], dict)
