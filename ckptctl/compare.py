@@ -7,6 +7,12 @@ them. ``compare_values`` (``--values``) then loads both with ``torch.load(weight
 mmap=True)`` — only after the safe reader has accepted both files — and walks tensor by tensor in
 fixed-size chunks, releasing mapped pages once compared, so memory stays bounded by the chunk
 size rather than the checkpoint size. torch is imported only there.
+
+Some metadata differs between two saves of the same state: the save time, paths, host names,
+process ids (:data:`VOLATILE_KEYS`). Those differences are reported as *ignored* and never decide
+the verdict, so ``compare --values`` of two runs of a deterministic step says equal (exit 0);
+``ignore`` (``--ignore KEY``) adds dotted paths (``args.output_dir``, ``optimizer.param_groups.0.lr``,
+``model.head``) whose differences, and everything below them, are ignored the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import BadInputError, CkptctlError
 from .metadata import Metadata, summarize
@@ -31,6 +37,12 @@ from .unpickler import Namespace, NumpyArray, TensorRef
 from .values import jsonable
 
 FIELDS = ("step", "epoch", "train_loss", "val_loss", "timestamp", "checkpoint_type")
+# Metadata that differs between two saves of the same training state: reported, never deciding.
+# Each name is ignored as a top-level key and as a key of ``args`` (see ignore_paths).
+VOLATILE_KEYS = (
+    "timestamp", "saved_at", "save_time", "hostname", "host", "pid",
+    "output_dir", "checkpoint_dir", "save_dir", "log_dir", "logging_dir",
+)  # fmt: skip
 CHUNK_ELEMENTS = 1 << 18  # elements per chunk: 2 MiB per float64 temporary
 MADV_DONTNEED = 4  # Linux
 TOP_CHANGED = 10
@@ -57,6 +69,7 @@ class FieldDelta:
     a: Any
     b: Any
     delta: float | int | None  # b - a (seconds for timestamps)
+    ignored: bool = False  # volatile or --ignore: a difference here does not decide
 
     @property
     def equal(self) -> bool:
@@ -70,6 +83,7 @@ class KeyDiff:
     only_a: dict[str, Any] = field(default_factory=dict)
     only_b: dict[str, Any] = field(default_factory=dict)
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    ignored: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # differences that do not decide (None: absent)
 
     @property
     def equal(self) -> bool:
@@ -80,6 +94,7 @@ class KeyDiff:
             "only_a": jsonable(self.only_a),
             "only_b": jsonable(self.only_b),
             "changed": [{"key": k, "a": jsonable(a), "b": jsonable(b)} for k, (a, b) in self.changed.items()],
+            "ignored": [{"key": k, "a": jsonable(a), "b": jsonable(b)} for k, (a, b) in self.ignored.items()],
         }
 
 
@@ -96,6 +111,7 @@ class InventoryDiff:
     changed: dict[str, tuple[TensorRef, TensorRef]]  # dtype or shape differs
     bytes_differ: list[str]  # same dtype and shape, storage CRC-32 differs
     bytes_compared: bool  # False when a file has no CRC-32s (legacy format, checksums off)
+    ignored: list[str] = field(default_factory=list)  # tensors that differ under an ignored path
 
     @property
     def equal(self) -> bool:
@@ -113,6 +129,7 @@ class InventoryDiff:
             "changed": [{"name": n, "a": _tensor_json(None, a), "b": _tensor_json(None, b)} for n, (a, b) in self.changed.items()],
             "bytes_differ": self.bytes_differ,
             "bytes_compared": self.bytes_compared,
+            "ignored": self.ignored,
         }
 
 
@@ -123,6 +140,7 @@ class OptimizerDiff:
     groups_a: int
     groups_b: int
     changed: list[tuple[int, str, Any, Any]]  # (group index, hyperparameter, a, b)
+    ignored: list[tuple[int, str, Any, Any]] = field(default_factory=list)  # under an ignored path
 
     @property
     def equal(self) -> bool:
@@ -135,6 +153,7 @@ class OptimizerDiff:
             "groups_a": self.groups_a,
             "groups_b": self.groups_b,
             "changed": [{"group": g, "key": k, "a": jsonable(a), "b": jsonable(b)} for g, k, a, b in self.changed],
+            "ignored": [{"group": g, "key": k, "a": jsonable(a), "b": jsonable(b)} for g, k, a, b in self.ignored],
         }
 
 
@@ -215,6 +234,7 @@ class Comparison:
     tensors: InventoryDiff
     optimizer: OptimizerDiff
     values: ValuesDiff | None = None
+    ignore: tuple[str, ...] = ()  # dotted paths whose differences do not decide (ignore_paths)
 
     @property
     def level(self) -> str:
@@ -222,8 +242,12 @@ class Comparison:
 
     @property
     def equal(self) -> bool:
-        """Equal under the chosen level: what the exit code (0 equal, 1 different) reports."""
-        parts = [all(f.equal for f in self.fields), self.args.equal, self.keys.equal, self.optimizer.equal]
+        """Equal under the chosen level: what the exit code (0 equal, 1 different) reports.
+
+        Differences under an ignored path (volatile metadata, ``--ignore``) are reported, never counted.
+        """
+        optimizer = self.optimizer.equal or covered("optimizer", self.ignore)
+        parts = [all(f.equal or f.ignored for f in self.fields), self.args.equal, self.keys.equal, optimizer]
         if self.values is None:
             parts.append(self.tensors.equal)
         else:  # values supersede the CRC verdict: bytes may differ while values are close enough
@@ -237,26 +261,60 @@ class Comparison:
             "level": self.level,
             "equal": self.equal,
             "fields": [{"field": f.name, "a": jsonable(f.a), "b": jsonable(f.b), "delta": _num(f.delta),
-                        "equal": f.equal} for f in self.fields],  # fmt: skip
+                        "equal": f.equal, "ignored": f.ignored} for f in self.fields],  # fmt: skip
             "args": self.args.to_json(),
             "keys": self.keys.to_json(),
             "tensors": self.tensors.to_json(),
             "optimizer": self.optimizer.to_json(),
             "values": self.values.to_json() if self.values is not None else None,
+            "ignore": list(self.ignore),
+            "ignored": [{"key": k, "a": jsonable(a), "b": jsonable(b)} for k, (a, b) in self.ignored_differences().items()],
         }
 
+    def ignored_differences(self) -> dict[str, tuple[Any, Any]]:
+        """Every difference that did not decide, by dotted path (None: absent on that side)."""
+        found: dict[str, tuple[Any, Any]] = {f.name: (f.a, f.b) for f in self.fields if f.ignored and not f.equal}
+        found.update({k: pair for k, pair in self.keys.ignored.items() if k != "args"})  # args: key by key below
+        found.update({f"args.{k}": pair for k, pair in self.args.ignored.items()})
+        found.update({f"optimizer.param_groups.{g}.{k}": (a, b) for g, k, a, b in self.optimizer.ignored})
+        tensors_a, tensors_b = dict(self.a.ckpt.tensors()), dict(self.b.ckpt.tensors())
+        found.update({name: (tensors_a.get(name), tensors_b.get(name)) for name in self.tensors.ignored})
+        return found
 
-def compare(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> Comparison:
-    """Compare two checkpoints from their pickles only (no tensor bytes are read)."""
+
+def ignore_paths(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The dotted paths whose differences do not decide: :data:`VOLATILE_KEYS` (top level and in
+    ``args``) plus ``extra`` (``--ignore``). BadInputError for an empty path or path part."""
+    paths = [*VOLATILE_KEYS, *(f"args.{key}" for key in VOLATILE_KEYS)]
+    for path in extra:
+        if not path or any(part == "" for part in path.split(".")):
+            raise BadInputError(f"--ignore: {path!r} is not a dotted key path (e.g. args.output_dir)")
+        paths.append(path)
+    return tuple(dict.fromkeys(paths))
+
+
+def covered(path: str, ignore: Sequence[str]) -> bool:
+    """``path`` is an ignored path or lies below one."""
+    return any(path == p or path.startswith(p + ".") for p in ignore)
+
+
+def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *, ignore: Iterable[str] = ()) -> Comparison:
+    """Compare two checkpoints from their pickles only (no tensor bytes are read).
+
+    Differences under :func:`ignore_paths` (volatile metadata plus ``ignore``) are reported as
+    ignored and do not make the two different.
+    """
+    paths = ignore_paths(ignore)
     side_a, side_b = open_side(a), open_side(b)
     return Comparison(
         side_a,
         side_b,
-        field_deltas(side_a.meta, side_b.meta),
-        diff_mappings(side_a.meta.args or {}, side_b.meta.args or {}),
-        diff_mappings(_top_level(side_a.ckpt.root), _top_level(side_b.ckpt.root)),
-        inventory_diff(side_a, side_b),
-        optimizer_diff(side_a.meta, side_b.meta),
+        field_deltas(side_a.meta, side_b.meta, paths),
+        diff_mappings(side_a.meta.args or {}, side_b.meta.args or {}, paths, prefix="args."),
+        diff_mappings(_top_level(side_a.ckpt.root), _top_level(side_b.ckpt.root), paths),
+        inventory_diff(side_a, side_b, paths),
+        optimizer_diff(side_a.meta, side_b.meta, paths),
+        ignore=paths,
     )
 
 
@@ -277,11 +335,11 @@ def _top_level(root: Any) -> dict[str, Any]:
     return {str(k): v for k, v in root.items()} if isinstance(root, dict) else {"<root>": root}
 
 
-def field_deltas(a: Metadata, b: Metadata) -> list[FieldDelta]:
+def field_deltas(a: Metadata, b: Metadata, ignore: Sequence[str] = ()) -> list[FieldDelta]:
     deltas = []
     for name in FIELDS:
         va, vb = getattr(a, name), getattr(b, name)
-        deltas.append(FieldDelta(name, va, vb, _delta(va, vb)))
+        deltas.append(FieldDelta(name, va, vb, _delta(va, vb), covered(name, ignore)))
     return deltas
 
 
@@ -293,16 +351,56 @@ def _delta(a: Any, b: Any) -> float | int | None:
     return None
 
 
-def diff_mappings(a: dict[str, Any], b: dict[str, Any]) -> KeyDiff:
-    """Key-by-key diff of two inert mappings (tensors compare by dtype and shape here)."""
+def diff_mappings(a: dict[str, Any], b: dict[str, Any], ignore: Sequence[str] = (), prefix: str = "") -> KeyDiff:
+    """Key-by-key diff of two inert mappings (tensors compare by dtype and shape here).
+
+    A difference at or below an ``ignore`` path (``prefix`` + key, dotted) goes to ``ignored``:
+    a key whose values differ only in ignored parts (``dataloader_state.worker_pid``) is not changed.
+    """
     diff = KeyDiff()
-    for key in a:
-        if key not in b:
-            diff.only_a[key] = a[key]
-        elif not _same(a[key], b[key]):
-            diff.changed[key] = (a[key], b[key])
-    diff.only_b = {k: v for k, v in b.items() if k not in a}
+    for key in dict.fromkeys([*a, *b]):
+        path = prefix + key
+        va, vb = a.get(key), b.get(key)
+        if key in a and key in b and _same(va, vb):
+            continue
+        if covered(path, ignore) or (key in a and key in b and _same_outside(va, vb, _below(path, ignore))):
+            diff.ignored[key] = (va, vb)
+        elif key not in b:
+            diff.only_a[key] = va
+        elif key not in a:
+            diff.only_b[key] = vb
+        else:
+            diff.changed[key] = (va, vb)
     return diff
+
+
+def _below(path: str, ignore: Sequence[str]) -> list[tuple[str, ...]]:
+    """The ignored paths strictly inside ``path``, as their remaining parts."""
+    return [tuple(p[len(path) + 1 :].split(".")) for p in ignore if p.startswith(path + ".")]
+
+
+def _same_outside(a: Any, b: Any, inside: list[tuple[str, ...]]) -> bool:
+    """Equal once the ``inside`` paths are removed from both (False when nothing is ignored inside)."""
+    return bool(inside) and _same(_without(a, inside), _without(b, inside))
+
+
+def _without(value: Any, paths: list[tuple[str, ...]]) -> Any:
+    """A copy of an inert value with the parts at ``paths`` (key or index parts) left out."""
+    if not paths:
+        return value
+    here = {p[0] for p in paths if len(p) == 1}
+    deeper: dict[str, list[tuple[str, ...]]] = {}
+    for p in paths:
+        if len(p) > 1:
+            deeper.setdefault(p[0], []).append(p[1:])
+    if isinstance(value, Namespace):
+        return ("Namespace", _without(dict(value.attrs), paths))  # stays unequal to a plain dict
+    if isinstance(value, dict):
+        return {k: _without(v, deeper.get(str(k), [])) for k, v in value.items() if str(k) not in here}
+    if isinstance(value, (list, tuple)):
+        items = [_without(v, deeper.get(str(i), [])) for i, v in enumerate(value) if str(i) not in here]
+        return (type(value).__name__, items)
+    return value
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -322,9 +420,10 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def inventory_diff(a: Side, b: Side) -> InventoryDiff:
+def inventory_diff(a: Side, b: Side, ignore: Sequence[str] = ()) -> InventoryDiff:
+    """Tensors by name; a difference in a tensor under an ``ignore`` path goes to ``ignored``."""
     tensors_a, tensors_b = dict(a.ckpt.tensors()), dict(b.ckpt.tensors())
-    changed, bytes_differ = {}, []
+    changed, bytes_differ, ignored = {}, [], []
     bytes_compared = _has_crcs(a.ckpt) and _has_crcs(b.ckpt)
     for name, ta in tensors_a.items():
         tb = tensors_b.get(name)
@@ -334,11 +433,16 @@ def inventory_diff(a: Side, b: Side) -> InventoryDiff:
             changed[name] = (ta, tb)
         elif bytes_compared and not _same_bytes(a.ckpt, ta, b.ckpt, tb):
             bytes_differ.append(name)
+    only_a = {n: t for n, t in tensors_a.items() if n not in tensors_b}
+    only_b = {n: t for n, t in tensors_b.items() if n not in tensors_a}
+    for name in [*only_a, *only_b, *changed, *bytes_differ]:
+        if covered(name, ignore):
+            ignored.append(name)
+    only_a, only_b, changed = ({n: t for n, t in d.items() if n not in ignored} for d in (only_a, only_b, changed))
+    bytes_differ = [n for n in bytes_differ if n not in ignored]
     return InventoryDiff(
         len(tensors_a), len(tensors_b), _parameters(a.meta), _parameters(b.meta),
-        {n: t for n, t in tensors_a.items() if n not in tensors_b},
-        {n: t for n, t in tensors_b.items() if n not in tensors_a},
-        changed, bytes_differ, bytes_compared,
+        only_a, only_b, changed, bytes_differ, bytes_compared, ignored,
     )  # fmt: skip
 
 
@@ -356,17 +460,18 @@ def _parameters(meta: Metadata) -> int:
     return (meta.model or meta.all_tensors).parameter_count
 
 
-def optimizer_diff(a: Metadata, b: Metadata) -> OptimizerDiff:
+def optimizer_diff(a: Metadata, b: Metadata, ignore: Sequence[str] = ()) -> OptimizerDiff:
     groups_a = a.optimizer.param_groups if a.optimizer else []
     groups_b = b.optimizer.param_groups if b.optimizer else []
-    changed = []
+    changed, ignored = [], []
     for index, (ga, gb) in enumerate(zip(groups_a, groups_b)):
         for key in dict.fromkeys([*ga, *gb]):
             if not _same(ga.get(key), gb.get(key)):
-                changed.append((index, key, ga.get(key), gb.get(key)))
+                ignore_it = covered(f"optimizer.param_groups.{index}.{key}", ignore)
+                (ignored if ignore_it else changed).append((index, key, ga.get(key), gb.get(key)))
     return OptimizerDiff(
         a.optimizer.type if a.optimizer else None, b.optimizer.type if b.optimizer else None,
-        len(groups_a), len(groups_b), changed,
+        len(groups_a), len(groups_b), changed, ignored,
     )  # fmt: skip
 
 
@@ -383,8 +488,10 @@ def compare_values(
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise BadInputError("--atol and --rtol must be finite and >= 0")
     in_b = dict(comparison.b.ckpt.tensors())
-    wanted = [n for n, _ in comparison.a.ckpt.tensors() if n in in_b and n not in comparison.tensors.changed]
+    shared = [n for n, _ in comparison.a.ckpt.tensors() if n in in_b and n not in comparison.tensors.changed]
+    wanted = [n for n in shared if not covered(n, comparison.ignore)]
     result = ValuesDiff(atol, rtol, [], {n: "dtype or shape differs" for n in comparison.tensors.changed})
+    result.not_compared.update({n: "ignored" for n in shared if n not in wanted})
     loaded_a, loaded_b = _LoadedFile(comparison.a), _LoadedFile(comparison.b)
     total = sum(in_b[n].nbytes for n in wanted)
     done = 0

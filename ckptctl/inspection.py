@@ -39,7 +39,7 @@ def inspect_file(path: str | os.PathLike[str], with_tensors: bool = False) -> di
         rng_states=meta.rng_states,
         model=_group(meta.model),
         optimizer=_optimizer(meta.optimizer),
-        extra={key: jsonable(root.get(key)) for key in meta.extra_keys},
+        extra={key: meta.extra_numbers.get(key, jsonable(root.get(key))) for key in meta.extra_keys},
         all_tensors=_group(meta.all_tensors),
         notes=ckpt.notes,
     )

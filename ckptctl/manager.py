@@ -53,7 +53,7 @@ from .naming import Kind, format_name
 from .reader import read_checkpoint
 from .resolve import BEST, BEST_CHAIN, LATEST, LATEST_CHAIN, NEWEST, explain, fallback_candidates, resume_candidates
 from .retention import Policy, plan_retention
-from .rng import capture_rng_state, restore_rng_state, safe_globals
+from .rng import capture_rng_state, restore_rng_state, safe_globals, to_plain
 from .usage import Usage, measure, summary_line
 
 log = logging.getLogger("ckptctl.manager")
@@ -328,7 +328,10 @@ class CheckpointManager:
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         payload = dict(state)
-        payload.update(fields)  # the step/epoch in the file name must match the metadata
+        payload.update({key: _plain(value) for key, value in fields.items()})  # step/epoch match the file name
+        rng = payload.get("rng_state")
+        if isinstance(rng, Mapping) and rng.get("numpy") is not None:  # np.random.get_state() of the caller's own
+            payload["rng_state"] = {**rng, "numpy": to_plain(rng["numpy"])}  # dict: plain, so torch.load opens it
         payload.setdefault("timestamp", datetime.now().astimezone().isoformat(timespec="seconds"))
         if checkpoint_type == "emergency" or "checkpoint_type" not in payload:
             payload["checkpoint_type"] = checkpoint_type
@@ -578,19 +581,40 @@ def build_state(
     args: Any = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The layout's checkpoint dict, with every RNG state captured now."""
+    """The layout's checkpoint dict, with every RNG state captured now.
+
+    What this adds is plain values and tensors, so ``torch.load(path)`` with torch's default
+    ``weights_only=True`` opens the file outside ckptctl: RNG states as plain values
+    (:mod:`ckptctl.rng`), ``args`` as a dict (a Namespace's attributes) with paths as strings and
+    numpy numbers as Python numbers, numpy-number step/epoch/losses as Python numbers. Tensor
+    losses stay tensors (``list`` and ``inspect`` read 0-d tensors as numbers).
+    """
     return {
-        "step": step,
-        "epoch": epoch,
+        "step": _plain(step),
+        "epoch": _plain(epoch),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "train_loss": train_loss,
-        "val_loss": val_loss,
+        "train_loss": _plain(train_loss),
+        "val_loss": _plain(val_loss),
         "rng_state": capture_rng_state(),
         "dataloader_state": dict(dataloader_state or {}),
-        "args": vars(args) if hasattr(args, "__dict__") and not isinstance(args, Mapping) else args,
+        "args": _plain(vars(args) if hasattr(args, "__dict__") and not isinstance(args, Mapping) else args),
         **extra,
     }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with what torch's default ``weights_only`` load refuses made plain: numpy numbers
+    (``np.float64``) as Python numbers, paths as strings, inside dicts, lists and tuples too."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if type(value) in (list, tuple):  # exactly: a namedtuple's constructor takes no iterable
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    return value
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

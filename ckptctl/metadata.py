@@ -2,7 +2,8 @@
 
 The checkpoint dict of the layout is ``step, epoch, model, optimizer, train_loss, val_loss,
 rng_state{...}, dataloader_state{...}, args{...}, timestamp, checkpoint_type``; unknown extra keys
-are kept and shown. Everything here works on the placeholders from :mod:`ckptctl.unpickler`.
+are kept and shown. Everything here works on the placeholders from :mod:`ckptctl.unpickler`;
+losses saved as one-element tensors (``train_loss=loss``) are numbers, read by :mod:`ckptctl.scalars`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from .reader import CheckpointFile
+from .scalars import is_scalar, read_scalars
 from .unpickler import Namespace, NumpyArray, TensorRef
 
 KNOWN_KEYS = (
     "step", "epoch", "model", "optimizer", "train_loss", "val_loss", "rng_state",
     "dataloader_state", "args", "timestamp", "checkpoint_type",
 )  # fmt: skip
+LOSS_FIELDS = ("train_loss", "val_loss")  # read as numbers from one-element tensors for every file
+MAX_EXTRA_SCALARS = 8  # other top-level one-element tensors read as numbers (``best_metric``), per file
 OPTIMIZER_HYPERPARAMS = ("lr", "betas", "momentum", "weight_decay", "eps", "dampening", "nesterov", "amsgrad")
 
 
@@ -65,6 +69,18 @@ class Metadata:
     rng_states: list[str]
     extra_keys: list[str]
     root: Any = field(repr=False, compare=False)
+    ckpt: CheckpointFile | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def extra_numbers(self) -> dict[str, float | int]:
+        """Other top-level keys holding a one-element tensor (``best_metric``), as numbers.
+
+        Read on first use (``inspect``, not ``list``), for at most :data:`MAX_EXTRA_SCALARS` keys.
+        """
+        if self.ckpt is None or not isinstance(self.root, dict):
+            return {}
+        candidates = [key for key in self.extra_keys if is_scalar(self.root.get(key))][:MAX_EXTRA_SCALARS]
+        return read_scalars(self.ckpt, {key: self.root[key] for key in candidates})
 
     @functools.cached_property
     def model(self) -> TensorGroupSummary | None:
@@ -84,11 +100,13 @@ def summarize(ckpt: CheckpointFile) -> Metadata:
     """Distil ``ckpt.root`` into :class:`Metadata`; tolerant of any shape of root object."""
     root = ckpt.root if isinstance(ckpt.root, dict) else {}
     rng = root.get("rng_state")
+    losses = {key: root.get(key) for key in LOSS_FIELDS}
+    losses.update(read_scalars(ckpt, losses))  # a tensor loss: its value (a few bytes read)
     return Metadata(
         step=as_int(root.get("step")),
         epoch=as_int(root.get("epoch")),
-        train_loss=as_float(root.get("train_loss")),
-        val_loss=as_float(root.get("val_loss")),
+        train_loss=as_float(losses["train_loss"]),
+        val_loss=as_float(losses["val_loss"]),
         timestamp=as_datetime(root.get("timestamp")),
         checkpoint_type=root.get("checkpoint_type") if isinstance(root.get("checkpoint_type"), str) else None,
         args=args_dict(root.get("args")),
@@ -96,6 +114,7 @@ def summarize(ckpt: CheckpointFile) -> Metadata:
         rng_states=sorted(k for k, v in rng.items() if v is not None) if isinstance(rng, dict) else [],
         extra_keys=[str(k) for k in root if k not in KNOWN_KEYS],
         root=ckpt.root,
+        ckpt=ckpt,
     )
 
 

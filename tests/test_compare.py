@@ -249,3 +249,94 @@ def test_values_run_on_one_torch_thread_and_restore_the_setting(pair):
     compare_values(compare(*pair), progress=lambda *_: seen.append(torch.get_num_threads()))
     assert set(seen) == {1}
     assert torch.get_num_threads() == before
+
+
+# ----------------------------------------------------------------- volatile metadata and --ignore
+
+
+def deterministic_saves(root, monkeypatch, *, lr_b: float = 0.1, extra_b: dict | None = None):
+    """The same seeded training step saved by two managers into two directories, five minutes apart
+    (the manager's clock is pinned; the saved timestamp and args.output_dir differ)."""
+    import datetime as dt
+    import random
+
+    import numpy as np
+    import torch
+
+    from ckptctl import manager as manager_module
+    from ckptctl.manager import CheckpointManager, build_state
+
+    paths = []
+    for index, (minute, lr) in enumerate(((0, 0.1), (5, lr_b))):
+        clock = dt.datetime(2026, 12, 6, 10, minute, tzinfo=dt.timezone.utc)
+        monkeypatch.setattr(manager_module, "datetime", type("Clock", (dt.datetime,), {"now": staticmethod(lambda tz=None, c=clock: c)}))
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        loss = model(torch.randn(16, 4)).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        directory = root / f"run{index + 1}"
+        state = build_state(step=1, epoch=0, model=model, optimizer=optimizer, train_loss=loss.detach(),
+                            args={"output_dir": str(directory), "lr": lr}, dataloader_state={"batch": 1, "worker_pid": 100 + index},
+                            **(extra_b or {} if index else {}))  # fmt: skip
+        paths.append(CheckpointManager(directory, monitor_every=0).save(state, step=1))
+    return paths
+
+
+def test_two_saves_of_the_same_step_are_equal_with_the_timestamp_ignored(tmp_path, monkeypatch):
+    a, b = deterministic_saves(tmp_path, monkeypatch)
+    comparison = compare(a, b, ignore=["dataloader_state.worker_pid"])
+    values = compare_values(comparison)
+    assert values.equal and values.tensors and comparison.equal
+    timestamp = next(f for f in comparison.fields if f.name == "timestamp")
+    assert not timestamp.equal and timestamp.ignored and timestamp.delta == 300
+    assert set(comparison.ignored_differences()) == {"timestamp", "args.output_dir", "dataloader_state"}
+
+
+def test_volatile_metadata_alone_never_decides(tmp_path, monkeypatch):
+    a, b = deterministic_saves(tmp_path, monkeypatch)
+    comparison = compare(a, b)  # no --ignore: worker_pid is not volatile by name
+    assert not comparison.equal and list(comparison.keys.changed) == ["dataloader_state"]
+    assert "timestamp" not in comparison.keys.changed and "output_dir" not in comparison.args.changed
+
+
+def test_a_real_difference_still_decides(tmp_path, monkeypatch):
+    a, b = deterministic_saves(tmp_path, monkeypatch, lr_b=0.2)
+    comparison = compare(a, b, ignore=["dataloader_state.worker_pid"])
+    compare_values(comparison)
+    assert not comparison.equal and not comparison.values.equal
+    assert comparison.args.changed == {"lr": (0.1, 0.2)} and comparison.optimizer.changed == [(0, "lr", 0.1, 0.2)]
+
+
+def test_ignore_paths_make_chosen_differences_non_deciding(tmp_path, monkeypatch):
+    a, b = deterministic_saves(tmp_path, monkeypatch, lr_b=0.2)
+    only_args = compare(a, b, ignore=["dataloader_state.worker_pid", "args.lr"])
+    assert not only_args.equal and only_args.optimizer.changed  # the optimizer's lr still differs
+    ignore = ["dataloader_state.worker_pid", "args.lr", "optimizer", "model"]
+    comparison = compare(a, b, ignore=ignore)
+    values = compare_values(comparison)
+    assert comparison.equal, comparison.to_json()
+    assert values.not_compared and set(values.not_compared.values()) == {"ignored"}
+    assert {"args.lr", "optimizer.param_groups.0.lr", "model.0.weight"} <= set(comparison.ignored_differences())
+
+
+def test_ignore_a_volatile_name_anywhere_it_is_listed(tmp_path, monkeypatch):
+    a, b = deterministic_saves(tmp_path, monkeypatch, extra_b={"hostname": "node7", "pid": 4242})
+    comparison = compare(a, b, ignore=["dataloader_state.worker_pid"])
+    assert comparison.equal and comparison.keys.only_b == {}
+    assert {"hostname", "pid"} <= set(comparison.keys.ignored)
+
+
+@pytest.mark.parametrize("path", ["", "args.", ".lr", "a..b"])
+def test_bad_ignore_path_is_bad_input(pair, path):
+    with pytest.raises(BadInputError, match="--ignore"):
+        compare(*pair, ignore=[path])
+
+
+def test_ignore_does_not_hide_a_sibling_key(pair):
+    """``args.lr`` ignores lr, not ``args.lr_schedule``: paths match whole parts."""
+    a, b = pair
+    comparison = compare(a, b, ignore=["model.2"])
+    assert comparison.equal  # model.2.bias is the only difference
+    assert not compare(a, b, ignore=["model.2.bia"]).equal

@@ -1,9 +1,13 @@
-"""``ckptctl compare A B``: what changed between two checkpoints. Exit 0 equal, 1 different, 2 bad input."""
+"""``ckptctl compare A B``: what changed between two checkpoints. Exit 0 equal, 1 different, 2 bad input.
+
+Volatile metadata (save time, paths, host names, pids: ``ckptctl.compare.VOLATILE_KEYS``) and
+``--ignore KEY`` paths are shown as ignored and never make two checkpoints different.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Optional, Sequence
 
 import typer
 
@@ -33,15 +37,24 @@ def compare_command(
     atol: Annotated[float, typer.Option("--atol", min=0, help="Absolute tolerance for --values.")] = 0.0,
     rtol: Annotated[float, typer.Option("--rtol", min=0, help="Relative tolerance for --values (|a-b| <= atol + rtol*|b|).")] = 0.0,
     top: Annotated[int, typer.Option("--top", min=1, help="How many most-changed tensors and layers to show.")] = 10,
+    ignore: Annotated[
+        Optional[list[str]],
+        typer.Option("--ignore", metavar="KEY", help="Show differences at this dotted key path (and below) as "
+                     "ignored: they do not make A and B different (e.g. args.output_dir). Repeatable. The save "
+                     "time, paths, host names and pids are always ignored."),  # fmt: skip
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Compare checkpoints A and B: metadata, args, keys, tensor inventory, optimizer; --values for tensor values."""
+    """Compare checkpoints A and B: metadata, args, keys, tensor inventory, optimizer; --values for tensor values.
+
+    Exit 0 when equal, 1 when different; volatile metadata (save time, paths) never decides.
+    """
     from ..compare import compare, compare_values
     from ..storage import refuse_url
 
     refuse_url(a, "compare")
     refuse_url(b, "compare")
-    comparison = compare(a, b)
+    comparison = compare(a, b, ignore=ignore or ())
     if values:
         with _ProgressBar(comparison) as progress:
             compare_values(comparison, atol=atol, rtol=rtol, progress=progress)
@@ -100,6 +113,7 @@ class _Report:
         self._optimizer()
         if c.values is not None:
             self._values()
+        self._ignored()
         verdict = "equal" if c.equal else "different"
         self.line(f"result: {verdict} at the {c.level} level")
 
@@ -118,7 +132,7 @@ class _Report:
         rows = []
         for f in self.c.fields:
             a, b = (render.local_time(v) if f.name == "timestamp" else _value(v) for v in (f.a, f.b))
-            delta = _delta(f) if not f.equal else "="
+            delta = "=" if f.equal else _delta(f) + (" (ignored)" if f.ignored else "")
             rows.append([f.name, a, b, delta])
         return rows
 
@@ -157,6 +171,13 @@ class _Report:
             self.line(f"  storage bytes differ (CRC-32) for {len(t.bytes_differ)} tensors: {names}{hint}")
         else:
             self.line("  storage bytes identical (CRC-32) for every shared tensor")
+
+    def _ignored(self) -> None:
+        """Differences that did not decide: volatile metadata and --ignore paths."""
+        ignored = list(self.c.ignored_differences())
+        if ignored:
+            names = ", ".join(ignored[:LIST_LIMIT]) + (f", … ({len(ignored) - LIST_LIMIT} more)" if len(ignored) > LIST_LIMIT else "")
+            self.line(f"ignored differences (volatile metadata, --ignore): {names}")
 
     def _optimizer(self) -> None:
         o = self.c.optimizer

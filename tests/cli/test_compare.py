@@ -115,3 +115,38 @@ def test_no_progress_bar_when_piped(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_cmd._ProgressBar, "update", lambda self, *a: (_ for _ in ()).throw(AssertionError))
     a = write_checkpoint(tmp_path / "a.pt", make_state())
     assert invoke(str(a), str(a), "--values").exit_code == 0
+
+
+def test_two_separate_saves_are_equal_with_values(tmp_path, monkeypatch):
+    from tests.test_compare import deterministic_saves
+
+    a, b = deterministic_saves(tmp_path, monkeypatch)
+    result = invoke(str(a), str(b), "--values", "--ignore", "dataloader_state.worker_pid")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "+300 s (ignored)" in out and "0 of 10 tensors differ" in out
+    assert "ignored differences (volatile metadata, --ignore): timestamp, dataloader_state, args.output_dir" in out
+    assert out.rstrip().endswith("result: equal at the values level")
+
+
+def test_a_real_difference_exits_1_and_ignore_is_repeatable(tmp_path, monkeypatch):
+    from tests.test_compare import deterministic_saves
+
+    a, b = deterministic_saves(tmp_path, monkeypatch, lr_b=0.2)
+    assert invoke(str(a), str(b), "--values", "--ignore", "dataloader_state.worker_pid").exit_code == 1
+    result = invoke(str(a), str(b), "--json", "--ignore", "dataloader_state.worker_pid", "--ignore", "args.lr",
+                    "--ignore", "optimizer", "--ignore", "model")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["equal"] is True and doc["args"]["changed"] == []
+    assert {"timestamp", "args.lr", "args.output_dir", "dataloader_state"} <= {d["key"] for d in doc["ignored"]}
+    assert {"args.lr", "optimizer", "model", "timestamp"} <= set(doc["ignore"])
+    timestamp = next(f for f in doc["fields"] if f["field"] == "timestamp")
+    assert (timestamp["equal"], timestamp["ignored"], timestamp["delta"]) == (False, True, 300)
+    assert doc["args"]["ignored"] == [{"key": "output_dir", "a": str(a.parent), "b": str(b.parent)}, {"key": "lr", "a": 0.1, "b": 0.2}]
+
+
+def test_bad_ignore_path_exits_2(ckpt_dir):
+    path = str(ckpt_dir / "latest.pt")
+    result = invoke(path, path, "--ignore", "args..lr")
+    assert result.exit_code == 2 and "not a dotted key path" in result.stderr and "Traceback" not in result.output
