@@ -19,7 +19,7 @@ from ckptctl.retention import (
     refuse_if_removes_everything,
     stale_temps,
 )
-from tests.factories import touch_files, write_checkpoint
+from tests.factories import touch_checkpoints, touch_files, write_checkpoint
 
 PROTECTED = ["latest.pt", "latest_backup.pt", "best_model.pt", "best_model_backup.pt", "best_model_previous.pt",
              "epoch_00000.pt", "epoch_00001.pt", "rolling_last_backup.pt"]  # fmt: skip
@@ -43,8 +43,8 @@ def reasons(plan) -> dict[str, list[str]]:
 
 def test_default_policy_keeps_last_ten_rolling_by_step_never_protected(tmp_path):
     # step 9 written last (newest mtime) must still be the oldest: order is by step, never mtime
-    touch_files(tmp_path, PROTECTED + rolling(*range(10, 130, 10)))
-    touch_files(tmp_path, rolling(9), mtime=time.time() + 1000)
+    touch_checkpoints(tmp_path, PROTECTED + rolling(*range(10, 130, 10)))
+    touch_checkpoints(tmp_path, rolling(9), mtime=time.time() + 1000)
     plan = plan_for(tmp_path)
     assert names(plan.remove) == rolling(9, 10, 20)
     kept = reasons(plan)
@@ -56,19 +56,19 @@ def test_default_policy_keeps_last_ten_rolling_by_step_never_protected(tmp_path)
 def test_emergency_has_its_own_count_ordered_by_step_then_timestamp(tmp_path):
     emergency = ["emergency_step_000100_20260101_120000.pt", "emergency_step_000100_20260101_130000.pt",
                  "emergency_step_000050_20270101_000000.pt"]  # fmt: skip
-    touch_files(tmp_path, emergency + rolling(1, 2))
+    touch_checkpoints(tmp_path, emergency + rolling(1, 2))
     plan = plan_for(tmp_path, keep_rolling=5, keep_emergency=2)
     assert names(plan.remove) == ["emergency_step_000050_20270101_000000.pt"]
     assert reasons(plan)["emergency_step_000100_20260101_130000.pt"] == ["last 2 emergency"]
 
 
 def test_fewer_than_n_keeps_all(tmp_path):
-    touch_files(tmp_path, rolling(1, 2, 3))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
     assert plan_for(tmp_path, keep_rolling=10).remove == []
 
 
 def test_keep_every_keeps_multiples_with_reason(tmp_path):
-    touch_files(tmp_path, ["latest.pt"] + rolling(2500, 5000, 7500, 10000, 12500, 13000))
+    touch_checkpoints(tmp_path, ["latest.pt"] + rolling(2500, 5000, 7500, 10000, 12500, 13000))
     plan = plan_for(tmp_path, keep_rolling=1, keep_every=5000)
     assert names(plan.remove) == rolling(2500, 7500, 12500)
     kept = reasons(plan)
@@ -77,7 +77,7 @@ def test_keep_every_keeps_multiples_with_reason(tmp_path):
 
 
 def test_rules_are_ored_and_every_matching_rule_is_a_reason(tmp_path):
-    touch_files(tmp_path, rolling(1000, 2000))
+    touch_checkpoints(tmp_path, rolling(1000, 2000))
     plan = plan_for(tmp_path, keep_rolling=1, keep_every=1000)
     assert reasons(plan)["rolling_step_002000.pt"] == ["last 1 rolling", "every 1000 steps"]
     assert reasons(plan)["rolling_step_001000.pt"] == ["every 1000 steps"]
@@ -85,9 +85,9 @@ def test_rules_are_ored_and_every_matching_rule_is_a_reason(tmp_path):
 
 def test_keep_within_measures_from_newest_checkpoint_not_now(tmp_path):
     newest = time.time() - 90 * 86400  # a run that stopped three months ago
-    touch_files(tmp_path, rolling(1), mtime=newest - 10 * 86400)
-    touch_files(tmp_path, rolling(2), mtime=newest - 6 * 86400)
-    touch_files(tmp_path, rolling(3), mtime=newest)
+    touch_checkpoints(tmp_path, rolling(1), mtime=newest - 10 * 86400)
+    touch_checkpoints(tmp_path, rolling(2), mtime=newest - 6 * 86400)
+    touch_checkpoints(tmp_path, rolling(3), mtime=newest)
     plan = plan_for(tmp_path, keep_rolling=0, keep_within=timedelta(days=7))
     assert names(plan.remove) == rolling(1)
     assert reasons(plan)["rolling_step_000002.pt"] == ["within 7d of newest"]
@@ -98,8 +98,8 @@ def test_keep_within_uses_emergency_name_timestamp(tmp_path):
     old_name = "emergency_step_000001_20260420_120000.pt"
     new_name = f"emergency_step_000002_{newest:%Y%m%d_%H%M%S}.pt"
     # mtimes say the opposite of the names: the name's timestamp wins
-    touch_files(tmp_path, [old_name], mtime=newest.timestamp())
-    touch_files(tmp_path, [new_name], mtime=newest.timestamp() - 30 * 86400)
+    touch_checkpoints(tmp_path, [old_name], mtime=newest.timestamp())
+    touch_checkpoints(tmp_path, [new_name], mtime=newest.timestamp() - 30 * 86400)
     plan = plan_for(tmp_path, keep_emergency=0, keep_within=timedelta(days=3))
     assert names(plan.remove) == [old_name]
 
@@ -111,11 +111,13 @@ def test_keep_best_k_reads_val_loss_among_rolling(tmp_path):
     (tmp_path / rolling(600)[0]).write_bytes(b"garbage, not a checkpoint")
     plan = plan_for(tmp_path, keep_rolling=1, keep_best_k=2)
     kept = reasons(plan)
-    # tie at 0.3: both 200 and 400 are best; 300 (0.5) is not; the unreadable newest is kept as last 1
+    # tie at 0.3: both 200 and 400 are best; 300 (0.5) is not; the unreadable newest is not counted
+    # as "last 1" (500 is) and is kept as damaged
     assert kept["rolling_step_000200.pt"] == ["best 2 by val_loss"]
     assert kept["rolling_step_000400.pt"] == ["best 2 by val_loss"]
-    assert kept["rolling_step_000600.pt"] == ["last 1 rolling"]
-    assert names(plan.remove) == rolling(100, 300, 500)
+    assert kept["rolling_step_000500.pt"] == ["last 1 rolling"]
+    assert kept["rolling_step_000600.pt"] == ["damaged (not a zip or pickle): not counted, kept"]
+    assert names(plan.remove) == rolling(100, 300)
 
 
 def test_best_k_tie_prefers_newer_step(tmp_path):
@@ -127,7 +129,8 @@ def test_best_k_tie_prefers_newer_step(tmp_path):
 
 def test_unknown_and_partial_files_are_ignored_never_removed(tmp_path):
     strays = ["notes.txt", "rolling_step_12.pt", "model.pth", ".ckptctl.lock", "epoch_1.pt"]
-    touch_files(tmp_path, strays + ["latest.pt.1.ab.tmp"] + rolling(1, 2))
+    touch_checkpoints(tmp_path, strays + rolling(1, 2))
+    touch_files(tmp_path, ["latest.pt.1.ab.tmp"])
     plan = plan_for(tmp_path, keep_rolling=1)
     assert sorted(e.name for e in plan.ignored) == sorted(strays + ["latest.pt.1.ab.tmp"])
     assert names(plan.remove) == rolling(1)
@@ -147,7 +150,7 @@ def test_stale_temps_by_age_only_with_a_threshold(tmp_path):
 
 
 def test_freed_bytes_counts_hard_linked_inode_once_and_only_when_all_names_go(tmp_path):
-    touch_files(tmp_path, rolling(1, 2, 3), size=1000)
+    touch_checkpoints(tmp_path, rolling(1, 2, 3), size=1000)
     os.link(tmp_path / rolling(3)[0], tmp_path / "latest.pt")  # latest shares step 3's blocks
     os.link(tmp_path / rolling(1)[0], tmp_path / "extra_link.pt")
     entries = {e.name: e for e in scan(tmp_path)}
@@ -160,7 +163,7 @@ def test_freed_bytes_counts_hard_linked_inode_once_and_only_when_all_names_go(tm
 
 
 def test_refuses_a_plan_that_removes_every_checkpoint(tmp_path):
-    touch_files(tmp_path, rolling(1, 2) + ["notes.txt"])
+    touch_checkpoints(tmp_path, rolling(1, 2) + ["notes.txt"])
     plan = plan_for(tmp_path, keep_rolling=0)
     assert plan.removes_everything
     with pytest.raises(BadInputError, match="would remove all 2 checkpoints"):
@@ -168,7 +171,7 @@ def test_refuses_a_plan_that_removes_every_checkpoint(tmp_path):
 
 
 def test_removing_all_rolling_is_allowed_while_another_checkpoint_stays(tmp_path):
-    touch_files(tmp_path, rolling(1, 2) + ["latest.pt"])
+    touch_checkpoints(tmp_path, rolling(1, 2) + ["latest.pt"])
     plan = plan_for(tmp_path, keep_rolling=0)
     assert not plan.removes_everything
     refuse_if_removes_everything(plan)  # does not raise
@@ -176,13 +179,13 @@ def test_removing_all_rolling_is_allowed_while_another_checkpoint_stays(tmp_path
 
 
 def test_an_empty_plan_is_not_refused(tmp_path):
-    touch_files(tmp_path, ["notes.txt"])
+    touch_checkpoints(tmp_path, ["notes.txt"])
     plan = plan_for(tmp_path, keep_rolling=0)
     assert not plan.removes_everything and plan.remove == []
 
 
 def test_manager_call_shape_is_unchanged(tmp_path):
-    touch_files(tmp_path, rolling(1, 2, 3) + ["emergency_step_000001_20260101_000000.pt", "old.pt.1.a.tmp"], mtime=0)
+    touch_checkpoints(tmp_path, rolling(1, 2, 3) + ["emergency_step_000001_20260101_000000.pt", "old.pt.1.a.tmp"], mtime=0)
     plan = plan_retention(scan(tmp_path), Policy(keep_rolling=2, keep_emergency=1))
     assert names(plan.remove) == rolling(1)
     assert plan.stale_temp == []  # the manager's cleanup never deletes temp files through retention
