@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from datetime import datetime, timedelta
 
 import pytest
 from typer.testing import CliRunner
@@ -227,3 +228,52 @@ def test_files_changed_after_the_plan_are_skipped_and_reported(layout, monkeypat
     assert result.exit_code == 0, result.output
     assert ("skipped 1 planned files" in result.stderr) is not quiet
     assert rolling(2000)[0] not in present(layout)
+
+
+def test_symlinked_pointers_keep_their_targets_and_the_plan_says_why(tmp_path):
+    directory = tmp_path / "run"
+    touch_checkpoints(directory, rolling(100, 200, 300, 400), size=200)
+    os.symlink(rolling(100)[0], directory / "latest.pt")
+    os.symlink(rolling(200)[0], directory / "best_model.pt")
+    dry = invoke(str(directory), "--dry-run", "--keep-rolling", "1")
+    assert dry.exit_code == 0, dry.output
+    lines = {" ".join(line.split()) for line in dry.stdout.splitlines()}
+    assert "rolling_step_000100.pt 100 latest.pt points here" in lines
+    assert "latest.pt -> rolling_step_000100.pt - protected: latest" in lines
+    result = invoke(str(directory), "--yes", "--json", "--keep-rolling", "1")
+    doc = json.loads(result.stdout)
+    assert doc["removed"] == rolling(300)
+    assert {k["name"]: k["link"] for k in doc["keep"]}["best_model.pt"] == rolling(200)[0]
+    assert (directory / "latest.pt").exists() and (directory / "best_model.pt").exists()  # neither dangles
+
+
+def test_empty_high_step_files_are_reported_kept_and_removed_only_when_asked(tmp_path):
+    directory = tmp_path / "run"
+    touch_checkpoints(directory, rolling(100, 200, 300), size=200)
+    touch_files(directory, rolling(999998, 999999))
+    dry = invoke(str(directory), "--dry-run", "--keep-rolling", "2")
+    assert dry.exit_code == 0, dry.output
+    lines = {" ".join(line.split()) for line in dry.stdout.splitlines()}
+    assert "rolling_step_999999.pt 999999 damaged (empty): not counted, kept" in lines
+    assert "rolling_step_000300.pt 300 last 2 rolling" in lines
+    doc = json.loads(invoke(str(directory), "--dry-run", "--json", "--keep-rolling", "2").stdout)
+    assert [d["name"] for d in doc["remove"]] == rolling(100)
+    assert doc["damaged"] == [{"name": n, "damage": "empty", "removed": False} for n in rolling(999998, 999999)]
+    result = invoke(str(directory), "--yes", "--json", "--keep-rolling", "2", "--remove-damaged")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["removed"] == rolling(100, 999998, 999999)
+    assert present(directory) >= set(rolling(200, 300))
+
+
+def test_replaced_records_go_past_keep_replaced_within(tmp_path):
+    directory = tmp_path / "run"
+    touch_checkpoints(directory, rolling(100))
+    old = f"latest.pt.replaced-{datetime.now() - timedelta(days=30):%Y%m%d_%H%M%S}"
+    young = f"latest.pt.replaced-{datetime.now() - timedelta(days=1):%Y%m%d_%H%M%S}"
+    touch_files(directory, [old, young])
+    doc = json.loads(invoke(str(directory), "--dry-run", "--json").stdout)
+    assert [d["name"] for d in doc["remove"]] == [old] and doc["remove"][0]["kind"] == "replaced"
+    doc = json.loads(invoke(str(directory), "--dry-run", "--json", "--keep-replaced-within", "60d").stdout)
+    assert doc["remove"] == []
+    bad = invoke(str(directory), "--dry-run", "--keep-replaced-within", "soon")
+    assert bad.exit_code == 2 and "bad duration" in bad.output
