@@ -50,7 +50,7 @@ def test_json_document(layout, monkeypatch, no_checkpoint_opened):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     kinds = {k["kind"]: k for k in doc["kinds"]}
-    assert list(kinds) == ["latest", "rolling", "emergency", "best", "epoch", "partial", "other"]
+    assert list(kinds) == ["latest", "rolling", "emergency", "best", "epoch", "replaced", "partial", "other"]
     assert kinds["latest"] == {"kind": "latest", "files": 2, "apparent_bytes": 0, "allocated_bytes": 0, "linked_files": 2}
     assert kinds["partial"]["apparent_bytes"] == 3 * KiB
     assert doc["total"]["files"] == 11 and doc["total"]["hard_links_counted_once"] is True

@@ -16,9 +16,10 @@ from tests import hostile
 runner = CliRunner()
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 KINDS = {"latest", "latest_backup", "rolling", "rolling_backup", "emergency", "best", "best_backup", "best_previous",
-         "epoch", "other"}  # fmt: skip
-STATUSES = {"ok", "unreadable", "unsafe", "partial"}
-JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error"}
+         "epoch", "replaced", "other"}  # fmt: skip
+STATUSES = {"ok", "unreadable", "unsafe", "partial", "dangling", "loop"}
+JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error",
+             "link", "replaced_at"}
 
 
 def invoke(*args: str, **kwargs):
