@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -120,3 +121,13 @@ def test_du_imports_neither_torch_nor_numpy(layout, args):
     probe = run_fresh_interpreter(["du", str(layout), *args])
     assert probe["code"] == 0 and "Checkpoint storage:" in probe["stdout"]
     assert probe["heavy"] == []
+
+
+def test_replaced_records_are_counted_as_their_own_kind(tmp_path):
+    (tmp_path / "rolling_step_000001.pt").write_bytes(b"r" * 100)
+    (tmp_path / "latest.pt.replaced-20261101_120000").write_bytes(b"o" * 40)  # the data only it holds
+    os.link(tmp_path / "rolling_step_000001.pt", tmp_path / "best_model.pt.replaced-20261101_120000")
+    doc = json.loads(invoke(str(tmp_path), "--json").stdout)
+    replaced = {k["kind"]: k for k in doc["kinds"]}["replaced"]
+    assert (replaced["files"], replaced["apparent_bytes"], replaced["linked_files"]) == (2, 40, 1)
+    assert doc["counts"]["replaced"] == 2
