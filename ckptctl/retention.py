@@ -14,8 +14,9 @@ Three things protect data beyond the rules:
   N + the damaged files met, however large the directory. Damaged files met on the way are kept
   and reported ("damaged (empty): not counted, kept"), removed only with ``remove_damaged``.
 - A symlink that stays (a pointer such as ``latest.pt``, ``best_model.pt`` or DCP's ``latest``,
-  or any kept or ignored name) keeps every name of its chain inside the directory: deleting a
-  target would leave the pointer dangling. A target outside the directory protects nothing here.
+  or any kept or ignored name; not ``restore``'s ``.replaced-*`` records, which are history and
+  would otherwise keep a damaged directory forever) keeps every name of its chain inside the
+  directory: deleting a target would leave the pointer dangling. A target outside the directory protects nothing here.
   Hard links need no protection (the data lives while any name does): removing a rolling name
   that shares its inode with ``latest.pt`` is noted as harmless in the plan.
 - ``restore``'s ``<name>.replaced-<stamp>`` records are removed only by age, when the policy says
@@ -225,7 +226,7 @@ def _protect_link_targets(keep: list[Decision], remove: list[Decision], ignored:
     staying = [d.entry for d in keep] + ignored
     pointed: dict[str, str] = {}
     for entry in staying:
-        if entry.is_symlink:
+        if entry.is_symlink and entry.kind is not Kind.REPLACED:  # restore's records may dangle: they are history
             for name in link_chain(entry):
                 pointed.setdefault(name, entry.name)
     if not pointed:

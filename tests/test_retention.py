@@ -385,3 +385,11 @@ def test_manager_retention_keeps_a_symlinked_pointer_target_and_counts_only_vali
     assert rolling(1)[0] in present  # best_model.pt does not dangle
     assert set(rolling(3, 4, 999999)) <= present  # the two newest valid saves are kept, the empty file too
     assert rolling(2)[0] not in present
+
+
+def test_a_replaced_record_link_is_history_not_a_pointer(tmp_path):
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
+    os.symlink(rolling(1)[0], tmp_path / "latest.pt.replaced-20260101_000000")  # what restore re-pointed away from
+    os.symlink(rolling(3)[0], tmp_path / "latest.pt")
+    plan = plan_for(tmp_path, keep_rolling=1)
+    assert names(plan.remove) == rolling(1, 2)
