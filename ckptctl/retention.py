@@ -16,8 +16,8 @@ Three things protect data beyond the rules:
 - A symlink that stays (a pointer such as ``latest.pt``, ``best_model.pt`` or DCP's ``latest``,
   or any kept or ignored name; not ``restore``'s ``.replaced-*`` records, which are history and
   would otherwise keep a damaged directory forever) keeps every name of its chain inside the
-  directory: deleting a target would leave the pointer dangling. A target outside the directory protects nothing here.
-  Hard links need no protection (the data lives while any name does): removing a rolling name
+  directory: deleting a target would leave the pointer dangling. A target outside the directory
+  protects nothing here. Hard links need no protection (the data lives while any name does): removing a rolling name
   that shares its inode with ``latest.pt`` is noted as harmless in the plan.
 - ``restore``'s ``<name>.replaced-<stamp>`` records are removed only by age, when the policy says
   so (``replaced_after``); the manager's policy never does.
@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from .errors import BadInputError
 from .naming import Kind, sort_key
-from .quickcheck import problem as quick_problem
 
 if TYPE_CHECKING:  # annotations only: ``prune --help`` needs the policy's defaults, not the catalog
     from .catalog import Entry
@@ -161,7 +160,8 @@ def plan_retention(entries: list[Entry], policy: Policy, *, now: float | None = 
     about to keep, newest first; symlinks' targets (``readlink``); ``keep_best_k`` metadata.
     ``now`` for temp and replaced-record ages.
     """
-    check = quick_problem if check is None else check
+    if check is None:  # imported here: ``prune --help`` needs the policy's defaults, not the reading side
+        from .quickcheck import problem as check
     current = time.time() if now is None else now
     keep: list[Decision] = []
     candidates: dict[Kind, list[Entry]] = {kind: [] for kind in CANDIDATES}
@@ -288,9 +288,9 @@ def _note_hard_links(keep: list[Decision], remove: list[Decision]) -> None:
 def refuse_if_removes_everything(plan: RetentionPlan) -> None:
     """Raise BadInputError for a plan that leaves no checkpoint at all (restic's refusal to forget all)."""
     if plan.removes_everything:
+        count = sum(d.entry.parsed.is_checkpoint and d.damage is None for d in plan.remove)
         raise BadInputError(
-            f"refusing: this policy would remove all {sum(d.entry.parsed.is_checkpoint and d.damage is None for d in plan.remove)} "
-            "checkpoints and keep none "
+            f"refusing: this policy would remove all {count} checkpoints and keep none "
             "(raise --keep-rolling/--keep-emergency or add a keep rule)"
         )
 
