@@ -193,6 +193,7 @@ def plan_retention(entries: list[Entry], policy: Policy, *, now: float | None = 
             decision = _replaced_decision(entry, policy.replaced_after, current)  # type: ignore[arg-type]
             (keep if decision.reasons else remove).append(decision)
     keep, remove, stale = _protect_link_targets(keep, remove, ignored, stale)
+    keep.sort(key=lambda d: (d.entry.parsed.kind not in PROTECTED_REASON, sort_key(d.entry.parsed)))
     _note_hard_links(keep, remove)
     return RetentionPlan(keep, remove, ignored, stale)
 
@@ -210,10 +211,18 @@ def _replaced_decision(entry: Entry, window: timedelta, now: float) -> Decision:
     """Keep a ``.replaced-*`` record while it is younger than ``window`` (its age from its name)."""
     stamp = entry.parsed.timestamp
     age = max(0.0, now - stamp.timestamp()) if stamp is not None else 0.0
-    said = format_duration(timedelta(seconds=int(age)))
+    said = _rough_age(age)
     if age <= window.total_seconds():
         return Decision(entry, [f"replaced by restore {said} ago (kept {format_duration(window)})"])
     return Decision(entry, [], notes=[f"replaced by restore {said} ago"])
+
+
+def _rough_age(seconds: float) -> str:
+    """``9d``, ``5h``, ``12m``: an age to read, in its largest whole unit."""
+    for unit in ("d", "h", "m"):
+        if seconds >= _UNIT_SECONDS[unit]:
+            return f"{int(seconds // _UNIT_SECONDS[unit])}{unit}"
+    return f"{int(seconds)}s"
 
 
 def _protect_link_targets(keep: list[Decision], remove: list[Decision], ignored: list[Entry],

@@ -160,8 +160,11 @@ def project(entries: list[Entry], free_bytes: int | None) -> Projection:
 
 
 def _newest(entries: list[Entry], kind: Kind) -> Entry | None:
-    """The last of ``kind`` in step/epoch/timestamp order (``entries`` in scan order, which is that order)."""
-    matching = [e for e in entries if e.kind is kind]
+    """The last of ``kind`` in step/epoch/timestamp order (``entries`` in scan order, which is that order).
+
+    Empty files are passed over: an empty ``rolling_step_999999.pt`` says nothing about the size of a save.
+    """
+    matching = [e for e in entries if e.kind is kind and e.size_bytes > 0]
     return matching[-1] if matching else None
 
 
