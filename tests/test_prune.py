@@ -277,6 +277,7 @@ directories = st.fixed_dictionaries({
     "protected": st.lists(st.tuples(st.sampled_from(ALL_PROTECTED), st.integers(0, 30 * 86400)), max_size=5),
     "strays": st.lists(st.sampled_from(STRAYS), max_size=3),
     "temps": st.lists(st.integers(0, 3 * 3600), max_size=3),
+    "pointers": st.dictionaries(st.sampled_from(ALL_PROTECTED), st.integers(0, 3000), max_size=3),
 })  # fmt: skip
 policies = st.builds(
     Policy,
@@ -305,6 +306,9 @@ def build(directory: Path, spec: dict) -> dict:
     for name, age in spec["protected"]:
         (directory / name).write_bytes(b"p")
         os.utime(directory / name, (BASE - age, BASE - age))
+    for name, step in spec["pointers"].items():  # a symlinked pointer (dangling when that step was not written)
+        if not os.path.lexists(directory / name):
+            os.symlink(rolling(step)[0], directory / name)
     for name in spec["strays"]:
         (directory / name).write_bytes(b"s")
     for i, age in enumerate(spec["temps"]):
@@ -325,26 +329,28 @@ def expected_keep(directory: Path, info: dict, policy: Policy) -> set[str]:
     if policy.keep_every:
         keep |= {n for n in info if info[n]["step"] % policy.keep_every == 0}
     if policy.keep_within is not None:
-        protected_times = [os.stat(p).st_mtime for p in directory.iterdir() if p.name in ALL_PROTECTED]
+        protected_times = [os.stat(p).st_mtime for p in directory.iterdir() if p.name in ALL_PROTECTED and p.exists()]
         newest = max([i["time"] for i in info.values()] + protected_times, default=0.0)
         keep |= {n for n in info if newest - info[n]["time"] <= policy.keep_within.total_seconds()}
     if policy.keep_best_k:
         scored = sorted((info[n]["loss"], -info[n]["step"], n) for n in info
                         if info[n]["kind"] == "rolling" and info[n]["loss"] == info[n]["loss"])  # fmt: skip
         keep |= {n for _loss, _step, n in scored[: policy.keep_best_k]}
-    return keep
+    pointers = [p for p in directory.iterdir() if p.name in ALL_PROTECTED and p.is_symlink()]
+    return keep | {os.readlink(p) for p in pointers if os.readlink(p) in info}  # a pointer's target stays
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=directories, policy=policies)
-@example(spec={"rolling": {}, "emergency": [], "protected": [], "strays": [], "temps": [3600]},
+@example(spec={"rolling": {}, "emergency": [], "protected": [], "strays": [], "temps": [3600], "pointers": {}},
          policy=Policy(keep_rolling=0, keep_emergency=0, stale_temp_after=timedelta(hours=1)))  # fmt: skip
 def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         info = build(directory, spec)
         before = {p.name for p in directory.iterdir()}
-        protected = {n for n, _age in spec["protected"]}
+        protected = {n for n, _age in spec["protected"]} | set(spec["pointers"])
+        live = protected - {p.name for p in directory.iterdir() if p.is_symlink() and not p.exists()}  # not dangling
         stale = {n for n in before if n.endswith(".tmp") and time.time() - os.stat(directory / n).st_mtime >= 3600}
         keep = expected_keep(directory, info, policy)
         removed = set(info) - keep
@@ -352,7 +358,7 @@ def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
             with pytest.raises(BadInputError, match="no checkpoints|empty directory"):
                 plan_prune(directory, policy)
             return
-        if removed and not keep and not protected:
+        if removed and not keep and not live:
             with pytest.raises(BadInputError, match="refusing"):
                 plan_prune(directory, policy)
             assert {p.name for p in directory.iterdir()} == before
