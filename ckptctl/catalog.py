@@ -9,6 +9,7 @@ alone (``du``, ``prune``) never open a checkpoint file.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_module
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ STATUS_OK = "ok"
 STATUS_UNREADABLE = "unreadable"
 STATUS_UNSAFE = "unsafe"
 STATUS_PARTIAL = "partial"
+STATUS_DANGLING = "dangling"  # a symlink whose target does not exist
+STATUS_LOOP = "loop"  # a symlink that leads back to itself
 
 
 @dataclass
@@ -47,6 +50,12 @@ class Entry:
     is_directory: bool = False  # a sharded (DCP) checkpoint directory, see ckptctl.sharded
     # (dev, inode, size, mtime_ns, ctime_ns) of a plain file: same identity, same bytes (listing_cache)
     identity: tuple[int, int, int, int, int] | None = None
+    link: str | None = None  # what the name points at when it is a symlink (``os.readlink``), else None
+    broken: str | None = None  # STATUS_DANGLING / STATUS_LOOP: a symlink with nothing readable behind it
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.link is not None
 
     @property
     def name(self) -> str:
@@ -67,6 +76,8 @@ class Entry:
         headers: a listing then reads a few KB per file however large it is. A later call that
         needs spans reads the file again, fully.
         """
+        if self.broken is not None:
+            return None, None, UnreadableCheckpoint(f"{self.broken} symlink to {self.link}")
         if self._read is None or (spans and not self._read_has_spans and self._read[0] is not None):
             try:
                 if self.is_directory:  # a listing (spans=False) decodes only the top-level values
@@ -87,6 +98,8 @@ class Entry:
         """(status, error) as ``list`` shows them: ok / unreadable / unsafe / partial."""
         if self.kind is Kind.PARTIAL:
             return STATUS_PARTIAL, None
+        if self.broken is not None:
+            return self.broken, f"symlink to {self.link}"
         _ckpt, _meta, error = self.read(spans=False)
         if error is None:
             return STATUS_OK, None
@@ -124,14 +137,17 @@ def check_directory(directory: str | os.PathLike[str]) -> Path:
     return path
 
 
-def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints: bool = False) -> list[Entry]:
+def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints: bool = False,
+         broken_links: bool = False) -> list[Entry]:  # fmt: skip
     """Every regular file of ``directory`` as an Entry, in the stable catalog order.
 
     With ``require_checkpoints`` an empty directory, or one with no checkpoint names, is bad input.
+    With ``broken_links`` a dangling or looping symlink is an Entry too (``broken`` set, size 0),
+    for ``list`` and ``prune`` to report; other callers never see one.
     A URL (``s3://bucket/run``) is listed through :mod:`ckptctl.storage` instead.
     """
     path = storage.location(directory) if is_url(directory) else check_directory(directory)  # type: ignore[arg-type]
-    entries = _remote_entries(path) if isinstance(path, RemotePath) else _local_entries(path)
+    entries = _remote_entries(path) if isinstance(path, RemotePath) else _local_entries(path, broken_links)
     entries.sort(key=lambda e: naming.sort_key(e.parsed))
     if require_checkpoints:
         if not entries:
@@ -141,12 +157,12 @@ def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints:
     return entries
 
 
-def _local_entries(path: Path) -> list[Entry]:
+def _local_entries(path: Path, broken_links: bool = False) -> list[Entry]:
     entries: list[Entry] = []
     try:
         with os.scandir(path) as it:
             for dirent in it:
-                entry = _entry(path, dirent)
+                entry = _entry(path, dirent, broken_links)
                 if entry is not None:
                     entries.append(entry)
     except PermissionError:
@@ -156,16 +172,37 @@ def _local_entries(path: Path) -> list[Entry]:
     return entries
 
 
-def _entry(directory: Path, dirent: os.DirEntry[str]) -> Entry | None:
+def _entry(directory: Path, dirent: os.DirEntry[str], broken_links: bool = False) -> Entry | None:
+    try:
+        link = os.readlink(dirent.path) if dirent.is_symlink() else None  # d_type: no syscall for plain files
+    except OSError:
+        return None  # replaced by a plain file meanwhile, or vanished: the next scan sees it
     try:
         info = dirent.stat(follow_symlinks=True)
-    except OSError:
-        return None  # dangling symlink or vanished file: not part of the directory's content
+    except OSError as exc:  # a dangling or looping symlink, or a vanished file
+        return _broken_entry(directory / dirent.name, link, exc) if broken_links and link is not None else None
     if stat_module.S_ISDIR(info.st_mode):
-        return _directory_entry(directory / dirent.name, info)
-    if not stat_module.S_ISREG(info.st_mode):
+        entry = _directory_entry(directory / dirent.name, info)
+    elif stat_module.S_ISREG(info.st_mode):
+        entry = _file_entry(directory / dirent.name, info)
+    else:
         return None
-    return _file_entry(directory / dirent.name, info)
+    if entry is not None:
+        entry.link = link
+    return entry
+
+
+def _broken_entry(path: Path, link: str, error: OSError) -> Entry | None:
+    """A symlink with nothing readable behind it: named like its kind, sized 0, identified by the link itself."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    parsed = naming.parse(path.name)
+    if parsed.kind is Kind.OTHER:  # a DCP pointer (``latest``) has no ``.pt``
+        parsed = naming.parse(path.name, directory=True)
+    status = STATUS_LOOP if error.errno == errno.ELOOP else STATUS_DANGLING
+    return Entry(path, parsed, 0, info.st_ino, info.st_nlink, 0, info.st_mtime, link=link, broken=status)
 
 
 def _file_entry(path: Path, info: os.stat_result) -> Entry:

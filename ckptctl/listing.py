@@ -1,4 +1,9 @@
-"""The checkpoint listing (``ckptctl list``) as data: one row per file, totals, val_loss trend."""
+"""The checkpoint listing (``ckptctl list``) as data: one row per file, totals, val_loss trend.
+
+Nothing that could mislead is hidden: a symlink with nothing behind it is a row with status
+``dangling`` or ``loop`` (and where it points), and the ``<name>.replaced-<time>`` records that
+``restore`` keeps are rows of their own kind, ``replaced``, with the time of the replacement.
+"""
 
 from __future__ import annotations
 
@@ -48,10 +53,16 @@ class Row:
         if self.facts.timestamp:
             return datetime.fromisoformat(self.facts.timestamp)
         stamp = self.entry.parsed.timestamp
-        return stamp.astimezone() if stamp and self.kind is not Kind.PARTIAL else None
+        return stamp.astimezone() if stamp and self.kind is Kind.EMERGENCY else None
+
+    @property
+    def replaced_at(self) -> datetime | None:
+        """When ``restore`` replaced the file this record keeps (the time in its name)."""
+        stamp = self.entry.parsed.timestamp
+        return stamp.astimezone() if stamp and self.kind is Kind.REPLACED else None
 
     def to_json(self) -> dict:
-        saved_at = self.saved_at
+        saved_at, replaced_at = self.saved_at, self.replaced_at
         return {
             "name": self.entry.name,
             "path": str(self.entry.path),
@@ -64,6 +75,8 @@ class Row:
             "saved_at": saved_at.isoformat() if saved_at else None,
             "status": self.status,
             "error": self.error,
+            "link": self.entry.link,
+            "replaced_at": replaced_at.isoformat() if replaced_at else None,
         }
 
 
@@ -101,7 +114,7 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
     if sort not in SORT_KEYS:
         raise BadInputError(f"unknown sort key {sort!r} (choose from {', '.join(SORT_KEYS)})")
     wanted = _kinds(kinds)
-    entries = scan(directory, require_checkpoints=True)
+    entries = scan(directory, require_checkpoints=True, broken_links=True)
     total = _total_bytes(entries)
     local = None if is_url(directory) else Path(directory)  # objects in a store have no stat identity
     cache = ListingCache(local, enabled=use_cache)
@@ -114,7 +127,7 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
             continue
         listed.append(entry)
     if local is None:
-        _read_concurrently([entry for entry in listed if entry.kind is not Kind.PARTIAL])
+        _read_concurrently([entry for entry in listed if entry.kind is not Kind.PARTIAL and entry.broken is None])
     rows = [Row(entry, _facts(entry, cache)) for entry in listed]
     cache.save()
     rows.sort(key=_sort_key(sort))
@@ -135,6 +148,8 @@ def _facts(entry: Entry, cache: ListingCache) -> Facts:
     """The listing's values for one file: from the cache, or read safely (and then cached)."""
     if entry.kind is Kind.PARTIAL:
         return Facts(STATUS_PARTIAL)
+    if entry.broken is not None:  # nothing to read, nothing to cache: the link is the whole story
+        return Facts(entry.broken, f"symlink to {entry.link}")
     cached = cache.get(entry)
     if cached is not None:
         return cached

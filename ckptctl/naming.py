@@ -25,6 +25,7 @@ class Kind(str, Enum):
     BEST_BACKUP = "best_backup"
     BEST_PREVIOUS = "best_previous"
     EPOCH = "epoch"
+    REPLACED = "replaced"  # ``<name>.replaced-<YYYYmmdd_HHMMSS>``: what ``restore`` kept of a file it replaced
     PARTIAL = "partial"
     OTHER = "other"
 
@@ -40,6 +41,7 @@ GROUP_OF: dict[Kind, str] = {
     Kind.ROLLING_BACKUP: "rolling",
     Kind.EMERGENCY: "emergency",
     Kind.EPOCH: "epoch",
+    Kind.REPLACED: "replaced",
     Kind.PARTIAL: "partial",
     Kind.OTHER: "other",
 }
@@ -55,6 +57,7 @@ KIND_ORDER: tuple[Kind, ...] = (
     Kind.ROLLING_BACKUP,
     Kind.EMERGENCY,
     Kind.EPOCH,
+    Kind.REPLACED,
     Kind.PARTIAL,
     Kind.OTHER,
 )
@@ -65,6 +68,10 @@ STEP_DIGITS = 6
 EPOCH_DIGITS = 5
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 TMP_SUFFIX = ".tmp"
+REPLACED_MARK = ".replaced-"
+# ``restore`` keeps a replaced file (or link, or DCP directory) as ``<name>.replaced-<stamp>[-<n>]``:
+# a record, not a checkpoint. The stamp is the local time of the replacement (like emergency names).
+REPLACED = re.compile(r"(?P<orig>.+)\.replaced-(?P<ts>\d{8}_\d{6})(?:-\d+)?")
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,8 @@ class ParsedName:
 
     @property
     def is_checkpoint(self) -> bool:
-        """True for names of the layout; partial writes and foreign files are not checkpoints."""
-        return self.kind not in (Kind.PARTIAL, Kind.OTHER)
+        """True for names of the layout; partial writes, restore's kept records and foreign files are not."""
+        return self.kind not in (Kind.PARTIAL, Kind.REPLACED, Kind.OTHER)
 
 
 @dataclass(frozen=True)
@@ -126,9 +133,14 @@ FIXED_NAMES: dict[Kind, str] = {
 
 def parse(name: str, *, directory: bool = False) -> ParsedName:
     """Classify a bare file name (or, with ``directory``, a DCP directory name). Never raises:
-    unknown names are ``Kind.OTHER``."""
+    unknown names are ``Kind.OTHER``; ``restore``'s ``<name>.replaced-<stamp>`` records are
+    ``Kind.REPLACED`` (file, link or directory alike), with the stamp as ``timestamp``."""
     if name.endswith(TMP_SUFFIX):
         return ParsedName(name, Kind.PARTIAL)
+    replaced = REPLACED.fullmatch(name)
+    if replaced is not None:
+        stamp = _parse_timestamp(replaced["ts"])
+        return ParsedName(name, Kind.REPLACED, timestamp=stamp) if stamp else ParsedName(name, Kind.OTHER)
     for pattern in DIR_PATTERNS if directory else PATTERNS:
         match = pattern.regex.fullmatch(name)
         if match is None:

@@ -1,7 +1,8 @@
 """``ckptctl prune`` as a plan and an execution: gather -> plan -> (confirm) -> execute.
 
-Planning reads names and ``stat`` only (``keep_best_k`` also reads metadata through the safe
-reader) and changes nothing, so ``--dry-run`` is simply "plan, do not execute". Execution takes the
+Planning reads names, ``stat`` and symlinks, plus a few bytes at each end of the files "last N"
+keeps (:mod:`ckptctl.quickcheck`; ``keep_best_k`` also reads metadata through the safe reader) and
+changes nothing, so ``--dry-run`` is simply "plan, do not execute". Execution takes the
 directory lock shared with a running :class:`~ckptctl.manager.CheckpointManager`, then plans again
 from a fresh scan: a save may have landed between the shown plan and the lock. Only files that
 both plans remove are deleted (never more than the user saw and confirmed, never something the
@@ -69,7 +70,7 @@ def plan_prune(directory: str | os.PathLike[str], policy: Policy, *, now: float 
     directory from cron should say so, not report success.
     """
     path = location(directory)
-    retention = plan_retention(scan(path, require_checkpoints=True), policy, now=now)
+    retention = plan_retention(scan(path, require_checkpoints=True, broken_links=True), policy, now=now)
     refuse_if_removes_everything(retention)
     return PrunePlan(path, policy, retention)
 
@@ -87,7 +88,7 @@ def execute(plan: PrunePlan, *, wait: float = 0.0, now: float | None = None) -> 
     if not remote:
         _check_writable(plan.directory)
     with nullcontext() if remote else DirectoryLock(plan.directory, wait=wait):
-        fresh = plan_retention(scan(plan.directory), plan.policy, now=now)
+        fresh = plan_retention(scan(plan.directory, broken_links=True), plan.policy, now=now)
         still_removed = {(e.name, e.inode) for e in fresh.deletions}
         for entry in plan.deletions:
             if (entry.name, entry.inode) in still_removed and (remote or _same_file(entry)):
@@ -109,10 +110,11 @@ def _same_file(entry: Entry) -> bool:
     """The name still refers to the file that was planned (not a new file saved under the same name).
 
     Inode and mtime together: a freed inode number can be reused at once by the next file created.
+    A broken symlink is identified by the link itself.
     """
     try:
-        info = os.stat(entry.path)
-    except FileNotFoundError:
+        info = os.lstat(entry.path) if entry.broken is not None else os.stat(entry.path)
+    except OSError:
         return False
     return (info.st_ino, info.st_mtime) == (entry.inode, entry.mtime)
 

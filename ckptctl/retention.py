@@ -1,26 +1,44 @@
 """Retention: the one policy module used by CheckpointManager's cleanup and by ``ckptctl prune``.
 
-A plan is computed from names and ``stat`` (and, for ``keep_best_k`` only, metadata); nothing is
-deleted here. Protected kinds (latest*, best*, epoch*, rolling_last_backup) are never removed; only
-rolling and emergency checkpoints are candidates, each kind with its own "keep last N", ordered by
-step then timestamp from the name, never by mtime. Extra keep rules are OR'ed (restic ``forget``
-style): a candidate is kept when any rule keeps it, and every rule that does is named as a reason.
+A plan is computed from names and ``stat``; nothing is deleted here. Protected kinds (latest*,
+best*, epoch*, rolling_last_backup) are never removed; only rolling and emergency checkpoints are
+candidates, each kind with its own "keep last N", ordered by step then timestamp from the name,
+never by mtime. Extra keep rules are OR'ed (restic ``forget`` style): a candidate is kept when any
+rule keeps it, and every rule that does is named as a reason.
 
-Time enters in two places only, because names alone cannot answer them:
+Three things protect data beyond the rules:
+
+- "Last N" counts valid files only. Walking newest first, each candidate is given a quick
+  structural look (:mod:`ckptctl.quickcheck`: a few bytes at each end) until N pass, so an empty or
+  truncated file named above every real step cannot push the real checkpoints out. The cost is
+  N + the damaged files met, however large the directory. Damaged files met on the way are kept
+  and reported ("damaged (empty): not counted, kept"), removed only with ``remove_damaged``.
+- A symlink that stays (a pointer such as ``latest.pt``, ``best_model.pt`` or DCP's ``latest``,
+  or any kept or ignored name; not ``restore``'s ``.replaced-*`` records, which are history and
+  would otherwise keep a damaged directory forever) keeps every name of its chain inside the
+  directory: deleting a target would leave the pointer dangling. A target outside the directory
+  protects nothing here. Hard links need no protection (the data lives while any name does): removing a rolling name
+  that shares its inode with ``latest.pt`` is noted as harmless in the plan.
+- ``restore``'s ``<name>.replaced-<stamp>`` records are removed only by age, when the policy says
+  so (``replaced_after``); the manager's policy never does.
+
+Time enters in three places only, because names alone cannot answer them:
 
 - ``keep_within`` measures from the newest checkpoint (not from now, so a stopped run is not
   pruned away by waiting): a name's timestamp when it has one (emergency), else the file's mtime.
 - stale ``*.tmp`` partial writes are judged by mtime age ("not written to for an hour").
+- ``.replaced-*`` records by the stamp in their name.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .errors import BadInputError
 from .naming import Kind, sort_key
@@ -39,9 +57,13 @@ PROTECTED_REASON = {
 }
 CANDIDATES = {Kind.ROLLING: "rolling", Kind.EMERGENCY: "emergency"}
 DEFAULT_STALE_AFTER = timedelta(hours=1)
+DEFAULT_REPLACED_AFTER = timedelta(days=7)  # ``prune``'s default for restore's records (the manager keeps them)
 
 # A rule of a policy applied to the candidates: its reason, and the candidates it keeps.
 Rule = tuple[str, list["Entry"]]
+# What is wrong with a file as a whole (None: it looks complete); see ckptctl.quickcheck.problem.
+Check = Callable[["Entry"], Optional[str]]
+MAX_LINK_HOPS = 40  # like the kernel's limit on symlinks in one path
 
 _UNIT_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[wdhms])+")
@@ -62,6 +84,9 @@ class Policy:
     keep_within: timedelta | None = None  # keep rolling/emergency this close to the newest checkpoint
     keep_best_k: int = 0  # keep the K rolling checkpoints with the lowest val_loss (reads metadata)
     stale_temp_after: timedelta | None = None  # remove *.tmp files not modified for this long
+    # damaged, empty or incomplete files met among the newest: removed (True) or kept and reported
+    remove_damaged: bool = False
+    replaced_after: timedelta | None = None  # remove restore's ``.replaced-*`` records older than this
 
     def __post_init__(self) -> None:
         for name in ("keep_rolling", "keep_emergency", "keep_best_k"):
@@ -70,7 +95,7 @@ class Policy:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.keep_every is not None and (not isinstance(self.keep_every, int) or self.keep_every <= 0):
             raise ValueError(f"keep_every must be an integer > 0, got {self.keep_every!r}")
-        for name in ("keep_within", "stale_temp_after"):
+        for name in ("keep_within", "stale_temp_after", "replaced_after"):
             value = getattr(self, name)
             if value is not None and value < timedelta(0):
                 raise ValueError(f"{name} must not be negative, got {format_duration(value)}")
@@ -79,7 +104,9 @@ class Policy:
 @dataclass
 class Decision:
     entry: Entry
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why it is kept; empty: removed
+    damage: str | None = None  # what the quick check found wrong (only files it looked at)
+    notes: list[str] = field(default_factory=list)  # for a removal: what else to know (a hard link's data stays)
 
     @property
     def keep(self) -> bool:
@@ -105,8 +132,17 @@ class RetentionPlan:
 
     @property
     def removes_everything(self) -> bool:
-        """True when the plan removes checkpoints and would leave not a single one behind."""
-        return bool(self.remove) and not any(d.entry.parsed.is_checkpoint for d in self.keep)
+        """True when the plan removes usable checkpoints and would leave not a single one behind
+        (damaged files, kept or removed, and broken links count for neither side)."""
+        removes = any(d.entry.parsed.is_checkpoint and d.damage is None for d in self.remove)
+        return removes and not any(
+            d.entry.parsed.is_checkpoint and d.damage is None and d.entry.broken is None for d in self.keep
+        )
+
+    @property
+    def damaged(self) -> list[Decision]:
+        """Candidates the quick check found damaged, kept or (``remove_damaged``) removed."""
+        return [d for d in self.keep + self.remove if d.damage is not None]
 
 
 def freed_bytes(entries: list[Entry]) -> int:
@@ -116,10 +152,18 @@ def freed_bytes(entries: list[Entry]) -> int:
     return sum(size for inode, (size, nlink) in sizes.items() if names_removed[inode] >= nlink)
 
 
-def plan_retention(entries: list[Entry], policy: Policy, *, now: float | None = None) -> RetentionPlan:
-    """Decide, for every entry, keep (with reasons) or remove. Touches no file; ``now`` for temp ages."""
+def plan_retention(entries: list[Entry], policy: Policy, *, now: float | None = None,
+                   check: Check | None = None) -> RetentionPlan:  # fmt: skip
+    """Decide, for every entry, keep (with reasons) or remove. Deletes nothing.
+
+    Reads: ``check`` (default :func:`ckptctl.quickcheck.problem`) on the candidates "last N" is
+    about to keep, newest first; symlinks' targets (``readlink``); ``keep_best_k`` metadata.
+    ``now`` for temp and replaced-record ages.
+    """
+    if check is None:  # imported here: ``prune --help`` needs the policy's defaults, not the reading side
+        from .quickcheck import problem as check
+    current = time.time() if now is None else now
     keep: list[Decision] = []
-    remove: list[Decision] = []
     candidates: dict[Kind, list[Entry]] = {kind: [] for kind in CANDIDATES}
     for entry in entries:
         kind = entry.parsed.kind
@@ -127,27 +171,135 @@ def plan_retention(entries: list[Entry], policy: Policy, *, now: float | None = 
             keep.append(Decision(entry, [PROTECTED_REASON[kind]]))
         elif kind in candidates:
             candidates[kind].append(entry)
-    stale = stale_temps(entries, policy.stale_temp_after, now=now) if policy.stale_temp_after is not None else []
-    stale_ids = {id(e) for e in stale}
-    ignored = [e for e in entries if e.parsed.kind in (Kind.PARTIAL, Kind.OTHER) and id(e) not in stale_ids]
+    stale = stale_temps(entries, policy.stale_temp_after, now=current) if policy.stale_temp_after is not None else []
+    aged = policy.replaced_after is not None
+    handled = {id(e) for e in stale}
+    ignored = [e for e in entries if e.parsed.kind in (Kind.PARTIAL, Kind.OTHER) and id(e) not in handled]
+    ignored += [e for e in entries if e.parsed.kind is Kind.REPLACED and not aged]
     for group in candidates.values():
         group.sort(key=lambda e: sort_key(e.parsed))
+    damaged: dict[int, str] = {}
     reasons: dict[int, list[str]] = {}
-    for reason, kept in _rules(policy, entries, candidates):
+    for reason, kept in _rules(policy, entries, candidates, check, damaged):
         for entry in kept:
             reasons.setdefault(id(entry), []).append(reason)
+    remove: list[Decision] = []
     for kind in CANDIDATES:
         for entry in candidates[kind]:
-            decision = Decision(entry, reasons.get(id(entry), []))
+            decision = _candidate_decision(entry, reasons.get(id(entry), []), damaged.get(id(entry)), policy)
             (keep if decision.reasons else remove).append(decision)
+    if aged:
+        for entry in (e for e in entries if e.parsed.kind is Kind.REPLACED):
+            decision = _replaced_decision(entry, policy.replaced_after, current)  # type: ignore[arg-type]
+            (keep if decision.reasons else remove).append(decision)
+    keep, remove, stale = _protect_link_targets(keep, remove, ignored, stale)
+    keep.sort(key=lambda d: (d.entry.parsed.kind not in PROTECTED_REASON, sort_key(d.entry.parsed)))
+    _note_hard_links(keep, remove)
     return RetentionPlan(keep, remove, ignored, stale)
+
+
+def _candidate_decision(entry: Entry, reasons: list[str], damage: str | None, policy: Policy) -> Decision:
+    """A rolling/emergency file's decision; a damaged one is kept as such, or removed when asked."""
+    if damage is None:
+        return Decision(entry, reasons)
+    if policy.remove_damaged:
+        return Decision(entry, [], damage, [f"damaged ({damage})"])
+    return Decision(entry, [*reasons, f"damaged ({damage}): not counted, kept"], damage)
+
+
+def _replaced_decision(entry: Entry, window: timedelta, now: float) -> Decision:
+    """Keep a ``.replaced-*`` record while it is younger than ``window`` (its age from its name)."""
+    stamp = entry.parsed.timestamp
+    age = max(0.0, now - stamp.timestamp()) if stamp is not None else 0.0
+    said = _rough_age(age)
+    if age <= window.total_seconds():
+        return Decision(entry, [f"replaced by restore {said} ago (kept {format_duration(window)})"])
+    return Decision(entry, [], notes=[f"replaced by restore {said} ago"])
+
+
+def _rough_age(seconds: float) -> str:
+    """``9d``, ``5h``, ``12m``: an age to read, in its largest whole unit."""
+    for unit in ("d", "h", "m"):
+        if seconds >= _UNIT_SECONDS[unit]:
+            return f"{int(seconds // _UNIT_SECONDS[unit])}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _protect_link_targets(keep: list[Decision], remove: list[Decision], ignored: list[Entry],
+                          stale: list[Entry]) -> tuple[list[Decision], list[Decision], list[Entry]]:  # fmt: skip
+    """Every symlink that stays keeps the names its chain passes through in the directory.
+
+    A removed candidate named by a chain moves to ``keep`` with the reason "<pointer> points here";
+    a kept one gains that reason too, so a plan shows why a pointer's target is safe.
+    """
+    staying = [d.entry for d in keep] + ignored
+    pointed: dict[str, str] = {}
+    for entry in staying:
+        if entry.is_symlink and entry.kind is not Kind.REPLACED:  # restore's records may dangle: they are history
+            for name in link_chain(entry):
+                pointed.setdefault(name, entry.name)
+    if not pointed:
+        return keep, remove, stale
+    for decision in keep:
+        pointer = pointed.get(decision.entry.name)
+        if pointer is not None and decision.entry.parsed.kind not in PROTECTED_REASON:
+            decision.reasons.append(f"{pointer} points here")
+    still_removed = []
+    for decision in remove:
+        pointer = pointed.get(decision.entry.name)
+        if pointer is None:
+            still_removed.append(decision)
+        else:
+            decision.reasons.append(f"{pointer} points here")
+            decision.notes = []
+            keep.append(decision)
+    return keep, still_removed, [e for e in stale if e.name not in pointed]
+
+
+def link_chain(entry: Entry) -> list[str]:
+    """Names in ``entry``'s directory that its symlink chain passes through, in order.
+
+    Hops outside the directory are followed (a chain may come back) but protect nothing there;
+    a loop or more than MAX_LINK_HOPS hops ends the chain. Reads links only, never a file.
+    """
+    directory = os.path.realpath(entry.path.parent)
+    names: list[str] = []
+    seen: set[str] = set()
+    path = str(entry.path)
+    for _ in range(MAX_LINK_HOPS):
+        try:
+            target = os.readlink(path)
+        except OSError:  # not a symlink (the chain's end), or gone
+            break
+        path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        if path in seen:
+            break
+        seen.add(path)
+        parent, name = os.path.split(path)
+        if name and os.path.realpath(parent) == directory and name not in names:
+            names.append(name)
+    return names
+
+
+def _note_hard_links(keep: list[Decision], remove: list[Decision]) -> None:
+    """A removed name whose inode a kept name shares loses no data: say so in its notes."""
+    kept_names: dict[object, list[str]] = {}
+    for decision in keep:
+        entry = decision.entry
+        if not entry.is_symlink and entry.broken is None:
+            kept_names.setdefault(entry.inode, []).append(entry.name)
+    for decision in remove:
+        entry = decision.entry
+        if entry.nlink > 1 and not entry.is_symlink and entry.inode in kept_names:
+            decision.notes.append(f"hard link of {', '.join(kept_names[entry.inode])}: its data stays")
 
 
 def refuse_if_removes_everything(plan: RetentionPlan) -> None:
     """Raise BadInputError for a plan that leaves no checkpoint at all (restic's refusal to forget all)."""
     if plan.removes_everything:
+        count = sum(d.entry.parsed.is_checkpoint and d.damage is None for d in plan.remove)
         raise BadInputError(
-            f"refusing: this policy would remove all {len(plan.remove)} checkpoints and keep none "
+            f"refusing: this policy would remove all {count} checkpoints and keep none "
             "(raise --keep-rolling/--keep-emergency or add a keep rule)"
         )
 
@@ -163,12 +315,20 @@ def stale_temps(entries: list[Entry], older_than: timedelta, *, now: float | Non
     return [e for e in entries if e.kind is Kind.PARTIAL and current - e.mtime >= limit]
 
 
-def _rules(policy: Policy, entries: list[Entry], candidates: dict[Kind, list[Entry]]) -> list[Rule]:
-    """Each rule of the policy, in reason order: (reason, the candidates it keeps)."""
+def _rules(policy: Policy, entries: list[Entry], candidates: dict[Kind, list[Entry]], check: Check,
+           damaged: dict[int, str]) -> list[Rule]:  # fmt: skip
+    """Each rule of the policy, in reason order: (reason, the candidates it keeps).
+
+    "Last N" records the damaged files it met in ``damaged`` (id -> problem); with
+    ``remove_damaged`` no other rule keeps them either.
+    """
     rolling, emergency = candidates[Kind.ROLLING], candidates[Kind.EMERGENCY]
     everything = rolling + emergency
-    rules = [_keep_last(rolling, policy.keep_rolling, "rolling"), _keep_last(emergency, policy.keep_emergency, "emergency")]
-    rules.append(_pointed_to(entries, everything))
+    rules = [_keep_last(rolling, policy.keep_rolling, "rolling", check, damaged),
+             _keep_last(emergency, policy.keep_emergency, "emergency", check, damaged)]  # fmt: skip
+    if policy.remove_damaged:
+        everything = [e for e in everything if id(e) not in damaged]
+        rolling = [e for e in rolling if id(e) not in damaged]
     if policy.keep_every:
         every = policy.keep_every
         rules.append((f"every {every} steps", [e for e in everything if e.step is not None and e.step % every == 0]))
@@ -179,16 +339,22 @@ def _rules(policy: Policy, entries: list[Entry], candidates: dict[Kind, list[Ent
     return rules
 
 
-def _pointed_to(entries: list[Entry], candidates: list[Entry]) -> Rule:
-    """Sharded checkpoints: ``latest``/``latest_backup`` are symlinks to a rolling directory, which
-    must outlive them (a file's hard link keeps its data by itself; a symlink does not)."""
-    targets = {e.inode for e in entries if e.is_directory and e.kind in (Kind.LATEST, Kind.LATEST_BACKUP)}
-    return "latest points here", [e for e in candidates if e.is_directory and e.inode in targets]
+def _keep_last(ordered: list[Entry], count: int, label: str, check: Check, damaged: dict[int, str]) -> Rule:
+    """The newest ``count`` valid files of ``ordered`` (in step, then timestamp order).
 
-
-def _keep_last(ordered: list[Entry], count: int, label: str) -> Rule:
-    """The newest ``count`` of ``ordered`` (already in step, then timestamp order)."""
-    return f"last {count} {label}", ordered[max(0, len(ordered) - count) :] if count else []
+    Newest first, each is checked until ``count`` pass: the damaged ones met are recorded in
+    ``damaged`` and not counted; older files are not looked at (bounded: count + damaged).
+    """
+    kept: list[Entry] = []
+    for entry in reversed(ordered):
+        if len(kept) >= count:
+            break
+        problem = check(entry)
+        if problem is None:
+            kept.append(entry)
+        else:
+            damaged[id(entry)] = problem
+    return f"last {count} {label}", kept[::-1]
 
 
 def saved_time(entry: Entry) -> float:
@@ -200,7 +366,7 @@ def saved_time(entry: Entry) -> float:
 
 def _keep_within(entries: list[Entry], candidates: list[Entry], window: timedelta) -> Rule:
     """Candidates saved within ``window`` of the newest checkpoint of any kind."""
-    newest = max((saved_time(e) for e in entries if e.parsed.is_checkpoint), default=0.0)
+    newest = max((saved_time(e) for e in entries if e.parsed.is_checkpoint and e.broken is None), default=0.0)
     limit = window.total_seconds()
     return f"within {format_duration(window)} of newest", [e for e in candidates if newest - saved_time(e) <= limit]
 

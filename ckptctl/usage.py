@@ -25,8 +25,10 @@ from .storage import is_url, location
 
 # Report order of the kinds (as a person groups them), and the order in which a shared inode
 # is attributed: the file that holds the data first, the names that link to it after.
-GROUPS = ("latest", "rolling", "emergency", "best", "epoch", "partial", "other")
-OWNER_ORDER = ("rolling", "emergency", "epoch", "best", "latest", "partial", "other")
+GROUPS = ("latest", "rolling", "emergency", "best", "epoch", "replaced", "partial", "other")
+# restore's ``.replaced-*`` records are hard links of the file they replaced: the data is counted
+# under replaced only when no checkpoint name holds it any more.
+OWNER_ORDER = ("rolling", "emergency", "epoch", "best", "latest", "replaced", "partial", "other")
 _OWNER_RANK = {group: rank for rank, group in enumerate(OWNER_ORDER)}
 SUMMARY_KINDS = (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH)
 
@@ -158,8 +160,11 @@ def project(entries: list[Entry], free_bytes: int | None) -> Projection:
 
 
 def _newest(entries: list[Entry], kind: Kind) -> Entry | None:
-    """The last of ``kind`` in step/epoch/timestamp order (``entries`` in scan order, which is that order)."""
-    matching = [e for e in entries if e.kind is kind]
+    """The last of ``kind`` in step/epoch/timestamp order (``entries`` in scan order, which is that order).
+
+    Empty files are passed over: an empty ``rolling_step_999999.pt`` says nothing about the size of a save.
+    """
+    matching = [e for e in entries if e.kind is kind and e.size_bytes > 0]
     return matching[-1] if matching else None
 
 

@@ -146,6 +146,37 @@ def touch_files(directory: Path, names: list[str], size: int = 0, mtime: float |
     return paths
 
 
+def plausible_bytes(size: int = 0) -> bytes:
+    """A zip of at least ``size`` bytes (exactly ``size`` from 120 bytes on) that passes
+    :mod:`ckptctl.quickcheck` (no pickle inside: for code that reads names, stat and a zip's ends)."""
+    import io
+    import zipfile
+
+    def archive(pad: int) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("archive/pad", b"\0" * pad)
+        return buf.getvalue()
+
+    return archive(max(0, size - len(archive(0))))
+
+
+def touch_checkpoints(directory: Path, names: list[str], size: int = 0, mtime: float | None = None) -> list[Path]:
+    """Like :func:`touch_files`, but each file looks whole to retention's quick check (see plausible_bytes)."""
+    import os
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    payload = plausible_bytes(size)
+    for name in names:
+        path = directory / name
+        path.write_bytes(payload)
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+        paths.append(path)
+    return paths
+
+
 _LAYOUT_TEMPLATE: list[Path] = []
 
 

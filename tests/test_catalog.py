@@ -183,3 +183,34 @@ def test_entry_for_file_errors(tmp_path, ckpt_dir):
         entry_for_file(tmp_path / "a")
     entry = entry_for_file(ckpt_dir / "rolling_step_000100.pt")
     assert entry.kind is Kind.ROLLING and entry.status() == ("ok", None)
+
+
+def test_broken_links_are_entries_only_when_asked(tmp_path):
+    (tmp_path / "rolling_step_000001.pt").write_bytes(b"x")
+    (tmp_path / "best_model.pt").symlink_to("rolling_step_000009.pt")  # dangling
+    (tmp_path / "latest.pt").symlink_to("latest.pt")  # a loop
+    os.symlink("rolling_step_000100", tmp_path / "latest")  # a DCP pointer, dangling
+    assert [e.name for e in scan(tmp_path)] == ["rolling_step_000001.pt"]
+    entries = {e.name: e for e in scan(tmp_path, broken_links=True)}
+    assert entries["best_model.pt"].status() == ("dangling", "symlink to rolling_step_000009.pt")
+    assert entries["best_model.pt"].kind is Kind.BEST and entries["best_model.pt"].size_bytes == 0
+    assert entries["latest.pt"].status() == ("loop", "symlink to latest.pt")
+    assert entries["latest"].kind is Kind.LATEST and entries["latest"].broken == "dangling"
+    assert entries["rolling_step_000001.pt"].link is None and entries["best_model.pt"].read()[2] is not None
+
+
+def test_a_live_symlink_records_where_it_points(tmp_path):
+    (tmp_path / "rolling_step_000001.pt").write_bytes(b"x")
+    (tmp_path / "latest.pt").symlink_to("rolling_step_000001.pt")
+    entries = {e.name: e for e in scan(tmp_path)}
+    assert entries["latest.pt"].link == "rolling_step_000001.pt" and entries["latest.pt"].is_symlink
+    assert entries["latest.pt"].inode == entries["rolling_step_000001.pt"].inode
+
+
+def test_replaced_records_are_their_own_kind(tmp_path):
+    (tmp_path / "latest.pt.replaced-20261101_120000").write_bytes(b"old")
+    (tmp_path / "best_model.replaced-20261101_120000-2").mkdir()  # a DCP directory kept by restore
+    (tmp_path / "latest.pt.replaced-2026").write_bytes(b"not a stamp")
+    kinds = {e.name: e.kind for e in scan(tmp_path)}
+    assert kinds == {"latest.pt.replaced-20261101_120000": Kind.REPLACED,
+                     "best_model.replaced-20261101_120000-2": Kind.REPLACED, "latest.pt.replaced-2026": Kind.OTHER}  # fmt: skip

@@ -12,10 +12,11 @@ from ckptctl.listing import SORT_KEYS, list_checkpoints
 from tests import hostile
 from tests.factories import make_state, write_checkpoint
 
-JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error"}
+JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error",
+             "link", "replaced_at"}
 KINDS = {"latest", "latest_backup", "rolling", "rolling_backup", "emergency", "best", "best_backup", "best_previous",
-         "epoch", "other"}  # fmt: skip
-STATUSES = {"ok", "unreadable", "unsafe", "partial"}
+         "epoch", "replaced", "other"}  # fmt: skip
+STATUSES = {"ok", "unreadable", "unsafe", "partial", "dangling", "loop"}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_row_values(ckpt_dir):
     assert latest["saved_at"].startswith("2026-11-01T12:00:00")
     assert latest["size_bytes"] == (ckpt_dir / "latest.pt").stat().st_size
     assert rows["epoch_00001.pt"]["epoch"] == 1 and rows["epoch_00001.pt"]["kind"] == "epoch"
-    assert {r["kind"] for r in rows.values()} == KINDS - {"other"}
+    assert {r["kind"] for r in rows.values()} == KINDS - {"other", "replaced"}
 
 
 def test_total_counts_hard_links_once(tmp_path):

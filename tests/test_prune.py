@@ -16,7 +16,7 @@ from ckptctl.errors import BadInputError, CheckpointError, LockedError
 from ckptctl.locking import DirectoryLock
 from ckptctl.prune import execute, plan_prune
 from ckptctl.retention import Policy
-from tests.factories import touch_files
+from tests.factories import plausible_bytes, touch_checkpoints, touch_files
 
 PROTECTED = ["latest.pt", "latest_backup.pt", "best_model.pt", "best_model_backup.pt", "best_model_previous.pt",
              "epoch_00000.pt", "rolling_last_backup.pt"]  # fmt: skip
@@ -32,7 +32,9 @@ def present(directory) -> set[str]:
 
 @pytest.fixture
 def no_checkpoint_opened(monkeypatch):
-    """Fail if anything opens a *.pt file or reads a checkpoint; the lock file may be opened."""
+    """Fail if anything reads a checkpoint's pickle, or opens a *.pt file other than a rolling or
+    emergency candidate (retention's quick check of the files it keeps), or a *.tmp file.
+    Yields the list of opened paths, for tests to bound the quick checks."""
     opened: list[str] = []
     real_open, real_os_open = builtins.open, os.open
 
@@ -51,30 +53,34 @@ def no_checkpoint_opened(monkeypatch):
     monkeypatch.setattr(os, "open", spy_os_open)
     monkeypatch.setattr(catalog, "read_checkpoint", no_read)
     yield opened
-    assert not [p for p in opened if p.endswith((".pt", ".tmp"))]
+    candidates = ("rolling_step_", "emergency_step_")
+    assert not [p for p in opened if p.endswith(".tmp") or (p.endswith(".pt") and not os.path.basename(p).startswith(candidates))]
 
 
 def test_plan_changes_nothing_and_opens_no_checkpoint(tmp_path, no_checkpoint_opened):
-    touch_files(tmp_path, rolling(1, 2, 3, 4, 5), mtime=time.time() - 3 * 86400)
-    touch_files(tmp_path, PROTECTED + rolling(*range(6, 16)) + ["notes.txt", "x.pt.1.a.tmp"])
+    touch_checkpoints(tmp_path, rolling(1, 2, 3, 4, 5), mtime=time.time() - 3 * 86400)
+    touch_checkpoints(tmp_path, PROTECTED + rolling(*range(6, 16)) + ["notes.txt"])
+    touch_files(tmp_path, ["x.pt.1.a.tmp"])
     before = present(tmp_path)
     plan = plan_prune(tmp_path, Policy(keep_every=5, keep_within=timedelta(days=1), stale_temp_after=timedelta(hours=1)))
     assert [e.name for e in plan.deletions] == rolling(1, 2, 3, 4)
     assert present(tmp_path) == before
+    # only the 10 files "last 10" keeps get a quick look (newest first), each once
+    assert sorted(os.path.basename(p) for p in no_checkpoint_opened) == rolling(*range(6, 16))
 
 
 def test_execute_deletes_the_plan_and_nothing_else(tmp_path, no_checkpoint_opened):
     now = time.time()
-    touch_files(tmp_path, PROTECTED + rolling(*range(1, 15)) + ["notes.txt"], size=100)
+    touch_checkpoints(tmp_path, PROTECTED + rolling(*range(1, 15)) + ["notes.txt"], size=200)
     touch_files(tmp_path, ["rolling_step_000015.pt.9.ab.tmp"], size=7, mtime=now - 7200)
     touch_files(tmp_path, ["rolling_step_000016.pt.9.cd.tmp"], size=7, mtime=now)
     plan = plan_prune(tmp_path, Policy(keep_rolling=3, keep_every=5, stale_temp_after=timedelta(hours=1)))
     expected = rolling(1, 2, 3, 4, 6, 7, 8, 9, 11) + ["rolling_step_000015.pt.9.ab.tmp"]
     assert [e.name for e in plan.deletions] == expected
-    assert plan.freed_bytes == 9 * 100 + 7
+    assert plan.freed_bytes == 9 * 200 + 7
     result = execute(plan)
     assert [e.name for e in result.removed] == expected and result.skipped == []
-    assert result.freed_bytes == 907
+    assert result.freed_bytes == 1807
     assert present(tmp_path) == set(PROTECTED + rolling(5, 10, 12, 13, 14)) | {
         "notes.txt", "rolling_step_000016.pt.9.cd.tmp", ".ckptctl.lock"}
     # a second prune is a no-op
@@ -84,13 +90,13 @@ def test_execute_deletes_the_plan_and_nothing_else(tmp_path, no_checkpoint_opene
 
 
 def test_nothing_to_delete_does_not_take_the_lock(tmp_path):
-    touch_files(tmp_path, rolling(1, 2))
+    touch_checkpoints(tmp_path, rolling(1, 2))
     with DirectoryLock(tmp_path):
         assert execute(plan_prune(tmp_path, Policy())).removed == []
 
 
 def test_locked_directory_raises_and_deletes_nothing(tmp_path):
-    touch_files(tmp_path, rolling(1, 2, 3))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
     with DirectoryLock(tmp_path):
         with pytest.raises(LockedError):
@@ -99,7 +105,7 @@ def test_locked_directory_raises_and_deletes_nothing(tmp_path):
 
 
 def test_wait_gets_the_lock_once_released(tmp_path):
-    touch_files(tmp_path, rolling(1, 2, 3))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
     lock = DirectoryLock(tmp_path).acquire()
     timer = threading.Timer(0.2, lock.release)
@@ -112,18 +118,18 @@ def test_wait_gets_the_lock_once_released(tmp_path):
 
 
 def test_a_save_between_plan_and_lock_removes_no_more_than_planned(tmp_path):
-    touch_files(tmp_path, rolling(1, 2, 3, 4))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3, 4))
     plan = plan_prune(tmp_path, Policy(keep_rolling=2))
-    touch_files(tmp_path, rolling(5))  # a save lands after the plan was shown
+    touch_checkpoints(tmp_path, rolling(5))  # a save lands after the plan was shown
     result = execute(plan)
     assert [e.name for e in result.removed] == rolling(1, 2)
     assert present(tmp_path) >= set(rolling(3, 4, 5))  # step 3 is removable now, but was not in the plan
 
 
 def test_a_file_replaced_under_its_name_is_not_deleted(tmp_path):
-    touch_files(tmp_path, rolling(1, 2, 3))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
-    touch_files(tmp_path, ["new"])
+    touch_checkpoints(tmp_path, ["new"])
     os.replace(tmp_path / "new", tmp_path / rolling(1)[0])  # a new file under the planned name
     (tmp_path / rolling(2)[0]).unlink()  # and one vanished
     result = execute(plan)
@@ -133,7 +139,7 @@ def test_a_file_replaced_under_its_name_is_not_deleted(tmp_path):
 
 
 def test_a_file_the_fresh_plan_keeps_is_not_deleted(tmp_path):
-    touch_files(tmp_path, rolling(1, 2, 3))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
     (tmp_path / rolling(3)[0]).unlink()  # now step 2 is the newest: the policy keeps it
     result = execute(plan)
@@ -143,7 +149,7 @@ def test_a_file_the_fresh_plan_keeps_is_not_deleted(tmp_path):
 
 
 def test_refusal_and_bad_directory(tmp_path):
-    touch_files(tmp_path, rolling(1, 2))
+    touch_checkpoints(tmp_path, rolling(1, 2))
     with pytest.raises(BadInputError, match="refusing"):
         plan_prune(tmp_path, Policy(keep_rolling=0))
     with pytest.raises(BadInputError, match="no such directory"):
@@ -154,7 +160,7 @@ def test_refusal_and_bad_directory(tmp_path):
 def test_a_directory_without_checkpoints_is_bad_input(tmp_path):
     with pytest.raises(BadInputError, match="empty directory"):
         plan_prune(tmp_path, Policy())
-    touch_files(tmp_path, ["notes.txt", "model.pth"])
+    touch_checkpoints(tmp_path, ["notes.txt", "model.pth"])
     with pytest.raises(BadInputError, match="no checkpoints"):
         plan_prune(tmp_path, Policy())
 
@@ -173,7 +179,7 @@ def test_keep_best_k_never_runs_a_hostile_pickle(tmp_path):
 
 
 def test_read_only_directory_is_bad_input_and_nothing_deleted(tmp_path, monkeypatch):
-    touch_files(tmp_path, rolling(1, 2, 3))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
     real_access = os.access  # as root, chmod alone would not make the directory read-only
     monkeypatch.setattr(prune_module.os, "access", lambda path, mode: not mode & os.W_OK and real_access(path, mode))
@@ -183,7 +189,7 @@ def test_read_only_directory_is_bad_input_and_nothing_deleted(tmp_path, monkeypa
 
 
 def test_directory_refusing_the_first_unlink_is_bad_input(tmp_path, monkeypatch):
-    touch_files(tmp_path, rolling(1, 2, 3))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
 
     def refuse(path):
@@ -196,7 +202,7 @@ def test_directory_refusing_the_first_unlink_is_bad_input(tmp_path, monkeypatch)
 
 
 def test_failure_after_a_deletion_says_what_was_deleted(tmp_path, monkeypatch):
-    touch_files(tmp_path, rolling(1, 2, 3))
+    touch_checkpoints(tmp_path, rolling(1, 2, 3))
     plan = plan_prune(tmp_path, Policy(keep_rolling=1))
     real_unlink = os.unlink
     calls = []
@@ -216,7 +222,7 @@ def test_failure_after_a_deletion_says_what_was_deleted(tmp_path, monkeypatch):
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
 def test_chmod_read_only_directory(tmp_path):
     directory = tmp_path / "ro"
-    touch_files(directory, rolling(1, 2, 3))
+    touch_checkpoints(directory, rolling(1, 2, 3))
     plan = plan_prune(directory, Policy(keep_rolling=1))
     directory.chmod(0o555)
     try:
@@ -271,6 +277,7 @@ directories = st.fixed_dictionaries({
     "protected": st.lists(st.tuples(st.sampled_from(ALL_PROTECTED), st.integers(0, 30 * 86400)), max_size=5),
     "strays": st.lists(st.sampled_from(STRAYS), max_size=3),
     "temps": st.lists(st.integers(0, 3 * 3600), max_size=3),
+    "pointers": st.dictionaries(st.sampled_from(ALL_PROTECTED), st.integers(0, 3000), max_size=3),
 })  # fmt: skip
 policies = st.builds(
     Policy,
@@ -294,11 +301,14 @@ def build(directory: Path, spec: dict) -> dict:
     for step, offset in spec["emergency"]:
         stamp = datetime.fromtimestamp(BASE - offset).replace(microsecond=0)
         name = f"emergency_step_{step:06d}_{stamp:%Y%m%d_%H%M%S}.pt"
-        (directory / name).write_bytes(b"e")
+        (directory / name).write_bytes(plausible_bytes())
         info[name] = {"kind": "emergency", "step": step, "order": (step, stamp), "time": stamp.timestamp()}
     for name, age in spec["protected"]:
         (directory / name).write_bytes(b"p")
         os.utime(directory / name, (BASE - age, BASE - age))
+    for name, step in spec["pointers"].items():  # a symlinked pointer (dangling when that step was not written)
+        if not os.path.lexists(directory / name):
+            os.symlink(rolling(step)[0], directory / name)
     for name in spec["strays"]:
         (directory / name).write_bytes(b"s")
     for i, age in enumerate(spec["temps"]):
@@ -319,26 +329,28 @@ def expected_keep(directory: Path, info: dict, policy: Policy) -> set[str]:
     if policy.keep_every:
         keep |= {n for n in info if info[n]["step"] % policy.keep_every == 0}
     if policy.keep_within is not None:
-        protected_times = [os.stat(p).st_mtime for p in directory.iterdir() if p.name in ALL_PROTECTED]
+        protected_times = [os.stat(p).st_mtime for p in directory.iterdir() if p.name in ALL_PROTECTED and p.exists()]
         newest = max([i["time"] for i in info.values()] + protected_times, default=0.0)
         keep |= {n for n in info if newest - info[n]["time"] <= policy.keep_within.total_seconds()}
     if policy.keep_best_k:
         scored = sorted((info[n]["loss"], -info[n]["step"], n) for n in info
                         if info[n]["kind"] == "rolling" and info[n]["loss"] == info[n]["loss"])  # fmt: skip
         keep |= {n for _loss, _step, n in scored[: policy.keep_best_k]}
-    return keep
+    pointers = [p for p in directory.iterdir() if p.name in ALL_PROTECTED and p.is_symlink()]
+    return keep | {os.readlink(p) for p in pointers if os.readlink(p) in info}  # a pointer's target stays
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=directories, policy=policies)
-@example(spec={"rolling": {}, "emergency": [], "protected": [], "strays": [], "temps": [3600]},
+@example(spec={"rolling": {}, "emergency": [], "protected": [], "strays": [], "temps": [3600], "pointers": {}},
          policy=Policy(keep_rolling=0, keep_emergency=0, stale_temp_after=timedelta(hours=1)))  # fmt: skip
 def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         info = build(directory, spec)
         before = {p.name for p in directory.iterdir()}
-        protected = {n for n, _age in spec["protected"]}
+        protected = {n for n, _age in spec["protected"]} | set(spec["pointers"])
+        live = protected - {p.name for p in directory.iterdir() if p.is_symlink() and not p.exists()}  # not dangling
         stale = {n for n in before if n.endswith(".tmp") and time.time() - os.stat(directory / n).st_mtime >= 3600}
         keep = expected_keep(directory, info, policy)
         removed = set(info) - keep
@@ -346,7 +358,7 @@ def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
             with pytest.raises(BadInputError, match="no checkpoints|empty directory"):
                 plan_prune(directory, policy)
             return
-        if removed and not keep and not protected:
+        if removed and not keep and not live:
             with pytest.raises(BadInputError, match="refusing"):
                 plan_prune(directory, policy)
             assert {p.name for p in directory.iterdir()} == before

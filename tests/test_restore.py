@@ -175,7 +175,7 @@ def test_modes(ckpt_dir, mode):
 
 def test_replaced_names_are_foreign_files_and_never_overwritten(ckpt_dir):
     name = f"latest.pt.replaced-{KEPT}"
-    assert parse(name).kind is Kind.OTHER and not parse(name).is_checkpoint
+    assert parse(name).kind is Kind.REPLACED and not parse(name).is_checkpoint
     (ckpt_dir / name).write_bytes(b"an earlier restore's file")
     truncate(ckpt_dir / "latest.pt")
     (action,) = plan_heal(ckpt_dir, now=NOW).actions

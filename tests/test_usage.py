@@ -101,6 +101,15 @@ def test_projection_with_linked_backup_and_no_epoch(tmp_path, monkeypatch):
     assert (projection.epoch_bytes, projection.epochs_fit) == (30 * KiB, 3)  # no epoch yet: same size
 
 
+def test_projection_passes_over_empty_files_named_above_every_step(tmp_path, monkeypatch):
+    fake_statvfs(monkeypatch, total_blocks=10_000, free_blocks=100, avail_blocks=100, frsize=1024)
+    touch_files(tmp_path, ["rolling_step_000100.pt"], size=30 * KiB)
+    touch_files(tmp_path, ["rolling_step_999999.pt", "epoch_99999.pt"])  # empty: they say nothing about sizes
+    projection = measure(tmp_path).projection
+    assert (projection.rolling_save_bytes, projection.rolling_saves_fit) == (30 * KiB, 3)
+    assert (projection.epoch_bytes, projection.epochs_fit) == (30 * KiB, 3)
+
+
 def test_projection_empty_directory(tmp_path):
     usage = measure(tmp_path)
     assert usage.projection.rolling_saves_fit is None and usage.projection.epochs_fit is None

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the core is imported when the command runs, not when the ap
 
 GROUP_TITLES = {
     "latest": "Latest", "best": "Best", "rolling": "Rolling", "emergency": "Emergency",
-    "epoch": "Epoch", "partial": "Partial writes", "other": "Other files",
+    "epoch": "Epoch", "replaced": "Replaced by restore", "partial": "Partial writes", "other": "Other files",
 }  # fmt: skip
 HEADERS = ("name", "step", "epoch", "val_loss", "size", "saved", "status")
 
@@ -71,6 +71,8 @@ def list_command(
 def _cells(row: Row) -> list[str]:
     data = row.to_json()
     status = row.status if not row.error else f"{row.status}: {row.error}"
+    if row.replaced_at is not None:
+        status += f" (replaced {render.age(row.replaced_at)})"
     return [
         render.display_text(row.entry.name),
         render.number(data["step"]),

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..errors import EXIT_USAGE, BadInputError
-from ..retention import DEFAULT_STALE_AFTER, Policy, format_duration, parse_duration
+from ..retention import DEFAULT_REPLACED_AFTER, DEFAULT_STALE_AFTER, Policy, format_duration, parse_duration
 from . import render
 from .options import DirArg, DryRunOpt, JsonOpt, QuietOpt, WaitOpt, YesOpt
 from .output import confirm_or_exit, handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
@@ -31,6 +31,8 @@ def prune_command(
     keep_within: Annotated[Optional[str], typer.Option("--keep-within", metavar="DURATION", help="Also keep checkpoints saved within DURATION (7d, 12h, 30m) of the newest one.")] = None,
     keep_best_k: Annotated[int, typer.Option("--keep-best-k", metavar="K", min=0, help="Also keep the K rolling checkpoints with the lowest val_loss (reads their metadata).")] = 0,
     stale_after: Annotated[str, typer.Option("--stale-after", metavar="DURATION", help="Remove partial writes (*.tmp) not modified for DURATION.")] = format_duration(DEFAULT_STALE_AFTER),
+    keep_replaced_within: Annotated[str, typer.Option("--keep-replaced-within", metavar="DURATION", help="Remove restore's *.replaced-<time> records older than DURATION (by the time in their name).")] = format_duration(DEFAULT_REPLACED_AFTER),
+    remove_damaged: Annotated[bool, typer.Option("--remove-damaged", help="Also remove the damaged, empty or incomplete rolling/emergency files met among the newest (kept and reported otherwise; never counted as one of the last N).")] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     quiet: QuietOpt = False,
@@ -39,12 +41,14 @@ def prune_command(
 ) -> None:
     """Delete old rolling and emergency checkpoints by the retention policy; latest, best and epoch files are never touched.
 
-    Keep rules are OR'ed: a checkpoint stays if any rule keeps it. Files whose names are not checkpoint
-    names are listed as ignored and never removed.
+    Keep rules are OR'ed: a checkpoint stays if any rule keeps it. "Last N" counts only files that look
+    whole (empty or truncated ones are reported, not counted); the target of a symlink such as latest.pt
+    is never removed. Files whose names are not checkpoint names are listed as ignored and never removed.
     """
     from ..prune import execute, plan_prune
 
-    policy = _policy(keep_rolling, keep_emergency, keep_every, keep_within, keep_best_k, stale_after)
+    policy = _policy(keep_rolling, keep_emergency, keep_every, keep_within, keep_best_k, stale_after,
+                     keep_replaced_within, remove_damaged)  # fmt: skip
     plan = plan_prune(directory, policy)
     if not json_output and not quiet:
         _print_plan(plan)
@@ -58,7 +62,7 @@ def prune_command(
 
 
 def _policy(keep_rolling: int, keep_emergency: int, keep_every: int | None, keep_within: str | None,
-            keep_best_k: int, stale_after: str) -> Policy:  # fmt: skip
+            keep_best_k: int, stale_after: str, keep_replaced_within: str, remove_damaged: bool) -> Policy:  # fmt: skip
     try:
         return Policy(
             keep_rolling=keep_rolling,
@@ -67,6 +71,8 @@ def _policy(keep_rolling: int, keep_emergency: int, keep_every: int | None, keep
             keep_within=parse_duration(keep_within) if keep_within is not None else None,
             keep_best_k=keep_best_k,
             stale_temp_after=parse_duration(stale_after),
+            replaced_after=parse_duration(keep_replaced_within),
+            remove_damaged=remove_damaged,
         )
     except ValueError as exc:
         raise BadInputError(f"bad policy: {exc}") from None
@@ -98,13 +104,14 @@ def to_json(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> dict:
     retention = plan.retention
     return {
         "directory": str(plan.directory),
-        "keep": [{"name": d.entry.name, "kind": d.entry.kind.value, "step": d.entry.step, "reasons": d.reasons}
-                 for d in retention.keep],  # fmt: skip
-        "remove": [{"name": d.entry.name, "kind": d.entry.kind.value, "step": d.entry.step, "size_bytes": d.entry.size_bytes}
-                   for d in retention.remove],  # fmt: skip
+        "keep": [{"name": d.entry.name, "kind": d.entry.kind.value, "step": d.entry.step, "reasons": d.reasons,
+                  "damage": d.damage, "link": d.entry.link} for d in retention.keep],  # fmt: skip
+        "remove": [{"name": d.entry.name, "kind": d.entry.kind.value, "step": d.entry.step, "size_bytes": d.entry.size_bytes,
+                    "damage": d.damage, "notes": d.notes, "link": d.entry.link} for d in retention.remove],  # fmt: skip
         "stale_temp": [{"name": e.name, "size_bytes": e.size_bytes, "age_seconds": round(now - e.mtime, 1)}
                        for e in retention.stale_temp],  # fmt: skip
         "ignored": [e.name for e in retention.ignored],
+        "damaged": [{"name": d.entry.name, "damage": d.damage, "removed": not d.keep} for d in retention.damaged],
         "freed_bytes": result.freed_bytes if result is not None else plan.freed_bytes,
         "dry_run": dry_run,
         "removed": [e.name for e in result.removed] if result is not None else [],
@@ -132,18 +139,32 @@ _size = functools.lru_cache(maxsize=1024)(render.size)
 def _sections(plan: PrunePlan) -> list[tuple[str, tuple[str, ...], list[list[str]]]]:
     """(title, headers, rows) for each non-empty part of the plan."""
     retention, now = plan.retention, time.time()
+    remove_headers, remove_rows = ("name", "step", "size"), [[_name(d.entry), _step(d.entry.step), _size(d.entry.size_bytes)]
+                                                             for d in retention.remove]  # fmt: skip
+    if any(d.notes for d in retention.remove):
+        remove_headers = (*remove_headers, "notes")
+        remove_rows = [row + [", ".join(d.notes) or "-"] for row, d in zip(remove_rows, retention.remove)]
     sections = [
         (f"Keep ({len(retention.keep)})", ("name", "step", "reasons"),
-         [[d.entry.name, _step(d.entry.step), ", ".join(d.reasons)] for d in retention.keep]),
-        (f"Remove ({len(retention.remove)})", ("name", "step", "size"),
-         [[d.entry.name, _step(d.entry.step), _size(d.entry.size_bytes)] for d in retention.remove]),
+         [[_name(d.entry), _step(d.entry.step), ", ".join(d.reasons)] for d in retention.keep]),
+        (f"Remove ({len(retention.remove)})", remove_headers, remove_rows),
         (f"Stale partial writes, removed ({len(retention.stale_temp)})", ("name", "age", "size"),
          [[e.name, _age(now - e.mtime), _size(e.size_bytes)] for e in retention.stale_temp]),
         (f"Ignored, never removed ({len(retention.ignored)})", ("name", "why"),
-         [[e.name, "partial write (recent)" if e.kind.value == "partial" else "not a checkpoint name"]
-          for e in retention.ignored]),
+         [[_name(e), _ignored_why(e)] for e in retention.ignored]),
     ]  # fmt: skip
     return [section for section in sections if section[2]]
+
+
+def _name(entry) -> str:
+    """A name, with where it points when it is a symlink (``latest.pt -> rolling_step_000300.pt``)."""
+    return entry.name if entry.link is None else f"{entry.name} -> {entry.link}"
+
+
+def _ignored_why(entry) -> str:
+    if entry.broken is not None:
+        return f"{entry.broken} symlink"
+    return {"partial": "partial write (recent)", "replaced": "restore's record"}.get(entry.kind.value, "not a checkpoint name")
 
 
 def _age(seconds: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -50,7 +51,7 @@ def test_json_document(layout, monkeypatch, no_checkpoint_opened):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     kinds = {k["kind"]: k for k in doc["kinds"]}
-    assert list(kinds) == ["latest", "rolling", "emergency", "best", "epoch", "partial", "other"]
+    assert list(kinds) == ["latest", "rolling", "emergency", "best", "epoch", "replaced", "partial", "other"]
     assert kinds["latest"] == {"kind": "latest", "files": 2, "apparent_bytes": 0, "allocated_bytes": 0, "linked_files": 2}
     assert kinds["partial"]["apparent_bytes"] == 3 * KiB
     assert doc["total"]["files"] == 11 and doc["total"]["hard_links_counted_once"] is True
@@ -120,3 +121,13 @@ def test_du_imports_neither_torch_nor_numpy(layout, args):
     probe = run_fresh_interpreter(["du", str(layout), *args])
     assert probe["code"] == 0 and "Checkpoint storage:" in probe["stdout"]
     assert probe["heavy"] == []
+
+
+def test_replaced_records_are_counted_as_their_own_kind(tmp_path):
+    (tmp_path / "rolling_step_000001.pt").write_bytes(b"r" * 100)
+    (tmp_path / "latest.pt.replaced-20261101_120000").write_bytes(b"o" * 40)  # the data only it holds
+    os.link(tmp_path / "rolling_step_000001.pt", tmp_path / "best_model.pt.replaced-20261101_120000")
+    doc = json.loads(invoke(str(tmp_path), "--json").stdout)
+    replaced = {k["kind"]: k for k in doc["kinds"]}["replaced"]
+    assert (replaced["files"], replaced["apparent_bytes"], replaced["linked_files"]) == (2, 40, 1)
+    assert doc["counts"]["replaced"] == 2

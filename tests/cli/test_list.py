@@ -16,9 +16,10 @@ from tests import hostile
 runner = CliRunner()
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 KINDS = {"latest", "latest_backup", "rolling", "rolling_backup", "emergency", "best", "best_backup", "best_previous",
-         "epoch", "other"}  # fmt: skip
-STATUSES = {"ok", "unreadable", "unsafe", "partial"}
-JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error"}
+         "epoch", "replaced", "other"}  # fmt: skip
+STATUSES = {"ok", "unreadable", "unsafe", "partial", "dangling", "loop"}
+JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error",
+             "link", "replaced_at"}
 
 
 def invoke(*args: str, **kwargs):
@@ -202,3 +203,40 @@ def test_no_cache_reads_every_file_and_writes_no_cache(ckpt_dir, tmp_path, monke
     cached = [invoke(str(ckpt_dir), "--json") for _ in range(2)]
     assert len(list((tmp_path / "cache" / "listing").iterdir())) == 1
     assert json.loads(cached[1].stdout) == json.loads(cached[0].stdout) == json.loads(plain.stdout)
+
+
+def test_dangling_and_looping_links_are_listed_not_hidden(ckpt_dir, tmp_path):
+    import shutil
+
+    directory = tmp_path / "run"
+    shutil.copytree(ckpt_dir, directory, symlinks=True)
+    (directory / "best_model.pt").unlink()
+    (directory / "best_model.pt").symlink_to("rolling_step_000042.pt")
+    (directory / "best_model_backup.pt").unlink()
+    (directory / "best_model_backup.pt").symlink_to("best_model_backup.pt")
+    result = invoke(str(directory))
+    assert result.exit_code == 0, result.output  # listed; the status says what is wrong (README: exit codes)
+    rows = {line.split()[0]: " ".join(line.split()) for line in result.stdout.splitlines()[1:]}
+    assert rows["best_model.pt"].endswith("dangling: symlink to rolling_step_000042.pt")
+    assert rows["best_model_backup.pt"].endswith("loop: symlink to best_model_backup.pt")
+    doc = json.loads(invoke(str(directory), "--json").stdout)
+    best = {r["name"]: r for r in doc["checkpoints"]}["best_model.pt"]
+    assert (best["kind"], best["status"], best["link"], best["size_bytes"]) == ("best", "dangling", "rolling_step_000042.pt", 0)
+
+
+def test_replaced_records_are_listed_with_their_age(ckpt_dir, tmp_path):
+    import os
+    import shutil
+    from datetime import datetime, timedelta
+
+    directory = tmp_path / "run"
+    shutil.copytree(ckpt_dir, directory)
+    stamp = datetime.now() - timedelta(days=3)
+    kept = f"latest.pt.replaced-{stamp:%Y%m%d_%H%M%S}"
+    os.link(directory / "latest.pt", directory / kept)
+    doc = json.loads(invoke(str(directory), "--json").stdout)
+    row = {r["name"]: r for r in doc["checkpoints"]}[kept]
+    assert row["kind"] == "replaced" and row["status"] == "ok" and row["step"] == 300
+    assert row["replaced_at"].startswith(stamp.strftime("%Y-%m-%dT%H:%M:%S"))
+    plain = invoke(str(directory), "--kind", "replaced").stdout
+    assert kept in plain and "ok (replaced 3 days ago)" in plain

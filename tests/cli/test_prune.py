@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from datetime import datetime, timedelta
 
 import pytest
 from typer.testing import CliRunner
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from ckptctl.cli import output, prune_cmd
 from ckptctl.cli.app import app
 from ckptctl.locking import DirectoryLock
-from tests.factories import touch_files
+from tests.factories import touch_checkpoints, touch_files
 from tests.test_prune import PROTECTED, no_checkpoint_opened, rolling  # noqa: F401  (fixture)
 from tests.test_startup import _run as run_fresh_interpreter
 
@@ -27,9 +28,9 @@ def invoke(*args: str, input: str | None = None):
 
 @pytest.fixture
 def layout(tmp_path):
-    """Protected files, 14 rolling (steps 1000..14000, 100 bytes each), 2 emergency, a stray, an old temp."""
+    """Protected files, 14 rolling (steps 1000..14000, 200 bytes each), 2 emergency, a stray, an old temp."""
     directory = tmp_path / "ckpt"
-    touch_files(directory, PROTECTED + rolling(*range(1000, 15000, 1000)) + EMERGENCY, size=100)
+    touch_checkpoints(directory, PROTECTED + rolling(*range(1000, 15000, 1000)) + EMERGENCY, size=200)
     touch_files(directory, ["notes.txt"])
     touch_files(directory, ["rolling_step_015000.pt.77.ab.tmp"], size=10, mtime=time.time() - 7200)
     return directory
@@ -49,10 +50,10 @@ def test_dry_run_shows_reasons_and_sizes_and_changes_nothing(layout, no_checkpoi
     assert "rolling_step_010000.pt 10000 last 5 rolling, every 5000 steps" in lines
     assert "best_model.pt - protected: best" in lines
     assert "epoch_00000.pt - protected: epoch (kept forever)" in lines
-    assert "rolling_step_001000.pt 1000 100 Bytes" in lines
+    assert "rolling_step_001000.pt 1000 200 Bytes" in lines
     assert "notes.txt not a checkpoint name" in lines
     assert any(line.startswith("rolling_step_015000.pt.77.ab.tmp 2h") for line in lines)
-    assert "Dry run: would remove 9 files, freeing 810 Bytes." in lines
+    assert "Dry run: would remove 9 files, freeing 1.6 KiB." in lines
     assert present(layout) == before
 
 
@@ -61,14 +62,14 @@ def test_json_dry_run_document(layout):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["dry_run"] is True and doc["removed"] == []
-    assert doc["remove"] == [{"name": n, "kind": "rolling", "step": s, "size_bytes": 100}
-                             for n, s in zip(rolling(1000, 2000), (1000, 2000))]  # fmt: skip
+    assert doc["remove"] == [{"name": n, "kind": "rolling", "step": s, "size_bytes": 200, "damage": None, "notes": [],
+                              "link": None} for n, s in zip(rolling(1000, 2000), (1000, 2000))]  # fmt: skip
     keep = {k["name"]: k["reasons"] for k in doc["keep"]}
     assert keep["latest.pt"] == ["protected: latest"] and keep["rolling_step_003000.pt"] == ["last 12 rolling"]
     assert keep[EMERGENCY[0]] == ["last 10 emergency"]
     assert [t["name"] for t in doc["stale_temp"]] == ["rolling_step_015000.pt.77.ab.tmp"]
     assert doc["ignored"] == ["notes.txt"]
-    assert doc["freed_bytes"] == 210
+    assert doc["freed_bytes"] == 410
 
 
 def test_yes_deletes_and_second_run_is_a_no_op(layout, no_checkpoint_opened):
@@ -77,7 +78,7 @@ def test_yes_deletes_and_second_run_is_a_no_op(layout, no_checkpoint_opened):
     doc = json.loads(result.stdout)
     assert doc["dry_run"] is False
     assert doc["removed"] == rolling(1000, 2000, 3000, 4000) + ["rolling_step_015000.pt.77.ab.tmp"]
-    assert doc["freed_bytes"] == 410
+    assert doc["freed_bytes"] == 810
     assert present(layout) == set(PROTECTED + rolling(*range(5000, 15000, 1000)) + EMERGENCY) | {
         "notes.txt", ".ckptctl.lock"}
     again = invoke(str(layout), "--yes")
@@ -115,7 +116,7 @@ def test_quiet_prints_nothing(layout):
 
 
 def test_unknown_files_are_never_removed(layout):
-    touch_files(layout, ["rolling_step_12.pt", "model.pth", "emergency_step_000001_20261399_000000.pt"], size=5)
+    touch_checkpoints(layout, ["rolling_step_12.pt", "model.pth", "emergency_step_000001_20261399_000000.pt"], size=5)
     result = invoke(str(layout), "--yes", "--keep-rolling", "1", "--keep-emergency", "0", "--json")
     assert result.exit_code == 0, result.output
     assert {"rolling_step_12.pt", "model.pth", "emergency_step_000001_20261399_000000.pt", "notes.txt"} <= present(layout)
@@ -164,7 +165,7 @@ def test_wait_for_the_lock(layout):
 )  # fmt: skip
 def test_bad_policy_values_exit_2_and_delete_nothing(tmp_path, args, message):
     directory = tmp_path / "only_rolling"
-    touch_files(directory, rolling(1, 2, 3) + EMERGENCY)
+    touch_checkpoints(directory, rolling(1, 2, 3) + EMERGENCY)
     before = present(directory)
     result = invoke(str(directory), "--yes", *args)
     assert result.exit_code == 2, result.output
@@ -173,7 +174,7 @@ def test_bad_policy_values_exit_2_and_delete_nothing(tmp_path, args, message):
 
 
 def test_directory_without_checkpoints_exit_2(tmp_path):
-    touch_files(tmp_path, ["notes.txt"])
+    touch_checkpoints(tmp_path, ["notes.txt"])
     result = invoke(str(tmp_path), "--dry-run")
     assert result.exit_code == 2 and "no checkpoints" in result.stderr
 
@@ -227,3 +228,52 @@ def test_files_changed_after_the_plan_are_skipped_and_reported(layout, monkeypat
     assert result.exit_code == 0, result.output
     assert ("skipped 1 planned files" in result.stderr) is not quiet
     assert rolling(2000)[0] not in present(layout)
+
+
+def test_symlinked_pointers_keep_their_targets_and_the_plan_says_why(tmp_path):
+    directory = tmp_path / "run"
+    touch_checkpoints(directory, rolling(100, 200, 300, 400), size=200)
+    os.symlink(rolling(100)[0], directory / "latest.pt")
+    os.symlink(rolling(200)[0], directory / "best_model.pt")
+    dry = invoke(str(directory), "--dry-run", "--keep-rolling", "1")
+    assert dry.exit_code == 0, dry.output
+    lines = {" ".join(line.split()) for line in dry.stdout.splitlines()}
+    assert "rolling_step_000100.pt 100 latest.pt points here" in lines
+    assert "latest.pt -> rolling_step_000100.pt - protected: latest" in lines
+    result = invoke(str(directory), "--yes", "--json", "--keep-rolling", "1")
+    doc = json.loads(result.stdout)
+    assert doc["removed"] == rolling(300)
+    assert {k["name"]: k["link"] for k in doc["keep"]}["best_model.pt"] == rolling(200)[0]
+    assert (directory / "latest.pt").exists() and (directory / "best_model.pt").exists()  # neither dangles
+
+
+def test_empty_high_step_files_are_reported_kept_and_removed_only_when_asked(tmp_path):
+    directory = tmp_path / "run"
+    touch_checkpoints(directory, rolling(100, 200, 300), size=200)
+    touch_files(directory, rolling(999998, 999999))
+    dry = invoke(str(directory), "--dry-run", "--keep-rolling", "2")
+    assert dry.exit_code == 0, dry.output
+    lines = {" ".join(line.split()) for line in dry.stdout.splitlines()}
+    assert "rolling_step_999999.pt 999999 damaged (empty): not counted, kept" in lines
+    assert "rolling_step_000300.pt 300 last 2 rolling" in lines
+    doc = json.loads(invoke(str(directory), "--dry-run", "--json", "--keep-rolling", "2").stdout)
+    assert [d["name"] for d in doc["remove"]] == rolling(100)
+    assert doc["damaged"] == [{"name": n, "damage": "empty", "removed": False} for n in rolling(999998, 999999)]
+    result = invoke(str(directory), "--yes", "--json", "--keep-rolling", "2", "--remove-damaged")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["removed"] == rolling(100, 999998, 999999)
+    assert present(directory) >= set(rolling(200, 300))
+
+
+def test_replaced_records_go_past_keep_replaced_within(tmp_path):
+    directory = tmp_path / "run"
+    touch_checkpoints(directory, rolling(100))
+    old = f"latest.pt.replaced-{datetime.now() - timedelta(days=30):%Y%m%d_%H%M%S}"
+    young = f"latest.pt.replaced-{datetime.now() - timedelta(days=1):%Y%m%d_%H%M%S}"
+    touch_files(directory, [old, young])
+    doc = json.loads(invoke(str(directory), "--dry-run", "--json").stdout)
+    assert [d["name"] for d in doc["remove"]] == [old] and doc["remove"][0]["kind"] == "replaced"
+    doc = json.loads(invoke(str(directory), "--dry-run", "--json", "--keep-replaced-within", "60d").stdout)
+    assert doc["remove"] == []
+    bad = invoke(str(directory), "--dry-run", "--keep-replaced-within", "soon")
+    assert bad.exit_code == 2 and "bad duration" in bad.output
