@@ -307,6 +307,8 @@ def _check_container(result: FileResult, jobs: int, progress: Progress | None) -
                 for problem in _header_problems(fh, record):
                     _add(result, problem)
             _check_crcs(result, fh, container, jobs, progress)
+    except UnsafeCheckpoint:  # an ambiguous archive: the safe reader gives the verdict next, no CRC work
+        pass
     except CheckpointError as exc:  # the safe reader reports the same structural error next
         _add(result, exc.reason)
     except OSError as exc:

@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from ckptctl.container import Container, open_container, read_record, sniff_format
-from ckptctl.errors import UnreadableCheckpoint
+from ckptctl.errors import UnreadableCheckpoint, UnsafeCheckpoint
 from tests import hostile
 from tests.factories import write_checkpoint
 
@@ -36,7 +36,6 @@ def test_records_match_zipfile_and_their_crc(real):
     assert "data.pkl" in container.records and container.pickle_record.key == "data.pkl"
     assert container.storage_record("0") is not None
     assert container.has_checksums
-    assert container.suspicious == []
 
 
 def test_storage_records_are_64_byte_aligned_as_torch_writes_them(real):
@@ -70,7 +69,7 @@ def test_missing_data_pkl(tmp_path, real):
 
 
 def test_records_of_two_top_level_folders(tmp_path, real):
-    with pytest.raises(UnreadableCheckpoint, match="one top-level folder"):
+    with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(.*one top-level folder"):
         _open(hostile.two_prefixes(real, tmp_path / "two.pt"))
 
 
@@ -81,29 +80,32 @@ def test_empty_zip(tmp_path):
         _open(path)
 
 
-def test_compressed_record_is_suspicious(tmp_path):
+def test_compressed_record_is_ambiguous(tmp_path):
     path = tmp_path / "deflated.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    assert any("compressed" in s for s in _open(path).suspicious)
+    with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(.*compressed"):
+        _open(path)
 
 
-def test_duplicate_entry_names_are_suspicious(tmp_path):
+def test_duplicate_entry_names_are_ambiguous(tmp_path):
     path = tmp_path / "dup.pt"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
         with pytest.warns(UserWarning):
             zf.writestr("archive/data.pkl", b"\x80\x02]q\x00.")
-    assert any("duplicate" in s for s in _open(path).suspicious)
+    with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(duplicate entry name"):
+        _open(path)
 
 
-def test_local_and_central_names_differ_is_suspicious(tmp_path, real):
+def test_local_and_central_names_differ_is_ambiguous(tmp_path, real):
     raw = bytearray(real.read_bytes())
     first_name_at = 30  # the first local header's name starts right after its fixed 30 bytes
     raw[first_name_at] = ord("X")
     path = tmp_path / "renamed.pt"
     path.write_bytes(bytes(raw))
-    assert any("names differ" in s for s in _open(path).suspicious)
+    with pytest.raises(UnsafeCheckpoint, match="local and central names differ"):
+        _open(path)
 
 
 def test_crc_switched_off_is_detected(tmp_path):

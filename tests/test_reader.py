@@ -243,7 +243,7 @@ def test_flipped_opcode_is_caught(tmp_path, good):
 def test_missing_data_pkl_and_two_prefixes(tmp_path, good):
     with pytest.raises(UnreadableCheckpoint, match="data.pkl"):
         read_checkpoint(hostile.drop_data_pkl(good, tmp_path / "a.pt"))
-    with pytest.raises(UnreadableCheckpoint, match="top-level folder"):
+    with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(records do not share one top-level folder"):
         read_checkpoint(hostile.two_prefixes(good, tmp_path / "b.pt"))
 
 
@@ -299,13 +299,13 @@ def test_hostile_legacy_magic_position(tmp_path):
     assert not marker.exists()
 
 
-def test_suspicious_container_is_unsafe(tmp_path):
+def test_ambiguous_container_is_unsafe(tmp_path):
     import zipfile
 
     path = tmp_path / "deflated.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    with pytest.raises(UnsafeCheckpoint, match="suspicious container"):
+    with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(record 'archive/data.pkl' is compressed"):
         read_checkpoint(path)
 
 
