@@ -210,6 +210,7 @@ def read_central_directory(fh: BinaryIO, size: int, findings: _Findings) -> tupl
         raise UnreadableCheckpoint("truncated or not a zip: central directory outside the file")
     if cd_offset + cd_size != directory_end:  # zipfile then shifts every offset by the difference; miniz does not
         findings.add("central directory is not where the end record says")
+        raise ambiguous(findings.reasons)
     raw = pread(fh, cd_offset, cd_size)
     if len(raw) != cd_size:
         raise UnreadableCheckpoint("truncated: central directory is short")

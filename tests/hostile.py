@@ -248,3 +248,44 @@ def two_prefixes(source: Path, target: Path) -> Path:
             dst.writestr(info, src.read(info))
         dst.writestr("other/data.pkl", pickle.dumps({"step": 9}, 2))
     return target
+
+
+# --- archives two zip readers take differently (torch's miniz against Python's zipfile) ------------
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One record of a hand-built zip: the central name may differ from the local one."""
+
+    name: bytes  # as written in the central directory
+    data: bytes
+    local_name: bytes | None = None  # default: the central name
+    flags: int = 0x800  # UTF-8 names, as torch writes them
+
+
+def raw_zip(path: Path, entries: list[RawEntry]) -> Path:
+    """A stored (uncompressed) zip written byte by byte, so names can hold what zipfile never writes."""
+    import zlib
+
+    body, central = bytearray(), bytearray()
+    for entry in entries:
+        local_name = entry.name if entry.local_name is None else entry.local_name
+        crc = zlib.crc32(entry.data)
+        offset = len(body)
+        body += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, entry.flags, 0, 0, 0x21, crc,
+                            len(entry.data), len(entry.data), len(local_name), 0) + local_name + entry.data  # fmt: skip
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, entry.flags, 0, 0, 0x21, crc,
+                               len(entry.data), len(entry.data), len(entry.name), 0, 0, 0, 0, 0, offset) + entry.name  # fmt: skip
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(body), 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(body + central + end))
+    return path
+
+
+def plain_pickle(obj: object) -> bytes:
+    return pickle.dumps(obj, protocol=2)
+
+
+def torch_records(data_pkl: bytes, prefix: bytes = b"archive") -> list[RawEntry]:
+    return [RawEntry(prefix + b"/data.pkl", data_pkl), RawEntry(prefix + b"/byteorder", b"little"),
+            RawEntry(prefix + b"/version", b"3\n")]  # fmt: skip
