@@ -289,3 +289,23 @@ def plain_pickle(obj: object) -> bytes:
 def torch_records(data_pkl: bytes, prefix: bytes = b"archive") -> list[RawEntry]:
     return [RawEntry(prefix + b"/data.pkl", data_pkl), RawEntry(prefix + b"/byteorder", b"little"),
             RawEntry(prefix + b"/version", b"3\n")]  # fmt: skip
+
+
+def overlapping_zip(path: Path, copies: int, size: int) -> Path:
+    """A torch-like zip whose central directory names one ``size``-byte record ``copies`` times
+    (``data/0`` .. ``data/<copies-1>``): a file of ~``size`` bytes claiming ``copies * size``."""
+    import zlib
+
+    blob = bytes(size)
+    head = raw_zip(path, [*torch_records(plain_pickle({"step": 1})), RawEntry(b"archive/data/0", blob)]).read_bytes()
+    cd_offset = struct.unpack_from("<I", head, len(head) - 6)[0]
+    body, central = head[:cd_offset], bytearray(head[cd_offset:-22])
+    record = central[central.rindex(b"PK\x01\x02") :]  # data/0's central header
+    crc = zlib.crc32(blob)
+    for index in range(1, copies):
+        name = f"archive/data/{index}".encode()
+        central += record[:16] + struct.pack("<III", crc, size, size) + struct.pack("<H", len(name)) + record[30:46] + name
+    count = 3 + copies
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, len(central), len(body), 0)
+    path.write_bytes(body + bytes(central) + end)
+    return path
