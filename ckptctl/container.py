@@ -209,7 +209,7 @@ def read_central_directory(fh: BinaryIO, size: int, findings: _Findings) -> tupl
     if cd_size < total * CENTRAL_HEADER.size or cd_offset + cd_size > size:
         raise UnreadableCheckpoint("truncated or not a zip: central directory outside the file")
     if cd_offset + cd_size != directory_end:  # zipfile then shifts every offset by the difference; miniz does not
-        findings.add("central directory is not where the end record says")
+        findings.add("central directory is not where the end of central directory record says")
         raise ambiguous(findings.reasons)
     raw = pread(fh, cd_offset, cd_size)
     if len(raw) != cd_size:

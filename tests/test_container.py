@@ -206,7 +206,7 @@ def test_data_before_the_archive_is_refused(tmp_path):
     """zipfile shifts every offset by the bytes in front; miniz takes the offsets as written."""
     path = _benign(tmp_path)
     path.write_bytes(b"\0" * 64 + path.read_bytes())
-    with pytest.raises(UnsafeCheckpoint, match="central directory is not where the end record says"):
+    with pytest.raises(UnsafeCheckpoint, match="central directory is not where the end of central directory record says"):
         _open(path)
 
 
