@@ -104,15 +104,38 @@ def _read_remote(path: str | RemotePath, spans: bool) -> CheckpointFile:
 
 
 def _read_open(path: Path, fh: BinaryIO, size: int, spans: bool) -> CheckpointFile:
-    """Parse an open file (local or remote) by its first bytes."""
+    """Parse an open file (local or remote) by its first bytes.
+
+    A file that is not a readable torch checkpoint (any other pickle, an ``.npy`` with objects, a
+    zip that is not a torch archive, a damaged legacy stream) is still scanned for the globals its
+    pickles name, as picklescan does: naming one outside the allowlist makes it unsafe.
+    """
     if size == 0:
         raise UnreadableCheckpoint("empty file")
     kind = sniff_format(fh)
-    if kind == "zip":
-        return _read_zip(path, fh, size, spans)
-    if kind == "legacy":
-        return _read_legacy(path, fh, size)
-    raise UnreadableCheckpoint("not a checkpoint: unknown file format")
+    try:
+        if kind == "zip":
+            return _read_zip(path, fh, size, spans)
+        if kind == "legacy":
+            return _read_legacy(path, fh, size)
+        raise UnreadableCheckpoint("not a checkpoint: unknown file format")
+    except UnsafeCheckpoint as exc:
+        if exc.globals:  # the unpickler named them already
+            raise
+        _refuse_named_globals(fh, size, kind)
+        raise
+    except UnreadableCheckpoint:
+        _refuse_named_globals(fh, size, kind)
+        raise
+
+
+def _refuse_named_globals(fh: BinaryIO, size: int, kind: str) -> None:
+    """Raise UnsafeCheckpoint naming the globals outside the allowlist that the file's pickles name."""
+    from .pickle_scan import unsafe_globals  # only for files that failed to read: keeps start-up light
+
+    names = unsafe_globals(fh, size, kind)
+    if names:
+        raise UnsafeCheckpoint(names)
 
 
 def _read_zip(path: Path, fh: BinaryIO, size: int, with_spans: bool = True) -> CheckpointFile:

@@ -309,3 +309,65 @@ def overlapping_zip(path: Path, copies: int, size: int) -> Path:
     end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, len(central), len(body), 0)
     path.write_bytes(body + bytes(central) + end)
     return path
+
+
+# --- pickles that are not torch checkpoints (what scanners such as picklescan name) ------------------
+
+
+def bare_pickle_file(path: Path, marker: Path, proto: int) -> Path:
+    """A bare pickle of protocol 0 or 1 (first byte not ``\\x80``): INST and OBJ call os.system."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(protocol0_inst(marker) if proto == 0 else protocol0_obj(marker))
+    return path
+
+
+def npy_with_objects(path: Path, marker: Path) -> Path:
+    """A numpy ``.npy`` file of dtype object: a header, then a pickle (``np.load(allow_pickle=True)``)."""
+    header = b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + system_stack_global(marker))
+    return path
+
+
+def non_torch_zip(path: Path, marker: Path) -> Path:
+    """A zip that is no torch archive (no top-level folder, deflated) holding a hostile ``.pkl``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("README.txt", "model weights")
+        zf.writestr("model.pkl", system_global(marker))
+    return path
+
+
+def torch_zip_with_hidden_member(path: Path, marker: Path) -> Path:
+    """A torch archive with a benign data.pkl and a second prefix holding a hostile data.pkl."""
+    entries = torch_records(plain_pickle({"step": 1}))
+    entries.append(RawEntry(b"other/data.pkl", system_global(marker)))
+    return raw_zip(path, entries)
+
+
+def legacy_wrong_magic(path: Path, marker: Path) -> Path:
+    """A legacy stream whose magic number is wrong (so not read as torch's) with a hostile object pickle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [pickle.dumps(12345, 2), pickle.dumps(1001, 2), pickle.dumps(SYS_INFO, 2), system_global(marker)]
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+@dataclass(frozen=True)
+class NotACheckpoint:
+    """A hostile file ckptctl cannot read as a checkpoint, and the global a scanner names in it."""
+
+    name: str
+    build: Callable[[Path, Path], Path]
+    reported: str
+
+
+NOT_CHECKPOINTS: tuple[NotACheckpoint, ...] = (
+    NotACheckpoint("protocol-0-pickle", lambda p, m: bare_pickle_file(p, m, 0), "os.system"),
+    NotACheckpoint("protocol-1-pickle", lambda p, m: bare_pickle_file(p, m, 1), "os.system"),
+    NotACheckpoint("npy-with-objects", npy_with_objects, "os.system"),
+    NotACheckpoint("non-torch-zip", non_torch_zip, "os.system"),
+    NotACheckpoint("torch-zip-second-prefix", torch_zip_with_hidden_member, "os.system"),
+    NotACheckpoint("legacy-wrong-magic", legacy_wrong_magic, "os.system"),
+)
