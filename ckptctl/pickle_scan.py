@@ -25,7 +25,6 @@ MAX_OPCODES = 5_000_000  # per file: ~3 s of Python here; a longer pickle is sca
 MAX_NAME = 1024  # strings longer than this are never a module or attribute name
 MAX_PICKLES = 16  # consecutive pickles in one stream (the legacy format has five)
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
-UNRESOLVED = "<unresolved STACK_GLOBAL>"
 
 _UNKNOWN = object()  # any stack value that is not a (short) string
 
@@ -177,12 +176,16 @@ class _Walk:
         del self.stack[self.marks.pop() :]
 
     def name(self, module: Any, name: Any) -> None:
-        if isinstance(module, str) and isinstance(name, str) and NAME.match(module) and NAME.match(name):
-            full = f"{module}.{name}"
-        elif isinstance(module, str) and isinstance(name, str):
-            return  # not something Python could import: garbage read as a pickle
-        else:
-            full = UNRESOLVED
+        """Record ``module.name`` if Python could import it.
+
+        Operands that are not strings pushed by the pickle itself name nothing: pickle's
+        STACK_GLOBAL refuses anything but ``str``, and the only other way to make one on the stack
+        is a call, whose callable is a global named here already. Nor can a name that is no
+        identifier be imported; random bytes walked as a pickle produce such names.
+        """
+        if not (isinstance(module, str) and isinstance(name, str) and NAME.match(module) and NAME.match(name)):
+            return
+        full = f"{module}.{name}"
         if full not in self.result.globals:
             self.result.globals.append(full)
 

@@ -358,3 +358,40 @@ def test_legacy_length_fields_cannot_demand_huge_reads(tmp_path):
     path = hostile.legacy_file(tmp_path / "old.pt", pickle_with_huge_bytes)
     with pytest.raises(UnreadableCheckpoint, match="corrupt pickle"):
         read_checkpoint(path)
+
+
+# --- scanner parity: pickles that are not torch checkpoints still get their globals named ----------
+
+
+@pytest.mark.parametrize("case", hostile.NOT_CHECKPOINTS, ids=lambda c: c.name)
+@pytest.mark.parametrize("spans", [True, False])
+def test_a_hostile_file_that_is_no_checkpoint_is_named_unsafe(tmp_path, case, spans):
+    marker = tmp_path / "pwned"
+    path = case.build(tmp_path / "f.pt", marker)
+    with pytest.raises(UnsafeCheckpoint) as info:
+        read_checkpoint(path, spans=spans)
+    assert info.value.globals == [case.reported] and info.value.reason == f"references {case.reported}"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("proto", range(6))
+def test_a_benign_pickle_that_is_no_checkpoint_keeps_its_verdict(tmp_path, proto):
+    import collections
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": collections.OrderedDict(b=[1, 2.5, "c"])}, protocol=proto))
+    with pytest.raises(UnreadableCheckpoint, match="not a checkpoint"):
+        read_checkpoint(path)
+
+
+def test_a_benign_object_npy_keeps_its_verdict(tmp_path):
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([1, "two", None], dtype=object), allow_pickle=True)
+    (tmp_path / "a.npy").write_bytes(buffer.getvalue())
+    with pytest.raises(UnreadableCheckpoint, match="unknown file format"):
+        read_checkpoint(tmp_path / "a.npy")
