@@ -47,6 +47,10 @@ MAX_COMMENT = 0xFFFF
 HEADER_NAME_ROOM = 256  # bytes prefetched after a local header for its name (a longer one is read when needed)
 U16, U32 = 0xFFFF, 0xFFFFFFFF
 FLAG_ENCRYPTED, FLAG_DESCRIPTOR, FLAG_UTF8, FLAG_MASKED = 0x1, 0x8, 0x800, 0x2000
+FLAGS_UNSUPPORTED = 0x1 | 0x20 | 0x40  # encrypted, patch data, strong encryption: miniz refuses to extract
+DOS_DIRECTORY = 0x10  # external attribute: miniz "extracts" such a record as nothing at all
+# Records torch.load reads besides the storages: their local headers are always read (see TORCH_READS use).
+TORCH_READS = ("data.pkl", "version", ".data/version", "byteorder", ".storage_alignment")
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class _Central:
     size: int  # compressed size (the bytes a stored record occupies)
     file_size: int  # uncompressed size
     header_offset: int
+    external_attr: int = 0
 
 
 @dataclass
@@ -168,10 +173,12 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
         seen[folded] = entry.raw_name
         if entry.method != 0:
             findings.add(f"record {name!r} is compressed (torch writes stored records)")
-        if entry.flags & FLAG_ENCRYPTED:
+        if entry.flags & FLAGS_UNSUPPORTED:
             findings.add(f"record {name!r} is encrypted")
+        if entry.external_attr & DOS_DIRECTORY or entry.raw_name.endswith(b"/"):
+            findings.add(f"record {name!r} is marked as a directory")
         key = name[len(prefix) + 1 :] if name.startswith(prefix + "/") else name
-        if local_headers or fold(key) == "data.pkl":
+        if local_headers or fold(key) in TORCH_READS:
             record = _read_local_header(fh, entry, name, key, size, findings)
         else:
             record = Record(name, key, entry.header_offset, -1, entry.size, entry.crc32, entry.flags)
@@ -272,7 +279,7 @@ def _central_header(raw: bytes, pos: int, index: int, file_size: int) -> tuple[_
             raise UnreadableCheckpoint("corrupt zip directory: no central header where the end of central directory record points")
         raise UnreadableCheckpoint("corrupt zip directory: bad central header")
     (_sig, _made_by, version, flags, method, time, date, crc, csize, usize, name_len, extra_len, comment_len,
-     disk_start, _internal, _external, offset) = CENTRAL_HEADER.unpack_from(raw, pos)  # fmt: skip
+     disk_start, _internal, external, offset) = CENTRAL_HEADER.unpack_from(raw, pos)  # fmt: skip
     end = pos + CENTRAL_HEADER.size + name_len + extra_len + comment_len
     if end > len(raw):
         raise UnreadableCheckpoint("corrupt zip directory: a central header runs past the directory")
@@ -286,7 +293,7 @@ def _central_header(raw: bytes, pos: int, index: int, file_size: int) -> tuple[_
         raise UnreadableCheckpoint("corrupt zip directory: unsupported central header")
     if offset + LOCAL_HEADER_SIZE + csize > file_size:
         raise UnreadableCheckpoint(f"truncated: record {_text(name)!r} extends past the end of the file")
-    entry = _Central(index, name, flags, method, version, (time, date), crc, csize, usize, offset)
+    entry = _Central(index, name, flags, method, version, (time, date), crc, csize, usize, offset, external)
     return entry, end
 
 

@@ -140,6 +140,7 @@ def _refuse_named_globals(fh: BinaryIO, size: int, kind: str) -> None:
 
 def _read_zip(path: Path, fh: BinaryIO, size: int, with_spans: bool = True) -> CheckpointFile:
     container = open_container(path, fh, local_headers=with_spans)  # refuses ambiguous archives
+    _check_small_records(fh, container)
     root, storages = safe_loads(read_record(fh, container.pickle_record))
     spans: dict[str, Span] = {}
     for key, ref in storages.items():
@@ -153,6 +154,28 @@ def _read_zip(path: Path, fh: BinaryIO, size: int, with_spans: bool = True) -> C
         if with_spans:
             spans[key] = Span(key, record.data_offset, record.size, record.crc32)
     return CheckpointFile(path, "zip", size, root, storages, spans, container, spans_read=with_spans)
+
+
+MAX_SMALL_RECORD = 64
+
+
+def _check_small_records(fh: BinaryIO, container: Container) -> None:
+    """The records torch.load reads besides the pickle and the storages, checked as torch checks
+    them, so a file listed as ok is one torch opens: the format version (an integer of at least
+    1; ``.data/version`` first), the byte order (``little`` or ``big``), the storage alignment."""
+    records = container.records
+    version = records.get(".data/version") or records.get("version")
+    if version is None:
+        raise UnreadableCheckpoint(f"missing {container.prefix}/version")
+    text = read_record(fh, version, MAX_SMALL_RECORD).strip(b" \t\r\n")
+    if not text.isdigit() or int(text) < 1:
+        raise UnreadableCheckpoint(f"record {version.key}: not a format version ({text[:16]!r})")
+    if "byteorder" in records and read_record(fh, records["byteorder"], MAX_SMALL_RECORD) not in (b"little", b"big"):
+        raise UnreadableCheckpoint("record byteorder: neither 'little' nor 'big'")
+    if ".storage_alignment" in records:
+        text = read_record(fh, records[".storage_alignment"], MAX_SMALL_RECORD).strip(b" \t\r\n")
+        if not text.lstrip(b"+-").isdigit():
+            raise UnreadableCheckpoint("record .storage_alignment: not an integer")
 
 
 def _read_legacy(path: Path, fh: BinaryIO, size: int) -> CheckpointFile:

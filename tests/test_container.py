@@ -303,3 +303,15 @@ def test_real_torch_archives_read_as_before(tmp_path, mmap):
         container = _open(path)
         assert {"data.pkl", "data/0", "data/1", "byteorder", "version"} <= set(container.records)
         assert torch.load(path, weights_only=False, mmap=mmap)["step"] == 3  # our own file (protocol 5 is not weights_only)
+
+
+@pytest.mark.parametrize("where, value, reason", [("flags", 0x41, "encrypted"), ("external", 0x10, "marked as a directory")])
+def test_records_miniz_would_not_extract_are_refused(tmp_path, where, value, reason):
+    """Strong encryption makes miniz fail; a DOS directory attribute makes it 'extract' nothing."""
+    data = bytearray(_benign(tmp_path).read_bytes())
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<H" if where == "flags" else "<I", data, central + (8 if where == "flags" else 38), value)
+    path = tmp_path / "x.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnsafeCheckpoint, match=reason):
+        _open(path)

@@ -395,3 +395,35 @@ def test_a_benign_object_npy_keeps_its_verdict(tmp_path):
     (tmp_path / "a.npy").write_bytes(buffer.getvalue())
     with pytest.raises(UnreadableCheckpoint, match="unknown file format"):
         read_checkpoint(tmp_path / "a.npy")
+
+
+# --- the small records torch.load reads: a file listed as ok is one torch opens --------------------
+
+
+@pytest.mark.parametrize(
+    "records, reason",
+    [
+        ({"byteorder": b"FB\x02\x00"}, "byteorder: neither"),
+        ({"version": b"FB"}, "not a format version"),
+        ({"version": b"0\n"}, "not a format version"),
+        ({".storage_alignment": b"sixty"}, "storage_alignment: not an integer"),
+    ],
+    ids=["byteorder", "version", "version-0", "alignment"],
+)
+@pytest.mark.parametrize("spans", [True, False])
+def test_small_records_torch_refuses_are_unreadable(tmp_path, records, reason, spans):
+    import torch
+
+    entries = {e.name.split(b"/", 1)[1].decode(): e.data for e in hostile.torch_records(hostile.plain_pickle({"step": 1}))}
+    entries.update(records)
+    path = hostile.raw_zip(tmp_path / "r.pt", [hostile.RawEntry(b"archive/" + k.encode(), v) for k, v in entries.items()])
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+    with pytest.raises(UnreadableCheckpoint, match=reason):
+        read_checkpoint(path, spans=spans)
+
+
+def test_missing_version_record_is_unreadable(tmp_path):
+    path = hostile.raw_zip(tmp_path / "v.pt", hostile.torch_records(hostile.plain_pickle({"step": 1}))[:2])
+    with pytest.raises(UnreadableCheckpoint, match="missing archive/version"):
+        read_checkpoint(path)
