@@ -341,7 +341,12 @@ def _file_bytes(fh: Any, size: int) -> Any:
 
 
 def _zip_globals(fh: Any) -> list[str]:
-    """Every pickle-like member of a zip (by suffix, or starting like a pickle or an ``.npy``)."""
+    """Every pickle-like member of a zip (by suffix, or starting like a pickle or an ``.npy``).
+
+    ``zipfile`` only lists the members; their bytes are taken from behind each local header
+    directly, so a member whose local name or CRC-32 disagrees with the directory (which
+    ``zipfile`` refuses to open, but pickle loaders reading the bytes do not care) is scanned too.
+    """
     import zipfile
 
     budget = Budget()
@@ -349,22 +354,37 @@ def _zip_globals(fh: Any) -> list[str]:
     names: list[str] = []
     fh.seek(0)
     try:
-        archive = zipfile.ZipFile(fh)
+        with zipfile.ZipFile(fh) as archive:
+            infos = archive.infolist()[:MAX_MEMBERS]
     except Exception:  # any damage zipfile cannot read: nothing more to name
         return []
-    with archive:
-        for info in archive.infolist()[:MAX_MEMBERS]:
-            if left <= 0:
-                break
-            try:
-                with archive.open(info) as member:
-                    head = member.read(min(left, 16))
-                    if not (info.filename.lower().endswith(MEMBER_SUFFIXES) or head[:1] == b"\x80"
-                            or head.startswith(NPY_MAGIC)):  # fmt: skip
-                        continue
-                    data = head + member.read(max(0, min(left, info.file_size) - len(head)))
-            except Exception:  # a damaged or unsupported member: skip it
-                continue
-            left -= len(data)
-            names += [n for n in scan_file_bytes(data, budget) if n not in names]
+    for info in infos:
+        if left <= 0:
+            break
+        data = _member_bytes(fh, info, left)
+        if data is None or not (info.filename.lower().endswith(MEMBER_SUFFIXES) or data[:1] == b"\x80"
+                                or data.startswith(NPY_MAGIC)):  # fmt: skip
+            continue
+        left -= len(data)
+        names += [n for n in scan_file_bytes(data, budget) if n not in names]
     return names
+
+
+def _member_bytes(fh: Any, info: Any, limit: int) -> bytes | None:
+    """A member's (decompressed) bytes, at most ``limit``; None when they cannot be had."""
+    import zlib
+
+    try:
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            return None
+        fh.seek(info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little"))
+        raw = fh.read(min(info.compress_size, limit))
+        if info.compress_type == 0:
+            return raw
+        if info.compress_type == 8:
+            return zlib.decompressobj(-15).decompress(raw, limit)
+    except (OSError, ValueError, zlib.error, OverflowError):
+        return None
+    return None  # other methods (bzip2, lzma): not scanned

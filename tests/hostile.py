@@ -354,6 +354,26 @@ def legacy_wrong_magic(path: Path, marker: Path) -> Path:
     return path
 
 
+def zip_member_zipfile_refuses(path: Path, marker: Path, damage: str) -> Path:
+    """A one-member zip whose ``data.pkl`` zipfile will not open (a wrong CRC-32, or a local name
+    that differs from the central one), though a loader reading its bytes runs it all the same."""
+    import zlib
+
+    payload = system_global(marker)
+    local_name = b"datap.kl" if damage == "local-name" else b"data.pkl"
+    crc = zlib.crc32(payload) ^ (0xFFFF if damage == "crc" else 0)
+    raw = raw_zip(path, [RawEntry(b"data.pkl", payload, local_name=local_name, flags=0)]).read_bytes()
+    return _patch_crc(path, raw, crc)
+
+
+def _patch_crc(path: Path, raw: bytes, crc: int) -> Path:
+    data = bytearray(raw)
+    struct.pack_into("<I", data, 14, crc)  # local header
+    struct.pack_into("<I", data, data.index(b"PK\x01\x02") + 16, crc)  # central header
+    path.write_bytes(bytes(data))
+    return path
+
+
 @dataclass(frozen=True)
 class NotACheckpoint:
     """A hostile file ckptctl cannot read as a checkpoint, and the global a scanner names in it."""
@@ -370,4 +390,6 @@ NOT_CHECKPOINTS: tuple[NotACheckpoint, ...] = (
     NotACheckpoint("non-torch-zip", non_torch_zip, "os.system"),
     NotACheckpoint("torch-zip-second-prefix", torch_zip_with_hidden_member, "os.system"),
     NotACheckpoint("legacy-wrong-magic", legacy_wrong_magic, "os.system"),
+    NotACheckpoint("zip-member-bad-crc", lambda p, m: zip_member_zipfile_refuses(p, m, "crc"), "os.system"),
+    NotACheckpoint("zip-member-local-name", lambda p, m: zip_member_zipfile_refuses(p, m, "local-name"), "os.system"),
 )
