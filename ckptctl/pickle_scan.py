@@ -323,7 +323,15 @@ def unsafe_globals(fh: Any, size: int, kind: str) -> list[str]:
     from .unpickler import ALLOWED
 
     try:
-        names = _zip_globals(fh) if kind == "zip" else scan_file_bytes(_file_bytes(fh, size))
+        if kind == "zip":
+            names = _zip_globals(fh)
+        else:
+            data = _file_bytes(fh, size)
+            try:
+                names = scan_file_bytes(data)
+            finally:
+                if hasattr(data, "close"):
+                    data.close()
     except (OSError, ValueError, MemoryError):
         return []
     return [name for name in names if name not in ALLOWED]
@@ -361,9 +369,12 @@ def _zip_globals(fh: Any) -> list[str]:
     for info in infos:
         if left <= 0:
             break
+        by_name = info.filename.lower().endswith(MEMBER_SUFFIXES)
+        head = _member_bytes(fh, info, 16)  # a storage record is not read whole just to be skipped
+        if head is None or not (by_name or head[:1] == b"\x80" or head.startswith(NPY_MAGIC)):
+            continue
         data = _member_bytes(fh, info, left)
-        if data is None or not (info.filename.lower().endswith(MEMBER_SUFFIXES) or data[:1] == b"\x80"
-                                or data.startswith(NPY_MAGIC)):  # fmt: skip
+        if data is None:
             continue
         left -= len(data)
         names += [n for n in scan_file_bytes(data, budget) if n not in names]
