@@ -183,6 +183,8 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
         else:
             record = Record(name, key, entry.header_offset, -1, entry.size, entry.crc32, entry.flags)
         records[fold(key)] = record
+    if "constants.pkl" in {record.key for record in records.values()}:
+        findings.add("a TorchScript archive (constants.pkl): torch.load hands it to torch.jit.load, not data.pkl")
     _check_layout(list(records.values()), entries, directory_offset, findings)
     if findings.reasons:
         raise ambiguous(findings.reasons)

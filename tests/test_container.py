@@ -315,3 +315,13 @@ def test_records_miniz_would_not_extract_are_refused(tmp_path, where, value, rea
     path.write_bytes(bytes(data))
     with pytest.raises(UnsafeCheckpoint, match=reason):
         _open(path)
+
+
+def test_a_torchscript_archive_is_refused(tmp_path):
+    """torch.load dispatches an archive holding ``constants.pkl`` to torch.jit.load: data.pkl is not what it reads."""
+    entries = [*hostile.torch_records(_step_pickle(1)), hostile.RawEntry(b"archive/constants.pkl", hostile.plain_pickle(()))]
+    path = hostile.raw_zip(tmp_path / "ts.pt", entries)
+    with pytest.raises(RuntimeError, match="TorchScript"):
+        _torch_sees(path)
+    with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(a TorchScript archive"):
+        _open(path)
