@@ -263,8 +263,12 @@ class RawEntry:
     flags: int = 0x800  # UTF-8 names, as torch writes them
 
 
-def raw_zip(path: Path, entries: list[RawEntry]) -> Path:
-    """A stored (uncompressed) zip written byte by byte, so names can hold what zipfile never writes."""
+def raw_zip(path: Path, entries: list[RawEntry], zip64: bool = False) -> Path:
+    """A stored (uncompressed) zip written byte by byte, so names can hold what zipfile never writes.
+
+    ``zip64=True`` stores every size and offset as 0xFFFFFFFF with the real values in zip64 extra
+    fields (local: both sizes; central: both sizes and the offset), as writers do past 4 GiB.
+    """
     import zlib
 
     body, central = bytearray(), bytearray()
@@ -272,10 +276,15 @@ def raw_zip(path: Path, entries: list[RawEntry]) -> Path:
         local_name = entry.name if entry.local_name is None else entry.local_name
         crc = zlib.crc32(entry.data)
         offset = len(body)
-        body += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, entry.flags, 0, 0, 0x21, crc,
-                            len(entry.data), len(entry.data), len(local_name), 0) + local_name + entry.data  # fmt: skip
-        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, entry.flags, 0, 0, 0x21, crc,
-                               len(entry.data), len(entry.data), len(entry.name), 0, 0, 0, 0, 0, offset) + entry.name  # fmt: skip
+        size = len(entry.data)
+        local_extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
+        central_extra = struct.pack("<HHQQQ", 1, 24, size, size, offset) if zip64 else b""
+        small, at = (0xFFFFFFFF, 0xFFFFFFFF) if zip64 else (size, offset)
+        body += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45 if zip64 else 20, entry.flags, 0, 0, 0x21, crc,
+                            small, small, len(local_name), len(local_extra)) + local_name + local_extra + entry.data  # fmt: skip
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45 if zip64 else 20, entry.flags, 0, 0, 0x21,
+                               crc, small, small, len(entry.name), len(central_extra), 0, 0, 0, 0, at)  # fmt: skip
+        central += entry.name + central_extra
     end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(body), 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(body + central + end))

@@ -325,3 +325,13 @@ def test_a_torchscript_archive_is_refused(tmp_path):
         _torch_sees(path)
     with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(a TorchScript archive"):
         _open(path)
+
+
+def test_zip64_extra_fields_read_as_torch_reads_them(tmp_path):
+    """Sizes and offsets of 0xFFFFFFFF with the values in zip64 extra fields (files past 4 GiB)."""
+    path = hostile.raw_zip(tmp_path / "z64.pt", hostile.torch_records(_step_pickle(5)), zip64=True)
+    container = _open(path)
+    with open(path, "rb") as fh:
+        assert read_record(fh, container.pickle_record) == _step_pickle(5)
+    assert container.records["version"].size == 2
+    assert _torch_sees(path) == {"step": 5}

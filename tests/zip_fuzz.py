@@ -69,8 +69,11 @@ def _layout(data: bytes) -> tuple[list[int], list[int]]:
     local, central, pos = [], [], start
     for _ in range(count):
         central.append(pos)
-        local.append(struct.unpack_from("<I", data, pos + 42)[0])
         name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, pos + 28)
+        offset = struct.unpack_from("<I", data, pos + 42)[0]
+        if offset == 0xFFFFFFFF:  # raw_zip(zip64=True): sizes, then the offset, in the zip64 extra field
+            offset = struct.unpack_from("<Q", data, pos + 46 + name_len + 4 + 16)[0]
+        local.append(offset)
         pos += 46 + name_len + extra_len + comment_len
     return local, central
 
@@ -154,7 +157,7 @@ def rebuilt(draw: Any, data: bytes) -> bytes:
             j = draw(st.integers(0, len(entries) - 1))
             entries[i], entries[j] = entries[j], entries[i]
     with tempfile.TemporaryDirectory() as tmp:
-        return hostile.raw_zip(Path(tmp) / "z", entries).read_bytes()
+        return hostile.raw_zip(Path(tmp) / "z", entries, zip64=draw(st.booleans())).read_bytes()
 
 
 @st.composite
