@@ -123,6 +123,12 @@ class _Findings:
             self.reasons.append(reason)
 
 
+def _read_always(raw_name: bytes) -> bool:
+    """A record whose local header is read even on the listing's fast path (torch.load reads it)."""
+    key = raw_name.split(b"/", 1)[-1].lower().decode("utf-8", "replace")
+    return key in TORCH_READS
+
+
 def fold(name: str) -> str:
     """ASCII-only lower case, as miniz compares names (``MZ_TOLOWER``); other characters unchanged."""
     return name.encode("utf-8", "surrogateescape").lower().decode("utf-8", "surrogateescape")
@@ -158,8 +164,10 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
     findings = _Findings()
     entries, directory_offset = read_central_directory(fh, size, findings)
     prefix = _prefix(entries, findings)
-    if local_headers and hasattr(fh, "prefetch"):  # an object store's file: every local header in a few requests
-        fh.prefetch([(e.header_offset, e.header_offset + LOCAL_HEADER_SIZE + HEADER_NAME_ROOM) for e in entries])
+    if hasattr(fh, "prefetch"):  # an object store's file: the local headers to read (and the small records) at once
+        wanted = entries if local_headers else [e for e in entries if _read_always(e.raw_name)]
+        fh.prefetch([(e.header_offset, e.header_offset + LOCAL_HEADER_SIZE + HEADER_NAME_ROOM
+                      + (e.size if _read_always(e.raw_name) and e.size <= 64 else 0)) for e in wanted])  # fmt: skip
     records: dict[str, Record] = {}
     seen: dict[bytes, bytes] = {}  # folded raw name -> first raw name
     for entry in entries:

@@ -1,6 +1,6 @@
 """Fuzz the zip reader against torch's: only verdicts, and every archive ckptctl reads, torch reads alike.
 
-``CKPTCTL_FUZZ_EXAMPLES`` sets the number of examples (200 by default, ~6 s); the long run
+``CKPTCTL_FUZZ_EXAMPLES`` sets the number of examples (120 by default, ~5-10 s); the long run
 is ``bench/fuzz_zip.py``.
 """
 

@@ -25,7 +25,7 @@ from ckptctl.errors import CheckpointError
 from ckptctl.reader import iter_tensors, read_checkpoint
 from tests import hostile
 
-EXAMPLES = int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "120"))
 VERDICTS: collections.Counter = collections.Counter()  # filled by judge(); bench/fuzz_zip.py prints it
 
 CENTRAL_FIELDS = {"flags": (8, "H"), "method": (10, "H"), "crc": (16, "I"), "csize": (20, "I"), "usize": (24, "I"),
