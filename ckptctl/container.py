@@ -26,6 +26,7 @@ Damage that makes torch fail too (a truncated file, a bad signature) is Unreadab
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ MAX_RECORDS = 1_000_000
 MAX_COMMENT = 0xFFFF
 HEADER_NAME_ROOM = 256  # bytes prefetched after a local header for its name (a longer one is read when needed)
 U16, U32 = 0xFFFF, 0xFFFFFFFF
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 FLAG_ENCRYPTED, FLAG_DESCRIPTOR, FLAG_UTF8, FLAG_MASKED = 0x1, 0x8, 0x800, 0x2000
 FLAGS_UNSUPPORTED = 0x1 | 0x20 | 0x40  # encrypted, patch data, strong encryption: miniz refuses to extract
 DOS_DIRECTORY = 0x10  # external attribute: miniz "extracts" such a record as nothing at all
@@ -95,7 +97,7 @@ class Container:
         return not nonempty or any(r.crc32 != 0 for r in nonempty)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Central:
     """One central directory header, as miniz reads it."""
 
@@ -168,8 +170,10 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
         wanted = entries if local_headers else [e for e in entries if _read_always(e.raw_name)]
         fh.prefetch([(e.header_offset, e.header_offset + LOCAL_HEADER_SIZE + HEADER_NAME_ROOM
                       + (e.size if _read_always(e.raw_name) and e.size <= 64 else 0)) for e in wanted])  # fmt: skip
-    records: dict[str, Record] = {}
+    records: dict[str, Record] = {}  # by key with ASCII case folded (torch's lookup)
+    spans: list[tuple[int, int, str]] = []  # (first byte, end, key) of every record
     seen: dict[bytes, bytes] = {}  # folded raw name -> first raw name
+    prefix_raw = prefix.encode("utf-8", "surrogateescape").lower() + b"/"
     for entry in entries:
         name = _check_name(entry, findings)
         folded = entry.raw_name.lower()
@@ -186,14 +190,16 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
         if entry.external_attr & DOS_DIRECTORY or entry.raw_name.endswith(b"/"):
             findings.add(f"record {name!r} is marked as a directory")
         key = name[len(prefix) + 1 :] if name.startswith(prefix + "/") else name
-        if local_headers or fold(key) in TORCH_READS:
+        folded_key = _text(folded[len(prefix_raw) :]) if folded.startswith(prefix_raw) else _text(folded)
+        if local_headers or folded_key in TORCH_READS:
             record = _read_local_header(fh, entry, name, key, size, findings)
         else:
             record = Record(name, key, entry.header_offset, -1, entry.size, entry.crc32, entry.flags)
-        records[fold(key)] = record
+        records[folded_key] = record
+        spans.append((entry.header_offset, _end(record, entry), key))
     if "constants.pkl" in {record.key for record in records.values()}:
         findings.add("a TorchScript archive (constants.pkl): torch.load hands it to torch.jit.load, not data.pkl")
-    _check_layout(list(records.values()), entries, directory_offset, findings)
+    _check_layout(spans, directory_offset, findings)
     if findings.reasons:
         raise ambiguous(findings.reasons)
     if "data.pkl" not in records:
@@ -337,7 +343,7 @@ def _check_name(entry: _Central, findings: _Findings) -> str:
     """The name as text; control characters (NUL included) and undeclared encodings are ambiguous."""
     raw = entry.raw_name
     name = _text(raw)
-    if any(b < 0x20 or b == 0x7F for b in raw):
+    if _CONTROL.search(raw):
         findings.add(f"control character in record name {name!r}")
     if not raw.isascii():
         try:
@@ -406,24 +412,21 @@ def _header_mismatches(entry: _Central, local: tuple[int, ...]) -> tuple[str, ..
     return tuple(name for name, differs in checks.items() if differs)
 
 
-def _check_layout(records: list[Record], entries: list[_Central], directory_offset: int, findings: _Findings) -> None:
-    """Records must not overlap each other or reach into the central directory.
+def _end(record: Record, entry: _Central) -> int:
+    """Where a record's bytes end; without its local header read (the listing's fast path) the
+    least it can take: 30 bytes + its central name + its data."""
+    if record.data_offset >= 0:
+        return record.data_offset + record.size
+    return record.header_offset + LOCAL_HEADER_SIZE + len(entry.raw_name) + record.size
 
-    A record whose local header was not read (the listing's fast path) is given the least room
-    it can take: 30 bytes + its central name + its data.
-    """
-    spans = []
-    for record in records:
-        if record.data_offset >= 0:
-            end = record.data_offset + record.size
-        else:
-            end = record.header_offset + LOCAL_HEADER_SIZE + len(record.name.encode("utf-8", "surrogateescape")) + record.size
-        spans.append((record.header_offset, end, record.key))
+
+def _check_layout(spans: list[tuple[int, int, str]], directory_offset: int, findings: _Findings) -> None:
+    """Records must not overlap each other or reach into the central directory."""
     spans.sort()
-    for (start, end, key), (next_start, _e, next_key) in zip(spans, spans[1:]):
+    for (_start, end, key), (next_start, _e, next_key) in zip(spans, spans[1:]):
         if end > next_start:
             findings.add(f"records {key} and {next_key} overlap")
-    for start, end, key in spans:
+    for _start, end, key in spans:
         if end > directory_offset:
             findings.add(f"record {key} extends past the end of its data into the central directory")
 
