@@ -196,7 +196,7 @@ def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> C
         else:
             record = Record(name, key, entry.header_offset, -1, entry.size, entry.crc32, entry.flags)
         records[folded_key] = record
-        spans.append((entry.header_offset, _end(record, entry), key))
+        spans.append((entry.header_offset, _end(record, entry), _shown(key)))
     if "constants.pkl" in {record.key for record in records.values()}:
         findings.add("a TorchScript archive (constants.pkl): torch.load hands it to torch.jit.load, not data.pkl")
     _check_layout(spans, directory_offset, findings)
@@ -335,6 +335,11 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int
     raise UnreadableCheckpoint("corrupt zip directory: zip64 extra field missing")
 
 
+def _shown(key: str) -> str:
+    """A key as messages show it: itself when printable, else escaped (a name must not drive a terminal)."""
+    return key if key.isprintable() else ascii(key)
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
@@ -369,22 +374,23 @@ def _prefix(entries: list[_Central], findings: _Findings) -> str:
 def _read_local_header(fh: BinaryIO, entry: _Central, name: str, key: str, file_size: int,
                        findings: _Findings) -> Record:  # fmt: skip
     """Find where a record's bytes start the way torch does: from the *local* name and extra lengths."""
+    shown = _shown(key)
     raw = pread(fh, entry.header_offset, LOCAL_HEADER_SIZE)
     if len(raw) < LOCAL_HEADER_SIZE:
-        raise UnreadableCheckpoint(f"truncated: local header of {key} missing")
+        raise UnreadableCheckpoint(f"truncated: local header of {shown} missing")
     sig, ver, flags, method, time, date, crc, csize, usize, name_len, extra_len = LOCAL_HEADER.unpack(raw)
     if sig != ZIP_MAGIC:
-        raise UnreadableCheckpoint(f"record {key}: bad local header signature")
+        raise UnreadableCheckpoint(f"record {shown}: bad local header signature")
     local_name = pread(fh, entry.header_offset + LOCAL_HEADER_SIZE, name_len)
     if local_name != entry.raw_name:
-        findings.add(f"record {key}: local and central names differ ({_text(local_name)!r})")
+        findings.add(f"record {shown}: local and central names differ ({_text(local_name)!r})")
     data_offset = entry.header_offset + LOCAL_HEADER_SIZE + name_len + extra_len
     if data_offset + entry.size > file_size:
-        raise UnreadableCheckpoint(f"truncated: record {key} extends past the end of its data")
+        raise UnreadableCheckpoint(f"truncated: record {shown} extends past the end of its data")
     mismatches = _header_mismatches(entry, (ver, flags, method, time, date, crc, csize, usize))
     for what in ("sizes", "method"):
         if what in mismatches:
-            findings.add(f"record {key}: local header {what} disagree with the central directory")
+            findings.add(f"record {shown}: local header {what} disagree with the central directory")
     return Record(name, key, entry.header_offset, data_offset, entry.size, entry.crc32, entry.flags, mismatches)
 
 
