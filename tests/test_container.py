@@ -317,6 +317,7 @@ def test_records_miniz_would_not_extract_are_refused(tmp_path, where, value, rea
         _open(path)
 
 
+@pytest.mark.filterwarnings("ignore:'torch.load' received a zip file that looks like a TorchScript archive")
 def test_a_torchscript_archive_is_refused(tmp_path):
     """torch.load dispatches an archive holding ``constants.pkl`` to torch.jit.load: data.pkl is not what it reads."""
     entries = [*hostile.torch_records(_step_pickle(1)), hostile.RawEntry(b"archive/constants.pkl", hostile.plain_pickle(()))]
