@@ -1,30 +1,58 @@
-"""The torch zip container, read through its central directory without torch.
+"""The torch zip container, read the way torch's own reader reads it, without torch.
 
 ``torch.save`` writes an uncompressed zip whose entries share one top-level prefix:
 ``<prefix>/data.pkl`` (the pickled object graph), ``<prefix>/data/<key>`` (raw storage bytes,
 64-byte aligned), ``<prefix>/byteorder``, ``<prefix>/version`` and a few more. This module finds
 every record's data offset, size and CRC-32 so other modules can read only what they need
-(``data.pkl`` for metadata, record bytes for checksums) and flags containers that torch's reader
-and Python's ``zipfile`` could interpret differently (*suspicious*).
+(``data.pkl`` for metadata, record bytes for checksums).
+
+torch reads the archive with miniz (``caffe2/serialize/inline_container.cc``), not with Python's
+``zipfile``, and the two disagree on hostile input. So the directory is parsed here the way miniz
+parses it: the *last* end record with room for its fixed part; the zip64 end record at the offset
+its locator gives; exactly as many central headers as the end record counts; names compared as
+bytes, ASCII case ignored (``mz_zip_reader_locate_file`` without ``MZ_ZIP_FLAG_CASE_SENSITIVE``,
+a binary search over a case-folded sort); the archive's prefix from the *first* record; a
+record's data at its local header offset + 30 + the *local* name and extra lengths. Anything
+another reader (``zipfile``, a scanner, an unzip tool) could take differently raises
+:class:`UnsafeCheckpoint` as ``ambiguous archive (<reason>)``: duplicate names or names equal up
+to case, control characters (NUL included, which ``zipfile`` truncates at) in a name, more than
+one top-level folder, local and central names or sizes that disagree, compressed records,
+overlapping records or records reaching into the directory, a directory that is not where the
+end record says (``zipfile`` shifts every offset then, miniz does not), more directory than the
+end record counts (``zipfile`` reads by size, miniz by count), bytes after the end record.
+Damage that makes torch fail too (a truncated file, a bad signature) is UnreadableCheckpoint.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import UnreadableCheckpoint
+from .errors import UnreadableCheckpoint, UnsafeCheckpoint
 
 ZIP_MAGIC = b"PK\x03\x04"
+CENTRAL_MAGIC = b"PK\x01\x02"
+EOCD_MAGIC = b"PK\x05\x06"
+ZIP64_EOCD_MAGIC = b"PK\x06\x06"
+ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 LOCAL_HEADER_SIZE = LOCAL_HEADER.size  # 30
+CENTRAL_HEADER = struct.Struct("<4sHHHHHHIIIHHHHHII")  # 46 bytes
 MAX_PICKLE_BYTES = 512 * 1024 * 1024
 MAX_RECORDS = 1_000_000
+MAX_COMMENT = 0xFFFF
 HEADER_NAME_ROOM = 256  # bytes prefetched after a local header for its name (a longer one is read when needed)
+U16, U32 = 0xFFFF, 0xFFFFFFFF
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+FLAG_ENCRYPTED, FLAG_DESCRIPTOR, FLAG_UTF8, FLAG_MASKED = 0x1, 0x8, 0x800, 0x2000
+FLAGS_UNSUPPORTED = 0x1 | 0x20 | 0x40  # encrypted, patch data, strong encryption: miniz refuses to extract
+DOS_DIRECTORY = 0x10  # external attribute: miniz "extracts" such a record as nothing at all
+# Records torch.load reads besides the storages: their local headers are always read (see TORCH_READS use).
+TORCH_READS = ("data.pkl", "version", ".data/version", "byteorder", ".storage_alignment")
 
 
 @dataclass(frozen=True)
@@ -43,27 +71,74 @@ class Record:
 
 @dataclass
 class Container:
-    """The parsed central directory of one torch zip checkpoint."""
+    """The parsed central directory of one torch zip checkpoint.
+
+    ``records`` is keyed by the key with ASCII case folded, as torch looks records up.
+    """
 
     path: Path
     file_size: int
     prefix: str
-    records: dict[str, Record]  # by key
-    suspicious: list[str] = field(default_factory=list)
+    records: dict[str, Record]
     local_headers: bool = True  # False: only data.pkl's local header was read (other data_offset are -1)
+    directory_offset: int = 0  # where the central directory starts (every record's bytes lie before it)
 
     @property
     def pickle_record(self) -> Record:
         return self.records["data.pkl"]
 
     def storage_record(self, storage_key: str) -> Record | None:
-        return self.records.get(f"data/{storage_key}")
+        return self.records.get(fold(f"data/{storage_key}"))
 
     @property
     def has_checksums(self) -> bool:
         """False when the writer switched CRC-32 off (torch writes 0 for every record then)."""
         nonempty = [r for r in self.records.values() if r.size > 0]
         return not nonempty or any(r.crc32 != 0 for r in nonempty)
+
+
+@dataclass(slots=True)
+class _Central:
+    """One central directory header, as miniz reads it."""
+
+    index: int
+    raw_name: bytes
+    flags: int
+    method: int
+    version: int
+    date_time: tuple[int, int]  # (time, date) as stored
+    crc32: int
+    size: int  # compressed size (the bytes a stored record occupies)
+    file_size: int  # uncompressed size
+    header_offset: int
+    external_attr: int = 0
+
+
+@dataclass
+class _Findings:
+    """What makes the archive ambiguous (refused as unsafe); collected so all are reported at once."""
+
+    reasons: list[str] = field(default_factory=list)
+
+    def add(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+
+def _read_always(raw_name: bytes) -> bool:
+    """A record whose local header is read even on the listing's fast path (torch.load reads it)."""
+    key = raw_name.split(b"/", 1)[-1].lower().decode("utf-8", "replace")
+    return key in TORCH_READS
+
+
+def fold(name: str) -> str:
+    """ASCII-only lower case, as miniz compares names (``MZ_TOLOWER``); other characters unchanged."""
+    return name.encode("utf-8", "surrogateescape").lower().decode("utf-8", "surrogateescape")
+
+
+def ambiguous(reasons: list[str]) -> UnsafeCheckpoint:
+    """The verdict for an archive two readers could take differently."""
+    return UnsafeCheckpoint([], reason=f"ambiguous archive ({'; '.join(reasons)})")
 
 
 def sniff_format(fh: BinaryIO) -> str:
@@ -78,130 +153,294 @@ def sniff_format(fh: BinaryIO) -> str:
 
 
 def open_container(path: Path, fh: BinaryIO, *, local_headers: bool = True) -> Container:
-    """Parse the central directory and every local header. Raises UnreadableCheckpoint.
+    """Parse the archive as torch would. Raises UnreadableCheckpoint (damage, or not a torch
+    archive) or UnsafeCheckpoint (``ambiguous archive (...)``).
 
     ``local_headers=False`` reads only data.pkl's local header: enough to read the pickle the
     way torch would, without one scattered read per storage record (on a cold page cache those
     reads cost more than everything else a listing does). Other records then have
-    ``data_offset == -1`` and no header checks; ``validate`` and every byte reader use the default.
+    ``data_offset == -1`` and their local headers are not compared; ``validate`` and every byte
+    reader use the default.
     """
     size = size_of(fh)
-    fh.seek(0)
-    try:
-        with zipfile.ZipFile(fh) as zf:
-            infos = zf.infolist()
-            start_dir = zf.start_dir
-    except zipfile.BadZipFile as exc:
-        raise UnreadableCheckpoint(f"truncated or not a zip: {_zip_reason(exc)}") from None
-    except (OSError, ValueError, EOFError, struct.error) as exc:
-        raise UnreadableCheckpoint(f"truncated or not a zip: {exc}") from None
-    except Exception as exc:  # zipfile raises NotImplementedError etc. for damaged version fields
-        raise UnreadableCheckpoint(f"corrupt zip directory: {type(exc).__name__}: {exc}") from None
-    if not infos:
-        raise UnreadableCheckpoint("empty zip: no records")
-    if len(infos) > MAX_RECORDS:
-        raise UnreadableCheckpoint(f"too many records ({len(infos)})")
-    prefix = _common_prefix(infos)
-    if local_headers and hasattr(fh, "prefetch"):  # an object store's file: every local header in a few requests
-        fh.prefetch([(i.header_offset, i.header_offset + LOCAL_HEADER_SIZE + HEADER_NAME_ROOM) for i in infos])
-    suspicious: list[str] = []
-    records: dict[str, Record] = {}
-    for info in infos:
-        key = info.filename[len(prefix) + 1 :]
-        if key in records:
-            suspicious.append(f"duplicate entry name {info.filename!r}")
+    findings = _Findings()
+    entries, directory_offset = read_central_directory(fh, size, findings)
+    prefix = _prefix(entries, findings)
+    if hasattr(fh, "prefetch"):  # an object store's file: the local headers to read (and the small records) at once
+        wanted = entries if local_headers else [e for e in entries if _read_always(e.raw_name)]
+        fh.prefetch([(e.header_offset, e.header_offset + LOCAL_HEADER_SIZE + HEADER_NAME_ROOM
+                      + (e.size if _read_always(e.raw_name) and e.size <= 64 else 0)) for e in wanted])  # fmt: skip
+    records: dict[str, Record] = {}  # by key with ASCII case folded (torch's lookup)
+    spans: list[tuple[int, int, str]] = []  # (first byte, end, key) of every record
+    seen: dict[bytes, bytes] = {}  # folded raw name -> first raw name
+    prefix_raw = prefix.encode("utf-8", "surrogateescape").lower() + b"/"
+    for entry in entries:
+        name = _check_name(entry, findings)
+        folded = entry.raw_name.lower()
+        if folded in seen:
+            other = seen[folded]
+            findings.add(f"duplicate entry name {name!r}" if other == entry.raw_name
+                         else f"names equal up to case: {_text(other)!r} and {name!r}")  # fmt: skip
             continue
-        if info.compress_type != zipfile.ZIP_STORED:
-            suspicious.append(f"record {key} is compressed (torch writes stored records)")
-        if info.flag_bits & 0x1:
-            suspicious.append(f"record {key} is encrypted")
-        if local_headers or key == "data.pkl":
-            records[key] = _read_local_header(fh, info, key, start_dir, size, suspicious)
+        seen[folded] = entry.raw_name
+        if entry.method != 0:
+            findings.add(f"record {name!r} is compressed (torch writes stored records)")
+        if entry.flags & FLAGS_UNSUPPORTED:
+            findings.add(f"record {name!r} is encrypted")
+        if entry.external_attr & DOS_DIRECTORY or entry.raw_name.endswith(b"/"):
+            findings.add(f"record {name!r} is marked as a directory")
+        key = name[len(prefix) + 1 :] if name.startswith(prefix + "/") else name
+        folded_key = _text(folded[len(prefix_raw) :]) if folded.startswith(prefix_raw) else _text(folded)
+        if local_headers or folded_key in TORCH_READS:
+            record = _read_local_header(fh, entry, name, key, size, findings)
         else:
-            records[key] = _central_record(info, key, start_dir)
-    if local_headers:
-        _check_overlaps(records, suspicious)
+            record = Record(name, key, entry.header_offset, -1, entry.size, entry.crc32, entry.flags)
+        records[folded_key] = record
+        spans.append((entry.header_offset, _end(record, entry), _shown(key)))
+    if "constants.pkl" in {record.key for record in records.values()}:
+        findings.add("a TorchScript archive (constants.pkl): torch.load hands it to torch.jit.load, not data.pkl")
+    _check_layout(spans, directory_offset, findings)
+    if findings.reasons:
+        raise ambiguous(findings.reasons)
     if "data.pkl" not in records:
         raise UnreadableCheckpoint(f"missing {prefix}/data.pkl")
     if records["data.pkl"].size > MAX_PICKLE_BYTES:
         raise UnreadableCheckpoint(f"data.pkl too large ({records['data.pkl'].size} bytes)")
-    return Container(path, size, prefix, records, suspicious, local_headers)
+    return Container(path, size, prefix, records, local_headers, directory_offset)
 
 
-def _central_record(info: zipfile.ZipInfo, key: str, start_dir: int) -> Record:
-    """A record from the central directory alone (no local header read): its data offset is unknown."""
-    if info.header_offset + LOCAL_HEADER_SIZE + len(info.orig_filename.encode()) + info.compress_size > start_dir:
-        raise UnreadableCheckpoint(f"truncated: record {key} extends past the end of its data")
-    return Record(info.filename, key, info.header_offset, -1, info.compress_size, info.CRC, info.flag_bits)
+# ------------------------------------------------------------------------------ central directory
 
 
-def _zip_reason(exc: Exception) -> str:
-    text = str(exc)
-    if "not a zip file" in text.lower():
-        return "central directory missing"
-    return text
-
-
-def _common_prefix(infos: list[zipfile.ZipInfo]) -> str:
-    prefixes = {info.filename.split("/", 1)[0] for info in infos}
-    if len(prefixes) != 1 or any("/" not in info.filename for info in infos):
-        raise UnreadableCheckpoint("not a torch checkpoint: records do not share one top-level folder")
-    return prefixes.pop()
-
-
-def _read_local_header(
-    fh: BinaryIO, info: zipfile.ZipInfo, key: str, start_dir: int, file_size: int, suspicious: list[str]
-) -> Record:
-    """Find where a record's bytes start; the central directory alone does not say."""
-    if not 0 <= info.header_offset < start_dir:  # zipfile shifts offsets by a damaged end record
-        raise UnreadableCheckpoint(f"record {key}: local header offset {info.header_offset} outside the file's data")
-    raw = pread(fh, info.header_offset, LOCAL_HEADER_SIZE)
-    if len(raw) < LOCAL_HEADER_SIZE:
-        raise UnreadableCheckpoint(f"truncated: local header of {key} missing")
-    sig, ver, flags, method, time, date, crc, csize, usize, name_len, extra_len = LOCAL_HEADER.unpack(raw)
-    if sig != ZIP_MAGIC:
-        raise UnreadableCheckpoint(f"record {key}: bad local header signature")
-    local_name = pread(fh, info.header_offset + LOCAL_HEADER_SIZE, name_len)
-    if local_name.decode("utf-8", "replace") != info.filename:
-        suspicious.append(f"record {key}: local and central names differ ({local_name!r})")
-    data_offset = info.header_offset + LOCAL_HEADER_SIZE + name_len + extra_len
-    end = data_offset + info.compress_size
-    if end > start_dir or end > file_size:
-        raise UnreadableCheckpoint(f"truncated: record {key} extends past the end of its data")
-    mismatches = _header_mismatches(info, (ver, flags, method, time, date, crc, csize, usize))
-    return Record(info.filename, key, info.header_offset, data_offset, info.compress_size, info.CRC, flags, mismatches)
-
-
-def _header_mismatches(info: zipfile.ZipInfo, local: tuple[int, ...]) -> tuple[str, ...]:
-    """Local-header fields that contradict the central directory: damage ``zipfile`` never notices.
-
-    Only ``validate`` reports these (torch reads names and lengths from the local header, nothing
-    else); they make flipped bytes in headers visible. With bit 3 set the local CRC and sizes are
-    0 by convention (the data descriptor holds them), so only a non-zero, different value counts.
-    """
-    ver, flags, method, time, date, crc, csize, usize = local
-    date_time = ((date >> 9) + 1980, (date >> 5) & 0xF, date & 0x1F, time >> 11, (time >> 5) & 0x3F, (time & 0x1F) * 2)
-    deferred = bool(flags & 0x8)
-    checks = {
-        "version": ver != info.extract_version,
-        "flags": flags != info.flag_bits,
-        "method": method != info.compress_type,
-        "time": date_time != info.date_time,
-        "crc": crc != info.CRC and not (deferred and crc == 0),
-        "sizes": any(
-            value != expected and value != 0xFFFFFFFF and not (deferred and value == 0)
-            for value, expected in ((csize, info.compress_size), (usize, info.file_size))
-        ),
-    }
-    return tuple(name for name, differs in checks.items() if differs)
-
-
-DESCRIPTOR_MAGIC = b"PK\x07\x08"
+def read_central_directory(fh: BinaryIO, size: int, findings: _Findings) -> tuple[list[_Central], int]:
+    """Every central header, found as miniz finds them; returns them and the directory's offset."""
+    eocd, record = _end_record(fh, size)
+    _sig, disk, cd_disk, here, total, cd_size, cd_offset, comment_len = EOCD.unpack(record)
+    if eocd + EOCD.size + comment_len != size:
+        findings.add("bytes after the end of central directory record")
+    directory_end = eocd
+    zip64 = _zip64_end_record(fh, eocd, size, findings)
+    if zip64 is not None:
+        z64_offset, (disk, cd_disk, here, total, cd_size, cd_offset) = zip64
+        directory_end = z64_offset
+    if here != total or (disk, cd_disk) not in ((0, 0), (1, 1)):
+        raise UnreadableCheckpoint("corrupt zip directory: a multi-disk archive")
+    if total == 0:
+        raise UnreadableCheckpoint("empty zip: no records")
+    if total > MAX_RECORDS:
+        raise UnreadableCheckpoint(f"too many records ({total})")
+    if cd_size < total * CENTRAL_HEADER.size or cd_offset + cd_size > size:
+        raise UnreadableCheckpoint("truncated or not a zip: central directory outside the file")
+    if cd_offset + cd_size != directory_end:  # zipfile then shifts every offset by the difference; miniz does not
+        findings.add("central directory is not where the end of central directory record says")
+        raise ambiguous(findings.reasons)
+    raw = pread(fh, cd_offset, cd_size)
+    if len(raw) != cd_size:
+        raise UnreadableCheckpoint("truncated: central directory is short")
+    entries: list[_Central] = []
+    pos = 0
+    for index in range(total):
+        entry, pos = _central_header(raw, pos, index, size)
+        entries.append(entry)
+    if pos != cd_size:  # zipfile reads headers until the size is used up, miniz reads ``total`` of them
+        findings.add(f"central directory holds more than its {total} records")
+    return entries, cd_offset
 
 
 EOCD = struct.Struct("<4sHHHHIIH")  # end of central directory record (22 bytes)
 ZIP64_LOCATOR = struct.Struct("<4sIQI")  # zip64 end of central directory locator (20 bytes)
 ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")  # zip64 end of central directory record (56 bytes)
+
+
+def _end_record(fh: BinaryIO, size: int) -> tuple[int, bytes]:
+    """The last end record signature with room for the record's fixed part after it (miniz's rule)."""
+    if size >= EOCD.size:
+        last = pread(fh, size - EOCD.size, EOCD.size)
+        if last[:4] == EOCD_MAGIC and last[-2:] == b"\0\0":  # torch's own files: no comment
+            return size - EOCD.size, last
+        start = max(0, size - MAX_COMMENT - EOCD.size)
+        tail = pread(fh, start, size - start)
+        at = tail.rfind(EOCD_MAGIC, 0, len(tail) - EOCD.size + 4)
+        if at >= 0:
+            return start + at, tail[at : at + EOCD.size]
+    raise UnreadableCheckpoint("truncated or not a zip: central directory missing")
+
+
+def _zip64_end_record(fh: BinaryIO, eocd: int, size: int, findings: _Findings) -> tuple[int, tuple[int, ...]] | None:
+    """The zip64 end record's offset and (disk, directory disk, entries here, entries, size, offset)."""
+    if eocd < ZIP64_LOCATOR.size + ZIP64_EOCD.size:
+        return None
+    locator = pread(fh, eocd - ZIP64_LOCATOR.size, ZIP64_LOCATOR.size)
+    if locator[:4] != ZIP64_LOCATOR_MAGIC:
+        return None
+    _sig, _disk, offset, disks = ZIP64_LOCATOR.unpack(locator)
+    if offset > size - ZIP64_EOCD.size:
+        raise UnreadableCheckpoint("truncated or not a zip: zip64 end of central directory record missing")
+    if disks != 1:
+        raise UnreadableCheckpoint("corrupt zip directory: a multi-disk archive")
+    raw = pread(fh, offset, ZIP64_EOCD.size)
+    if raw[:4] != ZIP64_EOCD_MAGIC:
+        raise UnreadableCheckpoint("zip64 end of central directory record missing")
+    if offset != eocd - ZIP64_LOCATOR.size - ZIP64_EOCD.size:  # zipfile reads it right before the locator
+        findings.add("zip64 end record is not where its locator says")
+    fields = ZIP64_EOCD.unpack(raw)
+    if fields[1] < ZIP64_EOCD.size - 12:
+        raise UnreadableCheckpoint("corrupt zip directory: zip64 end record too short")
+    return offset, fields[4:10]
+
+
+def _central_header(raw: bytes, pos: int, index: int, file_size: int) -> tuple[_Central, int]:
+    if len(raw) - pos < CENTRAL_HEADER.size or raw[pos : pos + 4] != CENTRAL_MAGIC:
+        if index == 0:
+            raise UnreadableCheckpoint("corrupt zip directory: no central header where the end of central directory record points")
+        raise UnreadableCheckpoint("corrupt zip directory: bad central header")
+    (_sig, _made_by, version, flags, method, time, date, crc, csize, usize, name_len, extra_len, comment_len,
+     disk_start, _internal, external, offset) = CENTRAL_HEADER.unpack_from(raw, pos)  # fmt: skip
+    end = pos + CENTRAL_HEADER.size + name_len + extra_len + comment_len
+    if end > len(raw):
+        raise UnreadableCheckpoint("corrupt zip directory: a central header runs past the directory")
+    name = raw[pos + CENTRAL_HEADER.size : pos + CENTRAL_HEADER.size + name_len]
+    extra = raw[pos + CENTRAL_HEADER.size + name_len : pos + CENTRAL_HEADER.size + name_len + extra_len]
+    if U32 in (csize, usize, offset):
+        usize, csize, offset = _zip64_extra(extra, usize, csize, offset)
+    if (method == 0 and usize != csize) or (usize and not csize):
+        raise UnreadableCheckpoint(f"corrupt zip directory: the central header of {_text(name)!r} holds contradictory sizes")
+    if disk_start == U16 or flags & FLAG_MASKED:
+        raise UnreadableCheckpoint("corrupt zip directory: unsupported central header")
+    if offset + LOCAL_HEADER_SIZE + csize > file_size:
+        raise UnreadableCheckpoint(f"truncated: record {_text(name)!r} extends past the end of the file")
+    entry = _Central(index, name, flags, method, version, (time, date), crc, csize, usize, offset, external)
+    return entry, end
+
+
+def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    """Sizes and offset from the zip64 extended information field (only those stored as 0xFFFFFFFF)."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        field_id, length = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4 : pos + 4 + length]
+        if len(body) != length:
+            break
+        if field_id == 1:
+            values = [usize, csize, offset]
+            at = 0
+            for i, value in enumerate(values):
+                if value == U32:
+                    if at + 8 > len(body):
+                        raise UnreadableCheckpoint("corrupt zip directory: zip64 extra field too short")
+                    values[i] = int.from_bytes(body[at : at + 8], "little")
+                    at += 8
+            return values[0], values[1], values[2]
+        pos += 4 + length
+    raise UnreadableCheckpoint("corrupt zip directory: zip64 extra field missing")
+
+
+def _shown(key: str) -> str:
+    """A key as messages show it: itself when printable, else escaped (a name must not drive a terminal)."""
+    return key if key.isprintable() else ascii(key)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _check_name(entry: _Central, findings: _Findings) -> str:
+    """The name as text; control characters (NUL included) and undeclared encodings are ambiguous."""
+    raw = entry.raw_name
+    name = _text(raw)
+    if _CONTROL.search(raw):
+        findings.add(f"control character in record name {name!r}")
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            findings.add(f"record name {name!r} is not UTF-8")
+        if not entry.flags & FLAG_UTF8:  # zipfile would decode it as cp437
+            findings.add(f"record name {name!r} is not ASCII and not marked UTF-8")
+    return name
+
+
+def _prefix(entries: list[_Central], findings: _Findings) -> str:
+    """torch's archive name: the first record's name up to its first '/'; every record must share it."""
+    first = entries[0].raw_name
+    if b"/" not in first:
+        raise UnreadableCheckpoint("not a torch checkpoint: records do not share one top-level folder")
+    prefix = first.split(b"/", 1)[0] + b"/"
+    if any(not e.raw_name.startswith(prefix) for e in entries):
+        findings.add("records do not share one top-level folder")
+    return _text(prefix[:-1])
+
+
+def _read_local_header(fh: BinaryIO, entry: _Central, name: str, key: str, file_size: int,
+                       findings: _Findings) -> Record:  # fmt: skip
+    """Find where a record's bytes start the way torch does: from the *local* name and extra lengths."""
+    shown = _shown(key)
+    raw = pread(fh, entry.header_offset, LOCAL_HEADER_SIZE)
+    if len(raw) < LOCAL_HEADER_SIZE:
+        raise UnreadableCheckpoint(f"truncated: local header of {shown} missing")
+    sig, ver, flags, method, time, date, crc, csize, usize, name_len, extra_len = LOCAL_HEADER.unpack(raw)
+    if sig != ZIP_MAGIC:
+        raise UnreadableCheckpoint(f"record {shown}: bad local header signature")
+    local_name = pread(fh, entry.header_offset + LOCAL_HEADER_SIZE, name_len)
+    if local_name != entry.raw_name:
+        findings.add(f"record {shown}: local and central names differ ({_text(local_name)!r})")
+    data_offset = entry.header_offset + LOCAL_HEADER_SIZE + name_len + extra_len
+    if data_offset + entry.size > file_size:
+        raise UnreadableCheckpoint(f"truncated: record {shown} extends past the end of its data")
+    mismatches = _header_mismatches(entry, (ver, flags, method, time, date, crc, csize, usize))
+    for what in ("sizes", "method"):
+        if what in mismatches:
+            findings.add(f"record {shown}: local header {what} disagree with the central directory")
+    return Record(name, key, entry.header_offset, data_offset, entry.size, entry.crc32, entry.flags, mismatches)
+
+
+def _header_mismatches(entry: _Central, local: tuple[int, ...]) -> tuple[str, ...]:
+    """Local-header fields that contradict the central directory.
+
+    Sizes and method make the archive ambiguous (a reader that walks local headers would read
+    other bytes); the others are damage only ``validate`` reports (torch reads names and lengths
+    from the local header, nothing else). With bit 3 set the local CRC and sizes are 0 by
+    convention (the data descriptor holds them), so only a non-zero, different value counts.
+    """
+    ver, flags, method, time, date, crc, csize, usize = local
+    deferred = bool(flags & FLAG_DESCRIPTOR)
+    checks = {
+        "version": ver != entry.version,
+        "flags": flags != entry.flags,
+        "method": method != entry.method,
+        "time": (time, date) != entry.date_time,
+        "crc": crc != entry.crc32 and not (deferred and crc == 0),
+        "sizes": any(
+            value != expected and value != U32 and not (deferred and value == 0)
+            for value, expected in ((csize, entry.size), (usize, entry.file_size))
+        ),
+    }
+    return tuple(name for name, differs in checks.items() if differs)
+
+
+def _end(record: Record, entry: _Central) -> int:
+    """Where a record's bytes end; without its local header read (the listing's fast path) the
+    least it can take: 30 bytes + its central name + its data."""
+    if record.data_offset >= 0:
+        return record.data_offset + record.size
+    return record.header_offset + LOCAL_HEADER_SIZE + len(entry.raw_name) + record.size
+
+
+def _check_layout(spans: list[tuple[int, int, str]], directory_offset: int, findings: _Findings) -> None:
+    """Records must not overlap each other or reach into the central directory."""
+    spans.sort()
+    for (_start, end, key), (next_start, _e, next_key) in zip(spans, spans[1:]):
+        if end > next_start:
+            findings.add(f"records {key} and {next_key} overlap")
+    for _start, end, key in spans:
+        if end > directory_offset:
+            findings.add(f"record {key} extends past the end of its data into the central directory")
+
+
+# ------------------------------------------------------------------------------------ damage checks
+
+
+DESCRIPTOR_MAGIC = b"PK\x07\x08"
 
 
 def end_record_problems(fh: BinaryIO, file_size: int) -> list[str]:
@@ -210,24 +449,25 @@ def end_record_problems(fh: BinaryIO, file_size: int) -> list[str]:
     ``zipfile`` and torch's reader both use the zip64 values and ignore the classic ones, so a
     flipped byte there changes nothing a reader sees; ``validate`` still reports it as damage.
     """
-    tail = pread(fh, max(0, file_size - 65_536 - EOCD.size), 65_536 + EOCD.size)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < EOCD.size:
+    try:
+        at, record = _end_record(fh, file_size)
+    except UnreadableCheckpoint:
         return ["end of central directory record missing"]
-    _sig, disk, cd_disk, here, total, cd_size, cd_offset, _comment = EOCD.unpack_from(tail, at)
-    if at < ZIP64_LOCATOR.size or tail[at - ZIP64_LOCATOR.size : at - ZIP64_LOCATOR.size + 4] != b"PK\x06\x07":
-        return []  # no zip64 records: zipfile already used (and checked) the classic values
-    _sig, _disk, z64_offset, _disks = ZIP64_LOCATOR.unpack_from(tail, at - ZIP64_LOCATOR.size)
+    _sig, disk, cd_disk, here, total, cd_size, cd_offset, _comment = EOCD.unpack(record)
+    locator = pread(fh, at - ZIP64_LOCATOR.size, ZIP64_LOCATOR.size) if at >= ZIP64_LOCATOR.size else b""
+    if locator[:4] != ZIP64_LOCATOR_MAGIC:
+        return []  # no zip64 records: the classic values are the only ones
+    _sig, _disk, z64_offset, _disks = ZIP64_LOCATOR.unpack(locator)
     raw = pread(fh, z64_offset, ZIP64_EOCD.size)
-    if len(raw) < ZIP64_EOCD.size or raw[:4] != b"PK\x06\x06":
+    if len(raw) < ZIP64_EOCD.size or raw[:4] != ZIP64_EOCD_MAGIC:
         return ["zip64 end of central directory record missing"]
     fields = ZIP64_EOCD.unpack(raw)
     z64_disk, z64_cd_disk, z64_here, z64_total, z64_cd_size, z64_cd_offset = fields[4:10]
     pairs = {
-        "disk numbers": ((disk, z64_disk, 0xFFFF), (cd_disk, z64_cd_disk, 0xFFFF)),
-        "entry counts": ((here, z64_here, 0xFFFF), (total, z64_total, 0xFFFF)),
-        "directory size": ((cd_size, z64_cd_size, 0xFFFFFFFF),),
-        "directory offset": ((cd_offset, z64_cd_offset, 0xFFFFFFFF),),
+        "disk numbers": ((disk, z64_disk, U16), (cd_disk, z64_cd_disk, U16)),
+        "entry counts": ((here, z64_here, U16), (total, z64_total, U16)),
+        "directory size": ((cd_size, z64_cd_size, U32),),
+        "directory offset": ((cd_offset, z64_cd_offset, U32),),
     }
     return [
         f"end of central directory record disagrees with the zip64 record ({name})"
@@ -242,7 +482,7 @@ def data_descriptor_problem(fh: BinaryIO, record: Record) -> str | None:
     torch writes ``PK\\x07\\x08, crc32, size, size`` (64-bit sizes for zip64). The signature is
     optional in the zip spec; without it the CRC comes first.
     """
-    if not record.flags & 0x8:
+    if not record.flags & FLAG_DESCRIPTOR:
         return None
     raw = pread(fh, record.data_offset + record.size, 24)
     body = raw[4:] if raw[:4] == DESCRIPTOR_MAGIC else raw
@@ -258,11 +498,7 @@ def data_descriptor_problem(fh: BinaryIO, record: Record) -> str | None:
     return None
 
 
-def _check_overlaps(records: dict[str, Record], suspicious: list[str]) -> None:
-    ordered = sorted(records.values(), key=lambda r: r.header_offset)
-    for before, after in zip(ordered, ordered[1:]):
-        if before.data_offset + before.size > after.header_offset:
-            suspicious.append(f"records {before.key} and {after.key} overlap")
+# ------------------------------------------------------------------------------------------ bytes
 
 
 def pread(fh: BinaryIO, offset: int, size: int) -> bytes:

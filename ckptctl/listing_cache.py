@@ -40,7 +40,8 @@ from .catalog import Entry
 SETTLE_SECONDS = 1.0
 FORMAT = 1
 # The modules whose code decides what a listing reads from a file.
-READER_MODULES = ("container.py", "unpickler.py", "reader.py", "metadata.py", "scalars.py", "listing.py", "listing_cache.py")
+READER_MODULES = ("container.py", "unpickler.py", "reader.py", "metadata.py", "scalars.py", "listing.py",
+                  "listing_cache.py", "pickle_scan.py")
 
 
 @dataclass(frozen=True)

@@ -104,21 +104,43 @@ def _read_remote(path: str | RemotePath, spans: bool) -> CheckpointFile:
 
 
 def _read_open(path: Path, fh: BinaryIO, size: int, spans: bool) -> CheckpointFile:
-    """Parse an open file (local or remote) by its first bytes."""
+    """Parse an open file (local or remote) by its first bytes.
+
+    A file that is not a readable torch checkpoint (any other pickle, an ``.npy`` with objects, a
+    zip that is not a torch archive, a damaged legacy stream) is still scanned for the globals its
+    pickles name, as picklescan does: naming one outside the allowlist makes it unsafe.
+    """
     if size == 0:
         raise UnreadableCheckpoint("empty file")
     kind = sniff_format(fh)
-    if kind == "zip":
-        return _read_zip(path, fh, size, spans)
-    if kind == "legacy":
-        return _read_legacy(path, fh, size)
-    raise UnreadableCheckpoint("not a checkpoint: unknown file format")
+    try:
+        if kind == "zip":
+            return _read_zip(path, fh, size, spans)
+        if kind == "legacy":
+            return _read_legacy(path, fh, size)
+        raise UnreadableCheckpoint("not a checkpoint: unknown file format")
+    except UnsafeCheckpoint as exc:
+        if exc.globals:  # the unpickler named them already
+            raise
+        _refuse_named_globals(fh, size, kind)
+        raise
+    except UnreadableCheckpoint:
+        _refuse_named_globals(fh, size, kind)
+        raise
+
+
+def _refuse_named_globals(fh: BinaryIO, size: int, kind: str) -> None:
+    """Raise UnsafeCheckpoint naming the globals outside the allowlist that the file's pickles name."""
+    from .pickle_scan import unsafe_globals  # only for files that failed to read: keeps start-up light
+
+    names = unsafe_globals(fh, size, kind)
+    if names:
+        raise UnsafeCheckpoint(names)
 
 
 def _read_zip(path: Path, fh: BinaryIO, size: int, with_spans: bool = True) -> CheckpointFile:
-    container = open_container(path, fh, local_headers=with_spans)
-    if container.suspicious:
-        raise UnsafeCheckpoint([], reason="suspicious container: " + "; ".join(container.suspicious))
+    container = open_container(path, fh, local_headers=with_spans)  # refuses ambiguous archives
+    _check_small_records(fh, container)
     root, storages = safe_loads(read_record(fh, container.pickle_record))
     spans: dict[str, Span] = {}
     for key, ref in storages.items():
@@ -132,6 +154,28 @@ def _read_zip(path: Path, fh: BinaryIO, size: int, with_spans: bool = True) -> C
         if with_spans:
             spans[key] = Span(key, record.data_offset, record.size, record.crc32)
     return CheckpointFile(path, "zip", size, root, storages, spans, container, spans_read=with_spans)
+
+
+MAX_SMALL_RECORD = 64
+
+
+def _check_small_records(fh: BinaryIO, container: Container) -> None:
+    """The records torch.load reads besides the pickle and the storages, checked as torch checks
+    them, so a file listed as ok is one torch opens: the format version (an integer of at least
+    1; ``.data/version`` first), the byte order (``little`` or ``big``), the storage alignment."""
+    records = container.records
+    version = records.get(".data/version") or records.get("version")
+    if version is None:
+        raise UnreadableCheckpoint(f"missing {container.prefix}/version")
+    text = read_record(fh, version, MAX_SMALL_RECORD).strip(b" \t\r\n")
+    if not text.isdigit() or int(text) < 1:
+        raise UnreadableCheckpoint(f"record {version.key}: not a format version ({text[:16]!r})")
+    if "byteorder" in records and read_record(fh, records["byteorder"], MAX_SMALL_RECORD) not in (b"little", b"big"):
+        raise UnreadableCheckpoint("record byteorder: neither 'little' nor 'big'")
+    if ".storage_alignment" in records:
+        text = read_record(fh, records[".storage_alignment"], MAX_SMALL_RECORD).strip(b" \t\r\n")
+        if not text.lstrip(b"+-").isdigit():
+            raise UnreadableCheckpoint("record .storage_alignment: not an integer")
 
 
 def _read_legacy(path: Path, fh: BinaryIO, size: int) -> CheckpointFile:

@@ -120,7 +120,7 @@ def byte_flips(layout: Layout) -> list[Case]:
         Case("flip in a data descriptor CRC", flip(data, offset + size + 4), HEADER),
         Case("flip in a data descriptor size", flip(data, offset + size + 8), HEADER),
         Case("flip in a central directory CRC", flip(data, layout.central[0] + 16), CRC + "|" + HEADER),
-        Case("flip in a central directory size", flip(data, layout.central[0] + 20, 0x10), TRUNCATED + "|overlap|holds|descriptor|" + HEADER),
+        Case("flip in a central directory size", flip(data, layout.central[0] + 20, 0x10), TRUNCATED + "|overlap|holds|descriptor|contradictory sizes|" + HEADER),
         Case("flip in a central directory name", flip(data, layout.central[0] + CENTRAL_HEADER_SIZE + 2), r"names differ|share one|missing"),
         Case("flip in a central header offset", flip(data, layout.central[1] + 42, 0x04), HEADER + "|overlap"),
         Case("flip in the end record's directory offset", flip(data, layout.eocd + 16, 0x04), END),

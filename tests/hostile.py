@@ -248,3 +248,157 @@ def two_prefixes(source: Path, target: Path) -> Path:
             dst.writestr(info, src.read(info))
         dst.writestr("other/data.pkl", pickle.dumps({"step": 9}, 2))
     return target
+
+
+# --- archives two zip readers take differently (torch's miniz against Python's zipfile) ------------
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One record of a hand-built zip: the central name may differ from the local one."""
+
+    name: bytes  # as written in the central directory
+    data: bytes
+    local_name: bytes | None = None  # default: the central name
+    flags: int = 0x800  # UTF-8 names, as torch writes them
+
+
+def raw_zip(path: Path, entries: list[RawEntry], zip64: bool = False) -> Path:
+    """A stored (uncompressed) zip written byte by byte, so names can hold what zipfile never writes.
+
+    ``zip64=True`` stores every size and offset as 0xFFFFFFFF with the real values in zip64 extra
+    fields (local: both sizes; central: both sizes and the offset), as writers do past 4 GiB.
+    """
+    import zlib
+
+    body, central = bytearray(), bytearray()
+    for entry in entries:
+        local_name = entry.name if entry.local_name is None else entry.local_name
+        crc = zlib.crc32(entry.data)
+        offset = len(body)
+        size = len(entry.data)
+        local_extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
+        central_extra = struct.pack("<HHQQQ", 1, 24, size, size, offset) if zip64 else b""
+        small, at = (0xFFFFFFFF, 0xFFFFFFFF) if zip64 else (size, offset)
+        body += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45 if zip64 else 20, entry.flags, 0, 0, 0x21, crc,
+                            small, small, len(local_name), len(local_extra)) + local_name + local_extra + entry.data  # fmt: skip
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45 if zip64 else 20, entry.flags, 0, 0, 0x21,
+                               crc, small, small, len(entry.name), len(central_extra), 0, 0, 0, 0, at)  # fmt: skip
+        central += entry.name + central_extra
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(body), 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(body + central + end))
+    return path
+
+
+def plain_pickle(obj: object) -> bytes:
+    return pickle.dumps(obj, protocol=2)
+
+
+def torch_records(data_pkl: bytes, prefix: bytes = b"archive") -> list[RawEntry]:
+    return [RawEntry(prefix + b"/data.pkl", data_pkl), RawEntry(prefix + b"/byteorder", b"little"),
+            RawEntry(prefix + b"/version", b"3\n")]  # fmt: skip
+
+
+def overlapping_zip(path: Path, copies: int, size: int) -> Path:
+    """A torch-like zip whose central directory names one ``size``-byte record ``copies`` times
+    (``data/0`` .. ``data/<copies-1>``): a file of ~``size`` bytes claiming ``copies * size``."""
+    import zlib
+
+    blob = bytes(size)
+    head = raw_zip(path, [*torch_records(plain_pickle({"step": 1})), RawEntry(b"archive/data/0", blob)]).read_bytes()
+    cd_offset = struct.unpack_from("<I", head, len(head) - 6)[0]
+    body, central = head[:cd_offset], bytearray(head[cd_offset:-22])
+    record = central[central.rindex(b"PK\x01\x02") :]  # data/0's central header
+    crc = zlib.crc32(blob)
+    for index in range(1, copies):
+        name = f"archive/data/{index}".encode()
+        central += record[:16] + struct.pack("<III", crc, size, size) + struct.pack("<H", len(name)) + record[30:46] + name
+    count = 3 + copies
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, len(central), len(body), 0)
+    path.write_bytes(body + bytes(central) + end)
+    return path
+
+
+# --- pickles that are not torch checkpoints (what scanners such as picklescan name) ------------------
+
+
+def bare_pickle_file(path: Path, marker: Path, proto: int) -> Path:
+    """A bare pickle of protocol 0 or 1 (first byte not ``\\x80``): INST and OBJ call os.system."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(protocol0_inst(marker) if proto == 0 else protocol0_obj(marker))
+    return path
+
+
+def npy_with_objects(path: Path, marker: Path) -> Path:
+    """A numpy ``.npy`` file of dtype object: a header, then a pickle (``np.load(allow_pickle=True)``)."""
+    header = b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + system_stack_global(marker))
+    return path
+
+
+def non_torch_zip(path: Path, marker: Path) -> Path:
+    """A zip that is no torch archive (no top-level folder, deflated) holding a hostile ``.pkl``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("README.txt", "model weights")
+        zf.writestr("model.pkl", system_global(marker))
+    return path
+
+
+def torch_zip_with_hidden_member(path: Path, marker: Path) -> Path:
+    """A torch archive with a benign data.pkl and a second prefix holding a hostile data.pkl."""
+    entries = torch_records(plain_pickle({"step": 1}))
+    entries.append(RawEntry(b"other/data.pkl", system_global(marker)))
+    return raw_zip(path, entries)
+
+
+def legacy_wrong_magic(path: Path, marker: Path) -> Path:
+    """A legacy stream whose magic number is wrong (so not read as torch's) with a hostile object pickle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [pickle.dumps(12345, 2), pickle.dumps(1001, 2), pickle.dumps(SYS_INFO, 2), system_global(marker)]
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def zip_member_zipfile_refuses(path: Path, marker: Path, damage: str) -> Path:
+    """A one-member zip whose ``data.pkl`` zipfile will not open (a wrong CRC-32, or a local name
+    that differs from the central one), though a loader reading its bytes runs it all the same."""
+    import zlib
+
+    payload = system_global(marker)
+    local_name = b"datap.kl" if damage == "local-name" else b"data.pkl"
+    crc = zlib.crc32(payload) ^ (0xFFFF if damage == "crc" else 0)
+    raw = raw_zip(path, [RawEntry(b"data.pkl", payload, local_name=local_name, flags=0)]).read_bytes()
+    return _patch_crc(path, raw, crc)
+
+
+def _patch_crc(path: Path, raw: bytes, crc: int) -> Path:
+    data = bytearray(raw)
+    struct.pack_into("<I", data, 14, crc)  # local header
+    struct.pack_into("<I", data, data.index(b"PK\x01\x02") + 16, crc)  # central header
+    path.write_bytes(bytes(data))
+    return path
+
+
+@dataclass(frozen=True)
+class NotACheckpoint:
+    """A hostile file ckptctl cannot read as a checkpoint, and the global a scanner names in it."""
+
+    name: str
+    build: Callable[[Path, Path], Path]
+    reported: str
+
+
+NOT_CHECKPOINTS: tuple[NotACheckpoint, ...] = (
+    NotACheckpoint("protocol-0-pickle", lambda p, m: bare_pickle_file(p, m, 0), "os.system"),
+    NotACheckpoint("protocol-1-pickle", lambda p, m: bare_pickle_file(p, m, 1), "os.system"),
+    NotACheckpoint("npy-with-objects", npy_with_objects, "os.system"),
+    NotACheckpoint("non-torch-zip", non_torch_zip, "os.system"),
+    NotACheckpoint("torch-zip-second-prefix", torch_zip_with_hidden_member, "os.system"),
+    NotACheckpoint("legacy-wrong-magic", legacy_wrong_magic, "os.system"),
+    NotACheckpoint("zip-member-bad-crc", lambda p, m: zip_member_zipfile_refuses(p, m, "crc"), "os.system"),
+    NotACheckpoint("zip-member-local-name", lambda p, m: zip_member_zipfile_refuses(p, m, "local-name"), "os.system"),
+)

@@ -243,7 +243,7 @@ def test_flipped_opcode_is_caught(tmp_path, good):
 def test_missing_data_pkl_and_two_prefixes(tmp_path, good):
     with pytest.raises(UnreadableCheckpoint, match="data.pkl"):
         read_checkpoint(hostile.drop_data_pkl(good, tmp_path / "a.pt"))
-    with pytest.raises(UnreadableCheckpoint, match="top-level folder"):
+    with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(records do not share one top-level folder"):
         read_checkpoint(hostile.two_prefixes(good, tmp_path / "b.pt"))
 
 
@@ -299,13 +299,13 @@ def test_hostile_legacy_magic_position(tmp_path):
     assert not marker.exists()
 
 
-def test_suspicious_container_is_unsafe(tmp_path):
+def test_ambiguous_container_is_unsafe(tmp_path):
     import zipfile
 
     path = tmp_path / "deflated.pt"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    with pytest.raises(UnsafeCheckpoint, match="suspicious container"):
+    with pytest.raises(UnsafeCheckpoint, match=r"ambiguous archive \(record 'archive/data.pkl' is compressed"):
         read_checkpoint(path)
 
 
@@ -357,4 +357,73 @@ def test_legacy_length_fields_cannot_demand_huge_reads(tmp_path):
     pickle_with_huge_bytes = b"\x80\x04\x8d" + struct.pack("<Q", 2**60) + b"abc"  # BINUNICODE8
     path = hostile.legacy_file(tmp_path / "old.pt", pickle_with_huge_bytes)
     with pytest.raises(UnreadableCheckpoint, match="corrupt pickle"):
+        read_checkpoint(path)
+
+
+# --- scanner parity: pickles that are not torch checkpoints still get their globals named ----------
+
+
+@pytest.mark.parametrize("case", hostile.NOT_CHECKPOINTS, ids=lambda c: c.name)
+@pytest.mark.parametrize("spans", [True, False])
+def test_a_hostile_file_that_is_no_checkpoint_is_named_unsafe(tmp_path, case, spans):
+    marker = tmp_path / "pwned"
+    path = case.build(tmp_path / "f.pt", marker)
+    with pytest.raises(UnsafeCheckpoint) as info:
+        read_checkpoint(path, spans=spans)
+    assert info.value.globals == [case.reported] and info.value.reason == f"references {case.reported}"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("proto", range(6))
+def test_a_benign_pickle_that_is_no_checkpoint_keeps_its_verdict(tmp_path, proto):
+    import collections
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": collections.OrderedDict(b=[1, 2.5, "c"])}, protocol=proto))
+    with pytest.raises(UnreadableCheckpoint, match="not a checkpoint"):
+        read_checkpoint(path)
+
+
+def test_a_benign_object_npy_keeps_its_verdict(tmp_path):
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([1, "two", None], dtype=object), allow_pickle=True)
+    (tmp_path / "a.npy").write_bytes(buffer.getvalue())
+    with pytest.raises(UnreadableCheckpoint, match="unknown file format"):
+        read_checkpoint(tmp_path / "a.npy")
+
+
+# --- the small records torch.load reads: a file listed as ok is one torch opens --------------------
+
+
+@pytest.mark.parametrize(
+    "records, reason",
+    [
+        ({"byteorder": b"FB\x02\x00"}, "byteorder: neither"),
+        ({"version": b"FB"}, "not a format version"),
+        ({"version": b"0\n"}, "not a format version"),
+        ({".storage_alignment": b"sixty"}, "storage_alignment: not an integer"),
+    ],
+    ids=["byteorder", "version", "version-0", "alignment"],
+)
+@pytest.mark.parametrize("spans", [True, False])
+def test_small_records_torch_refuses_are_unreadable(tmp_path, records, reason, spans):
+    import torch
+
+    entries = {e.name.split(b"/", 1)[1].decode(): e.data for e in hostile.torch_records(hostile.plain_pickle({"step": 1}))}
+    entries.update(records)
+    path = hostile.raw_zip(tmp_path / "r.pt", [hostile.RawEntry(b"archive/" + k.encode(), v) for k, v in entries.items()])
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+    with pytest.raises(UnreadableCheckpoint, match=reason):
+        read_checkpoint(path, spans=spans)
+
+
+def test_missing_version_record_is_unreadable(tmp_path):
+    path = hostile.raw_zip(tmp_path / "v.pt", hostile.torch_records(hostile.plain_pickle({"step": 1}))[:2])
+    with pytest.raises(UnreadableCheckpoint, match="missing archive/version"):
         read_checkpoint(path)
