@@ -73,7 +73,7 @@ class DcpBudget:
 
     metadata_bytes: int = 256 * MiB  # .metadata is read whole
     items_base: int = 100_000  # entries + planner paths + chunks, plus one per 16 .metadata bytes (~50 in DCP's own)
-    values: int = 100_000  # non-tensor values decoded
+    values: int = 10_000  # non-tensor values decoded (DCP's own: dozens; each costs a zip parse + unpickle)
     value_bytes: int = 1 * MiB  # one value's blob: a larger one is listed (as None), not decoded
     dims: int = 64  # dimensions of a tensor or chunk; each below 2**63 as in torch
     depth: int = 64  # levels of a key's path (planner_data)
@@ -181,7 +181,8 @@ def _load_metadata(path: Path) -> Any:
     meta_path = path / METADATA_FILE
     try:
         with open_regular(meta_path) as fh:  # a FIFO here would block a plain open() forever
-            data = fh.read(budget.metadata_bytes + 1)
+            # read(n) allocates n bytes up front: ask for what the file holds, not for the limit
+            data = fh.read(min(os.fstat(fh.fileno()).st_size, budget.metadata_bytes) + 1)
     except FileNotFoundError:
         raise PartialCheckpoint("no .metadata: a sharded save that did not finish") from None
     except UnreadableCheckpoint as exc:
@@ -189,7 +190,7 @@ def _load_metadata(path: Path) -> Any:
     except OSError as exc:
         raise UnreadableCheckpoint(f"cannot open .metadata: {exc.strerror or exc}") from None
     if len(data) > budget.metadata_bytes:
-        raise UnreadableCheckpoint(".metadata too large to read")
+        raise _over(f".metadata's size (more than {budget.metadata_bytes:,} bytes)")
     if not data:
         raise UnreadableCheckpoint("empty .metadata")
     root, storages = safe_loads(data)
@@ -327,7 +328,15 @@ def _chunk_numel(chunk: Any) -> int:
 def _top_level_keys(metadata: Any) -> set[str]:
     planner = metadata.fields.get("planner_data")
     planner = planner if isinstance(planner, dict) else {}
-    return {fqn for fqn in metadata.fields["state_dict_metadata"] if len(planner.get(fqn) or (fqn,)) == 1}
+    return {fqn for fqn in metadata.fields["state_dict_metadata"] if len(_key_path(planner, fqn)) == 1}
+
+
+def _key_path(planner: dict[Any, Any], fqn: Any) -> tuple[Any, ...]:
+    """Where ``fqn`` sits in the nested state dict (``planner_data``); the flat key when that is malformed."""
+    path = planner.get(fqn)
+    if isinstance(path, tuple) and path and all(_path_key(p) for p in path):
+        return path
+    return (fqn,)
 
 
 def _decode_values(path: Path, metadata: Any, files: dict[str, int], only: set[str] | None = None) -> dict[str, Any]:
@@ -337,19 +346,17 @@ def _decode_values(path: Path, metadata: Any, files: dict[str, int], only: set[s
     whose entries all name the same 1 MiB blob must not cost a GiB of reading and unpickling.
     """
     budget = BUDGET
+    wanted = [(fqn, rel, start, length) for fqn, offset, rel, start, length in _storage_items(metadata)
+              if offset is None and length <= budget.value_bytes and (only is None or fqn in only)]  # fmt: skip
+    if len(wanted) > budget.values:
+        raise _over(f"the number of values ({len(wanted):,})")
+    left = budget.decoded(sum(files.values()))
+    if sum(length for *_, length in wanted) > left:
+        raise _over(f"value bytes to read (more than {left:,})")
     values: dict[str, Any] = {}
     handles: dict[str, int] = {}
-    left = budget.decoded(sum(files.values()))
     try:
-        for fqn, offset, rel, start, length in _storage_items(metadata):
-            if offset is not None or length > budget.value_bytes:
-                continue
-            if only is not None and fqn not in only:
-                continue
-            if len(values) >= budget.values:
-                raise _over(f"the number of values (more than {budget.values:,})")
-            if length > left:
-                raise _over(f"value bytes read (more than {budget.decoded(sum(files.values())):,})")
+        for fqn, rel, start, length in wanted:
             if rel not in handles:
                 handles[rel] = _open_shard(path, rel)
             blob = os.pread(handles[rel], length, start)
@@ -406,9 +413,7 @@ def _build_root(metadata: Any, tensors: dict[str, TensorRef], values: dict[str, 
     root: dict[Any, Any] = {}
     for fqn in metadata.fields["state_dict_metadata"]:
         value = tensors[fqn] if fqn in tensors else values.get(fqn)
-        path = planner.get(fqn)
-        if not (isinstance(path, tuple) and path and all(_path_key(p) for p in path)):
-            path = (fqn,)
+        path = _key_path(planner, fqn)
         if len(path) > BUDGET.depth:
             raise _over(f"key {fqn}'s depth ({len(path)} levels)")
         _place(root, path, value, fqn)

@@ -649,7 +649,7 @@ def test_many_values_naming_one_blob_stop_at_the_decoded_bytes_budget(tmp_path):
     path = write_dcp(tmp_path / "rolling_step_000001", step=1)
     blob = _torch_save_bytes(b"\0" * 900_000)
     _append_values(path, blob, [f"v{i}" for i in range(100)])
-    with pytest.raises(UnreadableCheckpoint, match="value bytes read .* exceeds the DCP reading budget"):
+    with pytest.raises(UnreadableCheckpoint, match="value bytes to read .* exceeds the DCP reading budget"):
         read_checkpoint(path)
     result = validate_file(path)
     assert not result.valid and any("budget" in p for p in result.problems)
