@@ -594,6 +594,26 @@ def test_stray_dcp_files_do_not_hide_a_hostile_checkpoint(tmp_path, planted):
     assert not marker.exists()
 
 
+def test_every_command_treats_a_directory_with_stray_dcp_files_as_native(tmp_path):
+    """list/du/prune/restore already looked only at checkpoint names; kept that way (a regression guard)."""
+    from tests.factories import cached_layout, write_hostile_checkpoint
+
+    directory = cached_layout(tmp_path / "checkpoints")
+    write_hostile_checkpoint(directory / "latest.pt", tmp_path / "pwned")
+    (directory / ".metadata").write_bytes(b"not dcp")
+    (directory / "x.distcp").touch()
+    runner = CliRunner()
+    listing = json.loads(runner.invoke(app, ["list", str(directory), "--json"]).stdout)
+    assert {row["name"]: row["status"] for row in listing["checkpoints"]}["latest.pt"] == "unsafe"
+    assert runner.invoke(app, ["du", str(directory)]).exit_code == 0
+    assert runner.invoke(app, ["prune", str(directory), "--keep-rolling", "1", "--dry-run"]).exit_code == 0
+    restore = runner.invoke(app, ["restore", str(directory), "--dry-run"])
+    assert restore.exit_code == 0 and "references posix.system" in restore.stdout  # latest.pt judged, not hidden
+    resume = runner.invoke(app, ["resume-cmd", str(directory), "--json"])
+    assert resume.exit_code == 0 and not json.loads(resume.stdout)["checkpoint"].endswith("latest.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_a_dcp_directory_is_one_by_its_own_files(tmp_path):
     path = write_dcp(tmp_path / "rolling_step_000001", step=1)
     assert sharded.looks_like_dcp(path)
