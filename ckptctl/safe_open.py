@@ -71,11 +71,3 @@ def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
         os.close(fd)
         raise
 
-
-def open_regular_fd(path: str | os.PathLike[str]) -> int:
-    """:func:`open_regular` as a raw descriptor (for ``os.pread``); the caller closes it."""
-    fh = open_regular(path)
-    try:
-        return os.dup(fh.fileno())
-    finally:
-        fh.close()
