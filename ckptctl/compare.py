@@ -33,6 +33,7 @@ from .metadata import Metadata, summarize
 from .container import read_record
 from .reader import CheckpointFile, iter_tensors, read_checkpoint
 from .resolve import resolve_target
+from .safe_open import open_regular
 from .unpickler import Namespace, NumpyArray, TensorRef
 from .values import jsonable
 
@@ -591,7 +592,7 @@ def _native_byteorder(ckpt: CheckpointFile) -> bool:
     record = ckpt.container.records.get("byteorder") if ckpt.container else None
     if record is None:
         return sys.byteorder == "little"
-    with open(ckpt.path, "rb") as fh:
+    with open_regular(ckpt.path) as fh:
         return read_record(fh, record, limit=16).decode("ascii", "replace").strip() == sys.byteorder
 
 

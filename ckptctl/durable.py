@@ -38,6 +38,7 @@ from .catalog import scan
 from .container import open_container, sniff_format
 from .errors import CheckpointError, SaveError, UnreadableCheckpoint
 from .retention import stale_temps
+from .safe_open import open_regular
 
 LINK = "link"
 COPY = "copy"
@@ -151,7 +152,7 @@ def verify_crc(path: str | os.PathLike[str]) -> int:
     check these CRCs itself, so this is the only guard against silently flipped bits.
     """
     path = Path(path)
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         kind = sniff_format(fh)
         if kind == "legacy":
             return 0

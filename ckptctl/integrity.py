@@ -47,6 +47,7 @@ from .errors import BadInputError, CheckpointError, UnreadableCheckpoint, Unsafe
 from .metadata import summarize
 from .naming import Kind, ParsedName, parse
 from .reader import CheckpointFile, iter_tensors, read_checkpoint
+from .safe_open import open_regular
 from .sharded import chunk_problems, directory_sizes, looks_like_dcp, read_directory
 from . import storage
 from .storage import is_url
@@ -693,7 +694,7 @@ def _prefetch_descriptors(fh: BinaryIO, container: Container) -> None:
 
 def _open(path: Path) -> BinaryIO:
     """A local file, or an object through ranged reads (:func:`ckptctl.storage.open_object`)."""
-    return storage.open_object(path) if is_url(path) else open(path, "rb")  # type: ignore[arg-type]
+    return storage.open_object(path) if is_url(path) else open_regular(path)  # type: ignore[arg-type]
 
 
 def crc_records_stream(fh: BinaryIO, records: list[Record], progress: Progress | None = None) -> dict[str, int | None]:

@@ -11,8 +11,13 @@ Rules that keep it an accelerator (DESIGN.md: "can be deleted without losing any
 
 - It lives outside the checkpoint directory, in ``$CKPTCTL_CACHE_DIR`` or
   ``$XDG_CACHE_HOME/ckptctl`` (``~/.cache/ckptctl``): ``list`` never writes into the directory
-  it lists. The cache directory is created private (0700); a cache file not owned by this user,
-  or writable by others, is ignored — a planted file must not make a hostile checkpoint "ok".
+  it lists. The cache directory and its ``listing`` subdirectory are created private (0700) and
+  used only while each is a real directory (not a symlink) owned by this user and not writable
+  by group or others; files are opened relative to them with ``O_NOFOLLOW``, written as an
+  ``O_EXCL`` temp file renamed into place. Anything else (a ``listing`` symlink planted in a
+  shared cache directory, a root owned by someone else) is ignored: no caching, no error, never
+  followed. A cache file not owned by this user, or writable by others, is ignored too — a
+  planted file must not make a hostile checkpoint "ok".
 - Only plain files whose ctime is older than ``SETTLE_SECONDS`` are stored: a file being written
   right now can change again within one timestamp tick without its ctime moving (git's "racy"
   index problem).
@@ -28,8 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import stat as stat_module
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,9 +44,11 @@ from .catalog import Entry
 
 SETTLE_SECONDS = 1.0
 FORMAT = 1
+MAX_CACHE_BYTES = 64 * 1024 * 1024  # a larger cache file is not ours to parse: ignored
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 # The modules whose code decides what a listing reads from a file.
 READER_MODULES = ("container.py", "unpickler.py", "reader.py", "metadata.py", "scalars.py", "listing.py",
-                  "listing_cache.py", "pickle_scan.py")
+                  "listing_cache.py", "pickle_scan.py", "safe_open.py")
 
 
 @dataclass(frozen=True)
@@ -104,14 +111,20 @@ class ListingCache:
     def _load(self) -> dict[str, Any]:
         if self.path is None:
             return {}
+        listing_fd = _private_directories(self.path.parent, create=False)
+        if listing_fd is None:
+            return {}
         try:
-            with open(self.path, "rb") as fh:
+            fd = os.open(self.path.name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=listing_fd)
+            with os.fdopen(fd, "rb") as fh:
                 info = os.fstat(fh.fileno())
-                if info.st_uid != os.geteuid() or info.st_mode & (stat_module.S_IWGRP | stat_module.S_IWOTH):
+                if not _trusted(info) or not stat_module.S_ISREG(info.st_mode) or info.st_size > MAX_CACHE_BYTES:
                     return {}
-                doc = json.loads(fh.read())
+                doc = json.loads(fh.read(MAX_CACHE_BYTES + 1))
         except (OSError, ValueError):
             return {}
+        finally:
+            os.close(listing_fd)
         if not isinstance(doc, dict) or doc.get("fingerprint") != self.fingerprint:
             return {}
         entries = doc.get("entries")
@@ -141,21 +154,69 @@ class ListingCache:
         """Write the cache if it changed; files no longer listed are dropped. Never raises."""
         if not self.enabled or self.path is None or self.new == self.old:
             return
-        doc = {"fingerprint": self.fingerprint, "entries": self.new}
+        data = json.dumps({"fingerprint": self.fingerprint, "entries": self.new}, separators=(",", ":")).encode()
+        listing_fd = _private_directories(self.path.parent, create=True)
+        if listing_fd is None:
+            return  # not a directory we may trust: no caching
+        tmp = f".listing-{secrets.token_hex(8)}.tmp"
         try:
-            root = self.path.parent.parent
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: mode applies to the last part
-            self.path.parent.mkdir(mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".listing-", suffix=".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=listing_fd)
             try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(doc, fh, separators=(",", ":"))
-                os.replace(tmp, self.path)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, self.path.name, src_dir_fd=listing_fd, dst_dir_fd=listing_fd)
             except BaseException:
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=listing_fd)
                 raise
         except OSError:
             pass  # an accelerator: a read-only or full cache directory must not fail a listing
+        finally:
+            os.close(listing_fd)
+
+
+def _trusted(info: os.stat_result) -> bool:
+    """Owned by this user and writable by nobody else."""
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat_module.S_IWGRP | stat_module.S_IWOTH)
+
+
+def _private_directory(name: str | Path, *, dir_fd: int | None, create: bool) -> int | None:
+    """A descriptor of directory ``name`` if it is a real directory we may trust (see :func:`_trusted`);
+    created 0700 first when ``create``. None otherwise: a symlink is never followed (``O_NOFOLLOW``)."""
+    if create:
+        try:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        if _trusted(os.fstat(fd)):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _private_directories(listing: Path, *, create: bool) -> int | None:
+    """A descriptor of the cache's ``listing`` directory, checked together with the cache root above it."""
+    root = listing.parent
+    if create:
+        try:
+            root.parent.mkdir(parents=True, exist_ok=True)  # e.g. ~/.cache: shared with other programs
+        except OSError:
+            return None
+    root_fd = _private_directory(root, dir_fd=None, create=create)
+    if root_fd is None:
+        return None
+    try:
+        return _private_directory(listing.name, dir_fd=root_fd, create=create)
+    finally:
+        os.close(root_fd)
 
 
 def _identity(entry: Entry) -> list[int] | None:

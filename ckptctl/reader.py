@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 from . import storage
 from .container import Container, open_container, pread, read_record, sniff_format
 from .errors import BadInputError, UnreadableCheckpoint, UnsafeCheckpoint
+from .safe_open import open_regular
 from .storage import RemotePath, is_url
 from .unpickler import (
     DTYPE_ITEMSIZE,
@@ -78,7 +79,7 @@ def read_checkpoint(path: str | os.PathLike[str] | RemotePath, *, spans: bool = 
         if looks_like_dcp(path):
             return read_directory(path)
     try:
-        fh = open(path, "rb")
+        fh = open_regular(path)  # a FIFO or device is a verdict, never a read that blocks or never ends
     except IsADirectoryError:
         raise UnreadableCheckpoint("is a directory") from None
     except OSError as exc:

@@ -173,3 +173,84 @@ def test_sharded_directories_are_never_cached(tmp_path, cache_dir):
     write_dcp(d / "rolling_step_000100", make_state(step=100))
     (entry,) = catalog.scan(d)
     assert entry.is_directory and listing_cache._identity(entry) is None
+
+
+# ------------------------------------------------- a shared cache directory cannot redirect or feed us
+
+
+def _listing_file(cache_dir) -> list[str]:
+    return sorted(os.listdir(cache_dir / "listing")) if (cache_dir / "listing").is_dir() else []
+
+
+def test_a_planted_listing_symlink_is_never_followed(directory, cache_dir, tmp_path, reads):
+    """In a shared cache root, someone else's ``listing -> /elsewhere`` must not receive our writes."""
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    cache_dir.mkdir(mode=0o700)
+    (cache_dir / "listing").symlink_to(outside)
+    expected = list_checkpoints(directory, use_cache=False).to_json()
+    assert list_checkpoints(directory).to_json() == expected
+    assert os.listdir(outside) == []  # nothing written through the link
+    assert (cache_dir / "listing").is_symlink()
+    reads.clear()
+    list_checkpoints(directory)
+    assert "latest.pt" in reads  # no caching at all
+
+
+def test_a_planted_cache_file_symlink_is_replaced_not_followed(directory, cache_dir, tmp_path):
+    list_checkpoints(directory)
+    (name,) = _listing_file(cache_dir)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    (cache_dir / "listing" / name).unlink()
+    (cache_dir / "listing" / name).symlink_to(victim)
+    list_checkpoints(directory)  # reads nothing through the link, writes a fresh file over it
+    assert victim.read_text() == "untouched"
+    assert not (cache_dir / "listing" / name).is_symlink()
+
+
+def test_a_cache_root_owned_by_another_user_is_not_used(directory, cache_dir, reads):
+    if os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    list_checkpoints(directory)  # a cache that would be served if the root were trusted
+    os.chown(cache_dir, 65534, 65534)
+    before = {name: (cache_dir / "listing" / name).read_bytes() for name in _listing_file(cache_dir)}
+    reads.clear()
+    list_checkpoints(directory)
+    assert "latest.pt" in reads  # not served from the foreign root
+    assert {name: (cache_dir / "listing" / name).read_bytes() for name in _listing_file(cache_dir)} == before
+
+
+@pytest.mark.parametrize("where", ["root", "listing"])
+def test_a_group_writable_cache_directory_is_not_used(directory, cache_dir, reads, where):
+    list_checkpoints(directory)
+    (cache_dir if where == "root" else cache_dir / "listing").chmod(0o770)
+    reads.clear()
+    list_checkpoints(directory)
+    assert "latest.pt" in reads
+    assert (cache_dir.stat().st_mode & 0o777, (cache_dir / "listing").stat().st_mode & 0o777) != (0o700, 0o700)
+
+
+def test_a_cache_root_that_is_a_symlink_is_not_used(directory, tmp_path, monkeypatch, reads):
+    real = tmp_path / "real-cache"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "cache-link"
+    link.symlink_to(real)
+    monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(link))
+    monkeypatch.setattr(listing_cache, "SETTLE_SECONDS", -60.0)
+    list_checkpoints(directory)
+    assert os.listdir(real) == []
+
+
+def test_a_fresh_cache_is_created_private_even_under_a_permissive_umask(directory, cache_dir, reads):
+    old = os.umask(0)
+    try:
+        list_checkpoints(directory)
+    finally:
+        os.umask(old)
+    assert cache_dir.stat().st_mode & 0o777 == (cache_dir / "listing").stat().st_mode & 0o777 == 0o700
+    (name,) = _listing_file(cache_dir)
+    assert (cache_dir / "listing" / name).stat().st_mode & 0o777 == 0o600
+    reads.clear()
+    list_checkpoints(directory)
+    assert reads == []

@@ -564,3 +564,167 @@ CheckpointManager({str(tmp_path / "full")!r}, format="dcp").save({{"w": torch.on
     assert "background checkpoint save failed" in result.stderr
     assert "rolling_step_000008 failed: rank 0: OSError: [Errno 28] No space left on device" in result.stderr
     assert not (tmp_path / "full" / "rolling_step_000008").exists()
+
+
+# ------------------------------------------------- a DCP directory is recognised by its own structure
+
+
+@pytest.mark.parametrize("planted", [".metadata", "x.distcp"])
+def test_stray_dcp_files_do_not_hide_a_hostile_checkpoint(tmp_path, planted):
+    """A ``.metadata`` or an empty ``*.distcp`` beside native checkpoints used to make ``validate DIR``
+    read the directory as one DCP checkpoint and never look at the hostile ``latest.pt``."""
+    from tests.factories import write_hostile_checkpoint
+
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    marker = tmp_path / "pwned"
+    write_hostile_checkpoint(directory / "latest.pt", marker)
+    stray = directory / planted
+    if planted == ".metadata":
+        stray.write_bytes((write_dcp(tmp_path / "real", step=1) / ".metadata").read_bytes())  # even a genuine one
+    else:
+        stray.touch()
+    assert not sharded.looks_like_dcp(directory)
+    result = CliRunner().invoke(app, ["validate", str(directory), "--json"])
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    (verdict,) = doc["results"]
+    assert verdict["path"] == str(directory / "latest.pt") and verdict["status"] == "unsafe"
+    assert doc["skipped"] == [str(stray)]  # reported, not trusted
+    assert not marker.exists()
+
+
+def test_every_command_treats_a_directory_with_stray_dcp_files_as_native(tmp_path):
+    """list/du/prune/restore already looked only at checkpoint names; kept that way (a regression guard)."""
+    from tests.factories import cached_layout, write_hostile_checkpoint
+
+    directory = cached_layout(tmp_path / "checkpoints")
+    write_hostile_checkpoint(directory / "latest.pt", tmp_path / "pwned")
+    (directory / ".metadata").write_bytes(b"not dcp")
+    (directory / "x.distcp").touch()
+    runner = CliRunner()
+    listing = json.loads(runner.invoke(app, ["list", str(directory), "--json"]).stdout)
+    assert {row["name"]: row["status"] for row in listing["checkpoints"]}["latest.pt"] == "unsafe"
+    assert runner.invoke(app, ["du", str(directory)]).exit_code == 0
+    assert runner.invoke(app, ["prune", str(directory), "--keep-rolling", "1", "--dry-run"]).exit_code == 0
+    restore = runner.invoke(app, ["restore", str(directory), "--dry-run"])
+    assert restore.exit_code == 0 and "references posix.system" in restore.stdout  # latest.pt judged, not hidden
+    resume = runner.invoke(app, ["resume-cmd", str(directory), "--json"])
+    assert resume.exit_code == 0 and not json.loads(resume.stdout)["checkpoint"].endswith("latest.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_dcp_directory_is_one_by_its_own_files(tmp_path):
+    path = write_dcp(tmp_path / "rolling_step_000001", step=1)
+    assert sharded.looks_like_dcp(path)
+    (path / "notes.txt").write_text("a foreign file does not make it a directory of checkpoints")
+    assert sharded.looks_like_dcp(path)
+    (path / "rolling_step_000002").mkdir()  # a checkpoint-named subdirectory: a directory of checkpoints
+    assert not sharded.looks_like_dcp(path)
+    (path / "rolling_step_000002").rmdir()
+    (path / "model.bin").touch()
+    assert not sharded.looks_like_dcp(path)
+    assert not sharded.looks_like_dcp(tmp_path)  # its parent holds no DCP files of its own
+
+
+# ------------------------------------------------------------------------------------ DCP budgets
+
+
+def _rewrite_metadata(path: Path, mutate) -> None:
+    """Change the ``.metadata`` DCP wrote just above (a trusted file: plain pickle is fine here)."""
+    metadata = pickle.loads((path / ".metadata").read_bytes())
+    mutate(metadata)
+    (path / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+def _append_values(path: Path, blob: bytes, fqns: list[str]) -> None:
+    """``blob`` appended to the shard file once, and a value entry naming it for each of ``fqns``."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    shard = path / "__0_0.distcp"
+    offset = shard.stat().st_size
+    with open(shard, "ab") as fh:
+        fh.write(blob)
+
+    def mutate(metadata) -> None:
+        for fqn in fqns:
+            metadata.state_dict_metadata[fqn] = BytesStorageMetadata()
+            metadata.storage_data[MetadataIndex(fqn)] = _StorageInfo(shard.name, offset, len(blob))
+            metadata.planner_data[fqn] = (fqn,)
+
+    _rewrite_metadata(path, mutate)
+
+
+def _torch_save_bytes(value) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def test_many_values_naming_one_blob_stop_at_the_decoded_bytes_budget(tmp_path):
+    """100 entries naming one 900 KB blob: 90 MB of reading and unpickling from a 1 MB shard file."""
+    path = write_dcp(tmp_path / "rolling_step_000001", step=1)
+    blob = _torch_save_bytes(b"\0" * 900_000)
+    _append_values(path, blob, [f"v{i}" for i in range(100)])
+    with pytest.raises(UnreadableCheckpoint, match="value bytes to read .* exceeds the DCP reading budget"):
+        read_checkpoint(path)
+    result = validate_file(path)
+    assert not result.valid and any("budget" in p for p in result.problems)
+
+
+def test_one_value_naming_a_blob_is_read(tmp_path):
+    path = write_dcp(tmp_path / "rolling_step_000001", step=1)
+    _append_values(path, _torch_save_bytes({"note": "kept"}), ["extra"])
+    assert read_checkpoint(path).root["extra"] == {"note": "kept"}
+
+
+def test_a_compressed_value_is_refused_unread(tmp_path):
+    """zipfile inflates bzip2 without a bound: a few hundred bytes can declare a GiB. torch.save never
+    compresses, so a compressed record is not a torch.save blob."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(b"\0" * (64 << 20), protocol=2))
+    assert len(buffer.getvalue()) < 4096
+    path = write_dcp(tmp_path / "rolling_step_000001", step=1)
+    _append_values(path, buffer.getvalue(), ["bomb"])
+    with pytest.raises(UnreadableCheckpoint, match=r"value bomb: compressed record \(method 12\)"):
+        read_checkpoint(path)
+
+
+def test_a_flood_of_chunks_exceeds_the_item_budget(tmp_path):
+    """One chunk object referenced 400,000 times costs 2-5 bytes of pickle per reference."""
+    path = write_dcp(tmp_path / "rolling_step_000001", step=1)
+
+    def mutate(metadata) -> None:
+        item = metadata.state_dict_metadata["model.0.weight"]
+        item.chunks = [item.chunks[0]] * 400_000
+
+    _rewrite_metadata(path, mutate)
+    assert (path / ".metadata").stat().st_size < 3_000_000
+    with pytest.raises(UnreadableCheckpoint, match="item count .* exceeds the DCP reading budget"):
+        read_checkpoint(path)
+    assert "budget" in " ".join(validate_file(path).problems)
+
+
+def test_a_deep_key_path_is_a_verdict_not_a_recursion_error(tmp_path):
+    path = write_dcp(tmp_path / "rolling_step_000001", step=1)
+    _rewrite_metadata(path, lambda metadata: metadata.planner_data.update(step=("k",) * 5000))
+    with pytest.raises(UnreadableCheckpoint, match="depth .* exceeds the DCP reading budget"):
+        read_checkpoint(path)
+
+
+def test_huge_offsets_and_shapes_are_malformed(tmp_path):
+    path = write_dcp(tmp_path / "rolling_step_000001", step=1)
+
+    def mutate(metadata) -> None:
+        metadata.state_dict_metadata["model.0.weight"].size = torch.Size([2] * 65)
+
+    _rewrite_metadata(path, mutate)
+    with pytest.raises(UnreadableCheckpoint, match="model.0.weight has no shape"):
+        read_checkpoint(path)
