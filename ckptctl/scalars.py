@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat as stat_module
 import struct
 import zlib
 from typing import Any, BinaryIO, Iterator, Mapping
@@ -26,6 +25,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 from .container import LOCAL_HEADER, LOCAL_HEADER_SIZE, ZIP_MAGIC, Record, pread
 from .errors import CkptctlError
 from .reader import CheckpointFile
+from .safe_open import open_regular
 from .storage import RemotePath, open_object
 from .unpickler import DTYPE_ITEMSIZE, TensorRef
 
@@ -75,10 +75,8 @@ def _reopen(ckpt: CheckpointFile) -> Iterator[BinaryIO | None]:
         with open_object(ckpt.path) as fh:
             yield fh
         return
-    fd = os.open(ckpt.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO must not block
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        yield fh if stat_module.S_ISREG(info.st_mode) and info.st_size == ckpt.size_bytes else None
+    with open_regular(ckpt.path) as fh:  # a FIFO swapped in since the read must not block
+        yield fh if os.fstat(fh.fileno()).st_size == ckpt.size_bytes else None
 
 
 def _byteorder(ckpt: CheckpointFile, fh: BinaryIO) -> str | None:
