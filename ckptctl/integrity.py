@@ -353,7 +353,10 @@ def _opens(result: FileResult) -> bool:
     (``inaccessible``, one line) and a looping symlink as damage, before any reader tries it."""
     try:
         result.size_bytes = result.path.stat().st_size
-        os.close(os.open(result.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
+        open_regular(result.path).close()
+    except CheckpointError as exc:  # a FIFO, device or directory where a file should be
+        _add(result, exc.reason)
+        return False
     except PermissionError as exc:
         result.inaccessible = True
         _add(result, "permission denied: the file cannot be opened for reading (not damage)")
