@@ -33,17 +33,19 @@ def register_fixed_repr(*classes: type) -> None:
 
 
 class _Child:
-    __slots__ = ("obj",)
+    __slots__ = ("obj", "is_key")
 
-    def __init__(self, obj: Any):
+    def __init__(self, obj: Any, is_key: bool = False):
         self.obj = obj
+        self.is_key = is_key
 
 
-def bounded_repr(obj: Any, limit: int = 200, view: Callable[[Any], Any] | None = None) -> str:
+def bounded_repr(obj: Any, limit: int = 200, view: Callable[[Any], Any] | None = None,
+                 key_view: Callable[[Any], Any] | None = None) -> str:  # fmt: skip
     """``repr(obj)`` cut at ``limit`` characters (then ending in "…"), in time and memory O(limit).
 
-    ``view`` maps each node before it is shown (e.g. a tensor placeholder to its JSON form); it is
-    applied to one node at a time, never to a whole graph.
+    ``view`` maps each node before it is shown (e.g. a tensor placeholder to its JSON form), and
+    ``key_view`` each mapping key; both are applied to one node at a time, never to a whole graph.
     """
     parts: list[str] = []
     size = 0
@@ -60,7 +62,8 @@ def bounded_repr(obj: Any, limit: int = 200, view: Callable[[Any], Any] | None =
             parts.append(item)
             size += len(item)
             continue
-        node = item.obj if view is None else view(item.obj)
+        mapper = key_view if item.is_key else view
+        node = item.obj if mapper is None else mapper(item.obj)
         shown = _container(node)
         if shown is None:
             text = _leaf(node, limit - size + 1)
@@ -113,7 +116,7 @@ def _tokens(opening: str, children: Any, closing: str, mapping: bool) -> Iterato
         first = False
         if mapping:
             key, value = child
-            yield _Child(key)
+            yield _Child(key, True)
             yield ": "
             yield _Child(value)
         else:

@@ -28,7 +28,7 @@ from .container import read_record
 from .reader import CheckpointFile, iter_tensors, read_checkpoint
 from .resolve import resolve_target
 from .unpickler import Namespace, NumpyArray, TensorRef
-from .values import jsonable
+from .values import jsonable, key_text
 
 FIELDS = ("step", "epoch", "train_loss", "val_loss", "timestamp", "checkpoint_type")
 CHUNK_ELEMENTS = 1 << 18  # elements per chunk: 2 MiB per float64 temporary
@@ -274,7 +274,7 @@ def open_side(target: str | os.PathLike[str]) -> Side:
 
 
 def _top_level(root: Any) -> dict[str, Any]:
-    return {str(k): v for k, v in root.items()} if isinstance(root, dict) else {"<root>": root}
+    return {key_text(k): v for k, v in root.items()} if isinstance(root, dict) else {"<root>": root}
 
 
 def field_deltas(a: Metadata, b: Metadata) -> list[FieldDelta]:

@@ -1335,5 +1335,5 @@ def _children(item: Any) -> list[Any]:
 _CONTAINERS = (dict, list, tuple, set, frozenset, Namespace, DcpRecord)
 _LEAF_TYPES = frozenset({int, float, bool, type(None), TensorRef, StorageRef, NumpyArray, DtypeRef})
 register_fixed_repr(TensorRef, DtypeRef, StorageType, TensorType, NumpyArray)
-register_view(Namespace, lambda ns: ("Namespace(", ns.attrs.items(), ")", True))
-register_view(DcpRecord, lambda rec: (f"{type(rec).__name__}(", rec.fields.items(), ")", True))
+register_view(Namespace, lambda ns: ("Namespace({", ns.attrs.items(), "})", True))
+register_view(DcpRecord, lambda rec: (f"{type(rec).__name__}({{", rec.fields.items(), "})", True))
