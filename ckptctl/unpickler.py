@@ -1301,7 +1301,7 @@ def check_structure(obj: Any, budget: Budget | None = None) -> None:
         if depth >= max_depth:
             raise UnreadableCheckpoint(f"pickle nests too deeply: exceeds nesting depth budget ({max_depth})")
         children = _children(item)
-        if len(children) > max_items:
+        if (len(children) // 2 if isinstance(item, dict) else len(children)) > max_items:  # dicts: keys + values
             raise UnreadableCheckpoint(f"pickle exceeds container items budget ({max_items})")
         containers = []
         text = 0

@@ -433,6 +433,8 @@ def test_storage_location_must_be_a_short_string(tmp_path):
     """Old: ``str(location)`` of a list naming one 1 MB string 200 times built 200 MB per storage."""
     location = b"]" + hostile._str("x" * BIG) + _memo_put(1) + b"a" + (_memo_get(1) + b"a") * 200
     data = P2 + b"}" + hostile._str("model") + _storage_pid("0", 1, location) + b"s."
+    with pytest.raises(UnreadableCheckpoint, match="malformed storage reference"):
+        read_checkpoint(hostile.torch_zip(tmp_path / "location.pt", data, records={"0": b"\x00" * 4}))
     tracemalloc.start()
     try:
         with pytest.raises(UnreadableCheckpoint, match="malformed storage reference"):
@@ -577,3 +579,17 @@ def test_element_counts_beyond_int64_are_refused():
                             + b"K\x00(" + _long1(10**30) + b"t(K\x00t\x89NtR")  # fmt: skip
     with pytest.raises(UnreadableCheckpoint, match="malformed tensor shape"):
         safe_loads(big_dim)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [P2 + b"](" + b"N" * 5000 + b"e.", P2 + b"}(" + b"".join(b"J" + i.to_bytes(4, "little") + b"N" for i in range(3000)) + b"u.",
+     b"\x80\x04\x8f(" + b"".join(b"J" + i.to_bytes(4, "little") for i in range(3000)) + b"\x90.",
+     P2 + b"(" + b"N" * 5000 + b"t."],
+    ids=["list", "dict", "set", "tuple"],
+)  # fmt: skip
+def test_one_container_is_bounded_while_loading(data):
+    budget = Budget.for_input(len(data), scale=0.0001)  # 1677 items
+    with pytest.raises(UnreadableCheckpoint, match=r"exceeds container items budget \(1677\)"):
+        safe_loads(data, budget)
+    assert len(safe_loads(data)[0]) >= 3000  # and within the default budget they read
