@@ -312,6 +312,8 @@ class Namespace(metaclass=_Sealed):
     """
 
     def __init__(self, attrs: dict[str, Any] | None = None):
+        if attrs and not (isinstance(attrs, dict) and all(type(k) is str for k in attrs)):
+            raise pickle.UnpicklingError("malformed argparse.Namespace")  # copying other keys re-hashes them
         self.attrs: dict[str, Any] = dict(attrs or {})
 
     def __setstate__(self, state: Any) -> None:
@@ -576,6 +578,34 @@ def mem_format_encoding(value: Any) -> int:
     return value
 
 
+def _hashed(kind: str, items: Any) -> list[Any] | tuple[Any, ...]:
+    """Items about to be hashed into a new set/dict: measured (nesting, work, collisions) first."""
+    if type(items) is not list and type(items) is not tuple:
+        raise Misuse(f"only {kind} of a list")
+    _meter().check_keys(items, items)
+    return items
+
+
+def set_(items: Any = ()) -> set[Any]:
+    """``builtins.set([...])`` as protocols 0-3 pickle a set; its items are checked before hashing."""
+    return set(_hashed("set", items))
+
+
+def frozenset_(items: Any = ()) -> frozenset[Any]:
+    return frozenset(_hashed("frozenset", items))
+
+
+def ordered_dict(items: Any = ()) -> collections.OrderedDict[Any, Any]:
+    """``OrderedDict()`` (its items follow as SETITEMS), or Python 2's ``OrderedDict([[k, v], ...])``."""
+    if type(items) is tuple and not items:
+        return collections.OrderedDict()
+    pairs = _hashed("OrderedDict", items)
+    if not all((type(p) is list or type(p) is tuple) and len(p) == 2 for p in pairs):
+        raise Misuse("only OrderedDict of (key, value) pairs")
+    _meter().check_keys(pairs, [p[0] for p in pairs])
+    return collections.OrderedDict(pairs)
+
+
 def _path(*parts: Any) -> str:
     if not all(isinstance(p, str) for p in parts):
         raise pickle.UnpicklingError("malformed path")
@@ -584,14 +614,14 @@ def _path(*parts: Any) -> str:
 
 
 ALLOWED: dict[str, Any] = {
-    "collections.OrderedDict": collections.OrderedDict,
-    "builtins.set": set,
-    "builtins.frozenset": frozenset,
+    "collections.OrderedDict": collections.OrderedDict,  # REDUCE/OBJ with items: see SafeUnpickler
+    "builtins.set": set_,
+    "builtins.frozenset": frozenset_,
     "builtins.complex": complex,
     "builtins.slice": slice,
     "builtins.object": object,
-    "__builtin__.set": set,
-    "__builtin__.frozenset": frozenset,
+    "__builtin__.set": set_,
+    "__builtin__.frozenset": frozenset_,
     "__builtin__.object": object,
     "__builtin__.complex": complex,
     "__builtin__.slice": slice,
@@ -971,9 +1001,18 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             self._over("objects")
         stack = self.stack
         args = stack.pop()
-        stack[-1] = stack[-1](*args)
+        func = stack[-1]
+        if args and func is collections.OrderedDict:  # torch's OrderedDict() takes the plain path
+            func = ordered_dict  # items are measured before they are hashed
+        stack[-1] = func(*args)
 
     dispatch[_OP["REDUCE"]] = load_reduce
+
+    def _instantiate(self, klass: Any, args: list[Any]) -> None:
+        """INST and OBJ (protocols 0-1) call ``klass(*args)``: OrderedDict's items are measured too."""
+        if args and klass is collections.OrderedDict:
+            klass = ordered_dict
+        super()._instantiate(klass, args)
 
     def _counted(handler: Callable[[Any], None]) -> Callable[[Any], None]:  # type: ignore[misc]
         def load_counted(self: "SafeUnpickler") -> None:

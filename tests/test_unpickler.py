@@ -593,3 +593,33 @@ def test_one_container_is_bounded_while_loading(data):
     with pytest.raises(UnreadableCheckpoint, match=r"exceeds container items budget \(1677\)"):
         safe_loads(data, budget)
     assert len(safe_loads(data)[0]) >= 3000  # and within the default budget they read
+
+
+def _reduce(module: str, name: str, arg: bytes) -> bytes:
+    return hostile._global(module, name) + b"(" + arg + b"tR"
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (P2 + _reduce("builtins", "set", b"]" + deep_tuple_key()[3:-3] + b"a") + b".", r"nesting depth budget \(200\)"),
+        (P2 + _reduce("builtins", "frozenset", b"]" + shared_tuple_key()[3:-3] + b"a") + b".", r"work budget"),
+        (P2 + _reduce("collections", "OrderedDict", b"](" + shared_tuple_key()[3:-3] + b"K\x01ta") + b".", r"work budget"),
+    ],
+    ids=["set-deep", "frozenset-shared", "ordereddict-pairs-shared"],
+)
+def test_allowlisted_constructors_measure_their_items_before_hashing(data, match, tmp_path):
+    _verdict(data, tmp_path, match)
+
+
+def test_python2_ordered_dict_pairs_still_read():
+    data = P2 + _reduce("collections", "OrderedDict", b"]((" + hostile._str("a") + b"K\x01t(" + hostile._str("b") + b"K\x02te") + b"."
+    import collections
+
+    assert safe_loads(data)[0] == collections.OrderedDict(a=1, b=2)
+
+
+def test_ordered_dict_items_through_protocol_1_obj_are_measured(tmp_path):
+    pairs = b"(" + shared_tuple_key()[3:-3] + b"K\x01t"  # a (shared-tuple, 1) pair
+    data = P2 + b"(" + hostile._global("collections", "OrderedDict") + b"]" + pairs + b"a" + b"o."
+    _verdict(data, tmp_path, r"work budget")
