@@ -56,14 +56,18 @@ def read_limit_scale() -> float:
 class Budget:
     """The limits one pickle load runs under, sized from the input's own size ``S`` (bytes).
 
-    Every opcode reads at least one byte, so ``opcodes`` is the loop bound itself. The others
-    bound what a few bytes can make Python do: objects created (a 1-byte EMPTY_SET is a 216-byte
-    set; counted in ~64-byte units), memo entries, nesting (MARKs open, tuples hashed, and every
-    container at the end), items in one container, integer size, hash/validation work, the size
-    of the tree later walks see (shared references expanded) and the text in it. With the default
-    scale a load of ``S`` bytes stays within about ``max_memory`` (≈ 256 MiB + 32·S) and time
-    linear in ``S``; a legitimate 100 000-tensor state dict uses about a tenth of each limit.
-    Raise them for a legitimately huge checkpoint with ``CKPTCTL_READ_LIMIT_SCALE`` (e.g. 4).
+    Every opcode reads at least one byte, so ``opcodes`` (S + 1) holds by construction, without
+    a counter. The others bound what a few bytes can make Python do, each checked by the opcode
+    handler (or allowlisted function) that does the work, before it: objects created (a 1-byte
+    EMPTY_SET is a 216-byte set; counted in ~64-byte units), memo entries, nesting (open MARKs and
+    tuple/frozenset keys while loading, every container at the end), items in one container,
+    integer size, hash and shape-check work, the size of the tree later walks see (shared
+    references expanded) and the text in it. A load of ``S`` bytes stays within ``max_memory``
+    (≈ 250 MiB + 62·S at the default scale; the tests measure floods against it with tracemalloc)
+    and time linear in ``S``. A torch state dict uses about a third of the S-proportional part
+    of ``objects`` and less of the others. ``CKPTCTL_READ_LIMIT_SCALE`` (e.g. 4) multiplies every
+    size-derived limit for a legitimately huge checkpoint; depth and integer size stay fixed
+    (Python's own recursion and int->str limits sit just above them).
     """
 
     opcodes: int

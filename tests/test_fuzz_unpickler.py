@@ -30,7 +30,7 @@ from ckptctl.reader import CheckpointFile, iter_tensors
 from ckptctl.unpickler import Budget, safe_loads
 from ckptctl.values import jsonable, short_repr
 
-EXAMPLES = int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "40"))
 SCALE = 0.002  # objects ~4k, memo ~1k: reachable by a few KB of opcodes
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
@@ -83,7 +83,7 @@ opcode = st.one_of(
 def grammar_pickles(draw) -> bytes:
     proto = draw(st.sampled_from([b"\x80\x02", b"\x80\x04", b""]))
     ops = draw(st.lists(opcode, max_size=60))
-    repeat = draw(st.integers(1, 400))  # floods: the last few opcodes many times over
+    repeat = draw(st.integers(1, 3000))  # floods: the last few opcodes many times over
     tail = ops[-3:] * repeat if ops and draw(st.booleans()) else []
     return proto + b"".join(ops + tail) + b"."
 
