@@ -1049,39 +1049,42 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
 
     dispatch[_OP["BUILD"]] = load_build
 
+    # Memo indices must lie below the memo budget (picklers number entries 0, 1, 2, ...): then the
+    # memo cannot hold more entries than the budget, and one comparison per PUT keeps it so.
+
     def load_put(self) -> None:
         line = self.readline()[:-1]
         if len(line) > 20:
             raise pickle.UnpicklingError("malformed PUT index")
-        memo = self.memo
-        memo[int(line)] = self.stack[-1]
-        if len(memo) > self._memo_limit:
+        i = int(line)
+        if not 0 <= i < self._memo_limit:
             self._over("memo")
+        self.memo[i] = self.stack[-1]
 
     dispatch[_OP["PUT"]] = load_put
 
     def load_binput(self) -> None:
-        memo = self.memo
-        memo[self.read(1)[0]] = self.stack[-1]
-        if len(memo) > self._memo_limit:
+        i = self.read(1)[0]
+        if i >= self._memo_limit:
             self._over("memo")
+        self.memo[i] = self.stack[-1]
 
     dispatch[_OP["BINPUT"]] = load_binput
 
     def load_long_binput(self) -> None:
         i = unpack("<I", self.read(4))[0]
-        memo = self.memo
-        memo[i] = self.stack[-1]
-        if len(memo) > self._memo_limit:
+        if i >= self._memo_limit:
             self._over("memo")
+        self.memo[i] = self.stack[-1]
 
     dispatch[_OP["LONG_BINPUT"]] = load_long_binput
 
     def load_memoize(self) -> None:
         memo = self.memo
-        memo[len(memo)] = self.stack[-1]
-        if len(memo) > self._memo_limit:
+        i = len(memo)
+        if i >= self._memo_limit:
             self._over("memo")
+        memo[i] = self.stack[-1]
 
     dispatch[_OP["MEMOIZE"]] = load_memoize
 
