@@ -1357,6 +1357,8 @@ def check_structure(obj: Any, budget: Budget | None = None) -> None:
                 text += len(child)
             elif kind in _LEAF_TYPES:
                 pass
+            elif kind is int:  # as decimal text a 4096-bit int is 1233 characters
+                text += child.bit_length() // 3
             elif kind is bytes:
                 text += len(child)
             elif isinstance(child, _CONTAINERS):
@@ -1379,7 +1381,7 @@ def _children(item: Any) -> list[Any]:
 
 
 _CONTAINERS = (dict, list, tuple, set, frozenset, Namespace, DcpRecord)
-_LEAF_TYPES = frozenset({int, float, bool, type(None), TensorRef, StorageRef, NumpyArray, DtypeRef})
+_LEAF_TYPES = frozenset({float, bool, type(None), TensorRef, StorageRef, NumpyArray, DtypeRef})
 register_fixed_repr(TensorRef, DtypeRef, StorageType, TensorType, NumpyArray)
 register_view(Namespace, lambda ns: ("Namespace({", ns.attrs.items(), "})", True))
 register_view(DcpRecord, lambda rec: (f"{type(rec).__name__}({{", rec.fields.items(), "})", True))

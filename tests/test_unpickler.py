@@ -625,3 +625,11 @@ def test_ordered_dict_items_through_protocol_1_obj_are_measured(tmp_path):
     pairs = b"(" + shared_tuple_key()[3:-3] + b"K\x01t"  # a (shared-tuple, 1) pair
     data = P2 + b"(" + hostile._global("collections", "OrderedDict") + b"]" + pairs + b"a" + b"o."
     _verdict(data, tmp_path, r"work budget")
+
+
+def test_text_of_the_expanded_tree_counts_big_integers():
+    """One 4000-bit int named 60 000 times is 72 MB of decimal text to JSON output or a tensor name."""
+    data = P2 + b"]" + _long4(2**4000) + _memo_put(1) + b"a" + (_memo_get(1) + b"a") * 60_000 + b"."
+    with pytest.raises(UnreadableCheckpoint, match="exceeds text bytes budget"):
+        safe_loads(data)
+    assert len(safe_loads(data[: -(60_000 - 1000) * 3 - 1] + b".")[0]) == 1001

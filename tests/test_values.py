@@ -129,3 +129,20 @@ def test_jsonable_unknown_objects_and_bytes():
     assert text == "<module>"
     assert jsonable(b"x" * 10) == "<10 bytes>"
     assert jsonable(float("nan")) == "nan" and math.isnan(float(jsonable(float("nan"))))
+
+
+def test_tensor_names_from_tuple_keys_are_bounded():
+    """reader.iter_tensors names tensors by their keys: a key tuple of 10 000 long strings stays 200 chars."""
+    import torch
+
+    from ckptctl.reader import iter_tensors
+
+    buffer = __import__("io").BytesIO()
+    key = ("k" * 1000,) * 10_000
+    torch.save({key: torch.zeros(1)}, buffer)
+    import zipfile
+
+    with zipfile.ZipFile(__import__("io").BytesIO(buffer.getvalue())) as zf:
+        root, _ = safe_loads(zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl"))))
+    (name, _tensor), = list(iter_tensors(root))
+    assert len(name) == 200
