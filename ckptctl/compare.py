@@ -35,7 +35,7 @@ from .reader import CheckpointFile, iter_tensors, read_checkpoint
 from .resolve import resolve_target
 from .safe_open import open_regular
 from .unpickler import Namespace, NumpyArray, TensorRef
-from .values import jsonable
+from .values import jsonable, key_text
 
 FIELDS = ("step", "epoch", "train_loss", "val_loss", "timestamp", "checkpoint_type")
 # Metadata that differs between two saves of the same training state: reported, never deciding.
@@ -333,7 +333,7 @@ def open_side(target: str | os.PathLike[str]) -> Side:
 
 
 def _top_level(root: Any) -> dict[str, Any]:
-    return {str(k): v for k, v in root.items()} if isinstance(root, dict) else {"<root>": root}
+    return {key_text(k): v for k, v in root.items()} if isinstance(root, dict) else {"<root>": root}
 
 
 def field_deltas(a: Metadata, b: Metadata, ignore: Sequence[str] = ()) -> list[FieldDelta]:

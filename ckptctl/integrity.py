@@ -40,6 +40,7 @@ import stat as stat_module
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
+from .bounded import bounded_repr
 from .catalog import entry_for_file, scan
 from .container import (Container, Record, data_descriptor_problem, end_record_problems, open_container, size_of,
                         sniff_format)  # fmt: skip
@@ -602,7 +603,7 @@ def _check_layout(result: FileResult, ckpt: CheckpointFile) -> None:
     meta = summarize(ckpt)
     for what, in_name, in_file in (("step", parsed.step, meta.step), ("epoch", parsed.epoch, meta.epoch)):
         if in_name is not None and what in ckpt.root and in_file != in_name:
-            shown = in_file if in_file is not None else repr(ckpt.root.get(what))
+            shown = in_file if in_file is not None else bounded_repr(ckpt.root.get(what), 60)
             _find(result, f"{what} {shown} in file, {in_name} in name")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+from .bounded import bounded_str
 from .reader import CheckpointFile
 from .scalars import is_scalar, read_scalars
 from .unpickler import Namespace, NumpyArray, TensorRef
@@ -111,27 +112,42 @@ def summarize(ckpt: CheckpointFile) -> Metadata:
         checkpoint_type=root.get("checkpoint_type") if isinstance(root.get("checkpoint_type"), str) else None,
         args=args_dict(root.get("args")),
         dataloader_state=root.get("dataloader_state"),
-        rng_states=sorted(k for k, v in rng.items() if v is not None) if isinstance(rng, dict) else [],
-        extra_keys=[str(k) for k in root if k not in KNOWN_KEYS],
+        rng_states=sorted(_key(k) for k, v in rng.items() if v is not None) if isinstance(rng, dict) else [],
+        extra_keys=[_key(k) for k in root if k not in KNOWN_KEYS],
         root=ckpt.root,
         ckpt=ckpt,
     )
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _key(key: Any) -> str:
+    """A key from the file as text, bounded (a tuple key can be nested 60 deep with shared halves)."""
+    return key if type(key) is str else bounded_str(key, 200)
+
+
 def as_int(value: Any) -> int | None:
+    """A step/epoch as an int64, else None: ``10**5000`` is no step (and cannot even be printed)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return int(value) if INT64_MIN <= value <= INT64_MAX else None
     number = _numpy_scalar(value)
-    return int(number) if number is not None and float(number).is_integer() else None
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        return None
+    return int(number) if number is not None and INT64_MIN <= number <= INT64_MAX else None
 
 
 def as_float(value: Any) -> float | None:
+    """A loss as a float, else None: an int beyond float's range (``10**400``) is not a loss value."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            return None
     number = _numpy_scalar(value)
     return float(number) if number is not None else None
 
@@ -170,7 +186,7 @@ def args_dict(value: Any) -> dict[str, Any] | None:
     if isinstance(value, Namespace):
         return dict(value.attrs)
     if isinstance(value, dict):
-        return {str(k): v for k, v in value.items()}
+        return {_key(k): v for k, v in value.items()}
     return None
 
 
@@ -237,7 +253,7 @@ def _guess_optimizer(value: dict, state: dict) -> str | None:
     keys: set[str] = set()
     for entry in state.values():
         if isinstance(entry, dict):
-            keys.update(str(k) for k in entry)
+            keys.update(_key(k) for k in entry)
     if {"exp_avg", "exp_avg_sq"} <= keys:
         decoupled = any(isinstance(g, dict) and g.get("decoupled_weight_decay") for g in groups)
         return "AdamW" if decoupled else "Adam"

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from . import storage
 from .container import Container, open_container, pread, read_record, sniff_format
+from .bounded import bounded_str
 from .errors import BadInputError, UnreadableCheckpoint, UnsafeCheckpoint
 from .safe_open import open_regular
 from .storage import RemotePath, is_url
@@ -273,8 +274,8 @@ def iter_tensors(root: Any, is_tensor: Callable[[Any], bool] = _is_tensor_ref) -
 
 
 def _named_children(item: Any) -> list[tuple[str, Any]]:
-    if isinstance(item, dict):
-        return [(str(k), v) for k, v in item.items()]
+    if isinstance(item, dict):  # keys from the file: bounded text (a tuple key can expand to 2**60 items)
+        return [(k if type(k) is str else bounded_str(k), v) for k, v in item.items()]
     if isinstance(item, (list, tuple)):
         return [(str(i), v) for i, v in enumerate(item)]
     if isinstance(item, Namespace):

@@ -43,7 +43,7 @@ from .metadata import args_dict, as_float, as_int, summarize
 from .reader import read_checkpoint
 from .resolve import Resolution, resolve_target
 from .unpickler import NumpyArray
-from .values import jsonable
+from .values import bounded_repr, jsonable
 
 DEFAULT_PYTHON = "python"
 PLACEHOLDER_SCRIPT = "train.py"
@@ -497,7 +497,7 @@ def _annotate(change: Change, saved_lrs: list[Any]) -> None:
         return
     if risk is not None:
         change.risk = risk.category
-        lrs = ", ".join(dict.fromkeys(repr(lr) for lr in saved_lrs))
+        lrs = ", ".join(dict.fromkeys(bounded_repr(lr, 60) for lr in saved_lrs))
         change.note = risk.reason.format(saved_lr=f" ({lrs})" if lrs else "")
     if change.is_new_key:
         change.note = "new key, not in the checkpoint's args" + (f"; {change.note}" if change.note else "")

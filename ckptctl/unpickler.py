@@ -15,16 +15,93 @@ import copyreg
 import datetime
 import io
 import math
+import os
 import pathlib
 import pickle
+import threading
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from struct import unpack
 from typing import Any, Callable
 
+from .bounded import bounded_repr, bounded_str, register_fixed_repr, register_view
 from .errors import UnreadableCheckpoint, UnsafeCheckpoint
 
-MAX_DEPTH = 200
-MAX_OBJECTS = 20_000_000
+MAX_DEPTH = 200  # nesting depth of containers; not scaled: Python's own recursion limits sit near 1000
+MAX_INT_BITS = 4096  # one integer: ~1233 decimal digits (str() of it always works; Python refuses > 4300 digits)
+INT64_MAX = 2**63 - 1  # shapes, strides, offsets and element counts are int64 in torch
+MAX_NAME_CHARS = 256  # a storage's key and location ("0", "cuda:0"): short in every torch file
+SCALE_ENV = "CKPTCTL_READ_LIMIT_SCALE"
+
+class BudgetExceeded(pickle.UnpicklingError):
+    """A load went past one of its :class:`Budget` limits: reported as unreadable, never a crash."""
+
+    def __init__(self, name: str, limit: int):
+        super().__init__(f"exceeds {name} budget ({limit})")
+        self.name = name
+        self.limit = limit
+
+
+def read_limit_scale() -> float:
+    """``CKPTCTL_READ_LIMIT_SCALE`` (default 1): multiplies every size-derived limit of a read."""
+    raw = os.environ.get(SCALE_ENV, "")
+    try:
+        scale = float(raw) if raw.strip() else 1.0
+    except ValueError:
+        return 1.0
+    return scale if math.isfinite(scale) and scale > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The limits one pickle load runs under, sized from the input's own size ``S`` (bytes).
+
+    Every opcode reads at least one byte, so ``opcodes`` (S + 1) holds by construction, without
+    a counter. The others bound what a few bytes can make Python do, each checked by the opcode
+    handler (or allowlisted function) that does the work, before it: objects created (a 1-byte
+    EMPTY_SET is a 216-byte set; counted in ~64-byte units), memo entries, nesting (open MARKs and
+    tuple/frozenset keys while loading, every container at the end), items in one container,
+    integer size, hash and shape-check work, the size of the tree later walks see (shared
+    references expanded) and the text in it. A load of ``S`` bytes stays within ``max_memory``
+    (≈ 250 MiB + 62·S at the default scale; the tests measure floods against it with tracemalloc)
+    and time linear in ``S``. A torch state dict uses about a third of the S-proportional part
+    of ``objects`` and less of the others. ``CKPTCTL_READ_LIMIT_SCALE`` (e.g. 4) multiplies every
+    size-derived limit for a legitimately huge checkpoint; depth and integer size stay fixed
+    (Python's own recursion and int->str limits sit just above them).
+    """
+
+    opcodes: int
+    memo: int
+    depth: int
+    container_items: int
+    int_bits: int
+    objects: int
+    work: int
+    expanded: int
+    text_bytes: int
+
+    @classmethod
+    def for_input(cls, nbytes: int, scale: float | None = None) -> "Budget":
+        """Limits for an input of ``nbytes`` bytes (``scale`` defaults to :func:`read_limit_scale`)."""
+        k = read_limit_scale() if scale is None else scale
+        s = max(0, nbytes)
+        return cls(
+            opcodes=s + 1,
+            memo=int(k * ((1 << 19) + s // 4)),
+            depth=MAX_DEPTH,
+            container_items=int(k * (1 << 24)),
+            int_bits=MAX_INT_BITS,
+            objects=int(k * ((1 << 21) + s // 4)),
+            work=int(k * ((1 << 22) + 4 * s)),
+            expanded=int(k * ((1 << 21) + s)),
+            text_bytes=int(k * ((1 << 26) + 2 * s)),
+        )
+
+    @property
+    def max_memory(self) -> int:
+        """Bytes a load within these limits can hold at its peak (what the tests measure against)."""
+        return 64 * self.objects + 112 * self.memo + 16 * self.opcodes + self.text_bytes
+
 
 # dtype name -> bytes per element (torch's own names, without the "torch." prefix).
 DTYPE_ITEMSIZE: dict[str, int] = {
@@ -153,15 +230,20 @@ class StorageRef:
     dtype: str
     numel: int  # in elements of ``dtype``
     location: str
+    __setstate__ = _read_only_setstate
 
     @property
     def nbytes(self) -> int:
         return self.numel * DTYPE_ITEMSIZE[self.dtype]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class TensorRef:
-    """A tensor placeholder: what torch would build, without its values."""
+    """A tensor placeholder: what torch would build, without its values.
+
+    Frozen, without ``__dict__``, and refusing ``__setstate__``: pickle's BUILD cannot change a
+    tensor after its bounds were checked (a parameter is a new placeholder, not a mutation).
+    """
 
     storage: StorageRef
     offset: int
@@ -170,10 +252,13 @@ class TensorRef:
     dtype: str
     requires_grad: bool = False
     is_parameter: bool = False
+    __setstate__ = _read_only_setstate
+    __hash__ = None  # type: ignore[assignment]  # as before: placeholders are compared, not hashed
 
     @property
     def numel(self) -> int:
-        return math.prod(self.shape)
+        # 0 first: a zero-size tensor may have huge other dimensions (the product is checked otherwise)
+        return 0 if 0 in self.shape else math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -183,27 +268,44 @@ class TensorRef:
         return f"tensor({self.dtype}, shape={list(self.shape)})"
 
 
-@dataclass
+def _build_once(self: Any, fields: dict[str, Any]) -> None:
+    """Set the fields of a fresh inert object, once: pickle's BUILD after that is refused."""
+    if self.__dict__.get("_built"):
+        raise pickle.UnpicklingError(f"{type(self).__name__} objects are read-only once built")
+    self.__dict__.update(fields)
+    self.__dict__["_built"] = True
+
+
+@dataclass(frozen=True)
 class NumpyArray(metaclass=_Sealed):
-    """An inert numpy array: dtype string, shape and raw bytes (e.g. the numpy RNG state)."""
+    """An inert numpy array: dtype string, shape and raw bytes (e.g. the numpy RNG state).
+
+    Frozen; pickle builds it exactly once (``_reconstruct`` then BUILD, as numpy pickles it).
+    The class-level defaults make one created by NEWOBJ alone still readable.
+    """
 
     dtype: str = "?"
     shape: tuple[int, ...] = ()
     raw: bytes = b""
+    __hash__ = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.__dict__["_built"] = True  # made whole (numpy scalars); ``numpy_reconstruct`` makes it empty
 
     def __repr__(self) -> str:
-        return f"ndarray({self.dtype}, shape={list(self.shape)})"
+        return f"ndarray({bounded_str(self.dtype, 40)}, shape={bounded_repr(list(self.shape), 200)})"
 
 
-@dataclass
+@dataclass(frozen=True)
 class NumpyDtype(metaclass=_Sealed):
     """An inert numpy dtype description (``numpy.dtype('u4')``)."""
 
     descr: str = "?"
     state: Any = None
+    __hash__ = None  # type: ignore[assignment]
 
     def __setstate__(self, state: Any) -> None:
-        self.state = state
+        _build_once(self, {"state": state})
 
 
 class Namespace(metaclass=_Sealed):
@@ -214,13 +316,18 @@ class Namespace(metaclass=_Sealed):
     """
 
     def __init__(self, attrs: dict[str, Any] | None = None):
+        if attrs and not (isinstance(attrs, dict) and all(type(k) is str for k in attrs)):
+            raise pickle.UnpicklingError("malformed argparse.Namespace")  # copying other keys re-hashes them
         self.attrs: dict[str, Any] = dict(attrs or {})
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2:  # (dict, slotstate) form
             state = state[0]
-        if not isinstance(state, dict):
+        if not isinstance(state, dict) or not all(type(k) is str for k in state):
             raise pickle.UnpicklingError("malformed argparse.Namespace state")
+        if self.__dict__.get("_built"):
+            raise pickle.UnpicklingError("Namespace objects are read-only once built")
+        self.__dict__["_built"] = True
         self.__dict__.setdefault("attrs", {}).update(state)
 
     def __getattr__(self, name: str) -> Any:
@@ -233,7 +340,7 @@ class Namespace(metaclass=_Sealed):
         return isinstance(other, Namespace) and self.attrs == other.attrs
 
     def __repr__(self) -> str:
-        return f"Namespace({self.attrs!r})"
+        return "Namespace(" + bounded_repr(self.attrs, 1000) + ")"
 
 
 class _Refused(metaclass=_Sealed):
@@ -261,8 +368,10 @@ class _Refused(metaclass=_Sealed):
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)):
         raise pickle.UnpicklingError(f"malformed tensor {what}")
+    if len(value) > 8:  # up to 8 dimensions the work is a constant per tensor (tensors are counted objects)
+        _meter().charge_work(len(value))
     for v in value:  # a loop, not all(<genexpr>): this runs for every tensor of every listed file
-        if type(v) is not int or v < 0:
+        if type(v) is not int or v < 0 or v > INT64_MAX:
             raise pickle.UnpicklingError(f"malformed tensor {what}")
     return tuple(value)
 
@@ -273,18 +382,29 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
         raise pickle.UnpicklingError("malformed tensor: bad storage reference")
     shape = _int_tuple(size, "shape")
     strides = _int_tuple(stride, "stride")
+    if offset > INT64_MAX:
+        raise pickle.UnpicklingError("malformed tensor: bad storage offset")
     tensor = TensorRef(storage, offset, shape, strides, dtype or storage.dtype, bool(requires_grad))
-    _check_bounds(tensor)
+    _meter().tensors.append(tensor)  # bounds are checked when the load ends (check_final_tensors)
     return tensor
 
 
 def _check_bounds(tensor: TensorRef) -> None:
-    """A tensor must lie inside its storage, as torch itself checks when it rebuilds one."""
+    """A tensor must lie inside its storage, as torch itself checks when it rebuilds one.
+
+    Also its element count must be an int64, so ``numel`` (a product) stays small.
+    """
+    if len(tensor.shape) != len(tensor.stride):
+        raise pickle.UnpicklingError("malformed tensor: shape and stride differ in length")
     last = tensor.offset
+    numel = 1
     for n, s in zip(tensor.shape, tensor.stride):
         if n == 0:
             return  # an empty tensor reads nothing
         last += (n - 1) * s
+        numel *= n
+        if numel > INT64_MAX:
+            raise pickle.UnpicklingError("malformed tensor: more than 2**63 elements")
     end_bytes = (last + 1) * DTYPE_ITEMSIZE[tensor.dtype]
     if end_bytes > tensor.storage.nbytes:
         raise pickle.UnpicklingError(f"malformed tensor: reads past its storage {tensor.storage.key}")
@@ -308,9 +428,9 @@ def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, require
 def rebuild_parameter(data: Any, requires_grad: Any = True, hooks: Any = None, *rest: Any) -> TensorRef:
     if not isinstance(data, TensorRef):
         raise pickle.UnpicklingError("malformed parameter")
-    data.is_parameter = True
-    data.requires_grad = bool(requires_grad)
-    return data
+    tensor = replace(data, is_parameter=True, requires_grad=bool(requires_grad))  # a new placeholder
+    _meter().tensors.append(tensor)
+    return tensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,16 +448,19 @@ def rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None)
     if not isinstance(args, tuple):
         raise pickle.UnpicklingError("malformed tensor arguments")
     tensor = func(*args)
-    if new_type.parameter:
-        tensor.is_parameter = True
+    if new_type.parameter and not tensor.is_parameter:
+        tensor = replace(tensor, is_parameter=True)
+        _meter().tensors.append(tensor)
     return tensor
 
 
 def codecs_encode(text: Any, encoding: Any = "utf-8", *rest: Any) -> bytes:
     """Protocol-2 pickles spell ``bytes`` as ``_codecs.encode(str, 'latin1')``; allow exactly that."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
-        raise Misuse(f"encoding {encoding!r} of a {type(text).__name__}; only str to latin1/utf-8 is allowed")
-    return text.encode(encoding)
+        raise Misuse(f"encoding {bounded_repr(encoding, 40)} of a {type(text).__name__}; only str to latin1/utf-8 is allowed")
+    data = text.encode(encoding)
+    _meter().charge_text(len(data))
+    return data
 
 
 def bytes_(*args: Any) -> bytes:
@@ -352,7 +475,7 @@ def bytes_(*args: Any) -> bytes:
 def numpy_reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> NumpyArray:
     if cls is not NumpyArray:
         raise Misuse("only numpy.ndarray may be reconstructed")
-    return NumpyArray()
+    return NumpyArray.__new__(NumpyArray)  # empty until its one BUILD
 
 
 def _numpy_array_setstate(self: NumpyArray, state: Any) -> None:
@@ -360,16 +483,19 @@ def _numpy_array_setstate(self: NumpyArray, state: Any) -> None:
     if not isinstance(state, tuple) or len(state) != 5:
         raise pickle.UnpicklingError("malformed numpy array state")
     _version, shape, dtype, _fortran, raw = state
-    self.shape = _int_tuple(shape, "numpy shape")
-    self.dtype = dtype.descr if isinstance(dtype, NumpyDtype) else str(dtype)
-    self.raw = raw if isinstance(raw, (bytes, bytearray)) else b""
+    fields = {
+        "shape": _int_tuple(shape, "numpy shape"),
+        "dtype": dtype.descr if isinstance(dtype, NumpyDtype) else bounded_repr(dtype, 40),
+        "raw": bytes(raw) if isinstance(raw, (bytes, bytearray)) else b"",
+    }
+    _build_once(self, fields)
 
 
 NumpyArray.__setstate__ = _numpy_array_setstate  # type: ignore[attr-defined]
 
 
 def numpy_dtype(descr: Any = "?", *rest: Any) -> NumpyDtype:
-    if not isinstance(descr, str):
+    if not isinstance(descr, str) or len(descr) > MAX_NAME_CHARS:
         raise pickle.UnpicklingError("malformed numpy dtype")
     return NumpyDtype(descr)
 
@@ -393,7 +519,7 @@ class DcpRecord(metaclass=_Sealed):
     plain data; :mod:`ckptctl.sharded` interprets them and checks their types.
     """
 
-    __slots__ = ("fields",)
+    __slots__ = ("fields", "_built")
 
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
@@ -403,6 +529,7 @@ class DcpRecord(metaclass=_Sealed):
             raise Misuse(f"{cls.__name__} takes no arguments")
         record = object.__new__(cls)
         record.fields = {}
+        record._built = False
         return record
 
     def __setstate__(self, state: Any) -> None:
@@ -412,10 +539,13 @@ class DcpRecord(metaclass=_Sealed):
             state = dict(zip(("dtype", "layout", "requires_grad", "memory_format", "pin_memory"), state))
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
             raise pickle.UnpicklingError(f"malformed {type(self).__name__} state")
+        if self._built:
+            raise pickle.UnpicklingError(f"{type(self).__name__} objects are read-only once built")
+        self._built = True
         self.fields = dict(state)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.fields!r})"
+        return f"{type(self).__name__}(" + bounded_repr(self.fields, 1000) + ")"
 
 
 DCP_METADATA_MODULE = "torch.distributed.checkpoint.metadata"
@@ -440,8 +570,8 @@ def torch_size(dims: Any = ()) -> tuple[int, ...]:
 
 def get_layout(name: Any) -> str:
     """``torch.serialization._get_layout('torch.strided')``: the layout's name, for known layouts only."""
-    if name not in LAYOUTS:
-        raise Misuse(f"unknown layout {name!r}")
+    if type(name) is not str or name not in LAYOUTS:  # type first: ``in`` hashes, and a key may be hostile
+        raise Misuse(f"unknown layout {bounded_repr(name, 60)}")
     return name
 
 
@@ -452,21 +582,50 @@ def mem_format_encoding(value: Any) -> int:
     return value
 
 
+def _hashed(kind: str, items: Any) -> list[Any] | tuple[Any, ...]:
+    """Items about to be hashed into a new set/dict: measured (nesting, work, collisions) first."""
+    if type(items) is not list and type(items) is not tuple:
+        raise Misuse(f"only {kind} of a list")
+    _meter().check_keys(items, items)
+    return items
+
+
+def set_(items: Any = ()) -> set[Any]:
+    """``builtins.set([...])`` as protocols 0-3 pickle a set; its items are checked before hashing."""
+    return set(_hashed("set", items))
+
+
+def frozenset_(items: Any = ()) -> frozenset[Any]:
+    return frozenset(_hashed("frozenset", items))
+
+
+def ordered_dict(items: Any = ()) -> collections.OrderedDict[Any, Any]:
+    """``OrderedDict()`` (its items follow as SETITEMS), or Python 2's ``OrderedDict([[k, v], ...])``."""
+    if type(items) is tuple and not items:
+        return collections.OrderedDict()
+    pairs = _hashed("OrderedDict", items)
+    if not all((type(p) is list or type(p) is tuple) and len(p) == 2 for p in pairs):
+        raise Misuse("only OrderedDict of (key, value) pairs")
+    _meter().check_keys(pairs, [p[0] for p in pairs])
+    return collections.OrderedDict(pairs)
+
+
 def _path(*parts: Any) -> str:
     if not all(isinstance(p, str) for p in parts):
         raise pickle.UnpicklingError("malformed path")
+    _meter().charge_text(sum(len(p) + 1 for p in parts))  # one memoised string, named 1000 times, is no 1 GB path
     return str(pathlib.PurePosixPath(*parts)) if parts else "."
 
 
 ALLOWED: dict[str, Any] = {
-    "collections.OrderedDict": collections.OrderedDict,
-    "builtins.set": set,
-    "builtins.frozenset": frozenset,
+    "collections.OrderedDict": collections.OrderedDict,  # REDUCE/OBJ with items: see SafeUnpickler
+    "builtins.set": set_,
+    "builtins.frozenset": frozenset_,
     "builtins.complex": complex,
     "builtins.slice": slice,
     "builtins.object": object,
-    "__builtin__.set": set,
-    "__builtin__.frozenset": frozenset,
+    "__builtin__.set": set_,
+    "__builtin__.frozenset": frozenset_,
     "__builtin__.object": object,
     "__builtin__.complex": complex,
     "__builtin__.slice": slice,
@@ -515,23 +674,46 @@ ALLOWED.update({name: _Allowed(name, fn) for name, fn in ALLOWED.items() if isin
 _seal(NumpyArray, NumpyDtype, Namespace, _Refused, DcpRecord, *DCP_RECORDS.values())
 
 
+_HASH_EXACT = 2**61 - 1  # |n| below this: hash(n) == n (except -1), so distinct ints never collide
+MAX_COLLISIONS = 64  # keys with one hash in one dict/set: more is a hash flood (each insert probes them all)
+_OP = {name: getattr(pickle, name)[0] for name in (
+    "MARK", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "LIST", "DICT", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET",
+    "FROZENSET", "ADDITEMS", "APPEND", "APPENDS", "SETITEM", "SETITEMS", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ",
+    "INST", "BUILD", "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "INT", "LONG", "LONG4", "BYTEARRAY8", "FRAME")}  # fmt: skip
+_active = threading.local()  # the load running in this thread: allowlisted functions charge its budget
+
+
 class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """An unpickler whose ``find_class`` never imports anything outside ``ALLOWED``.
+    """An unpickler whose ``find_class`` never imports anything outside ``ALLOWED``, within a :class:`Budget`.
 
     Built on Python's pure-Python unpickler on purpose: the C unpickler keeps its memo in an array
     it grows to the largest ``PUT`` index it meets, so a 10-byte pickle naming memo slot 2**31
     makes it allocate tens of GiB before any check of ours can run. The pure-Python one keeps the
-    memo in a dict. It costs more unpickling time than the C one (5.5 ms -> 11 ms for a 380-tensor
-    state dict, before :meth:`_load_direct` took ~30% off), which a listing can afford (and
-    ckptctl.listing_cache spares unchanged files); a memory bomb it could not.
+    memo in a dict, and its opcode handlers can be replaced: the ones that allocate, hash, or nest
+    are, so each charges the budget *before* the work (a deep tuple is measured before it is
+    hashed as a key). It costs more unpickling time than the C one (5.5 ms -> 11 ms for a
+    380-tensor state dict, before :meth:`_load_direct` took ~30% off), which a listing can afford
+    (and ckptctl.listing_cache spares unchanged files); a memory bomb it could not.
     """
 
-    def __init__(self, file: io.BufferedIOBase, storage_hook: Callable[[StorageRef], None] | None = None):
+    def __init__(self, file: io.BufferedIOBase, storage_hook: Callable[[StorageRef], None] | None = None,
+                 budget: Budget | None = None):  # fmt: skip
         super().__init__(file, encoding="latin1")
         self._file = file
         self.refused: list[str] = []
+        self._refused_seen: set[str] = set()
         self._storage_hook = storage_hook
         self.storages: dict[str, StorageRef] = {}
+        self.tensors: list[TensorRef] = []  # every tensor built: bounds re-checked on the final objects
+        self.budget = budget if budget is not None else Budget.for_input(_input_size(file))
+        self._objects_left = self.budget.objects
+        self._work_left = self.budget.work
+        self._text_left = self.budget.text_bytes
+        self._memo_limit = self.budget.memo
+        self._items_limit = self.budget.container_items
+        self._depth_limit = self.budget.depth
+        self._key_costs: dict[int, tuple[Any, int, int]] = {}  # id -> (tuple, hash cost, depth)
+        self._collisions: dict[tuple[int, int], int] = {}  # (id(container), hash) -> keys
 
     dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
@@ -542,13 +724,20 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             if names:
                 self.refused.extend(names)
                 raise Misuse("extension opcodes")
-        return self._load_direct()
+        previous = getattr(_active, "meter", None)
+        _active.meter = self
+        try:
+            return self._load_direct()
+        finally:
+            _active.meter = previous
 
     def _load_direct(self) -> Any:
         """pickle's own opcode loop, reading straight from the file instead of through its
         ``_Unframer``: one Python call less per opcode argument (about 30% of the unpickling time
         of a listing). A FRAME (protocol 4+) only announces how many of the following bytes belong
         together; they follow inline either way, so :meth:`_skip_frame` just reads its length.
+        The loop runs at most ``budget.opcodes`` times without counting: every opcode reads at
+        least one byte, and the input holds ``budget.opcodes - 1`` (a counter here cost 4%).
         """
         read = self.read = self._file_read
         self.readline = self._file_readline
@@ -559,7 +748,7 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         self.proto = 0
         dispatch = self.dispatch
         try:
-            while True:
+            while True:  # at most budget.opcodes times: each opcode reads at least one byte of the input
                 key = read(1)
                 if not key:
                     raise EOFError
@@ -575,36 +764,458 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         if len(self.read(8)) != 8:
             raise pickle.UnpicklingError("pickle data was truncated")
 
-    dispatch[pickle.FRAME[0]] = _skip_frame
+    dispatch[_OP["FRAME"]] = _skip_frame
+
+    # -- budget accounting (called by the handlers below and, through _meter(), by ALLOWED) --
+
+    def _over(self, name: str) -> None:
+        limits = {"objects": self.budget.objects, "nesting depth": self.budget.depth, "memo": self.budget.memo,
+                  "container items": self.budget.container_items, "work": self.budget.work,
+                  "text bytes": self.budget.text_bytes}  # fmt: skip
+        raise BudgetExceeded(name, limits[name])
+
+    def _new(self, units: int = 1) -> None:
+        self._objects_left -= units
+        if self._objects_left < 0:
+            self._over("objects")
+
+    def charge_work(self, n: int) -> None:
+        self._work_left -= n
+        if self._work_left < 0:
+            self._over("work")
+
+    def charge_text(self, n: int) -> None:
+        self._text_left -= n
+        if self._text_left < 0:
+            self._over("text bytes")
+
+    def _items(self, n: int) -> None:
+        if n > self._items_limit:
+            self._over("container items")
+
+    def check_keys(self, container: Any, keys: Any) -> None:
+        """Make hashing ``keys`` into ``container`` safe: measure nested keys first, bound collisions."""
+        for key in keys:
+            if type(key) is not str:
+                self.check_key(container, key)
+
+    def check_key(self, container: Any, key: Any) -> None:
+        t = type(key)
+        if (t is int and -_HASH_EXACT < key < _HASH_EXACT and key != -1) or t is bytes or t is bool or key is None:
+            return
+        if t is tuple or t is frozenset:
+            self.charge_work(self._hash_cost(key))
+        slot = (id(container), hash(key))
+        count = self._collisions.get(slot, 0) + 1
+        if count > MAX_COLLISIONS:
+            raise BudgetExceeded("hash collisions", MAX_COLLISIONS)
+        self._collisions[slot] = count
+
+    def _hash_cost(self, root: tuple | frozenset) -> int:
+        """Elements ``hash(root)`` visits (shared inner tuples counted each time), found without
+        recursion and memoised per tuple; nesting deeper than the budget is refused here, before
+        C's recursive tuple hash could overflow the stack."""
+        costs = self._key_costs
+        known = costs.get(id(root))
+        if known is None:
+            stack: list[tuple[Any, int, bool]] = [(root, 0, False)]
+            while stack:
+                node, depth, finished = stack.pop()
+                if finished:
+                    cost, deepest = 1, 0
+                    for child in node:
+                        entry = costs.get(id(child)) if type(child) in (tuple, frozenset) else None
+                        if entry is None:
+                            cost += 1
+                        else:
+                            cost += entry[1]
+                            deepest = max(deepest, entry[2] + 1)
+                    if deepest > self._depth_limit:
+                        self._over("nesting depth")
+                    costs[id(node)] = (node, cost, deepest)
+                    continue
+                if id(node) in costs:
+                    continue
+                if depth >= self._depth_limit:
+                    self._over("nesting depth")
+                self.charge_work(len(node))  # the walk itself: each distinct tuple once
+                stack.append((node, depth, True))
+                stack.extend((child, depth + 1, False) for child in node
+                             if type(child) in (tuple, frozenset) and id(child) not in costs)  # fmt: skip
+            known = costs[id(root)]
+        return known[1]
+
+    # -- opcode handlers that allocate, nest, hash, or build big numbers --
+
+    def load_mark(self) -> None:
+        self.metastack.append(self.stack)
+        self.stack = []
+        self.append = self.stack.append
+        self._objects_left -= 1
+        if self._objects_left < 0 or len(self.metastack) > self._depth_limit:
+            self._over("objects" if self._objects_left < 0 else "nesting depth")
+
+    dispatch[_OP["MARK"]] = load_mark
+
+    def load_tuple(self) -> None:
+        items = self.pop_mark()
+        self._objects_left -= 1
+        if self._objects_left < 0 or len(items) > self._items_limit:
+            self._over("objects" if self._objects_left < 0 else "container items")
+        self.append(tuple(items))
+
+    dispatch[_OP["TUPLE"]] = load_tuple
+
+    def load_tuple1(self) -> None:
+        self._objects_left -= 1
+        if self._objects_left < 0:
+            self._over("objects")
+        self.stack[-1] = (self.stack[-1],)
+
+    dispatch[_OP["TUPLE1"]] = load_tuple1
+
+    def load_tuple2(self) -> None:
+        self._objects_left -= 1
+        if self._objects_left < 0:
+            self._over("objects")
+        stack = self.stack
+        stack[-2:] = [(stack[-2], stack[-1])]
+
+    dispatch[_OP["TUPLE2"]] = load_tuple2
+
+    def load_tuple3(self) -> None:
+        self._new()
+        stack = self.stack
+        stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
+
+    dispatch[_OP["TUPLE3"]] = load_tuple3
+
+    def load_empty_list(self) -> None:
+        self._new()
+        self.append([])
+
+    dispatch[_OP["EMPTY_LIST"]] = load_empty_list
+
+    def load_empty_dict(self) -> None:
+        self._new()
+        self.append({})
+
+    dispatch[_OP["EMPTY_DICT"]] = load_empty_dict
+
+    def load_empty_set(self) -> None:
+        self._new(4)  # an empty set is 216 bytes
+        self.append(set())
+
+    dispatch[_OP["EMPTY_SET"]] = load_empty_set
+
+    def load_list(self) -> None:
+        items = self.pop_mark()
+        self._items(len(items))
+        self._new()
+        self.append(items)
+
+    dispatch[_OP["LIST"]] = load_list
+
+    def load_dict(self) -> None:
+        items = self.pop_mark()
+        self._items(len(items) // 2)
+        self._new()
+        d: dict[Any, Any] = {}
+        for i in range(0, len(items), 2):
+            key = items[i]
+            if type(key) is not str:
+                self.check_key(d, key)
+            d[key] = items[i + 1]
+        self.append(d)
+
+    dispatch[_OP["DICT"]] = load_dict
+
+    def load_frozenset(self) -> None:
+        items = self.pop_mark()
+        self._items(len(items))
+        self._new(4)
+        self.check_keys(items, items)
+        self.append(frozenset(items))
+
+    dispatch[_OP["FROZENSET"]] = load_frozenset
+
+    def load_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if not isinstance(target, set):
+            raise pickle.UnpicklingError("ADDITEMS on a non-set")
+        self.check_keys(target, items)
+        target.update(items)
+        self._items(len(target))
+
+    dispatch[_OP["ADDITEMS"]] = load_additems
+
+    def load_append(self) -> None:
+        stack = self.stack
+        value = stack.pop()
+        target = stack[-1]
+        target.append(value)
+        if type(target) is list and len(target) > self._items_limit:
+            self._over("container items")
+
+    dispatch[_OP["APPEND"]] = load_append
+
+    def load_appends(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is list:
+            target.extend(items)
+            self._items(len(target))
+        else:
+            append = target.append
+            for item in items:
+                append(item)
+
+    dispatch[_OP["APPENDS"]] = load_appends
+
+    def load_setitem(self) -> None:
+        stack = self.stack
+        value = stack.pop()
+        key = stack.pop()
+        target = stack[-1]
+        if type(key) is not str:
+            self.check_key(target, key)
+        target[key] = value
+        if isinstance(target, dict) and len(target) > self._items_limit:
+            self._over("container items")
+
+    dispatch[_OP["SETITEM"]] = load_setitem
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            key = items[i]
+            if type(key) is not str:
+                self.check_key(target, key)
+            target[key] = items[i + 1]
+        if isinstance(target, dict) and len(target) > self._items_limit:
+            self._over("container items")
+
+    dispatch[_OP["SETITEMS"]] = load_setitems
+
+    def load_reduce(self) -> None:
+        self._objects_left -= 1
+        if self._objects_left < 0:
+            self._over("objects")
+        stack = self.stack
+        args = stack.pop()
+        func = stack[-1]
+        if args and func is collections.OrderedDict:  # torch's OrderedDict() takes the plain path
+            func = ordered_dict  # items are measured before they are hashed
+        stack[-1] = func(*args)
+
+    dispatch[_OP["REDUCE"]] = load_reduce
+
+    def _instantiate(self, klass: Any, args: list[Any]) -> None:
+        """INST and OBJ (protocols 0-1) call ``klass(*args)``: OrderedDict's items are measured too."""
+        if args and klass is collections.OrderedDict:
+            klass = ordered_dict
+        super()._instantiate(klass, args)
+
+    def _counted(handler: Callable[[Any], None]) -> Callable[[Any], None]:  # type: ignore[misc]
+        def load_counted(self: "SafeUnpickler") -> None:
+            self._new()
+            handler(self)
+
+        return load_counted
+
+    for _name in ("NEWOBJ", "NEWOBJ_EX", "OBJ", "INST"):
+        dispatch[_OP[_name]] = _counted(dispatch[_OP[_name]])
+    del _counted, _name
+
+    def load_build(self) -> None:
+        """BUILD only through a class's own ``__setstate__`` (our inert classes; the placeholders'
+        refuse), never pickle's fallback of writing ``inst.__dict__`` / ``setattr``: that would
+        bypass ``frozen``. The one exception is an OrderedDict's attributes (torch's state dicts
+        carry ``_metadata``), set as plain data with string names."""
+        stack = self.stack
+        state = stack.pop()
+        inst = stack[-1]
+        if type(inst) is collections.OrderedDict:
+            if type(state) is not dict or not all(type(k) is str for k in state):
+                raise pickle.UnpicklingError("malformed OrderedDict state")
+            inst.__dict__.update(state)
+            return
+        setstate = getattr(type(inst), "__setstate__", None)
+        if setstate is None:
+            raise pickle.UnpicklingError(f"{type(inst).__name__} objects cannot be built")
+        setstate(inst, state)
+
+    dispatch[_OP["BUILD"]] = load_build
+
+    # Memo indices must lie below the memo budget (picklers number entries 0, 1, 2, ...): then the
+    # memo cannot hold more entries than the budget, and one comparison per PUT keeps it so.
+
+    def load_put(self) -> None:
+        line = self.readline()[:-1]
+        if len(line) > 20:
+            raise pickle.UnpicklingError("malformed PUT index")
+        i = int(line)
+        if not 0 <= i < self._memo_limit:
+            self._over("memo")
+        self.memo[i] = self.stack[-1]
+
+    dispatch[_OP["PUT"]] = load_put
+
+    def load_binput(self) -> None:
+        i = self.read(1)[0]
+        if i >= self._memo_limit:
+            self._over("memo")
+        self.memo[i] = self.stack[-1]
+
+    dispatch[_OP["BINPUT"]] = load_binput
+
+    def load_long_binput(self) -> None:
+        i = unpack("<I", self.read(4))[0]
+        if i >= self._memo_limit:
+            self._over("memo")
+        self.memo[i] = self.stack[-1]
+
+    dispatch[_OP["LONG_BINPUT"]] = load_long_binput
+
+    def load_memoize(self) -> None:
+        memo = self.memo
+        i = len(memo)
+        if i >= self._memo_limit:
+            self._over("memo")
+        memo[i] = self.stack[-1]
+
+    dispatch[_OP["MEMOIZE"]] = load_memoize
+
+    def _check_digits(self, digits: bytes) -> None:
+        # 1233 decimal digits ~ 4096 bits; decimal text -> int is quadratic, so refuse before converting
+        if len(digits) > self.budget.int_bits * 0.302 + 3:
+            raise BudgetExceeded("integer bits", self.budget.int_bits)
+
+    def load_int(self) -> None:
+        data = self.readline()
+        self._check_digits(data)
+        pickle._Unpickler.load_int(self._replay(data))  # type: ignore[attr-defined]
+
+    dispatch[_OP["INT"]] = load_int
+
+    def load_long(self) -> None:
+        data = self.readline()
+        self._check_digits(data)
+        pickle._Unpickler.load_long(self._replay(data))  # type: ignore[attr-defined]
+
+    dispatch[_OP["LONG"]] = load_long
+
+    def _replay(self, line: bytes) -> "_Replay":
+        return _Replay(self, line)
+
+    def load_long4(self) -> None:
+        n = unpack("<i", self.read(4))[0]
+        if n < 0:
+            raise pickle.UnpicklingError("LONG pickle has negative byte count")
+        if n * 8 > self.budget.int_bits:
+            raise BudgetExceeded("integer bits", self.budget.int_bits)
+        self.append(pickle.decode_long(self.read(n)))
+
+    dispatch[_OP["LONG4"]] = load_long4
+
+    def load_bytearray8(self) -> None:
+        n = unpack("<Q", self.read(8))[0]
+        data = self.read(min(n, self._text_left + 1))  # never allocate what the header claims
+        if len(data) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self._new()
+        self.append(bytearray(data))
+
+    dispatch[_OP["BYTEARRAY8"]] = load_bytearray8
 
     def find_class(self, module: str, name: str) -> Any:
-        full = f"{module}.{name}"
-        allowed = ALLOWED.get(full)
-        if allowed is None:
+        if len(module) + len(name) > MAX_NAME_CHARS:  # no allowed name is this long; one memoised 1 MB
+            full = bounded_str(module, 100) + "." + bounded_str(name, 100)  # name is not copied per use
+        else:
+            full = f"{module}.{name}"
+            allowed = ALLOWED.get(full)
+            if allowed is not None:
+                return allowed
+        if full not in self._refused_seen:
+            self._refused_seen.add(full)
             self.refused.append(full)
-            return _Refused
-        return allowed
+        return _Refused
 
     def persistent_load(self, pid: Any) -> Any:
         # zip format: ('storage', storage_type, key, location, numel)
         # legacy format: ('storage', storage_type, root_key, location, numel, view_metadata)
-        if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
+        if type(pid) is not tuple or len(pid) < 5 or pid[0] != "storage":
             raise pickle.UnpicklingError(f"unsupported persistent id {type(pid).__name__}")
         storage_type, key, location, numel = pid[1], pid[2], pid[3], pid[4]
         if not isinstance(storage_type, StorageType):
             if storage_type is _Refused:
                 return _Refused()
             raise pickle.UnpicklingError("malformed storage reference")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        if (type(key) is not str or type(location) is not str or type(numel) is not int or not 0 <= numel <= INT64_MAX
+                or len(key) > MAX_NAME_CHARS or len(location) > MAX_NAME_CHARS):  # fmt: skip
             raise pickle.UnpicklingError("malformed storage reference")
         existing = self.storages.get(key)
         if existing is not None:
             return existing
-        ref = StorageRef(key, storage_type.dtype, numel, str(location))
+        self._objects_left -= 1
+        if self._objects_left < 0:
+            self._over("objects")
+        ref = StorageRef(key, storage_type.dtype, numel, location)
         self.storages[key] = ref
         if self._storage_hook:
             self._storage_hook(ref)
         return ref
+
+
+class _Replay:
+    """Hands one already-read line to pickle's own INT/LONG handler (so its parsing is kept)."""
+
+    def __init__(self, unpickler: SafeUnpickler, line: bytes):
+        self.append = unpickler.append
+        self._line = line
+
+    def readline(self) -> bytes:
+        return self._line
+
+
+class _Unmetered:
+    """The meter outside any load (an allowlisted function called directly): charges nothing."""
+
+    def charge_work(self, n: int) -> None:
+        pass
+
+    def charge_text(self, n: int) -> None:
+        pass
+
+    def check_keys(self, container: Any, keys: Any) -> None:
+        pass
+
+    @property
+    def tensors(self) -> list[TensorRef]:
+        return []
+
+
+_UNMETERED = _Unmetered()
+
+
+def _meter() -> Any:
+    """The budget of the load running in this thread (allowlisted functions charge their work to it)."""
+    return getattr(_active, "meter", None) or _UNMETERED
+
+
+def _input_size(file: Any) -> int:
+    """Bytes left in ``file`` from where it is: the ``S`` a load's budget is sized from."""
+    if isinstance(file, io.BytesIO):
+        return len(file.getbuffer()) - file.tell()
+    try:
+        here = file.tell()
+        end = file.seek(0, 2)
+        file.seek(here)
+        return max(0, end - here)
+    except (AttributeError, OSError, ValueError):
+        return 1 << 30  # unknown: as for a 1 GiB input
 
 
 def extension_globals(file: Any) -> list[str]:
@@ -630,9 +1241,12 @@ def extension_globals(file: Any) -> list[str]:
     return names
 
 
-def safe_loads(data: bytes) -> tuple[Any, dict[str, StorageRef]]:
-    """Unpickle ``data`` into inert objects. Raises UnsafeCheckpoint or UnreadableCheckpoint."""
-    unpickler = SafeUnpickler(io.BytesIO(data))
+def safe_loads(data: bytes, budget: Budget | None = None) -> tuple[Any, dict[str, StorageRef]]:
+    """Unpickle ``data`` into inert objects, within ``budget`` (default: sized from ``len(data)``).
+
+    Raises UnsafeCheckpoint or UnreadableCheckpoint ("... exceeds <limit> budget (<n>)").
+    """
+    unpickler = SafeUnpickler(io.BytesIO(data), budget=budget)
     obj = run_unpickler(unpickler)
     return obj, unpickler.storages
 
@@ -643,8 +1257,12 @@ def run_unpickler(unpickler: SafeUnpickler) -> Any:
         obj = unpickler.load()
     except Misuse as exc:
         names = [*unpickler.refused, exc.global_name] if exc.global_name != "?" else unpickler.refused
-        reason = None if unpickler.refused else f"misuses {exc.global_name}: {exc}"
+        reason = None if unpickler.refused else f"misuses {exc.global_name}: {_short(exc)}"
         raise UnsafeCheckpoint(names, reason=reason) from None
+    except BudgetExceeded as exc:
+        if unpickler.refused:
+            raise UnsafeCheckpoint(unpickler.refused) from None
+        raise UnreadableCheckpoint(f"pickle {exc}") from None
     except RecursionError:
         raise UnreadableCheckpoint("pickle nests too deeply") from None
     except MemoryError:
@@ -655,48 +1273,98 @@ def run_unpickler(unpickler: SafeUnpickler) -> Any:
         raise UnreadableCheckpoint(f"corrupt pickle: {type(exc).__name__}: {_short(exc)}") from None
     if unpickler.refused:
         raise UnsafeCheckpoint(unpickler.refused)
-    check_structure(obj)
+    check_final_tensors(unpickler)
+    check_structure(obj, unpickler.budget)
     return obj
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:120]
+def _short(exc: BaseException) -> str:
+    """The first line of an error message, never stringifying a file's objects in full.
+
+    (``str(KeyError(key))`` is ``repr(key)``: a key from the file could be a 2**60-item tuple.)
+    """
+    first = exc.args[0] if exc.args else ""
+    text = first if type(first) is str else bounded_repr(first, 120)
+    return text.splitlines()[0][:120] if text else ""
 
 
-def check_structure(obj: Any) -> None:
-    """Bound what later code walks: nesting depth, expanded object count, no cycles (iterative).
+def check_final_tensors(unpickler: SafeUnpickler) -> None:
+    """Bounds of every tensor placeholder, checked once the load has ended, on the final objects:
+    nothing the rest of the pickle does can change them after this. Each lies inside a storage
+    that is the one the pickle declared, or a re-expression of it in the tensor's dtype (torch's
+    v3 rebuild) that holds no more bytes."""
+    storages = unpickler.storages
+    for tensor in unpickler.tensors:
+        storage = tensor.storage
+        declared = storages.get(storage.key)
+        if declared is not storage and (declared is None or storage.nbytes > declared.nbytes):
+            raise UnreadableCheckpoint(f"malformed tensor: storage {bounded_str(storage.key, 40)} changed")
+        try:
+            _check_bounds(tensor)
+        except pickle.UnpicklingError as exc:
+            raise UnreadableCheckpoint(f"corrupt pickle: {exc}") from None
+
+
+def check_structure(obj: Any, budget: Budget | None = None) -> None:
+    """Bound what later code walks: nesting depth, expanded object count and text, container
+    sizes, no cycles (iterative).
 
     The count is of the tree the walkers see, not of the pickle's objects: pickle memoises, so a
     list holding one list a thousand times, nested three deep, is a few thousand objects in the
-    file but a billion to any walk (``iter_tensors``, JSON output). Each container's expanded size
-    is computed once (post-order, memoised by identity), so this stays linear in the file. Only
-    containers go on the stack; leaves are just counted.
+    file but a billion to any walk (``iter_tensors``, JSON output); one 1 MB string named a
+    thousand times is a GB of JSON. Each container's expanded size is computed once (post-order,
+    memoised by identity), so this stays linear in the file. Only containers go on the stack.
     """
-    sizes: dict[int, int] = {}  # id -> expanded size of a finished container
+    if budget is None:
+        budget = Budget.for_input(1 << 30)
+    max_objects, max_text, max_depth, max_items = budget.expanded, budget.text_bytes, budget.depth, budget.container_items
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (expanded objects, expanded text bytes) of a finished container
     on_path: set[int] = set()
-    stack: list[tuple[Any, int, tuple[int, list[Any]] | None]] = [(obj, 0, None)] if isinstance(obj, _CONTAINERS) else []
+    stack: list[tuple[Any, int, tuple[int, int, list[Any]] | None]] = (
+        [(obj, 0, None)] if isinstance(obj, _CONTAINERS) else []
+    )
     while stack:
         item, depth, leaving = stack.pop()
         key = id(item)
         if leaving is not None:  # all children are finished
             on_path.discard(key)
-            leaves, containers = leaving
-            total = 1 + leaves + sum(sizes[id(child)] for child in containers)
-            if total > MAX_OBJECTS:
-                raise UnreadableCheckpoint("pickle expands to too many objects")
-            sizes[key] = total
+            leaves, text, containers = leaving
+            total = 1 + leaves
+            for child in containers:
+                child_total, child_text = sizes[id(child)]
+                total += child_total
+                text += child_text
+            if total > max_objects:
+                raise UnreadableCheckpoint(f"pickle expands to too many objects: exceeds expanded objects budget ({max_objects})")
+            if text > max_text:
+                raise UnreadableCheckpoint(f"pickle expands to too much text: exceeds text bytes budget ({max_text})")
+            sizes[key] = (total, text)
             continue
         if key in on_path:
             raise UnreadableCheckpoint("pickle contains a reference cycle")
         if key in sizes:
             continue
-        if depth >= MAX_DEPTH:
-            raise UnreadableCheckpoint(f"pickle nests deeper than {MAX_DEPTH} levels")
+        if depth >= max_depth:
+            raise UnreadableCheckpoint(f"pickle nests too deeply: exceeds nesting depth budget ({max_depth})")
         children = _children(item)
-        containers = [child for child in children if isinstance(child, _CONTAINERS)]
+        if (len(children) // 2 if isinstance(item, dict) else len(children)) > max_items:  # dicts: keys + values
+            raise UnreadableCheckpoint(f"pickle exceeds container items budget ({max_items})")
+        containers = []
+        text = 0
+        for child in children:
+            kind = type(child)
+            if kind is str:
+                text += len(child)
+            elif kind in _LEAF_TYPES:
+                pass
+            elif kind is int:  # as decimal text a 4096-bit int is 1233 characters
+                text += child.bit_length() // 3
+            elif kind is bytes:
+                text += len(child)
+            elif isinstance(child, _CONTAINERS):
+                containers.append(child)
         on_path.add(key)
-        stack.append((item, depth, (len(children) - len(containers), containers)))
+        stack.append((item, depth, (len(children) - len(containers), text, containers)))
         stack.extend((child, depth + 1, None) for child in containers)
 
 
@@ -713,3 +1381,7 @@ def _children(item: Any) -> list[Any]:
 
 
 _CONTAINERS = (dict, list, tuple, set, frozenset, Namespace, DcpRecord)
+_LEAF_TYPES = frozenset({float, bool, type(None), TensorRef, StorageRef, NumpyArray, DtypeRef})
+register_fixed_repr(TensorRef, DtypeRef, StorageType, TensorType, NumpyArray)
+register_view(Namespace, lambda ns: ("Namespace({", ns.attrs.items(), "})", True))
+register_view(DcpRecord, lambda rec: (f"{type(rec).__name__}({{", rec.fields.items(), "})", True))

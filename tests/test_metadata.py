@@ -158,3 +158,37 @@ def test_naive_timestamps_are_made_aware():
 def test_as_int_and_float_reject_bools_and_strings(value, i, f):
     assert as_int(value) == i
     assert as_float(value) == f
+
+
+# --- numbers from a hostile file: converted safely, never a crash (exit 70) ---
+
+
+@pytest.mark.parametrize("value", [10**5000 // 10**3900, 2**63, -(2**63) - 1, 10**400])
+def test_steps_beyond_int64_are_not_steps(value):
+    assert as_int(value) is None
+
+
+def test_int64_steps_are_kept():
+    assert as_int(2**63 - 1) == 2**63 - 1 and as_int(-5) == -5
+
+
+def test_losses_beyond_float_range_are_not_numbers():
+    assert as_float(10**400) is None  # float(10**400) raises OverflowError
+    assert as_float(10**300) == 1e300
+
+
+def test_a_file_with_huge_numbers_and_odd_keys_summarizes(tmp_path):
+    """step 10**1000, a loss of 10**400, tuple and int keys in rng_state and at the top: all shown bounded."""
+    import pickle
+
+    from tests import hostile
+
+    root = {"step": 10**1000, "epoch": 1, "train_loss": 10**400, "val_loss": 0.5,
+            "rng_state": {"python": 1, 2: 3}, ("x", 1): 2, ("y" * 100_000,): 3}  # fmt: skip
+    path = hostile.torch_zip(tmp_path / "numbers.pt", pickle.dumps(root, 2))
+    meta = summarize(read_checkpoint(path))
+    assert meta.step is None and meta.epoch == 1
+    assert meta.train_loss is None and meta.val_loss == 0.5
+    assert meta.rng_states == ["2", "python"]
+    assert "('x', 1)" in meta.extra_keys
+    assert all(len(k) <= 200 for k in meta.extra_keys)
