@@ -209,17 +209,29 @@ def test_hostile_keys_are_left_out_and_hostile_values_stay_data(tmp_path):
     assert result.stdout.rstrip("\n").isprintable() and result.stderr.replace("\n", "").isprintable()
 
 
-def test_non_string_keys_of_a_namespace_are_left_out(tmp_path):
-    """A Namespace whose __dict__ a crafted pickle filled with non-str keys."""
+def test_non_string_keys_of_saved_args_are_left_out(tmp_path):
+    """An ``args`` dict with non-str keys: the str ones are used, the others named as left out."""
+    from tests import hostile
+
+    args = b"}(" + b"K\x01K\x02" + hostile._str("lr") + b"G?\xb9\x99\x99\x99\x99\x99\x9a" + b"u"
+    data = b"\x80\x02}(" + hostile._str("step") + b"K\x03" + hostile._str("args") + args + b"u."
+    ckpt = hostile.torch_zip(tmp_path / "ns.pt", data)
+    result = invoke(str(ckpt), "--script", "t.py", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["argv"][2:-1] == ["--lr=0.1"] and any("left out" in w for w in doc["warnings"])
+
+
+def test_a_namespace_with_non_string_keys_is_refused_as_corrupt(tmp_path):
+    """No real argparse.Namespace has non-str attribute names: the reader calls the file corrupt."""
     from tests import hostile
 
     ns = hostile._global("argparse", "Namespace") + b")\x81" + b"}(" + b"K\x01K\x02" + hostile._str("lr") + b"G?\xb9\x99\x99\x99\x99\x99\x9a" + b"ub"
     data = b"\x80\x02}(" + hostile._str("step") + b"K\x03" + hostile._str("args") + ns + b"u."
     ckpt = hostile.torch_zip(tmp_path / "ns.pt", data)
     result = invoke(str(ckpt), "--script", "t.py", "--json")
-    assert result.exit_code == 0, result.output
-    doc = json.loads(result.stdout)
-    assert doc["argv"][2:-1] == ["--lr=0.1"] and any("left out" in w for w in doc["warnings"])
+    assert result.exit_code == 1 and "malformed argparse.Namespace state" in result.output
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(
