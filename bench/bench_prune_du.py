@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -33,21 +32,11 @@ from ckptctl.prune import plan_prune
 from ckptctl.retention import Policy
 from ckptctl.usage import measure
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.factories import plausible_bytes  # noqa: E402  (the repo root is on sys.path above)
+
 SIZES = (1_000, 10_000)
 CKPTCTL = str(Path(sys.executable).with_name("ckptctl"))
-
-
-def plausible_bytes(size: int) -> bytes:
-    """A ``size``-byte zip that passes prune's quick structural check (its end record is where it belongs)."""
-    import io
-
-    def archive(pad: int) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-            zf.writestr("archive/pad", b"\0" * pad)
-        return buf.getvalue()
-
-    return archive(max(0, size - len(archive(0))))
 
 
 def build(directory: Path, count: int, damaged: int = 0) -> None:

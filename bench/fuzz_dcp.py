@@ -31,10 +31,6 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ckptctl import sharded  # noqa: E402
-from ckptctl.errors import CheckpointError  # noqa: E402
-from ckptctl.integrity import validate_file  # noqa: E402
-from ckptctl.reader import read_checkpoint  # noqa: E402
 from tests import dcp_mutations  # noqa: E402
 from tests.factories import make_state, write_dcp  # noqa: E402
 
@@ -72,14 +68,9 @@ def run_case(path: Path) -> tuple[list[str], int, float, str | None]:
     started = time.perf_counter()
     tracemalloc.start()
     try:
-        for read in (read_checkpoint, lambda p: sharded.read_directory(p, all_values=False), sharded.chunk_problems):
-            try:
-                read(path)
-                kinds.append("ok")
-            except CheckpointError as exc:
-                kinds.append(f"{exc.status}: {verdict_kind(exc.reason)}")
-        result = validate_file(path)
-        kinds.append("valid" if result.valid else "invalid")
+        for verdict in dcp_mutations.read_everything(path):  # "ok", "valid", or "<status>: <reason>"
+            status, _, reason = verdict.partition(": ")
+            kinds.append(f"{status}: {verdict_kind(reason)}" if reason else status)
         crash = None
     except Exception:  # noqa: BLE001 - any other exception is this fuzz's finding
         crash = traceback.format_exc(limit=4)

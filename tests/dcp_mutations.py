@@ -18,6 +18,11 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from ckptctl import sharded
+from ckptctl.errors import CheckpointError
+from ckptctl.integrity import validate_file
+from ckptctl.reader import read_checkpoint
+
 SHARD = "__0_0.distcp"
 INTERESTING_INTS = (0, 1, -1, 2, 7, 255, 4096, 2**31 - 1, 2**31, 2**32, 2**62, 2**63 - 1, 2**63, 2**64, 10**30, -(2**63))
 INTERESTING_VALUES: tuple[Any, ...] = (None, 0, -1, 1.5, float("nan"), "x", "", b"x", (), [], {}, 10**100, True, ("a", 1))
@@ -203,3 +208,17 @@ def mutate(case: Case, c: Chooser, count: int) -> Case:
         except (pickle.PicklingError, TypeError, ValueError):
             pass
     return case
+
+
+def read_everything(path: Path) -> list[str]:
+    """Every read path of a DCP directory; the verdicts met (an exception of another type fails the test)."""
+    verdicts = []
+    for read in (read_checkpoint, lambda p: sharded.read_directory(p, all_values=False), sharded.chunk_problems):
+        try:
+            read(path)
+            verdicts.append("ok")
+        except CheckpointError as exc:
+            verdicts.append(f"{exc.status}: {exc.reason}")
+    result = validate_file(path)
+    verdicts.append("valid" if result.valid else f"invalid: {result.problems[:1]}")
+    return verdicts

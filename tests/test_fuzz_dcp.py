@@ -21,11 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptctl import sharded
-from ckptctl.errors import CheckpointError
-from ckptctl.integrity import validate_file
-from ckptctl.reader import read_checkpoint
 from tests import dcp_mutations
+from tests.dcp_mutations import read_everything
 from tests.factories import make_state, write_dcp
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -53,20 +50,6 @@ class HypothesisChooser:
 
     def pick(self, options: Sequence[Any]) -> Any:
         return self.data.draw(st.sampled_from(options))
-
-
-def read_everything(path: Path) -> list[str]:
-    """Every read path of a DCP directory; the verdicts met (an exception of another type fails the test)."""
-    verdicts = []
-    for read in (read_checkpoint, lambda p: sharded.read_directory(p, all_values=False), sharded.chunk_problems):
-        try:
-            read(path)
-            verdicts.append("ok")
-        except CheckpointError as exc:
-            verdicts.append(f"{exc.status}: {exc.reason}")
-    result = validate_file(path)
-    verdicts.append("valid" if result.valid else f"invalid: {result.problems[:1]}")
-    return verdicts
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
