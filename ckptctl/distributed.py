@@ -10,15 +10,34 @@ Every helper is a *collective*: inside a process group, every rank must call it,
 order, or the job hangs. The manager and :class:`~ckptctl.signals.EmergencyStop` call them only
 from methods every rank calls (see the README, "Multi-process training").
 
+Calls skipped on some ranks (``if rank == 0: mgr.save_best(...)``) are turned into an error instead of a
+hang by :func:`agree`: ckptctl's own agreements (``EmergencyStop.check``, the entry of ``save_best`` and
+``save_emergency``) run on a gloo *control group* of their own, each as one ``all_reduce`` that carries the
+call's code and has a timeout. Two ranks in different ckptctl calls meet there and both raise
+:class:`~ckptctl.errors.CollectiveError` naming the calls; a rank that meets nobody raises after the timeout.
+The group runs on the CPU, so with NCCL training an agreement never synchronises the GPU stream.
+
 torch is imported inside the functions, so importing this module stays light.
 """
 
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from typing import Any, TypeVar
 
+from .errors import CollectiveError
+
 T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 600.0
+"""Seconds a rank waits at an agreement for the others (NCCL's default collective timeout, 10 minutes):
+generous, because a rank may legitimately arrive late (rank 0 alone running a long evaluation)."""
+
+# The calls that meet in agree(), by code: a mismatch is detected (max != min of the codes) and named.
+CALLS = ("EmergencyStop.check", "save_best", "save_emergency")
+
+_control: tuple[Any, Any] | None = None  # (the default group it belongs to, the gloo control group)
 
 
 def _dist() -> Any | None:
@@ -104,6 +123,60 @@ def background_group() -> Any | None:
     """
     dist = _dist()
     return dist.new_group(backend="gloo") if dist is not None else None
+
+
+def control_group() -> Any | None:
+    """The gloo group of :func:`agree`, made at the first call; None without an active process group.
+
+    Collective the first time (every rank creates it, at the same point): the manager's constructor
+    and the first agreement of ``EmergencyStop.check`` are such points. A new default group (after
+    ``destroy_process_group`` and a new ``init_process_group``) gets a new control group.
+    """
+    global _control
+    if not is_active():
+        return None
+    dist = _dist()
+    world = dist.group.WORLD
+    if _control is None or _control[0] is not world:
+        _control = (world, dist.new_group(backend="gloo"))
+    return _control[1]
+
+
+def agree(call: str, value: int = 0, *, timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Meet every other rank at ``call`` and return the largest ``value`` any rank passed.
+
+    One ``all_reduce(MAX)`` of ``[code, -code, value]`` on the control group, waiting at most
+    ``timeout`` seconds: if the ranks are in different calls (max code != min code), or the others do
+    not come in time, every rank that got here raises :class:`CollectiveError` saying which call must
+    be made on every rank. Without a process group (or in a world of one): ``value``, no wait.
+    """
+    if not is_active():
+        return value
+    import torch
+
+    dist = _dist()
+    code = CALLS.index(call) + 1
+    tensor = torch.tensor([code, -code, int(value)], dtype=torch.int64)
+    options = dist.AllreduceOptions()
+    options.reduceOp = dist.ReduceOp.MAX
+    options.timeout = timedelta(seconds=timeout)
+    try:
+        control_group().allreduce([tensor], options).wait()
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        raise CollectiveError(
+            f"rank {rank()}: the other ranks did not reach {call}() within {timeout:g} s ({detail}): "
+            f"{call} must be called on every rank, in the same order"
+        ) from exc
+    high, low, agreed = (int(x) for x in tensor.tolist())
+    if high != -low:
+        other = CALLS[high - 1] if high != code else CALLS[-low - 1]
+        skipped = [name for name in (call, other) if name != CALLS[0]] or [call]
+        raise CollectiveError(
+            f"rank {rank()} is in {call}() while another rank is in {other}(): "
+            f"{' and '.join(skipped)} must be called on every rank, in the same order"
+        )
+    return agreed
 
 
 def barrier() -> None:

@@ -17,9 +17,13 @@ was in the middle of.
 Under ``torchrun`` a signal may reach one rank only (a scheduler, an OOM killer's warning, a
 user's ``kill``), yet every rank must stop at the same step, or the others wait forever in the
 next collective. The loop then calls :meth:`EmergencyStop.check` once per step on every rank
-instead of reading ``requested``: one ``all_reduce(MAX)`` of the local signal number (8 bytes),
-so all ranks see the same answer at the same step, and the emergency save happens once (rank 0).
-Without a process group ``check()`` is just ``requested``.
+instead of reading ``requested``. Every ``check_every``-th call (default 10) is an agreement: one
+``all_reduce(MAX)`` of the local signal number on ckptctl's gloo control group
+(:func:`ckptctl.distributed.agree`: CPU only, so no host-device sync with NCCL, and a timeout); the
+other calls only count. Every rank makes its agreements at the same call counts, so all ranks see
+the same answer at the same step, none can run ahead of an agreement, and the emergency save
+happens once (rank 0). A signal is acted on within ``check_every`` steps. Without a process group
+``check()`` is just ``requested``, at every call.
 
 Exit code in a process group: :meth:`EmergencyStop.exit` uses ``distributed_exit_code`` (default
 0), because torchrun's elastic agent treats a non-zero worker exit as a failure: it kills the
@@ -54,10 +58,23 @@ class EmergencyStop:
     and offers only the plain API (:meth:`request`), so it is still safe to use there.
     """
 
-    def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS, *, distributed_exit_code: int | None = 0):
+    def __init__(
+        self,
+        signals: Iterable[int] = DEFAULT_SIGNALS,
+        *,
+        distributed_exit_code: int | None = 0,
+        check_every: int = 10,
+        timeout: float = distributed.DEFAULT_TIMEOUT,
+    ):
+        if check_every < 1:
+            raise ValueError(f"check_every must be at least 1, got {check_every}")
         self.signals = tuple(signals)
         self.distributed_exit_code = distributed_exit_code
+        self.check_every = check_every
+        self.timeout = timeout  # seconds an agreement waits for the other ranks (then CollectiveError)
         self.signum: int | None = None
+        self._checks = 0  # calls of check() in a process group: every check_every-th one is an agreement
+        self._agreed = False
         self._previous: dict[int, Any] = {}
 
     @property
@@ -80,19 +97,29 @@ class EmergencyStop:
             self.signum = signum
 
     def check(self) -> bool:
-        """At a step boundary, on every rank: True on all ranks if a stop was requested on any.
+        """At a step boundary, on every rank: True on all ranks, at the same call, if a stop was requested on any.
 
-        A rank without a signal of its own adopts the other ranks' (the highest number when
-        several differ), so its log names the signal. Call it exactly once per step on every
-        rank: it is a collective (see :mod:`ckptctl.distributed`); without a process group it only
-        reads the local flag.
+        In a process group every ``check_every``-th call agrees (see the module doc), the others return
+        False without any communication even if this rank has a signal: the stop waits for the next
+        agreement, so that every rank stops at the same step. A rank without a signal of its own
+        adopts the other ranks' (the highest number when several differ), so its log names the signal.
+        Call it exactly once per step on every rank. Without a process group it reads the local flag.
+        Raises :class:`~ckptctl.errors.CollectiveError` when the ranks are not at the same call.
         """
-        agreed = distributed.max_over_ranks(self.signum or 0)
+        if not distributed.is_active():
+            return self.requested
+        if self._agreed:
+            return True
+        self._checks += 1
+        if self._checks % self.check_every:
+            return False
+        agreed = distributed.agree(distributed.CALLS[0], self.signum or 0, timeout=self.timeout)
         if agreed and self.signum is None:
             self.signum = agreed
             log.warning("rank %d: %s received by another rank: stopping at this step",
                         distributed.rank(), self.signal_name)  # fmt: skip
-        return self.requested
+        self._agreed = bool(agreed)
+        return self._agreed
 
     def exit(self) -> NoReturn:
         """End the program with the conventional code, after the emergency checkpoint was written.

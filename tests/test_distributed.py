@@ -89,6 +89,7 @@ class FakeGroup:
         self.from_rank0: list = []  # what broadcast_from_main returns, in call order (rank 1 only)
         self.barriers = 0
         self.max_of_others = 0
+        self.agreements: list[str] = []  # the calls of distributed.agree, in order
         for name, fn in {
             "is_active": lambda: True,
             "rank": lambda: self.rank,
@@ -98,6 +99,8 @@ class FakeGroup:
             "max_over_ranks": lambda value: max(value, self.max_of_others),
             "any_rank": lambda flag: bool(flag),
             "barrier": self._barrier,
+            "agree": self._agree,
+            "control_group": lambda: None,
         }.items():
             monkeypatch.setattr(distributed, name, fn)
 
@@ -106,6 +109,10 @@ class FakeGroup:
 
     def _barrier(self):
         self.barriers += 1
+
+    def _agree(self, call, value=0, *, timeout=None):
+        self.agreements.append(call)
+        return max(value, self.max_of_others)
 
 
 def test_rank1_is_not_master_and_takes_the_best_val_loss_from_rank0(tmp_path, monkeypatch):
@@ -221,7 +228,7 @@ def test_rank1_nonblocking_sharded_save_agrees_with_rank0_and_never_commits(tmp_
 
 def test_check_adopts_another_ranks_signal_and_exits_zero_under_a_process_group(monkeypatch):
     group = FakeGroup(monkeypatch, rank=0)
-    stop = EmergencyStop()
+    stop = EmergencyStop(check_every=1)
     assert stop.check() is False
     group.max_of_others = signal.SIGTERM
     assert stop.check() is True and stop.signal_name == "SIGTERM"
@@ -233,6 +240,63 @@ def test_check_adopts_another_ranks_signal_and_exits_zero_under_a_process_group(
     with pytest.raises(SystemExit) as info:
         keep_code.exit()
     assert info.value.code == 143
+
+
+def test_check_communicates_only_every_check_every_calls(monkeypatch):
+    """The per-step cost: 100 steps of check() make 10 agreements (one collective each), not 100."""
+    group = FakeGroup(monkeypatch, rank=1)
+    collectives = []
+    monkeypatch.setattr(distributed, "agree", lambda call, value=0, timeout=None: collectives.append(call) or value)
+    stop = EmergencyStop()
+    assert stop.check_every == 10
+    assert [stop.check() for _ in range(100)] == [False] * 100
+    assert collectives == ["EmergencyStop.check"] * 10
+    assert group.rank == 1
+
+
+def test_a_local_signal_waits_for_the_next_agreement_so_every_rank_stops_at_the_same_call(monkeypatch):
+    FakeGroup(monkeypatch, rank=1)
+    stop = EmergencyStop(check_every=4)
+    assert [stop.check() for _ in range(5)] == [False] * 5  # agreed (nothing) at call 4
+    stop.request(signal.SIGTERM)  # this rank only; the others learn it at call 8
+    assert [stop.check() for _ in range(3)] == [False, False, True]
+    assert stop.check() is True  # once agreed, it stays stopped without another collective
+
+
+def test_save_best_and_save_emergency_meet_the_other_ranks_first(tmp_path, monkeypatch):
+    group = FakeGroup(monkeypatch, rank=0)
+    manager = CheckpointManager(tmp_path, collective_timeout=5)
+    manager.save_best(make_state(step=1), step=1, val_loss=0.5)
+    manager.save_emergency(make_state(step=2), step=2)
+    assert group.agreements == ["save_best", "save_emergency"]
+
+
+def test_agree_names_the_skipped_call_when_ranks_meet_in_different_calls(monkeypatch):
+    """The real agree() on a real (one-rank) gloo group, its all_reduce answered as rank 1 in another call."""
+    from ckptctl.errors import CollectiveError
+
+    class Answer:
+        def __init__(self, other_code):
+            self.other_code = other_code
+
+        def allreduce(self, tensors, options):
+            mine = tensors[0]
+            theirs = torch.tensor([self.other_code, -self.other_code, 0])
+            mine.copy_(torch.maximum(mine, theirs))
+            return self
+
+        def wait(self):
+            return True
+
+    monkeypatch.setattr(distributed, "is_active", lambda: True)
+    monkeypatch.setattr(distributed, "_dist", lambda: dist)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "control_group", lambda: Answer(1))  # the other rank: EmergencyStop.check
+    with pytest.raises(CollectiveError, match=r"rank 0 is in save_best\(\) while another rank is in EmergencyStop.check\(\): "
+                                              r"save_best must be called on every rank"):  # fmt: skip
+        distributed.agree("save_best")
+    monkeypatch.setattr(distributed, "control_group", lambda: Answer(2))  # the other rank: save_best
+    assert distributed.agree("save_best", 3) == 3
 
 
 # ------------------------------------------------------------------------ real torchrun jobs
