@@ -165,7 +165,7 @@ def agree(call: str, value: int = 0, *, timeout: float = DEFAULT_TIMEOUT) -> int
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         raise CollectiveError(
-            f"rank {rank()}: the other ranks did not reach {call}() within {timeout:g} s ({detail}): "
+            f"rank {rank()}: the other ranks did not join {call}() (waited up to {timeout:g} s; {detail}): "
             f"{call} must be called on every rank, in the same order"
         ) from exc
     high, low, agreed = (int(x) for x in tensor.tolist())

@@ -14,10 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,9 +27,9 @@ from ckptctl.manager import CheckpointManager, load_file  # noqa: E402
 from ckptctl.reader import read_checkpoint  # noqa: E402
 from ckptctl.signals import EmergencyStop  # noqa: E402
 from tests.factories import make_state  # noqa: E402
+from tests.procs import Job, torchrun_command  # noqa: E402
 
 WORKER = Path(__file__).parent / "dist_workers" / "train_worker.py"
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _names(directory: Path) -> list[str]:
@@ -302,53 +298,16 @@ def test_agree_names_the_skipped_call_when_ranks_meet_in_different_calls(monkeyp
 # ------------------------------------------------------------------------ real torchrun jobs
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(mode: str, directory: Path, logdir: Path, *, kill_rank1_when_ready: bool = False) -> tuple[int, str]:
-    """Run the worker on 2 ranks; optionally SIGTERM rank 1's worker process (not the agent) once it is ready.
+    """Run the worker on 2 ranks; optionally SIGTERM rank 1's worker process (not the agent) once it said it is ready.
 
-    Every wait is bounded; the whole process group is SIGKILLed in ``finally`` if anything is left.
+    Every wait is bounded (tests/procs.py); whatever is left is killed, and a failure shows every output.
     """
-    logdir.mkdir(parents=True, exist_ok=True)
-    output = logdir / f"torchrun-{mode}.out"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--standalone", "--max-restarts", "0",
-        "--monitor-interval", "0.1", str(WORKER), mode, str(directory), str(logdir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    try:
+    with Job(torchrun_command(WORKER, mode, str(directory), str(logdir)), logdir, name=f"torchrun-{mode}") as job:
         if kill_rank1_when_ready:
-            ready = logdir / "ready_rank1"
-            deadline = time.monotonic() + 90
-            while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert ready.exists(), output.read_text()
-            os.kill(int(ready.read_text()), signal.SIGTERM)
-        code = proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            _kill_workers(logdir)  # torchrun starts each worker in a session of its own
-    return code, output.read_text()
-
-
-def _kill_workers(logdir: Path) -> None:
-    """SIGKILL the workers of an agent that had to be killed (only processes still running our worker script)."""
-    for pid_file in logdir.glob("pid_rank*"):
-        pid = int(pid_file.read_text())
-        try:
-            if WORKER.name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
+            os.kill(int(job.wait_for_file(logdir / "ready_rank1")), signal.SIGTERM)
+        code = job.wait(timeout=120)
+    return code, job.output()
 
 
 def _rank_logs(logdir: Path) -> tuple[dict, dict]:
@@ -373,6 +332,7 @@ def test_torchrun_sigterm_to_one_rank_stops_both_at_one_step_with_one_emergency_
     assert [p.name for p in emergencies] == [Path(rank0["emergency"]).name]
     assert read_checkpoint(emergencies[0]).root["step"] == rank0["stop_step"]
     assert rank1["emergency"] is None
+    assert rank0["stop_step"] % 4 == 0  # an agreement step (check_every=4): no rank ran ahead of the others
     assert "received by another rank" in output and "Traceback" not in output
 
 
@@ -414,3 +374,19 @@ def test_torchrun_resume_on_two_ranks_restores_identical_state(trained):
         assert log["staged"] == []
     assert rank0["next_random"] == rank1["next_random"]  # RNG streams restored from the same file
     assert rank0["best_val_loss"] == rank1["best_val_loss"]
+
+
+def test_torchrun_rank0_only_save_best_is_an_error_on_both_ranks_not_a_hang(tmp_path):
+    """`if rank == 0: mgr.save_best(...)`: both ranks raise CollectiveError at once when rank 1 reaches
+    another ckptctl call; when rank 1 stays out of ckptctl, rank 0 raises after its timeout."""
+    logdir = tmp_path / "logs"
+    code, output = _torchrun("rank0_best", tmp_path / "checkpoints", logdir)
+    assert code == 0, output
+    rank0, rank1 = _rank_logs(logdir)
+    must = "save_best must be called on every rank"
+    assert rank0["other_call"].startswith("rank 0 is in save_best() while another rank is in EmergencyStop.check()")
+    assert rank1["other_call"].startswith("rank 1 is in EmergencyStop.check() while another rank is in save_best()")
+    assert must in rank0["other_call"] and must in rank1["other_call"], output
+    assert "did not join save_best() (waited up to 5 s" in rank0["elsewhere"] and must in rank0["elsewhere"], output
+    assert rank1["elsewhere"].startswith("rank 1: the other ranks did not join EmergencyStop.check()"), output
+    assert not list((tmp_path / "checkpoints").glob("best_model*.pt"))  # nothing was saved by one rank alone
