@@ -12,10 +12,15 @@ from methods every rank calls (see the README, "Multi-process training").
 
 Calls skipped on some ranks (``if rank == 0: mgr.save_best(...)``) are turned into an error instead of a
 hang by :func:`agree`: ckptctl's own agreements (``EmergencyStop.check``, the entry of ``save_best`` and
-``save_emergency``) run on a gloo *control group* of their own, each as one ``all_reduce`` that carries the
-call's code and has a timeout. Two ranks in different ckptctl calls meet there and both raise
+``save_emergency``) are each one ``all_reduce`` on a gloo *control group* that carries the call's code and
+has a timeout. Two ranks in different ckptctl calls meet there and both raise
 :class:`~ckptctl.errors.CollectiveError` naming the calls; a rank that meets nobody raises after the timeout.
-The group runs on the CPU, so with NCCL training an agreement never synchronises the GPU stream.
+The control group runs on the CPU, so with NCCL training an agreement never synchronises the GPU stream:
+with a gloo default group it *is* the default group (one group less to tear down); otherwise (NCCL) a
+gloo group made for it. torch tears groups down unsafely right after a collective: a
+``destroy_process_group()`` that follows one directly aborts a rank now and then ("terminate called
+without an active exception", torch 2.13 with gloo, about 1 run in 4 in a 2-rank loop; never after a
+``barrier()``), so end a run with ``dist.barrier()`` before ``destroy_process_group()``.
 
 torch is imported inside the functions, so importing this module stays light.
 """
@@ -126,10 +131,11 @@ def background_group() -> Any | None:
 
 
 def control_group() -> Any | None:
-    """The gloo group of :func:`agree`, made at the first call; None without an active process group.
+    """The gloo group of :func:`agree` (see the module doc); None without an active process group.
 
-    Collective the first time (every rank creates it, at the same point): the manager's constructor
-    and the first agreement of ``EmergencyStop.check`` are such points. A new default group (after
+    The default group if its backend is gloo. Otherwise a new gloo group, made at the first call:
+    collective then (every rank creates it, at the same point): the manager's constructor and the
+    first agreement of ``EmergencyStop.check`` are such points. A new default group (after
     ``destroy_process_group`` and a new ``init_process_group``) gets a new control group.
     """
     global _control
@@ -138,7 +144,7 @@ def control_group() -> Any | None:
     dist = _dist()
     world = dist.group.WORLD
     if _control is None or _control[0] is not world:
-        _control = (world, dist.new_group(backend="gloo"))
+        _control = (world, world if dist.get_backend() == "gloo" else dist.new_group(backend="gloo"))
     return _control[1]
 
 
@@ -150,33 +156,61 @@ def agree(call: str, value: int = 0, *, timeout: float = DEFAULT_TIMEOUT) -> int
     not come in time, every rank that got here raises :class:`CollectiveError` saying which call must
     be made on every rank. Without a process group (or in a world of one): ``value``, no wait.
     """
-    if not is_active():
-        return value
-    import torch
+    return start_agreement(call, value, timeout=timeout).result()
 
-    dist = _dist()
-    code = CALLS.index(call) + 1
-    tensor = torch.tensor([code, -code, int(value)], dtype=torch.int64)
-    options = dist.AllreduceOptions()
-    options.reduceOp = dist.ReduceOp.MAX
-    options.timeout = timedelta(seconds=timeout)
-    try:
-        control_group().allreduce([tensor], options).wait()
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-        raise CollectiveError(
-            f"rank {rank()}: the other ranks did not join {call}() (waited up to {timeout:g} s; {detail}): "
-            f"{call} must be called on every rank, in the same order"
-        ) from exc
-    high, low, agreed = (int(x) for x in tensor.tolist())
-    if high != -low:
-        other = CALLS[high - 1] if high != code else CALLS[-low - 1]
-        skipped = [name for name in (call, other) if name != CALLS[0]] or [call]
-        raise CollectiveError(
-            f"rank {rank()} is in {call}() while another rank is in {other}(): "
-            f"{' and '.join(skipped)} must be called on every rank, in the same order"
-        )
-    return agreed
+
+class Agreement:
+    """An :func:`agree` in flight: started now, its :meth:`result` collected later (non-blocking use)."""
+
+    def __init__(self, call: str, value: int, timeout: float):
+        self.call, self.value, self.timeout = call, int(value), timeout
+        self._work: Any = None
+        self._tensor: Any = None
+        self._error: BaseException | None = None
+        if not is_active():
+            return
+        import torch
+
+        dist = _dist()
+        code = CALLS.index(call) + 1
+        self._tensor = torch.tensor([code, -code, self.value], dtype=torch.int64)
+        options = dist.AllreduceOptions()
+        options.reduceOp = dist.ReduceOp.MAX
+        options.timeout = timedelta(seconds=timeout)
+        try:
+            self._work = control_group().allreduce([self._tensor], options)
+        except RuntimeError as exc:  # the group is already broken (a peer gone, an earlier timeout)
+            self._error = exc
+
+    def result(self) -> int:
+        """Wait for the agreement (bounded by its timeout); the largest value, or CollectiveError."""
+        if self._tensor is None:
+            return self.value
+        try:
+            if self._error is not None:
+                raise self._error
+            self._work.wait()
+        except RuntimeError as exc:
+            detail = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            raise CollectiveError(
+                f"rank {rank()}: the other ranks did not join {self.call}() (waited up to {self.timeout:g} s; "
+                f"{detail}): {self.call} must be called on every rank, in the same order"
+            ) from exc
+        high, low, agreed = (int(x) for x in self._tensor.tolist())
+        code = CALLS.index(self.call) + 1
+        if high != -low:
+            other = CALLS[high - 1] if high != code else CALLS[-low - 1]
+            skipped = [name for name in (self.call, other) if name != CALLS[0]] or [self.call]
+            raise CollectiveError(
+                f"rank {rank()} is in {self.call}() while another rank is in {other}(): "
+                f"{' and '.join(skipped)} must be called on every rank, in the same order"
+            )
+        return agreed
+
+
+def start_agreement(call: str, value: int = 0, *, timeout: float = DEFAULT_TIMEOUT) -> Agreement:
+    """Start :func:`agree` without waiting: the all_reduce runs on gloo's thread until ``result()``."""
+    return Agreement(call, value, timeout)
 
 
 def barrier() -> None:

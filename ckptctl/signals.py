@@ -17,13 +17,15 @@ was in the middle of.
 Under ``torchrun`` a signal may reach one rank only (a scheduler, an OOM killer's warning, a
 user's ``kill``), yet every rank must stop at the same step, or the others wait forever in the
 next collective. The loop then calls :meth:`EmergencyStop.check` once per step on every rank
-instead of reading ``requested``. Every ``check_every``-th call (default 10) is an agreement: one
-``all_reduce(MAX)`` of the local signal number on ckptctl's gloo control group
-(:func:`ckptctl.distributed.agree`: CPU only, so no host-device sync with NCCL, and a timeout); the
-other calls only count. Every rank makes its agreements at the same call counts, so all ranks see
-the same answer at the same step, none can run ahead of an agreement, and the emergency save
-happens once (rank 0). A signal is acted on within ``check_every`` steps. Without a process group
-``check()`` is just ``requested``, at every call.
+instead of reading ``requested``. Every ``check_every``-th call (default 5) is an agreement: it
+collects the previous agreement's answer and (unless it says stop) starts the next one, an ``all_reduce(MAX)`` of the
+local signal number on ckptctl's gloo control group (:func:`ckptctl.distributed.start_agreement`:
+CPU only, so never a host-device sync with NCCL, with a timeout). The all_reduce runs in the
+background for ``check_every`` steps, so collecting it does not wait for the slowest rank, and the
+calls in between only count. Every rank starts and collects its agreements at the same call counts,
+so all ranks see the same answer at the same step, and no rank runs more than one agreement ahead
+(the collection waits for it); the emergency save happens once (rank 0). A signal is acted on
+within ``2 * check_every`` steps. Without a process group ``check()`` is just ``requested``.
 
 Exit code in a process group: :meth:`EmergencyStop.exit` uses ``distributed_exit_code`` (default
 0), because torchrun's elastic agent treats a non-zero worker exit as a failure: it kills the
@@ -63,7 +65,7 @@ class EmergencyStop:
         signals: Iterable[int] = DEFAULT_SIGNALS,
         *,
         distributed_exit_code: int | None = 0,
-        check_every: int = 10,
+        check_every: int = 5,
         timeout: float = distributed.DEFAULT_TIMEOUT,
     ):
         if check_every < 1:
@@ -75,6 +77,7 @@ class EmergencyStop:
         self.signum: int | None = None
         self._checks = 0  # calls of check() in a process group: every check_every-th one is an agreement
         self._agreed = False
+        self._pending: distributed.Agreement | None = None  # the agreement started at the last agreement call
         self._previous: dict[int, Any] = {}
 
     @property
@@ -113,7 +116,10 @@ class EmergencyStop:
         self._checks += 1
         if self._checks % self.check_every:
             return False
-        agreed = distributed.agree(distributed.CALLS[0], self.signum or 0, timeout=self.timeout)
+        pending, self._pending = self._pending, None
+        agreed = pending.result() if pending is not None else 0  # started check_every calls ago: done by now
+        if not agreed:
+            self._pending = distributed.start_agreement(distributed.CALLS[0], self.signum or 0, timeout=self.timeout)
         if agreed and self.signum is None:
             self.signum = agreed
             log.warning("rank %d: %s received by another rank: stopping at this step",
@@ -140,6 +146,9 @@ class EmergencyStop:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._restore()
+        pending, self._pending = self._pending, None
+        if pending is not None and exc_type is None:  # every rank started it: collect it before the group goes
+            pending.result()
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -100,6 +100,19 @@ class Job:
             time.sleep(POLL)
         return path.read_text()
 
+    def wait_for_output(self, needle: str, timeout: float = 120.0) -> str:
+        """Wait until the job printed a line containing ``needle`` (it flushes it); return the output so far."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log.read_text(errors="replace")
+            if needle in text:
+                return text
+            if self.proc.poll() is not None:
+                raise JobFailed(f"the job exited ({self.proc.returncode}) before printing {needle!r}\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise JobFailed(f"no {needle!r} within {timeout:.0f} s\n{self.output()}")
+            time.sleep(POLL)
+
     def wait(self, timeout: float = 120.0) -> int:
         """The job's exit code, waiting at most ``timeout`` seconds (then :class:`JobFailed`, with the output)."""
         try:

@@ -96,6 +96,7 @@ class FakeGroup:
             "any_rank": lambda flag: bool(flag),
             "barrier": self._barrier,
             "agree": self._agree,
+            "start_agreement": self._start_agreement,
             "control_group": lambda: None,
         }.items():
             monkeypatch.setattr(distributed, name, fn)
@@ -109,6 +110,10 @@ class FakeGroup:
     def _agree(self, call, value=0, *, timeout=None):
         self.agreements.append(call)
         return max(value, self.max_of_others)
+
+    def _start_agreement(self, call, value=0, *, timeout=None):
+        agreed = self._agree(call, value)  # the other ranks' values as they were when it started
+        return type("Agreement", (), {"result": lambda _: agreed})()
 
 
 def test_rank1_is_not_master_and_takes_the_best_val_loss_from_rank0(tmp_path, monkeypatch):
@@ -226,7 +231,8 @@ def test_check_adopts_another_ranks_signal_and_exits_zero_under_a_process_group(
     group = FakeGroup(monkeypatch, rank=0)
     stop = EmergencyStop(check_every=1)
     assert stop.check() is False
-    group.max_of_others = signal.SIGTERM
+    group.max_of_others = signal.SIGTERM  # seen by the agreement started at the next call, collected at the one after
+    assert stop.check() is False
     assert stop.check() is True and stop.signal_name == "SIGTERM"
     with pytest.raises(SystemExit) as info:
         stop.exit()
@@ -239,24 +245,21 @@ def test_check_adopts_another_ranks_signal_and_exits_zero_under_a_process_group(
 
 
 def test_check_communicates_only_every_check_every_calls(monkeypatch):
-    """The per-step cost: 100 steps of check() make 10 agreements (one collective each), not 100."""
+    """The per-step cost: 100 steps of check() start 20 agreements (one collective each), not 100."""
     group = FakeGroup(monkeypatch, rank=1)
-    collectives = []
-    monkeypatch.setattr(distributed, "agree", lambda call, value=0, timeout=None: collectives.append(call) or value)
     stop = EmergencyStop()
-    assert stop.check_every == 10
+    assert stop.check_every == 5
     assert [stop.check() for _ in range(100)] == [False] * 100
-    assert collectives == ["EmergencyStop.check"] * 10
-    assert group.rank == 1
+    assert group.agreements == ["EmergencyStop.check"] * 20
 
 
 def test_a_local_signal_waits_for_the_next_agreement_so_every_rank_stops_at_the_same_call(monkeypatch):
-    FakeGroup(monkeypatch, rank=1)
+    group = FakeGroup(monkeypatch, rank=1)
     stop = EmergencyStop(check_every=4)
-    assert [stop.check() for _ in range(5)] == [False] * 5  # agreed (nothing) at call 4
-    stop.request(signal.SIGTERM)  # this rank only; the others learn it at call 8
-    assert [stop.check() for _ in range(3)] == [False, False, True]
-    assert stop.check() is True  # once agreed, it stays stopped without another collective
+    assert [stop.check() for _ in range(5)] == [False] * 5  # an agreement started at call 4
+    stop.request(signal.SIGTERM)  # this rank only: sent with the agreement started at call 8, collected at 12
+    assert [stop.check() for _ in range(7)] == [False] * 6 + [True]
+    assert stop.check() is True and group.agreements == ["EmergencyStop.check"] * 2  # stopped: no more collectives
 
 
 def test_save_best_and_save_emergency_meet_the_other_ranks_first(tmp_path, monkeypatch):

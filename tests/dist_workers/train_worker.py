@@ -8,8 +8,8 @@
     train_worker.py resume DIR LOGDIR  each rank starts from a different random model, resumes "latest".
     train_worker.py rank0_best DIR LOGDIR
                                        the `if rank == 0: mgr.save_best(...)` mistake, twice: rank 1 goes on
-                                       to the next step's check() (both ranks must raise CollectiveError at
-                                       once), then rank 1 stays out of ckptctl (rank 0 must raise after the
+                                       to the next steps' check() (both ranks must raise CollectiveError
+                                       without waiting for the timeout), then rank 1 stays out of ckptctl (rank 0 must raise after the
                                        timeout, and rank 1's next check() at once).
 
 Each rank writes LOGDIR/rank<N>.json: what every call returned, how many files it staged (rank 1
@@ -111,11 +111,11 @@ def rank0_best(directory: Path, logdir: Path, rank: int, log: dict) -> None:
         try:
             if rank == 0:
                 manager.save_best(state, step=1, val_loss=0.5)  # the mistake: `if rank == 0: mgr.save_best(...)`
-            elif scenario == "elsewhere":  # not in any ckptctl call until rank 0 gave up
-                _wait_for(logdir / "rank0_gave_up")
+            else:  # the next steps' check(): the 1st starts an agreement, the 2nd collects it
+                if scenario == "elsewhere":  # not in any ckptctl call until rank 0 gave up
+                    _wait_for(logdir / "rank0_gave_up")
                 stop.check()
-            else:
-                stop.check()  # the next step's check
+                stop.check()
             log[scenario] = "no error"
         except CollectiveError as exc:
             log[scenario] = str(exc)
@@ -145,7 +145,8 @@ def main() -> None:
         )
     finally:
         write_ready(logdir / f"rank{rank}.json", json.dumps(log))
-        if mode != "rank0_best":  # there the control group is broken on purpose; the process just ends
+        if mode != "rank0_best":  # there the group is broken on purpose; the process just ends
+            dist.barrier()  # torch can abort a rank that destroys its group right after a collective
             dist.destroy_process_group()
 
 
