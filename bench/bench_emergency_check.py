@@ -4,18 +4,20 @@
     python bench/bench_emergency_check.py                 # 2 ranks, 2000 steps each measurement
     python bench/bench_emergency_check.py --steps 5000 --check-every 10
 
-Measured on each rank (rank 0 prints), interleaved in 3 rounds, medians of the per-round means:
+Three loops on each rank (rank 0 prints), interleaved in 5 rounds, medians of the per-round means:
 
 - step: a tiny model's training step (Linear 64->64->1 in DistributedDataParallel: forward,
   backward with its gradient all_reduce, SGD step) — the smallest real step there is, so the
-  ratio below is the worst case; a real model's step is orders of magnitude longer;
-- before: what ``check()`` did until now, one ``all_reduce(MAX)`` of the local signal on the default
-  group at every step (``ckptctl.distributed.max_over_ranks``; with NCCL also a host-device sync);
-- after: ``EmergencyStop(check_every=N).check()`` at every step: an agreement on the gloo control
-  group every N-th call (CPU only, never a device sync), a counter otherwise.
+  ratios below are the worst case; a real model's step is orders of magnitude longer;
+- step + before: plus what ``check()`` did until now, one ``all_reduce(MAX)`` of the local signal
+  on the default group at every step (``ckptctl.distributed.max_over_ranks``; with NCCL also a
+  host-device sync);
+- step + now: plus ``EmergencyStop(check_every=N).check()``: every N-th call collects the agreement
+  started N calls earlier and starts the next (CPU only, never a device sync), a counter otherwise.
 
-The figures are per-step costs in microseconds and their ratio to the step. With NCCL the "before"
-cost also stalled the CPU until the GPU queue drained, which this CPU-only bench cannot show.
+Printed: each check's cost per step (the loop's time minus the step-only loop's) and its ratio to
+the step. With NCCL the "before" cost also stalled the CPU until the GPU queue drained, which this
+CPU-only bench cannot show. On a loaded machine the differences are noisy: compare the ratios.
 """
 
 from __future__ import annotations
@@ -70,15 +72,15 @@ def _rank(rank: int, store_path: str, args: argparse.Namespace) -> None:
     rounds: dict[str, list[float]] = {"step": [], "before": [], "after": []}
     for _ in range(args.rounds):
         rounds["step"].append(_timed(step, args.steps))
-        rounds["before"].append(_timed(lambda: distributed.max_over_ranks(0), args.steps))
-        rounds["after"].append(_timed(stop.check, args.steps))
+        rounds["before"].append(_timed(lambda: (step(), distributed.max_over_ranks(0)), args.steps))
+        rounds["after"].append(_timed(lambda: (step(), stop.check()), args.steps))
     if rank == 0:
         med = {name: statistics.median(values) * 1e6 for name, values in rounds.items()}
-        print(f"2 ranks, gloo, {args.steps} calls x {args.rounds} rounds (median of round means), us per step:")
-        print(f"  training step (tiny DDP model)        {med['step']:9.1f}")
-        print(f"  check() before: all_reduce each step  {med['before']:9.1f}   = {med['before'] / med['step']:.3f} x step")
-        print(f"  check() now: check_every={args.check_every:<3}         {med['after']:9.1f}   = "
-              f"{med['after'] / med['step']:.4f} x step   ({med['before'] / med['after']:.0f}x less than before)")  # fmt: skip
+        before, after = med["before"] - med["step"], med["after"] - med["step"]
+        print(f"2 ranks, gloo, {args.steps} steps x {args.rounds} rounds (median of round means), us per step:")
+        print(f"  training step (tiny DDP model)           {med['step']:9.1f}")
+        print(f"  + check() before (all_reduce each step)  {before:9.1f}   = {before / med['step']:.3f} x step")
+        print(f"  + check() now (check_every={args.check_every:<3})         {after:9.1f}   = {after / med['step']:.3f} x step")
     dist.barrier()  # torch can abort a rank that destroys its group right after a collective
     dist.destroy_process_group()
 
@@ -86,7 +88,7 @@ def _rank(rank: int, store_path: str, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--check-every", type=int, default=EmergencyStop().check_every)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
