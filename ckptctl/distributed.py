@@ -100,7 +100,8 @@ def broadcast_from_main(value: T) -> T:
 def max_over_ranks(value: int) -> int:
     """The largest ``value`` any rank passed (``all_reduce(MAX)`` of one int64); ``value`` when not distributed.
 
-    One 8-byte collective: cheap enough to run at every step boundary.
+    One 8-byte collective on the default group (with NCCL also a host-device sync): for rare decisions;
+    the per-step stop check uses :func:`start_agreement` instead.
     """
     if not is_active():
         return value
