@@ -81,3 +81,13 @@ class NoCheckpointError(CkptctlError):
     """Nothing loadable was found (every candidate missing, damaged or unsafe)."""
 
     exit_code = EXIT_FINDINGS
+
+
+class CollectiveError(CkptctlError):
+    """Ranks of a process group did not meet at the same ckptctl call (one rank skipped it, or was elsewhere).
+
+    Raised instead of hanging: e.g. ``if rank == 0: mgr.save_best(...)``, where the broadcast inside
+    would wait forever for ranks that never call it.
+    """
+
+    exit_code = EXIT_FINDINGS

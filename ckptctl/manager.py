@@ -96,6 +96,7 @@ class CheckpointManager:
         monitor_every: int = 10,
         lock_wait: float = 300.0,
         format: str = "pt",
+        collective_timeout: float = distributed.DEFAULT_TIMEOUT,
     ):
         if keep_last_n < 1 or keep_emergency_n < 1:
             raise ValueError("keep_last_n and keep_emergency_n must be at least 1")
@@ -122,6 +123,9 @@ class CheckpointManager:
         self._group: Any = None  # format="dcp", blocking=False: the process group of background saves
         self._group_made = False
         self._stager: Any = None  # format="dcp", blocking=False: torch's stager, its CPU copy reused per save
+        # seconds save_best/save_emergency wait for the other ranks to reach the same call (then CollectiveError)
+        self.collective_timeout = collective_timeout
+        distributed.control_group()  # collective: made here, where every rank is, not in a call one rank may skip
         if self.master_process:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self._lock():  # under the lock every *.tmp belongs to a writer that died
@@ -175,7 +179,10 @@ class CheckpointManager:
         """Save only if ``val_loss`` beats the best so far (also across restarts).
 
         Old best -> best_model_previous.pt, new -> best_model.pt, duplicate -> best_model_backup.pt.
+        In a process group every rank must call it (rank 0's ``val_loss`` decides): a call on some ranks
+        only raises :class:`~ckptctl.errors.CollectiveError` instead of hanging in the broadcast.
         """
+        distributed.agree("save_best", timeout=self.collective_timeout)
         self._settle()
         better, agreed_loss = distributed.broadcast_from_main(self._best_decision(val_loss))
         if not better:
@@ -220,6 +227,7 @@ class CheckpointManager:
         tear down the remaining workers when the first one exits (torchrun on a non-zero code,
         ``srun --kill-on-bad-exit``), which must not interrupt rank 0 mid-write.
         """
+        distributed.agree("save_emergency", timeout=self.collective_timeout)
         earlier_failure = self._wait_logging_failure()
         path = None
         try:
@@ -479,17 +487,26 @@ class CheckpointManager:
         which: str | os.PathLike[str] = NEWEST,
         *,
         scheduler: Any = None,
+        scaler: Any = None,
+        dataloader: Any = None,
         map_location: Any = "cpu",
         restore_rng: bool = True,
     ) -> Resumed:
-        """Load a checkpoint into ``model``/``optimizer``/``scheduler``, restore RNG states, say where to continue.
+        """Load a checkpoint into ``model``/``optimizer``/``scheduler``/``scaler``, restore RNG states,
+        say where to continue.
 
         By default, where to resume: the newest valid checkpoint of any kind (an emergency save
         after Ctrl+C beats an older latest.pt; ``Resumed.reason`` says why), falling back past
         damaged files. A directory without any checkpoint is a first run: nothing is loaded or
         logged, and the result has ``step == 0`` (``fresh``). ``which="latest"``, ``"best"`` or a
         path load exactly that (with its fallbacks) and raise NoCheckpointError when nothing is there.
+
+        ``dataloader``: a *stateful* loader (``state_dict``/``load_state_dict``, e.g. torchdata's
+        ``StatefulDataLoader``) saved by ``build_state(dataloader=...)`` continues with the very batch
+        after the saved one. A plain ``DataLoader`` has no such state: it is refused (TypeError),
+        since it would restart its epoch in a new order.
         """
+        _require_stateful(dataloader, "load_state_dict")
         self._settle()
         # rank 0 looks (as for best_val_loss): every rank starts fresh, or every rank loads
         if which == NEWEST and distributed.broadcast_from_main(self._nothing_saved() if distributed.is_main_process() else None):
@@ -500,6 +517,10 @@ class CheckpointManager:
             optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        if dataloader is not None and state.get("dataloader_state"):
+            dataloader.load_state_dict(state["dataloader_state"])
         if restore_rng:
             restore_rng_state(state.get("rng_state"))
         assert self.loaded_path is not None
@@ -579,6 +600,9 @@ def build_state(
     val_loss: float | None = None,
     dataloader_state: Mapping[str, Any] | None = None,
     args: Any = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    dataloader: Any = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The layout's checkpoint dict, with every RNG state captured now.
@@ -588,8 +612,17 @@ def build_state(
     (:mod:`ckptctl.rng`), ``args`` as a dict (a Namespace's attributes) with paths as strings and
     numpy numbers as Python numbers, numpy-number step/epoch/losses as Python numbers. Tensor
     losses stay tensors (``list`` and ``inspect`` read 0-d tensors as numbers).
+
+    ``scheduler`` (an LR scheduler) and ``scaler`` (``torch.amp.GradScaler``) are stored as their
+    ``state_dict()`` under ``"scheduler"``/``"scaler"``; ``resume(scheduler=, scaler=)`` loads them back.
+    ``dataloader``: a stateful loader (``state_dict``/``load_state_dict``, e.g. torchdata's
+    ``StatefulDataLoader``), whose ``state_dict()`` becomes ``dataloader_state`` (instead of the
+    ``dataloader_state`` argument); ``resume(dataloader=)`` restores its exact position.
     """
-    return {
+    _require_stateful(dataloader, "state_dict")
+    if dataloader is not None:
+        dataloader_state = dataloader.state_dict()
+    state = {
         "step": _plain(step),
         "epoch": _plain(epoch),
         "model": model.state_dict(),
@@ -599,8 +632,20 @@ def build_state(
         "rng_state": capture_rng_state(),
         "dataloader_state": dict(dataloader_state or {}),
         "args": _plain(vars(args) if hasattr(args, "__dict__") and not isinstance(args, Mapping) else args),
-        **extra,
     }
+    for key, owner in (("scheduler", scheduler), ("scaler", scaler)):
+        if owner is not None:  # an object, or its state_dict() already taken
+            state[key] = owner.state_dict() if callable(getattr(owner, "state_dict", None)) else owner
+    return {**state, **extra}
+
+
+def _require_stateful(dataloader: Any, method: str) -> None:
+    """A loader without ``state_dict``/``load_state_dict`` cannot be resumed mid-epoch: say so, early."""
+    if dataloader is not None and not callable(getattr(dataloader, method, None)):
+        raise TypeError(
+            f"{type(dataloader).__name__} has no {method}(): its position cannot be saved or restored "
+            "(use a stateful loader such as torchdata.stateful_dataloader.StatefulDataLoader)"
+        )
 
 
 def _plain(value: Any) -> Any:

@@ -17,9 +17,15 @@ was in the middle of.
 Under ``torchrun`` a signal may reach one rank only (a scheduler, an OOM killer's warning, a
 user's ``kill``), yet every rank must stop at the same step, or the others wait forever in the
 next collective. The loop then calls :meth:`EmergencyStop.check` once per step on every rank
-instead of reading ``requested``: one ``all_reduce(MAX)`` of the local signal number (8 bytes),
-so all ranks see the same answer at the same step, and the emergency save happens once (rank 0).
-Without a process group ``check()`` is just ``requested``.
+instead of reading ``requested``. Every ``check_every``-th call (default 5) is an agreement: it
+collects the previous agreement's answer and (unless it says stop) starts the next one, an ``all_reduce(MAX)`` of the
+local signal number on ckptctl's gloo control group (:func:`ckptctl.distributed.start_agreement`:
+CPU only, so never a host-device sync with NCCL, with a timeout). The all_reduce runs in the
+background for ``check_every`` steps, so collecting it does not wait for the slowest rank, and the
+calls in between only count. Every rank starts and collects its agreements at the same call counts,
+so all ranks see the same answer at the same step, and no rank runs more than one agreement ahead
+(the collection waits for it); the emergency save happens once (rank 0). A signal is acted on
+within ``2 * check_every`` steps. Without a process group ``check()`` is just ``requested``.
 
 Exit code in a process group: :meth:`EmergencyStop.exit` uses ``distributed_exit_code`` (default
 0), because torchrun's elastic agent treats a non-zero worker exit as a failure: it kills the
@@ -54,10 +60,24 @@ class EmergencyStop:
     and offers only the plain API (:meth:`request`), so it is still safe to use there.
     """
 
-    def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS, *, distributed_exit_code: int | None = 0):
+    def __init__(
+        self,
+        signals: Iterable[int] = DEFAULT_SIGNALS,
+        *,
+        distributed_exit_code: int | None = 0,
+        check_every: int = 5,
+        timeout: float = distributed.DEFAULT_TIMEOUT,
+    ):
+        if check_every < 1:
+            raise ValueError(f"check_every must be at least 1, got {check_every}")
         self.signals = tuple(signals)
         self.distributed_exit_code = distributed_exit_code
+        self.check_every = check_every
+        self.timeout = timeout  # seconds an agreement waits for the other ranks (then CollectiveError)
         self.signum: int | None = None
+        self._checks = 0  # calls of check() in a process group: every check_every-th one is an agreement
+        self._agreed = False
+        self._pending: distributed.Agreement | None = None  # the agreement started at the last agreement call
         self._previous: dict[int, Any] = {}
 
     @property
@@ -80,19 +100,32 @@ class EmergencyStop:
             self.signum = signum
 
     def check(self) -> bool:
-        """At a step boundary, on every rank: True on all ranks if a stop was requested on any.
+        """At a step boundary, on every rank: True on all ranks, at the same call, if a stop was requested on any.
 
-        A rank without a signal of its own adopts the other ranks' (the highest number when
-        several differ), so its log names the signal. Call it exactly once per step on every
-        rank: it is a collective (see :mod:`ckptctl.distributed`); without a process group it only
-        reads the local flag.
+        In a process group every ``check_every``-th call agrees (see the module doc), the others return
+        False without any communication even if this rank has a signal: the stop waits for the next
+        agreement, so that every rank stops at the same step. A rank without a signal of its own
+        adopts the other ranks' (the highest number when several differ), so its log names the signal.
+        Call it exactly once per step on every rank. Without a process group it reads the local flag.
+        Raises :class:`~ckptctl.errors.CollectiveError` when the ranks are not at the same call.
         """
-        agreed = distributed.max_over_ranks(self.signum or 0)
+        if not distributed.is_active():
+            return self.requested
+        if self._agreed:
+            return True
+        self._checks += 1
+        if self._checks % self.check_every:
+            return False
+        pending, self._pending = self._pending, None
+        agreed = pending.result() if pending is not None else 0  # started check_every calls ago: done by now
+        if not agreed:
+            self._pending = distributed.start_agreement(distributed.CALLS[0], self.signum or 0, timeout=self.timeout)
         if agreed and self.signum is None:
             self.signum = agreed
             log.warning("rank %d: %s received by another rank: stopping at this step",
                         distributed.rank(), self.signal_name)  # fmt: skip
-        return self.requested
+        self._agreed = bool(agreed)
+        return self._agreed
 
     def exit(self) -> NoReturn:
         """End the program with the conventional code, after the emergency checkpoint was written.
@@ -113,6 +146,9 @@ class EmergencyStop:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._restore()
+        pending, self._pending = self._pending, None
+        if pending is not None and exc_type is None:  # every rank started it: collect it before the group goes
+            pending.result()
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -11,7 +11,14 @@ What the manager does for this loop:
 - after each validation: best_model.pt if val_loss improved (also across restarts);
 - at each epoch end: epoch_NNNNN.pt, kept forever;
 - Ctrl+C or SIGTERM: the current step finishes, an emergency checkpoint is written from that
-  consistent state, and the script exits with 130 / 143 (a second Ctrl+C aborts at once).
+  consistent state, and the script exits with 130 / 143 (a second Ctrl+C aborts at once);
+- --resume: model, optimizer, RNG states and the loader's exact position (the next batch is the one
+  an uninterrupted run would have drawn).
+
+Under torchrun (``torchrun --nproc_per_node 2 examples/train.py ...``) it joins a gloo process group
+and trains with DistributedDataParallel; every rank calls every manager method (rank 0 writes, rank
+0's val_loss decides) and ``stop.check()`` — never ``if rank == 0: manager.save_best(...)``, which
+raises CollectiveError (see the README, "Multi-process training").
 
 The model (a small MLP on synthetic regression data) is only there to have something to train.
 """
@@ -88,33 +95,39 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from ckptctl import distributed
     from ckptctl.manager import CheckpointManager, build_state
     from ckptctl.signals import EmergencyStop
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one process group for all ranks
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
     torch.manual_seed(args.seed)
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     loader = SyntheticLoader(torch, args.batch_size, args.steps_per_epoch, args.seed)
+    # on every rank; the default master_process=None means "rank 0 writes" under a process group
     manager = CheckpointManager(
         args.checkpoint_dir,
         keep_last_n=args.keep_checkpoints,
         keep_emergency_n=args.keep_emergency_checkpoints,
-        master_process=int(os.environ.get("RANK", "0")) == 0,  # under torchrun only rank 0 writes
         backup_mode=args.backup_mode,
     )
 
     step, val_loss = 0, None  # val_loss: the latest validation result, stored in every checkpoint
-    if args.resume:
-        resumed = manager.resume(model, optimizer, which=args.resume)  # weights_only load, with fallback
+    if args.resume:  # weights_only load with fallback; the same file on every rank
+        resumed = manager.resume(model, optimizer, which=args.resume, dataloader=loader)
         step, val_loss = resumed.step or 0, resumed.state.get("val_loss")
-        if resumed.dataloader_state:
-            loader.load_state_dict(resumed.dataloader_state)
         print(f"resumed from {resumed.path.name} at step {step} (epoch {loader.epoch}, batch {loader.batch_idx})",
               flush=True)  # fmt: skip
+    trained = model
+    if distributed.is_active():  # gradients averaged over the ranks; checkpoints hold the plain model
+        trained = torch.nn.parallel.DistributedDataParallel(model)
 
     def checkpoint(train_loss: float) -> dict:
         return build_state(step=step, epoch=loader.epoch, model=model, optimizer=optimizer, train_loss=train_loss,
-                           val_loss=val_loss, dataloader_state=loader.state_dict(), args=args)  # fmt: skip
+                           val_loss=val_loss, dataloader=loader, args=args)  # fmt: skip
 
     total_steps = args.epochs * args.steps_per_epoch
     with EmergencyStop() as stop:
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             if loader.end_of_epoch():
                 loader.start_next_epoch()
             x, y = loader.next_batch()
-            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss = torch.nn.functional.mse_loss(trained(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -131,15 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             train_loss = float(loss.detach())
             time.sleep(args.step_delay)
 
-            if stop.requested:  # Ctrl+C / SIGTERM arrived during this step: save it, then leave
+            if stop.check():  # Ctrl+C / SIGTERM arrived (on any rank): save this step, then leave
                 path = manager.save_emergency(checkpoint(train_loss), step=step)
                 print(f"interrupted by {stop.signal_name} at step {step}: saved {path}; "
                       f"resume with --resume {path}", flush=True)  # fmt: skip
-                stop.exit()  # exit code 130 (SIGINT) or 143 (SIGTERM)
+                stop.exit()  # exit code 130 (SIGINT) or 143 (SIGTERM); 0 on every rank under torchrun
             if step % args.eval_freq == 0:
                 with torch.no_grad():
                     val_loss = float(torch.nn.functional.mse_loss(model(loader.x_val), loader.y_val))
-                if manager.save_best(checkpoint(train_loss), step=step, val_loss=val_loss):
+                if manager.save_best(checkpoint(train_loss), step=step, val_loss=val_loss):  # on every rank
                     print(f"step {step}: new best val_loss {val_loss:.5f}", flush=True)
             if step % args.checkpoint_freq == 0:
                 path = manager.save(checkpoint(train_loss), step=step)

@@ -14,10 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,9 +27,9 @@ from ckptctl.manager import CheckpointManager, load_file  # noqa: E402
 from ckptctl.reader import read_checkpoint  # noqa: E402
 from ckptctl.signals import EmergencyStop  # noqa: E402
 from tests.factories import make_state  # noqa: E402
+from tests.procs import Job, torchrun_command  # noqa: E402
 
 WORKER = Path(__file__).parent / "dist_workers" / "train_worker.py"
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _names(directory: Path) -> list[str]:
@@ -89,6 +85,7 @@ class FakeGroup:
         self.from_rank0: list = []  # what broadcast_from_main returns, in call order (rank 1 only)
         self.barriers = 0
         self.max_of_others = 0
+        self.agreements: list[str] = []  # the calls of distributed.agree, in order
         for name, fn in {
             "is_active": lambda: True,
             "rank": lambda: self.rank,
@@ -98,6 +95,9 @@ class FakeGroup:
             "max_over_ranks": lambda value: max(value, self.max_of_others),
             "any_rank": lambda flag: bool(flag),
             "barrier": self._barrier,
+            "agree": self._agree,
+            "start_agreement": self._start_agreement,
+            "control_group": lambda: None,
         }.items():
             monkeypatch.setattr(distributed, name, fn)
 
@@ -106,6 +106,14 @@ class FakeGroup:
 
     def _barrier(self):
         self.barriers += 1
+
+    def _agree(self, call, value=0, *, timeout=None):
+        self.agreements.append(call)
+        return max(value, self.max_of_others)
+
+    def _start_agreement(self, call, value=0, *, timeout=None):
+        agreed = self._agree(call, value)  # the other ranks' values as they were when it started
+        return type("Agreement", (), {"result": lambda _: agreed})()
 
 
 def test_rank1_is_not_master_and_takes_the_best_val_loss_from_rank0(tmp_path, monkeypatch):
@@ -221,9 +229,10 @@ def test_rank1_nonblocking_sharded_save_agrees_with_rank0_and_never_commits(tmp_
 
 def test_check_adopts_another_ranks_signal_and_exits_zero_under_a_process_group(monkeypatch):
     group = FakeGroup(monkeypatch, rank=0)
-    stop = EmergencyStop()
+    stop = EmergencyStop(check_every=1)
     assert stop.check() is False
-    group.max_of_others = signal.SIGTERM
+    group.max_of_others = signal.SIGTERM  # seen by the agreement started at the next call, collected at the one after
+    assert stop.check() is False
     assert stop.check() is True and stop.signal_name == "SIGTERM"
     with pytest.raises(SystemExit) as info:
         stop.exit()
@@ -235,56 +244,73 @@ def test_check_adopts_another_ranks_signal_and_exits_zero_under_a_process_group(
     assert info.value.code == 143
 
 
+def test_check_communicates_only_every_check_every_calls(monkeypatch):
+    """The per-step cost: 100 steps of check() start 20 agreements (one collective each), not 100."""
+    group = FakeGroup(monkeypatch, rank=1)
+    stop = EmergencyStop()
+    assert stop.check_every == 5
+    assert [stop.check() for _ in range(100)] == [False] * 100
+    assert group.agreements == ["EmergencyStop.check"] * 20
+
+
+def test_a_local_signal_waits_for_the_next_agreement_so_every_rank_stops_at_the_same_call(monkeypatch):
+    group = FakeGroup(monkeypatch, rank=1)
+    stop = EmergencyStop(check_every=4)
+    assert [stop.check() for _ in range(5)] == [False] * 5  # an agreement started at call 4
+    stop.request(signal.SIGTERM)  # this rank only: sent with the agreement started at call 8, collected at 12
+    assert [stop.check() for _ in range(7)] == [False] * 6 + [True]
+    assert stop.check() is True and group.agreements == ["EmergencyStop.check"] * 2  # stopped: no more collectives
+
+
+def test_save_best_and_save_emergency_meet_the_other_ranks_first(tmp_path, monkeypatch):
+    group = FakeGroup(monkeypatch, rank=0)
+    manager = CheckpointManager(tmp_path, collective_timeout=5)
+    manager.save_best(make_state(step=1), step=1, val_loss=0.5)
+    manager.save_emergency(make_state(step=2), step=2)
+    assert group.agreements == ["save_best", "save_emergency"]
+
+
+def test_agree_names_the_skipped_call_when_ranks_meet_in_different_calls(monkeypatch):
+    """The real agree() on a real (one-rank) gloo group, its all_reduce answered as rank 1 in another call."""
+    from ckptctl.errors import CollectiveError
+
+    class Answer:
+        def __init__(self, other_code):
+            self.other_code = other_code
+
+        def allreduce(self, tensors, options):
+            mine = tensors[0]
+            theirs = torch.tensor([self.other_code, -self.other_code, 0])
+            mine.copy_(torch.maximum(mine, theirs))
+            return self
+
+        def wait(self):
+            return True
+
+    monkeypatch.setattr(distributed, "is_active", lambda: True)
+    monkeypatch.setattr(distributed, "_dist", lambda: dist)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    monkeypatch.setattr(distributed, "control_group", lambda: Answer(1))  # the other rank: EmergencyStop.check
+    with pytest.raises(CollectiveError, match=r"rank 0 is in save_best\(\) while another rank is in EmergencyStop.check\(\): "
+                                              r"save_best must be called on every rank"):  # fmt: skip
+        distributed.agree("save_best")
+    monkeypatch.setattr(distributed, "control_group", lambda: Answer(2))  # the other rank: save_best
+    assert distributed.agree("save_best", 3) == 3
+
+
 # ------------------------------------------------------------------------ real torchrun jobs
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(mode: str, directory: Path, logdir: Path, *, kill_rank1_when_ready: bool = False) -> tuple[int, str]:
-    """Run the worker on 2 ranks; optionally SIGTERM rank 1's worker process (not the agent) once it is ready.
+    """Run the worker on 2 ranks; optionally SIGTERM rank 1's worker process (not the agent) once it said it is ready.
 
-    Every wait is bounded; the whole process group is SIGKILLed in ``finally`` if anything is left.
+    Every wait is bounded (tests/procs.py); whatever is left is killed, and a failure shows every output.
     """
-    logdir.mkdir(parents=True, exist_ok=True)
-    output = logdir / f"torchrun-{mode}.out"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--standalone", "--max-restarts", "0",
-        "--monitor-interval", "0.1", str(WORKER), mode, str(directory), str(logdir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    with open(output, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    try:
+    with Job(torchrun_command(WORKER, mode, str(directory), str(logdir)), logdir, name=f"torchrun-{mode}") as job:
         if kill_rank1_when_ready:
-            ready = logdir / "ready_rank1"
-            deadline = time.monotonic() + 90
-            while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert ready.exists(), output.read_text()
-            os.kill(int(ready.read_text()), signal.SIGTERM)
-        code = proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-            _kill_workers(logdir)  # torchrun starts each worker in a session of its own
-    return code, output.read_text()
-
-
-def _kill_workers(logdir: Path) -> None:
-    """SIGKILL the workers of an agent that had to be killed (only processes still running our worker script)."""
-    for pid_file in logdir.glob("pid_rank*"):
-        pid = int(pid_file.read_text())
-        try:
-            if WORKER.name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
+            os.kill(int(job.wait_for_file(logdir / "ready_rank1")), signal.SIGTERM)
+        code = job.wait(timeout=120)
+    return code, job.output()
 
 
 def _rank_logs(logdir: Path) -> tuple[dict, dict]:
@@ -309,6 +335,7 @@ def test_torchrun_sigterm_to_one_rank_stops_both_at_one_step_with_one_emergency_
     assert [p.name for p in emergencies] == [Path(rank0["emergency"]).name]
     assert read_checkpoint(emergencies[0]).root["step"] == rank0["stop_step"]
     assert rank1["emergency"] is None
+    assert rank0["stop_step"] % 4 == 0  # an agreement step (check_every=4): no rank ran ahead of the others
     assert "received by another rank" in output and "Traceback" not in output
 
 
@@ -350,3 +377,19 @@ def test_torchrun_resume_on_two_ranks_restores_identical_state(trained):
         assert log["staged"] == []
     assert rank0["next_random"] == rank1["next_random"]  # RNG streams restored from the same file
     assert rank0["best_val_loss"] == rank1["best_val_loss"]
+
+
+def test_torchrun_rank0_only_save_best_is_an_error_on_both_ranks_not_a_hang(tmp_path):
+    """`if rank == 0: mgr.save_best(...)`: both ranks raise CollectiveError at once when rank 1 reaches
+    another ckptctl call; when rank 1 stays out of ckptctl, rank 0 raises after its timeout."""
+    logdir = tmp_path / "logs"
+    code, output = _torchrun("rank0_best", tmp_path / "checkpoints", logdir)
+    assert code == 0, output
+    rank0, rank1 = _rank_logs(logdir)
+    must = "save_best must be called on every rank"
+    assert rank0["other_call"].startswith("rank 0 is in save_best() while another rank is in EmergencyStop.check()")
+    assert rank1["other_call"].startswith("rank 1 is in EmergencyStop.check() while another rank is in save_best()")
+    assert must in rank0["other_call"] and must in rank1["other_call"], output
+    assert "did not join save_best() (waited up to 5 s" in rank0["elsewhere"] and must in rank0["elsewhere"], output
+    assert rank1["elsewhere"].startswith("rank 1: the other ranks did not join EmergencyStop.check()"), output
+    assert not list((tmp_path / "checkpoints").glob("best_model*.pt"))  # nothing was saved by one rank alone

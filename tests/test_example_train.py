@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from ckptctl.durable import verify_crc
 from ckptctl.reader import read_checkpoint
+from tests.procs import Job
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train.py"
 SMALL = ["--steps_per_epoch", "20", "--checkpoint_freq", "10", "--eval_freq", "10", "--keep_checkpoints", "2"]
@@ -37,18 +37,6 @@ def _names(directory, prefix):
     return sorted(p.name for p in directory.glob(f"{prefix}*.pt"))
 
 
-def _wait_for_line(process, needle: str, timeout: float = 60.0) -> list[str]:
-    lines: list[str] = []
-    while True:
-        ready, _, _ = select.select([process.stdout], [], [], timeout)
-        assert ready, f"no {needle!r} within {timeout}s; got {lines}"
-        line = process.stdout.readline()
-        assert line, f"process ended before {needle!r}: {lines}"
-        lines.append(line)
-        if needle in line:
-            return lines
-
-
 def test_train_resume_interrupt_and_list(tmp_path):
     directory = tmp_path / "run"
     assert _example().main(["--checkpoint_dir", str(directory), "--epochs", "2", *SMALL]) == 0
@@ -59,20 +47,15 @@ def test_train_resume_interrupt_and_list(tmp_path):
     rolling_before = {name: (directory / name).read_bytes() for name in _names(directory, "rolling_step")}
 
     # resume from latest, then press Ctrl+C (a real SIGINT) while it trains slowly
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--checkpoint_dir", str(directory), "--resume", "latest",
-         "--epochs", "50", *SMALL, "--step_delay", "0.02"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        lines = _wait_for_line(process, "training steps")  # the guard is installed: Ctrl+C now
-        assert any("resumed from latest.pt at step 40 (epoch 1, batch 20)" in line for line in lines)
-        os.kill(process.pid, signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, err
+    command = [sys.executable, str(SCRIPT), "--checkpoint_dir", str(directory), "--resume", "latest",
+               "--epochs", "50", *SMALL, "--step_delay", "0.02"]  # fmt: skip
+    with Job(command, tmp_path / "logs", name="train") as job:
+        started = job.wait_for_output("training steps")  # printed once the guard is installed: Ctrl+C now
+        assert "resumed from latest.pt at step 40 (epoch 1, batch 20)" in started
+        os.kill(job.proc.pid, signal.SIGINT)
+        code = job.wait(timeout=60)
+    out = err = job.log.read_text()
+    assert code == 130, job.output()
     emergency = _names(directory, "emergency")
     assert len(emergency) == 1  # exactly one emergency checkpoint
     assert "interrupted by SIGINT at step" in out and emergency[0] in out

@@ -8,7 +8,6 @@ checkpoint at every moment a reader looks.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 from datetime import timedelta
@@ -23,6 +22,7 @@ from ckptctl.naming import Kind, parse
 from ckptctl.prune import execute, plan_prune
 from ckptctl.retention import Policy
 from ckptctl.reader import read_checkpoint
+from tests.procs import Job
 
 STEPS = 100
 KEEP_ROLLING = 3
@@ -108,8 +108,7 @@ def check_prune_removals(directory, removed: list[str]) -> list[str]:
 def test_prune_from_cron_while_training_saves(tmp_path):
     directory = tmp_path / "ckpt"
     directory.mkdir()
-    saver = subprocess.Popen([sys.executable, "-c", SAVER, str(directory), str(STEPS)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    saver = Job([sys.executable, "-c", SAVER, str(directory), str(STEPS)], tmp_path / "logs", name="saver")
     watcher = LatestWatcher(directory)
     watcher.start()
     runner = CliRunner()
@@ -117,7 +116,7 @@ def test_prune_from_cron_while_training_saves(tmp_path):
             "--keep-emergency", str(KEEP_EMERGENCY), "--stale-after", "0s"]  # fmt: skip
     prunes, removed_total, problems = 0, 0, []
     try:
-        while saver.poll() is None and prunes < 2000:
+        while saver.proc.poll() is None and prunes < 2000:
             if not (directory / "latest.pt").exists():
                 time.sleep(0.01)
                 continue
@@ -130,14 +129,13 @@ def test_prune_from_cron_while_training_saves(tmp_path):
             problems += check_prune_removals(directory, removed)
             removed_total += len(removed)
             prunes += 1
-        out, err = saver.communicate(timeout=120)
+        code = saver.wait(timeout=120)
     finally:
         watcher.stop.set()
         watcher.join(timeout=10)
-        if saver.poll() is None:
-            saver.kill()
-    assert saver.returncode == 0, err
-    assert out.split("\n")[-2] == f"saved {STEPS}"  # every save succeeded
+        saver.kill()
+    assert code == 0, saver.output()
+    assert f"saved {STEPS}\n" in saver.log.read_text(), saver.output()  # every save succeeded
     assert problems == []
     assert watcher.failures == [] and watcher.reads > 0
     print(f"{prunes} prunes removed {removed_total} files; latest.pt read {watcher.reads} times")

@@ -27,6 +27,7 @@ from ckptctl.naming import Kind, format_name, parse
 from ckptctl.reader import read_checkpoint
 from ckptctl.retention import Policy, plan_retention
 from tests.factories import SystemCall, make_state, write_dcp
+from tests.procs import Job
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 REPO = Path(__file__).resolve().parent.parent
@@ -449,23 +450,17 @@ def _torchrun_killing(rank: int, root: Path) -> tuple[Path, bool]:
     worker = root / "dcp_worker.py"
     worker.write_text(WORKER)
     command, env = _torchrun_command(worker, directory, logdir)
-    with open(logdir / "torchrun.out", "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     killed_mid_save = False
-    try:
+    with Job(command, logdir, name="torchrun", env=env) as job:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
+        while job.proc.poll() is None and time.monotonic() < deadline:
             if any(p.name.endswith(".tmp") and p.name >= "rolling_step_000003" for p in _listdir(directory)):
                 os.kill(int((logdir / f"pid{rank}").read_text()), signal.SIGKILL)
                 killed_mid_save = True
                 break
-            time.sleep(0.002)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    assert killed_mid_save, (logdir / "torchrun.out").read_text()[-3000:]
+            time.sleep(0.002)  # polling for the temp directory, not a synchronisation
+        job.wait(timeout=60)
+    assert killed_mid_save, job.output()
     return directory, killed_mid_save
 
 
@@ -507,14 +502,9 @@ def test_torchrun_nonblocking_saves_isolated_agreed_and_committed_after_every_ra
     directory, logdir = tmp_path / "checkpoints", tmp_path / "logs"
     logdir.mkdir()
     command, env = _torchrun_command(ASYNC_WORKER, directory, logdir)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
+    with Job(command, logdir, name="torchrun", env=env) as job:
+        code = job.wait(timeout=120)
+    assert code == 0, job.output()
     logs = [json.loads((logdir / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [step for log in logs for step, _ in log["raised"]] == [5, 5]  # every rank raised, once
     assert "injected: rank 0 cannot commit rolling_step_000004" in logs[0]["raised"][0][1]

@@ -36,6 +36,7 @@ def test_sigterm_exit_code_is_143():
 
 def test_second_signal_aborts_at_once():
     reached = []
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a shell's background job
     with pytest.raises(EmergencyAbort) as info:
         with EmergencyStop():
             _deliver(signal.SIGINT)
@@ -43,7 +44,7 @@ def test_second_signal_aborts_at_once():
             reached.append("after the second signal")
     assert info.value.code == 130 and reached == []
     assert isinstance(info.value, SystemExit)  # `except Exception` in a training loop does not swallow it
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_plain_api_request_and_exit():
@@ -96,6 +97,7 @@ def test_ten_interrupted_runs_leave_rolling_checkpoints_untouched(tmp_path):
     from tests.factories import make_state
 
     manager = CheckpointManager(tmp_path, keep_last_n=3, keep_emergency_n=4)
+    before = signal.getsignal(signal.SIGINT)
     for step in (5, 10, 15):
         manager.save(make_state(step=step), step=step)
     rolling_before = {p.name: p.read_bytes() for p in tmp_path.glob("rolling_*.pt")}
@@ -111,4 +113,4 @@ def test_ten_interrupted_runs_leave_rolling_checkpoints_untouched(tmp_path):
     assert (tmp_path / "latest.pt").read_bytes() == latest_before
     steps = sorted(int(p.name.split("_")[2]) for p in tmp_path.glob("emergency_*.pt"))
     assert steps == [7003, 8003, 9003, 10003]  # own retention: the last 4 emergency saves
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before

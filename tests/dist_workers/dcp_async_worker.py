@@ -82,6 +82,7 @@ def main() -> None:
     log["loaded_seen"] = loaded["dataloader_state"]["seen"]
     log["loaded_ok"] = bool(torch.equal(loaded["model"]["w"].to_local(), mine + 6))
     (logdir / f"rank{rank}.json").write_text(json.dumps(log))
+    dist.barrier()  # torch can abort a rank that destroys its group right after a collective
     dist.destroy_process_group()
 
 
