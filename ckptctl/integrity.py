@@ -222,7 +222,7 @@ def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path]
         if path.is_dir() and looks_like_dcp(path):  # one sharded checkpoint, named by the user
             targets.append(path)
         elif path.is_dir():
-            entries = scan(path)
+            entries = scan(path, broken_links=True)  # a dangling latest.pt is damage, not nothing
             chosen = [e.path for e in entries if _worth_checking(e.parsed)]
             if not chosen:
                 raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
@@ -365,6 +365,8 @@ def _opens(result: FileResult) -> bool:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             _add(result, "a symlink loop: the name points at itself through links")
+        elif exc.errno == errno.ENOENT and result.path.is_symlink():
+            _add(result, f"a dangling symlink to {os.readlink(result.path)}: nothing behind it")
         else:
             _add(result, f"cannot open: {exc.strerror or exc}")
         return False
