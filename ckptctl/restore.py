@@ -47,7 +47,7 @@ from .catalog import Entry, check_directory, scan
 from .errors import BadInputError, CheckpointError
 from .integrity import DEFAULT, FileResult, validate_file
 from .locking import DirectoryLock
-from .naming import FIXED_NAMES, Kind, format_name, parse
+from .naming import FIXED_NAMES, REPLACED_MARK, Kind, format_name, parse
 from .resolve import explain, resume_candidates
 from .sharded import POINTER_KINDS, repoint
 
@@ -55,7 +55,6 @@ FILE, POINTER, DIRECTORY = "file", "pointer", "directory"  # how an Action repla
 TO_LATEST = "latest"
 TO_BEST = "best"
 TARGETS = (TO_LATEST, TO_BEST)
-REPLACED_MARK = ".replaced-"
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
 NO_BEST_YET = "no best model saved yet (no best_model file and no backup of one)"
 
