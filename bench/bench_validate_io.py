@@ -15,7 +15,6 @@ path (what ``validate DIR`` did before) and ``validate_paths`` (now); the target
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path

@@ -358,7 +358,7 @@ def _opens(result: FileResult) -> bool:
     except CheckpointError as exc:  # a FIFO, device or directory where a file should be
         _add(result, exc.reason)
         return False
-    except PermissionError as exc:
+    except PermissionError:
         result.inaccessible = True
         _add(result, "permission denied: the file cannot be opened for reading (not damage)")
         return False

@@ -49,7 +49,7 @@ from .integrity import DEFAULT, FileResult, validate_file
 from .locking import DirectoryLock
 from .naming import FIXED_NAMES, REPLACED_MARK, Kind, format_name, parse
 from .resolve import explain, resume_candidates
-from .sharded import POINTER_KINDS, repoint
+from .sharded import repoint
 
 FILE, POINTER, DIRECTORY = "file", "pointer", "directory"  # how an Action replaces its target
 TO_LATEST = "latest"

@@ -6,7 +6,6 @@ Volatile metadata (save time, paths, host names, pids: ``ckptctl.compare.VOLATIL
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Annotated, Any, Iterable, Optional, Sequence
 
 import typer
