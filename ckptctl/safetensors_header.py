@@ -59,9 +59,10 @@ DTYPE_BITS: Mapping[str, int] = MappingProxyType({
 })
 
 _LENGTH = struct.Struct("<Q")
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
+_STRING = re.compile(rb'"[^"]*"')
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_BRACKETS_ONLY = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b'"[]{}'))
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def parse_header(raw: bytes) -> ParsedHeader:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise corrupt(f"not UTF-8 (byte {error.start})") from None
-    _check_depth(text)
+    _check_depth(raw)
     try:
         document = json.loads(
             text,
@@ -152,7 +153,8 @@ def parse_header(raw: bytes) -> ParsedHeader:
         raise corrupt("invalid JSON") from None
     if not isinstance(document, dict):
         raise corrupt("not a JSON object")
-    _check_strings(document)
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_strings(document)
     metadata: Mapping[str, str] = MappingProxyType({})
     tensors = []
     for name, entry in document.items():
@@ -163,29 +165,34 @@ def parse_header(raw: bytes) -> ParsedHeader:
     return ParsedHeader(metadata, tuple(tensors))
 
 
-def _check_depth(text: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH before ``json`` recurses into it.
+def _check_depth(raw: bytes) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before ``json`` recurses into it, in C-speed passes.
 
-    Strings are blanked, everything but brackets dropped, then each pass removes the innermost
-    ``[]``/``{}`` pairs (every pair's height drops by exactly one): after MAX_DEPTH passes a
-    well-nested document is gone. Each pass is one C-speed regex over the text.
+    Escape pairs (``\\\\`` then ``\\"``) are dropped, so every remaining quote delimits a string;
+    only quotes and brackets are kept (``{}`` mapped to ``[]``); strings are dropped; then each
+    pass of ``replace("[]", "")`` removes the innermost pairs, lowering every pair's height by
+    exactly one: after MAX_DEPTH passes a document nested no deeper is gone. Exact for valid
+    JSON; invalid JSON that slips through is refused by the parser.
     """
-    brackets = _NOT_BRACKET.sub("", _STRING.sub('""', text))
+    brackets = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_BRACKETS_ONLY, _NOT_BRACKETS)
+    brackets = _STRING.sub(b"", brackets)
     for _ in range(MAX_DEPTH):
         if not brackets:
             return
-        brackets = _INNERMOST_PAIR.sub("", brackets)
+        brackets = brackets.replace(b"[]", b"")
     if brackets:
         raise corrupt(f"JSON nested deeper than {MAX_DEPTH} levels or unbalanced")
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """Two readers could keep different values of a repeated key: refuse it."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise corrupt(f"duplicate key {short_repr(key)}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise corrupt(f"duplicate key {short_repr(key)}")
+            seen.add(key)
     return result
 
 
@@ -239,44 +246,47 @@ def _metadata(entry: Any) -> Mapping[str, str]:
 
 
 def _tensor(name: str, entry: Any) -> SafetensorsTensor:
-    label = short_repr(name)
     if not isinstance(entry, dict):
-        raise corrupt(f"tensor {label} is not an object")
+        raise _bad(name, "is not an object")
     for field in ("dtype", "shape", "data_offsets"):
         if field not in entry:
-            raise corrupt(f"tensor {label} has no {field}")
+            raise _bad(name, f"has no {field}")
     dtype = entry["dtype"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        raise corrupt(f"tensor {label} has unknown dtype {short_repr(dtype)}")
-    shape = _shape(label, entry["shape"])
+        raise _bad(name, f"has unknown dtype {short_repr(dtype)}")
+    shape = _shape(name, entry["shape"])
     offsets = entry["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_size(v) for v in offsets)):
-        raise corrupt(f"tensor {label} data_offsets is not [begin, end]")
+        raise _bad(name, "data_offsets is not [begin, end]")
     begin, end = offsets
     if end < begin:
-        raise corrupt(f"tensor {label} ends before it begins")
+        raise _bad(name, "ends before it begins")
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     if bits % 8:
-        raise corrupt(f"tensor {label} of {dtype} does not end on a byte boundary")
+        raise _bad(name, f"of {dtype} does not end on a byte boundary")
     if end - begin != bits // 8:
-        raise corrupt(f"tensor {label} spans {end - begin} bytes, its {dtype} shape needs {bits // 8}")
+        raise _bad(name, f"spans {end - begin} bytes, its {dtype} shape needs {bits // 8}")
     return SafetensorsTensor(name, dtype, shape, begin, end)
+
+
+def _bad(name: str, problem: str) -> UnreadableCheckpoint:
+    return corrupt(f"tensor {short_repr(name)} {problem}")
 
 
 def _is_size(value: Any) -> bool:
     return type(value) is int and 0 <= value <= INT64_MAX
 
 
-def _shape(label: str, shape: Any) -> tuple[int, ...]:
-    if not (isinstance(shape, list) and all(_is_size(v) for v in shape)):
-        raise corrupt(f"tensor {label} shape is not a list of non-negative int64")
+def _shape(name: str, shape: Any) -> tuple[int, ...]:
+    if not (isinstance(shape, list) and all(type(v) is int and v >= 0 for v in shape)):
+        raise _bad(name, "shape is not a list of non-negative integers")
     if len(shape) > MAX_DIMS:
-        raise corrupt(f"tensor {label} has {len(shape)} dimensions, over {MAX_DIMS}")
+        raise _bad(name, f"has {len(shape)} dimensions, over {MAX_DIMS}")
     product = 1
-    for dim in shape:  # every partial product, as the library folds it (and torch's int64)
+    for dim in shape:  # every dimension and partial product (the library folds in u64; torch sizes are int64)
         product *= dim
-        if product > INT64_MAX:
-            raise corrupt(f"tensor {label} shape overflows int64")
+        if dim > INT64_MAX or product > INT64_MAX:
+            raise _bad(name, "shape overflows int64")
     return tuple(shape)
 
 
