@@ -145,7 +145,7 @@ def rename_or_drop_tensor(case: Case, chooser: Chooser) -> None:
     name = chooser.pick(_tensor_names(case))
     entry = case.header.pop(name)
     if chooser.integer(0, 1):
-        case.header[chooser.pick(("", "\x00", "é", "__metadata__", name + "x"))] = entry
+        case.header[chooser.pick(("", "\x00", "é", "__metadata__", name + "x", "[[[[[[[[[[", '\\"{{{{{{{{{', "\\"))] = entry
 
 
 def edit_metadata(case: Case, chooser: Chooser) -> None:
@@ -157,7 +157,7 @@ def edit_metadata(case: Case, chooser: Chooser) -> None:
     else:
         metadata = case.header.get("__metadata__")
         metadata = dict(metadata) if isinstance(metadata, dict) else {}
-        metadata[chooser.pick(("format", "k", ""))] = chooser.pick(ODD_VALUES + ("text",))
+        metadata[chooser.pick(("format", "k", "", "]]]]]]]]]]"))] = chooser.pick(ODD_VALUES + ("text", '\\"[[[[[[[[['))
         case.header["__metadata__"] = metadata
 
 
