@@ -110,7 +110,6 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             raise UnreadableCheckpoint(
                 f"truncated: header length {length}, only {max(size - _LENGTH.size, 0)} bytes follow")
         raw = file.read(length)
-        size = max(size, _LENGTH.size + len(raw))
     if len(raw) < length:
         raise UnreadableCheckpoint(f"truncated: header length {length}, only {len(raw)} bytes follow")
     header = parse_header(raw)
