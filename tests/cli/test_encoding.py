@@ -87,3 +87,41 @@ def test_a_utf8_stream_keeps_its_characters(layout):
     """The fallback is for streams that need it: on UTF-8 the real sparkline is printed."""
     out = _run(["list", str(layout)], {"PYTHONIOENCODING": "utf-8"}).stdout.decode("utf-8")
     assert any(char in out for char in render.SPARK_CHARS) and "café.pt" in out
+
+
+def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    """``ckptctl ARGS`` with stdout and stderr on a pseudo-terminal (the Rich report), read until it exits."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "LC_ALL", "LANG", "LC_CTYPE", "PYTHONUTF8")}
+    proc = subprocess.Popen([sys.executable, "-m", "ckptctl", *args], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env={**base, "COLUMNS": "120", "TERM": "xterm", **env})  # fmt: skip
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120)
+            if not ready:
+                raise AssertionError(f"no output for 120 s; so far: {b''.join(chunks)!r}")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return proc.wait(timeout=120), b"".join(chunks)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("command", ["list", "du"])
+def test_the_rich_report_on_an_ascii_terminal(layout, command):
+    code, out = _run_on_a_terminal([command, str(layout)], ASCII_IO)
+    text = out.decode("ascii")  # raises if anything non-ASCII reached the terminal
+    assert code == 0 and "internal error" not in text and "Traceback" not in text, text
+    assert "rolling" in text
