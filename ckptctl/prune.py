@@ -132,6 +132,7 @@ def _unlink(entry: Entry, result: PruneResult) -> None:
     except OSError as exc:
         if exc.errno in _NOT_PERMITTED and not result.removed:
             raise BadInputError(f"cannot delete {entry.path}: {exc.strerror or exc}; nothing was deleted") from None
-        done = f"{plural(len(result.removed), 'file')} {'was' if len(result.removed) == 1 else 'were'} deleted before it" if result.removed else "nothing was deleted"
+        verb = "was" if len(result.removed) == 1 else "were"
+        done = f"{plural(len(result.removed), 'file')} {verb} deleted before it" if result.removed else "nothing was deleted"
         raise CheckpointError(f"cannot delete {entry.path}: {exc.strerror or exc}; {done}") from None
     result.removed.append(entry)

@@ -42,9 +42,14 @@ def layout(tmp_path_factory):
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "LC_ALL", "LANG", "LC_CTYPE", "PYTHONUTF8")}
     return subprocess.run([sys.executable, "-m", "ckptctl", *args], capture_output=True, timeout=120,
-                          env={**base, "COLUMNS": "200", **env})  # fmt: skip
+                          env={**_base_env(), "COLUMNS": "200", **env})  # fmt: skip
+
+
+def _base_env() -> dict[str, str]:
+    """This environment without the variables that choose the output encoding."""
+    chosen = ("PYTHONIOENCODING", "LC_ALL", "LANG", "LC_CTYPE", "PYTHONUTF8")
+    return {k: v for k, v in os.environ.items() if k not in chosen}
 
 
 @pytest.mark.parametrize("env", [ASCII_IO, C_LOCALE], ids=["PYTHONIOENCODING=ascii", "LC_ALL=C"])
@@ -95,9 +100,8 @@ def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, bytes
     import select
 
     master, slave = pty.openpty()
-    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONIOENCODING", "LC_ALL", "LANG", "LC_CTYPE", "PYTHONUTF8")}
     proc = subprocess.Popen([sys.executable, "-m", "ckptctl", *args], stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, env={**base, "COLUMNS": "120", "TERM": "xterm", **env})  # fmt: skip
+                            stderr=slave, env={**_base_env(), "COLUMNS": "120", "TERM": "xterm", **env})  # fmt: skip
     os.close(slave)
     chunks = []
     try:
