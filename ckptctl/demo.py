@@ -21,6 +21,7 @@ from .catalog import scan
 from .errors import BadInputError
 from .locking import DirectoryLock
 from .naming import Kind
+from .wording import plural
 
 MARKER = ".ckptctl-demo"  # marks a directory the demo made, so a re-run may clear it
 
@@ -106,7 +107,7 @@ def run_demo(
     manager = CheckpointManager(directory, keep_last_n=5, keep_emergency_n=3, monitor_every=10)
     steps_per_epoch, save_every, eval_every = steps // 3, max(1, steps // 15), max(1, steps // 6)
     interrupt_at = steps - steps // 10
-    event(f"training a {sum(p.numel() for p in model.parameters())}-parameter MLP for {steps} steps in {directory}")
+    event(f"training a {sum(p.numel() for p in model.parameters())}-parameter MLP for {plural(steps, 'step')} in {directory}")
     last_val: float | None = None
     with EmergencyStop() as stop:
         for step in range(1, steps + 1):
@@ -135,7 +136,7 @@ def run_demo(
                 manager.save(state(), step=step)
                 if step == save_every:
                     event(f"step {step}: rolling save -> rolling_step_{step:06d}.pt + latest.pt "
-                          f"(every {save_every} steps, keep 5)")  # fmt: skip
+                          f"(every {plural(save_every, 'step')}, keep 5)")  # fmt: skip
             if (batch + 1) == steps_per_epoch:
                 manager.save_epoch(state(), epoch=epoch)
                 event(f"step {step}: end of epoch {epoch} -> epoch_{epoch:05d}.pt")

@@ -29,6 +29,7 @@ from .locking import DirectoryLock
 from .retention import Policy, RetentionPlan, freed_bytes, plan_retention, refuse_if_removes_everything
 from . import storage
 from .storage import is_url, location
+from .wording import plural
 
 # Deleting fails this way when the directory (or the file system) does not let us: bad input, not a finding.
 _NOT_PERMITTED = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -131,6 +132,7 @@ def _unlink(entry: Entry, result: PruneResult) -> None:
     except OSError as exc:
         if exc.errno in _NOT_PERMITTED and not result.removed:
             raise BadInputError(f"cannot delete {entry.path}: {exc.strerror or exc}; nothing was deleted") from None
-        done = f"{len(result.removed)} files were deleted before it" if result.removed else "nothing was deleted"
+        verb = "was" if len(result.removed) == 1 else "were"
+        done = f"{plural(len(result.removed), 'file')} {verb} deleted before it" if result.removed else "nothing was deleted"
         raise CheckpointError(f"cannot delete {entry.path}: {exc.strerror or exc}; {done}") from None
     result.removed.append(entry)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from .errors import BadInputError
 from .naming import Kind, sort_key
+from .wording import plural
 
 if TYPE_CHECKING:  # annotations only: ``prune --help`` needs the policy's defaults, not the catalog
     from .catalog import Entry
@@ -299,7 +300,7 @@ def refuse_if_removes_everything(plan: RetentionPlan) -> None:
     if plan.removes_everything:
         count = sum(d.entry.parsed.is_checkpoint and d.damage is None for d in plan.remove)
         raise BadInputError(
-            f"refusing: this policy would remove all {count} checkpoints and keep none "
+            f"refusing: this policy would remove all {plural(count, 'checkpoint')} and keep none "
             "(raise --keep-rolling/--keep-emergency or add a keep rule)"
         )
 
@@ -331,7 +332,7 @@ def _rules(policy: Policy, entries: list[Entry], candidates: dict[Kind, list[Ent
         rolling = [e for e in rolling if id(e) not in damaged]
     if policy.keep_every:
         every = policy.keep_every
-        rules.append((f"every {every} steps", [e for e in everything if e.step is not None and e.step % every == 0]))
+        rules.append((f"every {plural(every, 'step')}", [e for e in everything if e.step is not None and e.step % every == 0]))
     if policy.keep_within is not None:
         rules.append(_keep_within(entries, everything, policy.keep_within))
     if policy.keep_best_k:

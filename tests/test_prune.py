@@ -214,7 +214,7 @@ def test_failure_after_a_deletion_says_what_was_deleted(tmp_path, monkeypatch):
         real_unlink(path)
 
     monkeypatch.setattr(prune_module.os, "unlink", flaky)
-    with pytest.raises(CheckpointError, match="1 files were deleted before it"):
+    with pytest.raises(CheckpointError, match="1 file was deleted before it"):
         execute(plan)
     assert rolling(1)[0] not in present(tmp_path) and rolling(2)[0] in present(tmp_path)
 

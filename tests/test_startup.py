@@ -40,6 +40,14 @@ def test_help_imports_neither_torch_nor_numpy(args):
     assert probe["heavy"] == []
 
 
+def test_version_prints_the_installed_version_without_torch_or_numpy():
+    from importlib.metadata import version
+
+    probe = _run(["--version"])
+    assert probe["code"] == 0 and probe["stdout"] == f"ckptctl {version('ckptctl')}\n"
+    assert probe["heavy"] == []
+
+
 @pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["plain", "json"])
 def test_list_imports_neither_torch_nor_numpy(ckpt_dir, json_flag):
     probe = _run(["list", str(ckpt_dir), *json_flag])
@@ -84,4 +92,4 @@ def test_the_app_starts_without_the_commands_core_modules():
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ckptctl.'))))")  # fmt: skip
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     core = {m for m in loaded if not m.startswith("ckptctl.cli")}
-    assert core <= {"ckptctl.errors", "ckptctl.naming", "ckptctl.retention"}, core
+    assert core <= {"ckptctl.errors", "ckptctl.naming", "ckptctl.retention", "ckptctl.wording"}, core  # wording: one function

@@ -14,6 +14,7 @@ from . import compare_cmd
 from . import demo_cmd
 from . import validate_cmd, restore_cmd
 from . import prune_cmd, du_cmd
+from .output import survive_any_encoding
 
 app = typer.Typer(
     name="ckptctl",
@@ -23,6 +24,35 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"ckptctl {package_version()}")
+        raise typer.Exit(0)
+
+
+def package_version() -> str:
+    """The installed distribution's version (what a bug report should name), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ckptctl")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+@app.callback()
+def _before_every_command(
+    show_version: bool = typer.Option(False, "--version", help="Print ckptctl's version and exit.",
+                                      callback=_print_version, is_eager=True),  # fmt: skip
+) -> None:
+    # Runs before each command: output must survive a terminal that cannot encode the tool's decorations.
+    survive_any_encoding()
+
 
 app.command("list")(list_cmd.list_command)
 app.command("inspect")(inspect_cmd.inspect_command)

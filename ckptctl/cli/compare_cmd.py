@@ -167,7 +167,7 @@ class _Report:
         elif t.bytes_differ:
             names = ", ".join(t.bytes_differ[:5]) + (f", … ({len(t.bytes_differ) - 5} more)" if len(t.bytes_differ) > 5 else "")
             hint = "" if self.c.values is not None else "; --values for magnitudes"
-            self.line(f"  storage bytes differ (CRC-32) for {len(t.bytes_differ)} tensors: {names}{hint}")
+            self.line(f"  storage bytes differ (CRC-32) for {render.plural(len(t.bytes_differ), 'tensor')}: {names}{hint}")
         else:
             self.line("  storage bytes identical (CRC-32) for every shared tensor")
 
@@ -189,7 +189,7 @@ class _Report:
     def _values(self) -> None:
         v = self.c.values
         assert v is not None
-        self.line(f"values (atol={v.atol:g}, rtol={v.rtol:g}): {len(v.differing)} of {len(v.tensors)} tensors differ")
+        self.line(f"values (atol={v.atol:g}, rtol={v.rtol:g}): {len(v.differing)} of {render.plural(len(v.tensors), 'tensor')} differ")
         ranked = v.most_changed_tensors()
         rows = [[t.name, t.dtype, list(t.shape), render.number(t.max_abs), render.number(t.rel_l2)] for t in ranked]
         if rows:

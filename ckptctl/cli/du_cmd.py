@@ -95,7 +95,8 @@ def _notes(usage: Usage) -> list[str]:
     fs = usage.filesystem
     notes = []
     if usage.total.linked_files:
-        notes.append(f"Hard links counted once: {usage.total.linked_files} names share their data with another file "
+        notes.append(f"Hard links counted once: {render.plural(usage.total.linked_files, 'name')} "
+                     f"{'shares its' if usage.total.linked_files == 1 else 'share their'} data with another file "
                      "(counted under the kind that owns the data).")  # fmt: skip
     if fs is None:
         notes.append("File system: n/a (object storage has no capacity or free space to report).")
@@ -113,9 +114,9 @@ def _projection_note(usage: Usage) -> str:
         return f"One rolling save takes {render.size(p.rolling_save_bytes)} (object storage: no free space to project into)."
     if p.rolling_saves_fit is None:
         return "No checkpoint yet to project from."
-    text = f"Room for {p.rolling_saves_fit} more rolling saves ({render.size(p.rolling_save_bytes)} each"
+    text = f"Room for {render.plural(p.rolling_saves_fit, 'more rolling save')} ({render.size(p.rolling_save_bytes)} each"
     text += ", file and backup copy)" if p.rolling_save_bytes != p.checkpoint_bytes else ")"
-    return text + f" or {p.epochs_fit} more epochs ({render.size(p.epoch_bytes)} each) before the disk is full."
+    return text + f" or {render.plural(p.epochs_fit, 'more epoch')} ({render.size(p.epoch_bytes)} each) before the disk is full."
 
 
 def _plain_report(usage: Usage) -> str:

@@ -50,7 +50,7 @@ def _print_report(report: dict) -> None:
             lines.append(f"    {dtype:<14}{render.size(nbytes)}")
     optimizer = report["optimizer"]
     if optimizer:
-        lines.append(f"optimizer ({optimizer['type'] or 'type unknown'}): {optimizer['state_entries']} state entries, {render.size(optimizer['total_bytes'])}")
+        lines.append(f"optimizer ({optimizer['type'] or 'type unknown'}): {render.plural(optimizer['state_entries'], 'state entry', 'state entries')}, {render.size(optimizer['total_bytes'])}")
         for i, group in enumerate(optimizer["param_groups"]):
             values = ", ".join(f"{k}={v}" for k, v in group.items())
             lines.append(f"  group {i}: {values}")

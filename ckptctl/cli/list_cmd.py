@@ -91,7 +91,7 @@ def _plain_report(listing: Listing) -> None:
 
 def _footer(listing: Listing) -> str:
     trend = listing.val_loss_trend()
-    line = f"{len(listing.rows)} files, total storage {render.size(listing.total_bytes)}"
+    line = f"{render.plural(len(listing.rows), 'file')}, total storage {render.size(listing.total_bytes)}"
     if len(trend) >= 2:
         first, last = trend[0], trend[-1]
         line += (

@@ -24,6 +24,41 @@ from .render import display_text
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+ENCODING_FALLBACK = "ckptctl-ascii"
+
+
+def survive_any_encoding() -> None:
+    """Make stdout and stderr write anything, whatever their encoding (called before every command).
+
+    Under ``LC_ALL=C`` or ``PYTHONIOENCODING=ascii`` a sparkline block or an em dash would otherwise
+    end the command with a UnicodeEncodeError. A stream that cannot encode the tool's decorations
+    gets :func:`render.ascii_fallback` as its error handler: ASCII look-alikes for the decorations,
+    escapes (``\\xe9``) for any other character. Streams that can (UTF-8) are left alone.
+    """
+    import codecs
+
+    from .render import ASCII_LOOKALIKES, ascii_fallback
+
+    try:
+        codecs.lookup_error(ENCODING_FALLBACK)
+    except LookupError:
+        codecs.register_error(ENCODING_FALLBACK, ascii_fallback)
+    for stream in (sys.stdout, sys.stderr):
+        if not _can_encode(stream, "".join(ASCII_LOOKALIKES)) and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors=ENCODING_FALLBACK)
+            except (ValueError, OSError, TypeError):  # a closed or unusual stream: leave it as it is
+                pass
+
+
+def _can_encode(stream: Any, text: str) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def debug_enabled() -> bool:
     return os.environ.get("CKPTCTL_DEBUG", "") not in ("", "0")
 
@@ -102,8 +137,10 @@ def print_json(document: Any) -> None:
     """One JSON document on stdout."""
     import json  # only for --json: kept out of the other reports' start-up
 
-    json.dump(document, sys.stdout, indent=2, default=_json_default, ensure_ascii=False)
-    sys.stdout.write("\n")
+    text = json.dumps(document, indent=2, default=_json_default, ensure_ascii=False)
+    if not _can_encode(sys.stdout, text):  # LC_ALL=C: JSON's own \u escapes, never the fallback's
+        text = json.dumps(document, indent=2, default=_json_default, ensure_ascii=True)
+    sys.stdout.write(text + "\n")
 
 
 def _json_default(value: Any) -> Any:

@@ -91,7 +91,8 @@ def _confirm(plan: PrunePlan, json_output: bool) -> None:
 
 def _finish(plan: PrunePlan, result: PruneResult | None, dry_run: bool, json_output: bool, quiet: bool) -> None:
     if result is not None and result.skipped and not quiet:
-        warn(f"skipped {len(result.skipped)} planned files that changed or are kept now (a save ran meanwhile)")
+        verb = "is" if len(result.skipped) == 1 else "are"
+        warn(f"skipped {render.plural(len(result.skipped), 'planned file')} that changed or {verb} kept now (a save ran meanwhile)")
     if json_output:
         print_json(to_json(plan, result, dry_run))
     elif not quiet:
@@ -129,7 +130,7 @@ def _outcome(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> str:
 
 
 def _files(count: int) -> str:
-    return f"{count} file" if count == 1 else f"{count} files"
+    return render.plural(count, "file")
 
 
 # Neighbouring checkpoints of one run mostly have the same size: format each size once (10,000-row plans).

@@ -7,8 +7,19 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from ..wording import plural  # noqa: F401  (re-exported: the CLI's counts use render.plural)
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
+
+# The tool's own decorations, spelled in ASCII for a stream that cannot encode them (``LC_ALL=C``,
+# ``PYTHONIOENCODING=ascii``): the sparkline's blocks become a low-to-high ramp, dashes, arrows and
+# the ellipsis their usual ASCII look-alikes. Anything else unencodable (a file name's ``é``) is
+# shown as its escape, ``\xe9``, the way :func:`display_text` shows control characters.
+ASCII_LOOKALIKES = {
+    **dict(zip(SPARK_CHARS, "_.-~=+*#")),
+    "—": "-", "–": "-", "…": "...", "→": "->", "←": "<-", "×": "x", "·": ".", "≈": "~", "±": "+/-",
+    "≤": "<=", "≥": ">=", "Δ": "d", "‖": "|", "₂": "2", "²": "^2", "Σ": "sum ", "✓": "ok", "✗": "x",
+}
 
 
 def display_text(value: object) -> str:
@@ -30,6 +41,20 @@ def display_text(value: object) -> str:
 
 def _escape(char: str) -> str:
     return repr(char)[1:-1]
+
+
+def ascii_fallback(error: UnicodeError) -> tuple[str, int]:
+    """A codec error handler (registered by ``output.survive_any_encoding``): what an unencodable
+    run of text becomes, so output never fails on the terminal's encoding."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    return "".join(ASCII_LOOKALIKES.get(char) or _ascii_escape(char) for char in bad), error.end
+
+
+def _ascii_escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def size(n: int | None) -> str:
@@ -72,7 +97,7 @@ def short(value: Any, width: int = 60) -> str:
     elif isinstance(value, dict) and set(value) == {"ndarray", "shape"}:
         text = f"ndarray {value['ndarray']} {value['shape']}"
     elif isinstance(value, dict):
-        text = f"dict with {len(value)} keys"
+        text = f"dict with {plural(len(value), 'key')}"
     elif isinstance(value, (list, tuple)) and len(value) > 8:
         text = f"{type(value).__name__} of {len(value)}"
     else:

@@ -10,6 +10,7 @@ import typer
 from ..errors import EXIT_USAGE, BadInputError
 from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
 from .output import confirm_or_exit, handle_errors, out_console, print_json, print_line, print_table, stdout_is_terminal
+from .render import plural
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
     from ..restore import Action, Check, RestorePlan
@@ -84,8 +85,8 @@ def _plan(directory: str, source: str | None, to: str | None, rollback_best: boo
 def _confirm(plan: RestorePlan) -> None:
     count = len(plan.actions)
     confirm_or_exit(
-        f"Replace {count} files in {plan.directory}?",
-        refusal=f"refusing to replace {count} files without confirmation: not a terminal "
+        f"Replace {plural(count, 'file')} in {plan.directory}?",
+        refusal=f"refusing to replace {plural(count, 'file')} without confirmation: not a terminal "
         "(add --yes to restore, or --dry-run to only show the plan)",
         declined_code=EXIT_USAGE,
     )
@@ -140,7 +141,7 @@ class _Report:
             self.line(_nothing_to_do(plan) if plan.exit_code == 0 else "nothing was changed")
             return
         if dry_run:
-            self.line(f"dry run: {len(plan.actions)} replacements planned, nothing changed")
+            self.line(f"dry run: {plural(len(plan.actions), 'replacement')} planned, nothing changed")
             return
         for action in plan.actions:
             if action.status == "done":

@@ -123,7 +123,7 @@ def _summary(report: Report) -> str:
     if report.bytes_checked:
         line += f", {render.size(report.bytes_checked)} CRC-checked"
     if report.skipped:
-        line += f", {len(report.skipped)} other files skipped"
+        line += f", {render.plural(len(report.skipped), 'other file')} skipped"
     return line + ")"
 
 

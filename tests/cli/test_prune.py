@@ -226,7 +226,7 @@ def test_files_changed_after_the_plan_are_skipped_and_reported(layout, monkeypat
     monkeypatch.setattr(prune, "execute", save_lands_first)  # the command imports it when it runs
     result = invoke(str(layout), "--yes", *(["--quiet"] if quiet else []))
     assert result.exit_code == 0, result.output
-    assert ("skipped 1 planned files" in result.stderr) is not quiet
+    assert ("skipped 1 planned file that changed" in result.stderr) is not quiet
     assert rolling(2000)[0] not in present(layout)
 
 

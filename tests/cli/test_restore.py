@@ -57,7 +57,7 @@ def test_not_a_terminal_refuses_without_yes(ckpt_dir):
     before = digests(ckpt_dir)
     result = invoke(str(ckpt_dir))
     assert result.exit_code == 2
-    assert "refusing to replace 1 files without confirmation: not a terminal (add --yes" in result.stderr
+    assert "refusing to replace 1 file without confirmation: not a terminal (add --yes" in result.stderr
     assert digests(ckpt_dir) == before
 
 
@@ -66,7 +66,7 @@ def test_prompt_on_a_terminal(ckpt_dir, monkeypatch):
     truncate(ckpt_dir / "latest.pt")
     before = digests(ckpt_dir)
     declined = invoke(str(ckpt_dir), input="n\n")
-    assert declined.exit_code == 2 and "Replace 1 files in" in declined.stderr and digests(ckpt_dir) == before
+    assert declined.exit_code == 2 and "Replace 1 file in" in declined.stderr and digests(ckpt_dir) == before
     accepted = invoke(str(ckpt_dir), input="y\n")
     assert accepted.exit_code == 0 and "restored latest.pt" in accepted.stdout
 
@@ -77,7 +77,7 @@ def test_dry_run_changes_nothing(ckpt_dir):
     result = invoke(str(ckpt_dir), "--dry-run")
     assert result.exit_code == 0
     assert "best_model.pt  <- best_model_backup.pt" in result.stdout
-    assert result.stdout.rstrip().endswith("dry run: 1 replacements planned, nothing changed")
+    assert result.stdout.rstrip().endswith("dry run: 1 replacement planned, nothing changed")
     assert digests(ckpt_dir) == before
 
 
@@ -218,7 +218,7 @@ def test_symlink_loop_latest_dry_run_plans_the_heal_without_a_traceback(ckpt_dir
     result = invoke(str(ckpt_dir), "--dry-run")
     assert result.exit_code == 0, result.stderr + result.stdout
     assert "latest.pt is a symlink loop" in result.stdout and "(broken link, not kept)" in result.stdout
-    assert result.stdout.rstrip().endswith("dry run: 1 replacements planned, nothing changed")
+    assert result.stdout.rstrip().endswith("dry run: 1 replacement planned, nothing changed")
     assert (ckpt_dir / "latest.pt").is_symlink()
 
 

@@ -44,6 +44,16 @@ def test_valid_directory_exits_0_with_a_summary(ckpt_dir):
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
 
 
+@pytest.mark.parametrize("strays, words", [(["notes.txt"], "1 other file skipped"),
+                                           (["notes.txt", "run.log"], "2 other files skipped")])  # fmt: skip
+def test_summary_counts_skipped_files_in_good_english(ckpt_dir, strays, words):
+    for name in strays:
+        (ckpt_dir / name).write_text("not a checkpoint")
+    result = invoke(str(ckpt_dir))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[-1].endswith(f", {words})")
+
+
 def test_damaged_file_exits_1_and_names_record_and_file(ckpt_dir):
     key = damage_tensor(ckpt_dir / "rolling_step_000200.pt")
     result = invoke(str(ckpt_dir))
