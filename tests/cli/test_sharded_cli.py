@@ -125,7 +125,14 @@ def test_restore_repoints_a_dangling_latest(layout):
     os.symlink("rolling_step_000999", layout / "latest")
     result = invoke("restore", str(layout), "--yes", "--json")
     assert result.exit_code == 0, result.output
-    assert os.readlink(layout / "latest") == "rolling_step_000300"
+    # the newest valid checkpoint: rolling 300, or epoch_00001 (also step 300) when its save fell in a
+    # later second (equal save times prefer the rolling kind)
+    from ckptctl.catalog import scan
+    from ckptctl.resolve import saved_at
+
+    when = {e.name: saved_at(e) for e in scan(layout) if e.name in ("rolling_step_000300", "epoch_00001")}
+    expected = "epoch_00001" if when["epoch_00001"] > when["rolling_step_000300"] else "rolling_step_000300"
+    assert os.readlink(layout / "latest") == expected
     assert _json(result)["actions"][0]["mode"] == "symlink"
 
 
