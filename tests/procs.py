@@ -188,3 +188,34 @@ def _descendants_by_session_marker(logdir: Path) -> list[int]:
         except (OSError, ValueError):
             continue
     return pids
+
+
+def run_on_pty(argv: Sequence[str], env: Mapping[str, str], timeout: float = 120) -> tuple[int, bytes]:
+    """Run ``argv`` with stdin, stdout and stderr on a pseudo-terminal (what a person sees, Rich styling
+    included); return its exit code and every byte it wrote, read until it closes the terminal.
+    No read waits longer than ``timeout``; a child still running at the end is killed."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(list(argv), stdin=slave, stdout=slave, stderr=slave, env=dict(env), close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"no output for {timeout} s from {list(argv)}; so far: {b''.join(chunks)!r}")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return proc.wait(timeout=timeout), b"".join(chunks)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

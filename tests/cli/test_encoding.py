@@ -96,31 +96,9 @@ def test_a_utf8_stream_keeps_its_characters(layout):
 
 def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, bytes]:
     """``ckptctl ARGS`` with stdout and stderr on a pseudo-terminal (the Rich report), read until it exits."""
-    import pty
-    import select
+    from tests.procs import run_on_pty
 
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "ckptctl", *args], stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, env={**_base_env(), "COLUMNS": "120", "TERM": "xterm", **env})  # fmt: skip
-    os.close(slave)
-    chunks = []
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 120)
-            if not ready:
-                raise AssertionError(f"no output for 120 s; so far: {b''.join(chunks)!r}")
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return proc.wait(timeout=120), b"".join(chunks)
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
+    return run_on_pty([sys.executable, "-m", "ckptctl", *args], {**_base_env(), "COLUMNS": "120", "TERM": "xterm", **env})
 
 
 @pytest.mark.parametrize("command", ["list", "du"])

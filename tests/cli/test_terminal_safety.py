@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
-import subprocess
 import sys
 from pathlib import Path
 
@@ -202,26 +200,10 @@ def test_every_command_on_a_real_terminal(hostile_dir):
 
 
 def _on_pty(pty, argv: list[str]) -> str:
-    master, slave = pty.openpty()
+    from tests.procs import run_on_pty
+
     env = {**os.environ, "COLUMNS": "400", "LINES": "50", "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
-    os.close(slave)
-    chunks = []
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 60)
-            if not ready:
-                raise AssertionError(f"no output for 60 s from {argv}")
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(master)
-        proc.wait(timeout=60)
-    assert proc.returncode != 70
-    return b"".join(chunks).decode("utf-8").replace("\r\n", "\n")  # the terminal's own line ends
+    code, output = run_on_pty(argv, env, timeout=60)
+    assert code != 70
+    return output.decode("utf-8").replace("\r\n", "\n")  # the terminal's own line ends
