@@ -67,8 +67,13 @@ def _context():
     return _CONTEXT
 
 
-def _kill_once(directory, start: int, rng: random.Random) -> list[tuple[int, int]]:
-    """Start a saver, SIGKILL it after a random delay, return the saves it reported as complete."""
+def _kill_once(directory, start: int, rng: random.Random, after_rolling: bool = False) -> list[tuple[int, int]]:
+    """Start a saver, SIGKILL it after a random delay, return the saves it reported as complete.
+
+    ``after_rolling``: the delay starts once the saver has reported a finished rolling save, so the
+    round is sure to kill a later save whatever the machine's load (a random delay alone can end
+    every round before any save finishes on a busy machine, leaving the checks with nothing to check).
+    """
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_saver, args=(directory, start, sender), daemon=True)
@@ -78,6 +83,9 @@ def _kill_once(directory, start: int, rng: random.Random) -> list[tuple[int, int
     try:
         assert receiver.poll(60), "the saver did not start"
         assert receiver.recv() == (-1, 0)
+        while after_rolling and not any(kind in (0, 1, 2) for kind, _ in completed):
+            assert receiver.poll(60), "the saver finished no rolling save in 60 s"
+            completed.append(receiver.recv())
         time.sleep(rng.uniform(0.0, 0.12))
         process.kill()  # SIGKILL
         process.join(30)
@@ -117,7 +125,7 @@ def _run_kills(directory, kills: int, seed: int) -> None:
     rolling_completed = False
     kills_with_partial_writes = 0
     for round_ in range(kills):
-        completed = _kill_once(directory, start=1000 * (round_ + 1), rng=rng)
+        completed = _kill_once(directory, start=1000 * (round_ + 1), rng=rng, after_rolling=round_ % 4 == 3)
         rolling_completed = rolling_completed or any(kind in (0, 1, 2) for kind, _ in completed)
         kills_with_partial_writes += _check_directory(directory, rolling_completed) > 0
     assert rolling_completed
