@@ -329,7 +329,10 @@ def test_a_file_truncated_while_it_is_checked_is_reported_short(tmp_path, monkey
 
     result = validate_file(path, DEFAULT, jobs=jobs, progress=truncate_once)
     assert cut and not result.valid
-    assert "truncated: record data/0 is short" in result.problems
+    # With two threads the other one may have read every record before the cut: the truncation is
+    # then found by the next read of the file (its directory is gone), still a truncation verdict.
+    assert "truncated: record data/0 is short" in result.problems or (
+        jobs == 2 and result.problems == ["truncated or not a zip: central directory missing"]), result.problems
 
 
 def test_crc_memory_does_not_grow_with_file_size(tmp_path):
