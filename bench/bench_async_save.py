@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ckptctl.manager import CheckpointManager  # noqa: E402
+from ckptctl.training.manager import CheckpointManager  # noqa: E402
 
 
 def make_state(megabytes: int) -> dict:

@@ -2,7 +2,7 @@
 
     /work/venv/bin/python bench/bench_compare.py [--mb 208] [--repeat 5]
 
-1. Metadata level: ``ckptctl.compare.compare`` (safe reader: pickles + zip directories + CRC-32s)
+1. Metadata level: ``ckptctl.ops.compare.compare`` (safe reader: pickles + zip directories + CRC-32s)
    against the obvious baseline, ``torch.load(weights_only=True)`` of both files and a key/shape
    diff. Also the whole CLI (``ckptctl compare A B``) as a fresh process, startup included.
 2. Value level, A against B (3 of 26 layers changed) and against C (every tensor changed), each
@@ -63,7 +63,7 @@ def best_of(repeat: int, func) -> float:
 
 
 def ours_metadata(a: Path, b: Path) -> bool:
-    from ckptctl.compare import compare
+    from ckptctl.ops.compare import compare
 
     return compare(a, b).equal
 
@@ -71,7 +71,7 @@ def ours_metadata(a: Path, b: Path) -> bool:
 def baseline_metadata(a: Path, b: Path) -> bool:
     import torch
 
-    from ckptctl.rng import safe_globals
+    from ckptctl.formats.torch_load import safe_globals
 
     with safe_globals():
         sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
@@ -101,7 +101,7 @@ def child(method: str, a: str, b: str) -> None:
     sampler = _Sampler()
     start = time.perf_counter()
     if method == "ours":
-        from ckptctl.compare import compare, compare_values
+        from ckptctl.ops.compare import compare, compare_values
 
         comparison = compare(a, b)
         differing = len(compare_values(comparison).differing)
@@ -141,7 +141,7 @@ class _Sampler:
 def _baseline_values(a: Path, b: Path) -> int:
     import torch
 
-    from ckptctl.rng import safe_globals
+    from ckptctl.formats.torch_load import safe_globals
 
     with safe_globals():
         sa, sb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)

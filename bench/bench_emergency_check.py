@@ -10,7 +10,7 @@ Three loops on each rank (rank 0 prints), interleaved in 5 rounds, medians of th
   backward with its gradient all_reduce, SGD step) — the smallest real step there is, so the
   ratios below are the worst case; a real model's step is orders of magnitude longer;
 - step + before: plus what ``check()`` did until now, one ``all_reduce(MAX)`` of the local signal
-  on the default group at every step (``ckptctl.distributed.max_over_ranks``; with NCCL also a
+  on the default group at every step (``ckptctl.training.distributed.max_over_ranks``; with NCCL also a
   host-device sync);
 - step + now: plus ``EmergencyStop(check_every=N).check()``: every N-th call collects the agreement
   started N calls earlier and starts the next (CPU only, never a device sync), a counter otherwise.
@@ -36,8 +36,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ckptctl import distributed  # noqa: E402
-from ckptctl.signals import EmergencyStop  # noqa: E402
+from ckptctl.training import distributed  # noqa: E402
+from ckptctl.training.signals import EmergencyStop  # noqa: E402
 
 
 def _timed(fn, steps: int) -> float:

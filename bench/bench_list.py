@@ -82,7 +82,7 @@ def write_dir(directory: Path, files: int, target_mb: float) -> int:
 
 
 def tensor_count(directory: Path) -> int:
-    from ckptctl.reader import read_checkpoint
+    from ckptctl.formats.reader import read_checkpoint
 
     return sum(1 for _ in read_checkpoint(next(directory.iterdir())).tensors())
 
@@ -130,8 +130,8 @@ def time_list_in_process(directory: Path, runs: int = 5, use_cache: bool = False
     """The core listing, exactly what ``ckptctl list --json`` computes (catalog + safe reads + rows).
 
     ``use_cache=False`` reads every file (a first listing); True serves settled, unchanged files
-    from ckptctl.listing_cache (every later listing)."""
-    from ckptctl.listing import list_checkpoints
+    from ckptctl.ops.listing_cache (every later listing)."""
+    from ckptctl.ops.listing import list_checkpoints
 
     def run():
         doc = list_checkpoints(directory, use_cache=use_cache).to_json()
@@ -175,8 +175,8 @@ def section_main(base: Path, files: int, mb: float) -> None:
     total = write_dir(d, files, mb)
     print(f"\n[1] {files} checkpoints, {total / files / 2**20:.0f} MiB each ({total / 2**30:.2f} GiB total), "
           f"{tensor_count(d)} tensors each")
-    from ckptctl import listing_cache
-    from ckptctl.listing import list_checkpoints
+    from ckptctl.ops import listing_cache
+    from ckptctl.ops.listing import list_checkpoints
 
     os.environ["CKPTCTL_CACHE_DIR"] = str(base / "cache")  # a private listing cache, removed with base
     time.sleep(listing_cache.SETTLE_SECONDS + 0.1)  # the cache only keeps files that have settled

@@ -28,9 +28,9 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ckptctl.prune import plan_prune
-from ckptctl.retention import Policy
-from ckptctl.usage import measure
+from ckptctl.ops.prune import plan_prune
+from ckptctl.ops.retention import Policy
+from ckptctl.ops.usage import measure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.factories import plausible_bytes  # noqa: E402  (the repo root is on sys.path above)

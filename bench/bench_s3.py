@@ -86,9 +86,9 @@ def main() -> None:
 
 def compare_concurrency(endpoint, url: str, latency: float, runs: int) -> None:
     """``list`` in this process with a round trip added to every request (loopback has none): the
-    listing's concurrent reads (ckptctl.listing.REMOTE_READERS) against one object at a time."""
+    listing's concurrent reads (ckptctl.ops.listing.REMOTE_READERS) against one object at a time."""
     sys.path.insert(0, str(ROOT))
-    from ckptctl import listing
+    from ckptctl.ops import listing
 
     os.environ.update(endpoint.env)
     default, times = listing.REMOTE_READERS, {}

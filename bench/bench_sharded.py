@@ -39,8 +39,8 @@ import torch.distributed.checkpoint as dcp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ckptctl.catalog import scan  # noqa: E402
-from ckptctl.manager import CheckpointManager  # noqa: E402
+from ckptctl.layouts.catalog import scan  # noqa: E402
+from ckptctl.training.manager import CheckpointManager  # noqa: E402
 from bench_async_save import train_for  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 warnings.filterwarnings("ignore")

@@ -92,7 +92,7 @@ def cat(files: list[Path]) -> None:
 
 
 def validate(files: list[Path], jobs: int) -> None:
-    from ckptctl.integrity import validate_paths
+    from ckptctl.ops.integrity import validate_paths
 
     report = validate_paths(files, "default", jobs=jobs)
     assert report.invalid == 0 and report.bytes_checked > 0, report.to_json()
@@ -108,7 +108,7 @@ def torch_load_all(files: list[Path]) -> None:
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so a child of this (large) process
 # would report this process's size.
 PEAK_SCRIPT = """
-from ckptctl.integrity import validate_file
+from ckptctl.ops.integrity import validate_file
 {body}
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
@@ -149,7 +149,7 @@ def cli(files: list[Path], rate) -> None:
 def cold(files: list[Path], rounds: int, jobs: int) -> None:
     """cat and validate from a cold page cache (``POSIX_FADV_DONTNEED`` on these files only), with
     small and large CRC segments: finer interleaving of the threads' reads costs readahead."""
-    from ckptctl import integrity
+    from ckptctl.formats import crc
 
     def evict() -> None:
         for path in files:
@@ -158,11 +158,11 @@ def cold(files: list[Path], rounds: int, jobs: int) -> None:
             os.close(fd)
 
     def with_segments(size: int) -> None:
-        saved, integrity.SEGMENT_BYTES = integrity.SEGMENT_BYTES, size
+        saved, crc.SEGMENT_BYTES = crc.SEGMENT_BYTES, size
         try:
             validate(files, jobs)
         finally:
-            integrity.SEGMENT_BYTES = saved
+            crc.SEGMENT_BYTES = saved
 
     total = sum(p.stat().st_size for p in files)
     runs = {"cat": lambda: cat(files), "8 MiB segments": lambda: with_segments(8 * MIB),
@@ -202,9 +202,9 @@ def pieces(files: list[Path], total: int) -> None:
     """One thread, per CPU-second: the copy out of the page cache, the CRC, and both together."""
     import mmap
 
-    from ckptctl import integrity
+    from ckptctl.formats import crc
 
-    buffer = mmap.mmap(-1, integrity.CHUNK_BYTES)
+    buffer = mmap.mmap(-1, crc.CHUNK_BYTES)
     view = memoryview(buffer)
 
     def read(crc: bool) -> None:
@@ -212,7 +212,7 @@ def pieces(files: list[Path], total: int) -> None:
             fd = os.open(path, os.O_RDONLY)
             offset, value = 0, 0
             while (got := os.preadv(fd, [view], offset)) > 0:
-                value = integrity._crc32(view[:got], value) if crc else value
+                value = crc._crc32(view[:got], value) if crc else value
                 offset += got
             os.close(fd)
 
@@ -225,8 +225,8 @@ def pieces(files: list[Path], total: int) -> None:
     read_alone, both = speed(lambda: read(False)), speed(lambda: read(True))
     view.release()
     buffer.close()
-    print(f"pieces, one thread, GB per CPU-second ({integrity.CHUNK_BYTES >> 10} KiB buffer): preadv {read_alone:.2f}; "
-          f"CRC-32 of a cached buffer: {crcs}; preadv + CRC-32 ({integrity._crc32.__module__}) {both:.2f}")  # fmt: skip
+    print(f"pieces, one thread, GB per CPU-second ({crc.CHUNK_BYTES >> 10} KiB buffer): preadv {read_alone:.2f}; "
+          f"CRC-32 of a cached buffer: {crcs}; preadv + CRC-32 ({crc._crc32.__module__}) {both:.2f}")  # fmt: skip
     return both
 
 
@@ -277,7 +277,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from ckptctl.cli.validate_cmd import default_jobs
-    from ckptctl import integrity
+    from ckptctl.formats import crc
 
     directory = args.keep or Path(tempfile.mkdtemp(prefix="ckptctl-bench-validate-"))
     try:
@@ -285,7 +285,7 @@ def main() -> None:
         total = sum(p.stat().st_size for p in files)
         jobs = default_jobs()
         print(f"{len(files)} files, {total / (1 << 30):.2f} GiB in {directory}; CRC from "
-              f"{integrity._crc32.__module__}; {os.cpu_count()} CPUs; {jobs} CRC threads; {args.rounds} rounds")  # fmt: skip
+              f"{crc._crc32.__module__}; {os.cpu_count()} CPUs; {jobs} CRC threads; {args.rounds} rounds")  # fmt: skip
         cat(files)  # warm the page cache
         rate = lambda t: f"{total / t / 1e9:5.2f} GB/s"  # noqa: E731
         rows, budget = [], [args.wait]

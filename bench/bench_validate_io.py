@@ -33,7 +33,7 @@ def build(directory: Path, mib: int, saves: int) -> None:
     import torch
 
     logging.getLogger("ckptctl").setLevel(logging.ERROR)  # the emergency save's log line is not the figure
-    from ckptctl.manager import CheckpointManager, build_state
+    from ckptctl.training.manager import CheckpointManager, build_state
 
     model = torch.nn.Linear(1024, mib * 256, bias=False)  # mib MiB of float32 weights
     mgr = CheckpointManager(directory, keep_last_n=10)
@@ -48,7 +48,7 @@ def build(directory: Path, mib: int, saves: int) -> None:
 
 def unique_bytes(directory: Path) -> tuple[int, int, int]:
     """(unique bytes, paths, inodes) over the checkpoint files validate looks at."""
-    from ckptctl.integrity import collect_targets
+    from ckptctl.ops.integrity import collect_targets
 
     targets, _skipped = collect_targets([directory])
     inodes = {(p.stat().st_dev, p.stat().st_ino): p.stat().st_size for p in targets}
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=12)
     args = parser.parse_args()
 
-    from ckptctl.integrity import DEFAULT, collect_targets, validate_file, validate_paths
+    from ckptctl.ops.integrity import DEFAULT, collect_targets, validate_file, validate_paths
 
     with tempfile.TemporaryDirectory(prefix="bench-validate-io-") as tmp:
         directory = Path(tmp) / "checkpoints"

@@ -4,7 +4,7 @@ Run: ``python bench/fuzz_safetensors.py [--cases 5000] [--seed 1] [--mutations 3
 
 Each case applies 1..``--mutations`` mutations from tests/safetensors_mutations.py to a real file
 (safetensors.torch.save or the hand-written one with F4/F6/C64), then reads it with
-``ckptctl.safetensors_header`` and with ``safetensors.safe_open``.
+``ckptctl.formats.safetensors`` and with ``safetensors.safe_open``.
 
 Must hold: 0 exceptions other than UnreadableCheckpoint, 0 files ckptctl accepts that the library
 refuses or reads differently, 0 files the library reads that ckptctl refuses for a reason outside
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ckptctl.errors import UnreadableCheckpoint  # noqa: E402
-from ckptctl.safetensors_header import read_safetensors_header  # noqa: E402
+from ckptctl.formats.safetensors import read_safetensors_header  # noqa: E402
 from tests.safetensors_mutations import check, load_case, mutate, safe_open  # noqa: E402
 from tests.test_fuzz_safetensors import TEMPLATES  # noqa: E402
 

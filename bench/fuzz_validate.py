@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ckptctl.integrity import validate_file  # noqa: E402
+from ckptctl.ops.integrity import validate_file  # noqa: E402
 from tests.corruption import LOCAL_HEADER, Layout, flip  # noqa: E402
 from tests.factories import write_checkpoint  # noqa: E402
 

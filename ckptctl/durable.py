@@ -1,6 +1,6 @@
 """Durable, atomic file operations: the one place that writes checkpoint files.
 
-Used by :class:`ckptctl.manager.CheckpointManager` and by ``ckptctl restore``. The protocol
+Used by :class:`ckptctl.training.manager.CheckpointManager` and by ``ckptctl restore``. The protocol
 (DESIGN.md "Durable, atomic writes"):
 
 1. write to ``<final>.<pid>.<random>.tmp`` in the *same* directory (so the rename cannot cross
@@ -23,22 +23,22 @@ but not against media damage of the shared blocks.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import secrets
 import shutil
-from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Callable, NoReturn
 
-from . import naming
-from .catalog import scan
-from .container import open_container, sniff_format
 from .errors import CheckpointError, SaveError, UnreadableCheckpoint
-from .retention import stale_temps
-from .safe_open import open_regular
+from .formats.container import open_container, sniff_format
+from .formats.crc import crc_records
+from .formats.dcp import METADATA_FILE, read_directory
+from .formats.safe_open import open_regular
+from .layouts import naming
 
 LINK = "link"
 COPY = "copy"
@@ -161,7 +161,6 @@ def verify_crc(path: str | os.PathLike[str]) -> int:
         container = open_container(path, fh)
         if not container.has_checksums:
             return 0
-        from .integrity import crc_records  # the one streamed CRC path (lazily: integrity imports the catalog)
 
         records = list(container.records.values())
         computed = crc_records(fh.fileno(), records)
@@ -251,11 +250,9 @@ class StagedDirectory(StagedFile):
     """A sharded (DCP) checkpoint directory copied under a temp name, fsynced and re-read, waiting for commit."""
 
     def commit(self, *, fsync_dir: bool = True, keep_as: Path | None = None) -> Path:
-        """Into place by :func:`ckptctl.sharded.commit_directory` (an atomic swap with the current
+        """Into place by :func:`ckptctl.formats.dcp.commit_directory` (an atomic swap with the current
         ``final``, which then moves to ``keep_as`` or is deleted). Always fsyncs (``fsync_dir`` is
         accepted for the :class:`StagedFile` interface)."""
-        from .sharded import commit_directory
-
         try:
             commit_directory(self.tmp, self.final, keep_as)
         except OSError as exc:
@@ -277,8 +274,6 @@ def stage_copy_directory(
     checked). Returns the staged directory and the mode used (``copy`` if any file fell back)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    from .sharded import read_directory
-
     final = Path(directory) / final_name
     tmp = temp_path(directory, final_name)
     used: set[str] = set()
@@ -346,28 +341,10 @@ def _copy_bytes(src_fd: int, dst_fd: int, size: int) -> None:
         raise OSError(errno.EIO, f"source changed size while copying ({offset} of {size} bytes)")
 
 
-def clean_stale_temp(directory: str | os.PathLike[str], older_than: float = 3600.0) -> list[Path]:
-    """Remove ``*.tmp`` partial writes not modified for ``older_than`` seconds; return what was removed.
-
-    A caller holding the directory lock may pass 0: every writer holds the lock while its temp
-    file exists, so under the lock any temp file belongs to a writer that died.
-    """
-    removed: list[Path] = []
-    for entry in stale_temps(scan(directory), timedelta(seconds=older_than)):
-        try:
-            remove_entry(entry.path, entry.is_directory)
-            removed.append(entry.path)
-        except FileNotFoundError:
-            continue
-    return removed
-
-
 def remove_entry(path: Path, is_directory: bool = False) -> None:
     """Delete one checkpoint: unlink a file; a sharded checkpoint directory goes through
-    :func:`ckptctl.sharded.remove_directory` (renamed to ``*.tmp`` first, never half-deleted under its name)."""
+    :func:`ckptctl.formats.dcp.remove_directory` (renamed to ``*.tmp`` first, never half-deleted under its name)."""
     if is_directory and not path.is_symlink():
-        from .sharded import remove_directory
-
         remove_directory(path)
     else:
         os.unlink(path)
@@ -417,3 +394,102 @@ def _find_os_error(exc: BaseException) -> OSError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+# -------------------------------------------------------------- directories (sharded checkpoints)
+
+
+def remove_directory(path: str | os.PathLike[str]) -> None:
+    """Delete a checkpoint directory so that it is never seen half-deleted under its own name.
+
+    Renamed first to a ``*.tmp`` name (partial, cleaned as a stale temp if we die mid-way),
+    then removed, then the parent fsynced.
+    """
+    path = Path(path)
+    doomed = path if path.name.endswith(naming.TMP_SUFFIX) else path.with_name(f"{path.name}.deleting{naming.TMP_SUFFIX}")
+    if doomed != path:
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        os.rename(path, doomed)
+        fsync_directory(path.parent)
+    shutil.rmtree(doomed)
+
+
+def commit_directory(tmp: Path, final: Path, previous: Path | None = None) -> None:
+    """fsync every file and the directory, rename into place, fsync the parent.
+
+    A directory cannot be renamed over a non-empty one, so an existing ``final`` is swapped with
+    ``tmp`` in one atomic ``renameat2(RENAME_EXCHANGE)`` (Linux >= 3.15; ``final`` never disappears)
+    and then moved to ``previous``, else to a ``*.tmp`` name removed afterwards. Where the exchange
+    is unsupported, ``final`` moves aside first: for that moment it is absent, never half-written.
+    """
+    with os.scandir(tmp) as it:
+        for dirent in it:
+            if dirent.is_file(follow_symlinks=False):
+                fd = os.open(dirent.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    fsync_directory(tmp)
+    if not (tmp / METADATA_FILE).is_file():
+        raise SaveError(f"sharded save of {final.name}: no .metadata was written")
+    aside = previous if previous is not None else final.with_name(f"{final.name}.replaced{naming.TMP_SUFFIX}")
+    if final.exists() and not final.is_symlink():
+        if aside.exists():
+            remove_directory(aside)
+        if _exchange(tmp, final):  # final holds the new checkpoint, tmp the old one
+            os.rename(tmp, aside)
+        else:
+            os.rename(final, aside)
+            os.rename(tmp, final)
+    else:
+        os.rename(tmp, final)
+    fsync_directory(final.parent)
+    if previous is None and aside.exists():
+        shutil.rmtree(aside)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` atomically; False where libc, kernel or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def repoint(link: Path, target: str, keep_as: Path | None = None) -> None:
+    """``ckptctl restore``: point ``link`` (``latest``) at ``target`` atomically; what it was is kept as ``keep_as``
+    (the same symlink; a real directory in the pointer's place is renamed), or, without ``keep_as``, dropped."""
+    if os.path.lexists(link):
+        if keep_as is not None:
+            if link.is_symlink():
+                os.symlink(os.readlink(link), keep_as)
+            else:
+                os.rename(link, keep_as)
+        elif not link.is_symlink() and link.is_dir():
+            remove_directory(link)
+    replace_symlink(link, target)
+    fsync_directory(link.parent)
+
+
+def replace_symlink(link: Path, target: str) -> None:
+    if link.exists() and not link.is_symlink():
+        raise SaveError(f"{link} exists and is not a symlink: not replacing it")
+    tmp = link.with_name(f"{link.name}{naming.TMP_SUFFIX}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)

@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ckptctl import distributed
-    from ckptctl.manager import CheckpointManager, build_state
-    from ckptctl.signals import EmergencyStop
+    from ckptctl.training import distributed
+    from ckptctl.training.manager import CheckpointManager, build_state
+    from ckptctl.training.signals import EmergencyStop
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one process group for all ranks
         import torch.distributed as dist

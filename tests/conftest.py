@@ -9,7 +9,7 @@ from tests.factories import make_state, write_checkpoint  # noqa: F401  (re-expo
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_listing_cache(tmp_path_factory):
-    """Keep ``ckptctl list``'s cache (ckptctl.listing_cache) out of the real ~/.cache, for
+    """Keep ``ckptctl list``'s cache (ckptctl.ops.listing_cache) out of the real ~/.cache, for
     in-process calls and for every subprocess the tests start."""
     import os
 

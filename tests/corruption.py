@@ -1,7 +1,7 @@
 """A corruption corpus built from a real torch checkpoint: every way a file gets damaged on disk.
 
 The offsets come from Python's ``zipfile`` and the zip spec directly (not from ckptctl's own
-parser), so a bug in ``ckptctl.container`` cannot hide a case. Each case carries a regular
+parser), so a bug in ``ckptctl.formats.container`` cannot hide a case. Each case carries a regular
 expression its verdict must match: "invalid" alone is not enough, the reason must be specific.
 """
 

@@ -18,10 +18,10 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from ckptctl import sharded
+from ckptctl.formats import dcp as sharded
 from ckptctl.errors import CheckpointError
-from ckptctl.integrity import validate_file
-from ckptctl.reader import read_checkpoint
+from ckptctl.ops.integrity import validate_file
+from ckptctl.formats.reader import read_checkpoint
 
 SHARD = "__0_0.distcp"
 INTERESTING_INTS = (0, 1, -1, 2, 7, 255, 4096, 2**31 - 1, 2**31, 2**32, 2**62, 2**63 - 1, 2**63, 2**64, 10**30, -(2**63))

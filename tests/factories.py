@@ -93,7 +93,7 @@ def write_hostile_checkpoint(path: Path, marker: Path) -> Path:
 
 def flip_byte_in_largest_tensor(path: Path) -> None:
     """Simulate bit rot: invert one byte in the middle of the file's largest tensor record (``data/<key>``)."""
-    from ckptctl.container import open_container
+    from ckptctl.formats.container import open_container
 
     with open(path, "rb") as fh:
         tensors = [r for r in open_container(path, fh).records.values() if r.key.startswith("data/")]
@@ -148,7 +148,7 @@ def touch_files(directory: Path, names: list[str], size: int = 0, mtime: float |
 
 def plausible_bytes(size: int = 0) -> bytes:
     """A zip of at least ``size`` bytes (exactly ``size`` from 120 bytes on) that passes
-    :mod:`ckptctl.quickcheck` (no pickle inside: for code that reads names, stat and a zip's ends)."""
+    :mod:`ckptctl.ops.quickcheck` (no pickle inside: for code that reads names, stat and a zip's ends)."""
     import io
     import zipfile
 
@@ -234,7 +234,7 @@ def cached_dcp_layout(directory: Path) -> Path:
 
     import torch
 
-    from ckptctl.manager import CheckpointManager
+    from ckptctl.training.manager import CheckpointManager
 
     if not _DCP_TEMPLATE:
         root = Path(tempfile.mkdtemp(prefix="ckptctl-dcp-layout-")) / "checkpoints"

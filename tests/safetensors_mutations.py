@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from ckptctl.errors import UnreadableCheckpoint
-from ckptctl.safetensors_header import DTYPE_BITS, read_safetensors_header
+from ckptctl.formats.safetensors import DTYPE_BITS, read_safetensors_header
 
 try:
     from safetensors import safe_open

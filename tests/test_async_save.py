@@ -19,9 +19,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ckptctl import durable  # noqa: E402
-from ckptctl.async_save import AsyncWriter, snapshot  # noqa: E402
+from ckptctl.training.async_save import AsyncWriter, snapshot  # noqa: E402
 from ckptctl.errors import SaveError  # noqa: E402
-from ckptctl.manager import CheckpointManager, load_file  # noqa: E402
+from ckptctl.training.manager import CheckpointManager, load_file  # noqa: E402
 from tests.factories import DiskFullFile, make_state  # noqa: E402
 
 
@@ -306,7 +306,7 @@ def test_at_exit_an_inflight_save_completes_and_a_failure_is_logged(tmp_path):
         f"""
         import logging, torch
         from ckptctl import durable
-        from ckptctl.manager import CheckpointManager
+        from ckptctl.training.manager import CheckpointManager
         from tests.factories import DiskFullFile
         logging.basicConfig(level=logging.WARNING)
         ok = CheckpointManager({str(tmp_path / "ok")!r})

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from ckptctl import catalog
-from ckptctl.catalog import by_kind, check_directory, entry_for_file, scan
+from ckptctl.layouts import catalog
+from ckptctl.layouts.catalog import by_kind, check_directory, entry_for_file, scan
 from ckptctl.errors import BadInputError
-from ckptctl.naming import Kind
+from ckptctl.layouts.naming import Kind
 from tests import hostile
 
 

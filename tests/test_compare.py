@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from ckptctl.compare import _LoadedFile, _torch_load, compare, compare_values, open_side, tensor_values
+from ckptctl.ops.compare import _LoadedFile, _torch_load, compare, compare_values, open_side, tensor_values
 from ckptctl.errors import BadInputError
 from tests.factories import make_state, write_checkpoint, write_hostile_checkpoint
 
@@ -263,8 +263,8 @@ def deterministic_saves(root, monkeypatch, *, lr_b: float = 0.1, extra_b: dict |
     import numpy as np
     import torch
 
-    from ckptctl import manager as manager_module
-    from ckptctl.manager import CheckpointManager, build_state
+    from ckptctl.training import manager as manager_module
+    from ckptctl.training.manager import CheckpointManager, build_state
 
     paths = []
     for index, (minute, lr) in enumerate(((0, 0.1), (5, lr_b))):

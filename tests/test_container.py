@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from ckptctl.container import Container, open_container, read_record, sniff_format
+from ckptctl.formats.container import Container, open_container, read_record, sniff_format
 from ckptctl.errors import UnreadableCheckpoint, UnsafeCheckpoint
 from tests import hostile
 from tests.factories import write_checkpoint

@@ -22,11 +22,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ckptctl.catalog import scan  # noqa: E402
+from ckptctl.layouts.catalog import scan  # noqa: E402
 from ckptctl.durable import verify_crc  # noqa: E402
-from ckptctl.manager import CheckpointManager, load_file  # noqa: E402
-from ckptctl.naming import Kind  # noqa: E402
-from ckptctl.reader import read_checkpoint  # noqa: E402
+from ckptctl.training.manager import CheckpointManager, load_file  # noqa: E402
+from ckptctl.layouts.naming import Kind  # noqa: E402
+from ckptctl.formats.reader import read_checkpoint  # noqa: E402
 
 
 def _state(step: int) -> dict:
@@ -63,7 +63,7 @@ def _context():
     global _CONTEXT
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["torch", "ckptctl.manager", "tests.test_crash_consistency"])
+        _CONTEXT.set_forkserver_preload(["torch", "ckptctl.training.manager", "tests.test_crash_consistency"])
     return _CONTEXT
 
 

@@ -21,11 +21,11 @@ import pytest
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
-from ckptctl import distributed  # noqa: E402
+from ckptctl.training import distributed  # noqa: E402
 from ckptctl.errors import NoCheckpointError  # noqa: E402
-from ckptctl.manager import CheckpointManager, load_file  # noqa: E402
-from ckptctl.reader import read_checkpoint  # noqa: E402
-from ckptctl.signals import EmergencyStop  # noqa: E402
+from ckptctl.training.manager import CheckpointManager, load_file  # noqa: E402
+from ckptctl.formats.reader import read_checkpoint  # noqa: E402
+from ckptctl.training.signals import EmergencyStop  # noqa: E402
 from tests.factories import make_state  # noqa: E402
 from tests.procs import Job, torchrun_command  # noqa: E402
 
@@ -204,8 +204,9 @@ def test_rank1_emergency_save_only_waits_at_the_barrier(tmp_path, monkeypatch):
 def test_rank1_nonblocking_sharded_save_agrees_with_rank0_and_never_commits(tmp_path, monkeypatch, other_rank_failed):
     """Rank 1's own write succeeds; whether its next call raises is what every rank agreed on.
     Only rank 0 commits, so rank 1 leaves the directory under its temp name."""
-    from ckptctl import sharded
+
     from ckptctl.errors import SaveError
+    from ckptctl.training import dcp_save as sharded
 
     group = FakeGroup(monkeypatch, rank=1)
     group.from_rank0 = [None]

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from ckptctl import durable
+from ckptctl.ops import retention
 from ckptctl.errors import SaveError, UnreadableCheckpoint
-from ckptctl.reader import read_checkpoint
+from ckptctl.formats.reader import read_checkpoint
 from tests.factories import DiskFullFile, flip_byte_in_largest_tensor, make_state, write_checkpoint
 
 
@@ -41,7 +42,7 @@ def test_write_atomic_replaces_an_existing_file(tmp_path):
 
 
 def test_temp_names_are_partial_and_unique(tmp_path):
-    from ckptctl.naming import Kind, parse
+    from ckptctl.layouts.naming import Kind, parse
 
     first, second = durable.temp_path(tmp_path, "latest.pt"), durable.temp_path(tmp_path, "latest.pt")
     assert first != second and first.parent == tmp_path
@@ -220,9 +221,9 @@ def test_clean_stale_temp_removes_only_old_partial_writes(tmp_path):
         path.write_bytes(b"x")
     an_hour_ago = time.time() - 7200
     os.utime(old, (an_hour_ago, an_hour_ago))
-    assert durable.clean_stale_temp(tmp_path, older_than=3600) == [old]
+    assert retention.clean_stale_temp(tmp_path, older_than=3600) == [old]
     assert fresh.exists() and keep.exists() and other.exists()
-    assert durable.clean_stale_temp(tmp_path, older_than=0) == [fresh]
+    assert retention.clean_stale_temp(tmp_path, older_than=0) == [fresh]
 
 
 def test_fsync_directory_tolerates_file_systems_without_directory_fsync(tmp_path, monkeypatch):
@@ -237,7 +238,7 @@ def test_durable_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, ckptctl.durable, ckptctl.signals, ckptctl.rng; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    code = "import sys, ckptctl.durable, ckptctl.training.signals, ckptctl.training.rng; print('torch' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ckptctl.durable import verify_crc
-from ckptctl.reader import read_checkpoint
+from ckptctl.formats.reader import read_checkpoint
 from tests.procs import Job
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train.py"

@@ -1,4 +1,4 @@
-"""Fuzz the DCP reader (ckptctl.sharded) with structure-aware mutations of a real checkpoint.
+"""Fuzz the DCP reader (ckptctl.formats.dcp) with structure-aware mutations of a real checkpoint.
 
 Whatever the mutation (tests/dcp_mutations.py: sizes, offsets, counts, paths, chunk lists, key
 paths, dtypes, field types, many entries naming one blob, raw pickle and shard damage), every read

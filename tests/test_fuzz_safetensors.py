@@ -1,4 +1,4 @@
-"""Fuzz ckptctl.safetensors_header with structure-aware mutations of real safetensors files.
+"""Fuzz ckptctl.formats.safetensors with structure-aware mutations of real safetensors files.
 
 Whatever the mutation (tests/safetensors_mutations.py: dtypes, shapes, offsets, field types,
 names, metadata, duplicate keys, nesting, the length prefix, truncation, flipped bytes), the
@@ -117,7 +117,7 @@ def test_every_mutation_changes_the_file(scratch, mutation):
 @pytest.mark.skipif(safetensors_mutations.safe_open is None, reason="safetensors not installed")
 def test_the_differential_catches_a_disagreement(scratch, monkeypatch):
     """The check fails when ckptctl accepts what the library refuses (here: bytes after the last tensor)."""
-    import ckptctl.safetensors_header as module
+    import ckptctl.formats.safetensors as module
 
     monkeypatch.setattr(module, "_check_size", lambda tensors, available: None)
     scratch.write_bytes(TEMPLATES[-1] + b"\0")

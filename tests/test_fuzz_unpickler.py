@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptctl.errors import CheckpointError
-from ckptctl.metadata import summarize, tensor_summary
-from ckptctl.reader import CheckpointFile, iter_tensors
-from ckptctl.unpickler import Budget, safe_loads
-from ckptctl.values import jsonable, short_repr
+from ckptctl.layouts.metadata import summarize, tensor_summary
+from ckptctl.formats.reader import CheckpointFile, iter_tensors
+from ckptctl.formats.unpickler import Budget, safe_loads
+from ckptctl.formats.values import jsonable, short_repr
 
 EXAMPLES = int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "40"))
 SCALE = 0.002  # objects ~4k, memo ~1k: reachable by a few KB of opcodes

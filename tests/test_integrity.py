@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ckptctl import integrity
-from ckptctl.container import Record, open_container
+from ckptctl.formats import crc as crc_module
+from ckptctl.ops import integrity
+from ckptctl.formats.container import Record, open_container
 from ckptctl.errors import BadInputError
-from ckptctl.integrity import DEEP, DEFAULT, LEVELS, QUICK, count_non_finite, crc_range, crc_records, validate_file, validate_paths
+from ckptctl.formats.crc import crc_range, crc_records
+from ckptctl.ops.integrity import DEEP, DEFAULT, LEVELS, QUICK, count_non_finite, validate_file, validate_paths
 from tests.corruption import Layout, build_corpus, flip, many_truncations, write_cases
 from tests.factories import cached_layout, make_state, write_checkpoint, write_hostile_checkpoint
 
@@ -238,8 +240,8 @@ def test_deep_reports_a_failing_torch_load(ckpt_dir, monkeypatch):
 def test_crc_segments_and_chunks_combine_to_zlib_values(tmp_path, monkeypatch, jobs):
     import torch
 
-    monkeypatch.setattr(integrity, "CHUNK_BYTES", 7)
-    monkeypatch.setattr(integrity, "SEGMENT_BYTES", 64)
+    monkeypatch.setattr(crc_module, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(crc_module, "SEGMENT_BYTES", 64)
     path = write_checkpoint(tmp_path / "latest.pt", {"w": torch.randn(301), "empty": torch.zeros(0), "step": 1})
     data = path.read_bytes()
     with open(path, "rb") as fh:
@@ -282,7 +284,7 @@ def test_the_fastest_installed_crc_is_used():
         from deflate import crc32
     except ImportError:
         crc32 = pytest.importorskip("isal.isal_zlib").crc32
-    assert integrity._crc32 is crc32
+    assert crc_module._crc32 is crc32
 
 
 @pytest.mark.parametrize("jobs", [1, 2, 5])
@@ -290,13 +292,13 @@ def test_the_fastest_installed_crc_is_used():
 def test_crc_records_equal_zlib_around_chunk_and_segment_boundaries(tmp_path, monkeypatch, jobs, crc):
     """Chunks of 16 and segments of 64 bytes: every size next to a boundary, empty records, odd
     offsets; without crc32_combine (plain zlib) a record is one segment."""
-    monkeypatch.setattr(integrity, "CHUNK_BYTES", 16)
-    monkeypatch.setattr(integrity, "SEGMENT_BYTES", 64)
+    monkeypatch.setattr(crc_module, "CHUNK_BYTES", 16)
+    monkeypatch.setattr(crc_module, "SEGMENT_BYTES", 64)
     if crc == "isal":
-        monkeypatch.setattr(integrity, "_crc32", pytest.importorskip("isal.isal_zlib").crc32)
+        monkeypatch.setattr(crc_module, "_crc32", pytest.importorskip("isal.isal_zlib").crc32)
     elif crc == "zlib-fallback":
-        monkeypatch.setattr(integrity, "_crc32", zlib.crc32)
-        monkeypatch.setattr(integrity, "_crc32_combine", None)
+        monkeypatch.setattr(crc_module, "_crc32", zlib.crc32)
+        monkeypatch.setattr(crc_module, "_crc32_combine", None)
     sizes = [0, 1, 15, 16, 17, 63, 64, 65, 0, 127, 128, 129, 1000]
     data, records = _blob_records(tmp_path, sizes, seed=jobs)
     with open(tmp_path / "blob", "rb") as fh:
@@ -304,7 +306,7 @@ def test_crc_records_equal_zlib_around_chunk_and_segment_boundaries(tmp_path, mo
 
 
 def test_crc_records_equal_zlib_at_the_real_chunk_and_segment_sizes(tmp_path):
-    chunk, segment = integrity.CHUNK_BYTES, integrity.SEGMENT_BYTES
+    chunk, segment = crc_module.CHUNK_BYTES, crc_module.SEGMENT_BYTES
     sizes = [chunk - 1, chunk + 1, 0, segment + chunk // 2 + 1]
     data, records = _blob_records(tmp_path, sizes, seed=7)
     with open(tmp_path / "blob", "rb") as fh:
@@ -317,8 +319,8 @@ def test_a_file_truncated_while_it_is_checked_is_reported_short(tmp_path, monkey
     a truncation problem for the record that was cut, no exception, no SIGBUS (no mmap of the file)."""
     import torch
 
-    monkeypatch.setattr(integrity, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(integrity, "SEGMENT_BYTES", 16384)
+    monkeypatch.setattr(crc_module, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(crc_module, "SEGMENT_BYTES", 16384)
     path = write_checkpoint(tmp_path / "latest.pt", {"step": 1, "epoch": 0, "model": {"w": torch.randn(1 << 16)}})
     cut = []
 
@@ -347,7 +349,7 @@ def test_crc_memory_does_not_grow_with_file_size(tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert result.valid and result.bytes_checked >= numel * 4
-    bound = 2 * integrity.CHUNK_BYTES + 256 * 1024  # two workers' buffers plus bookkeeping
+    bound = 2 * crc_module.CHUNK_BYTES + 256 * 1024  # two workers' buffers plus bookkeeping
     assert peaks[0] < bound and peaks[1] < bound
 
 
@@ -384,7 +386,7 @@ def _manager_run_without_epoch(directory: Path) -> Path:
     """The issue's scenario: CheckpointManager saves steps 1 and 2 of a state that has no ``epoch``."""
     import torch
 
-    from ckptctl.manager import CheckpointManager
+    from ckptctl.training.manager import CheckpointManager
 
     mgr = CheckpointManager(directory)
     model = torch.nn.Linear(2, 2)
@@ -404,7 +406,7 @@ def test_each_inode_is_read_once_and_every_path_is_named(tmp_path, monkeypatch):
     directory = _manager_run_without_epoch(tmp_path / "run")
     crc_bytes: dict[int, int] = {}
     reads: list[int] = []
-    original_crc, original_read = integrity.crc_range, integrity.read_checkpoint
+    original_crc, original_read = crc_module.crc_range, integrity.read_checkpoint
 
     def counting_crc(fd, offset, size, view, progress=None):
         inode = os.fstat(fd).st_ino
@@ -415,7 +417,7 @@ def test_each_inode_is_read_once_and_every_path_is_named(tmp_path, monkeypatch):
         reads.append(os.stat(path).st_ino)
         return original_read(path, *args, **kwargs)
 
-    monkeypatch.setattr(integrity, "crc_range", counting_crc)
+    monkeypatch.setattr(crc_module, "crc_range", counting_crc)
     monkeypatch.setattr(integrity, "read_checkpoint", counting_read)
     report = validate_paths([directory])
     inodes = {p.stat().st_ino: p.stat().st_size for p in directory.glob("*.pt")}

@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from ckptctl.container import Record
+from ckptctl.formats.container import Record
 from ckptctl.errors import UnreadableCheckpoint
-from ckptctl.integrity import crc_records, crc_records_stream, validate_file
+from ckptctl.ops.integrity import crc_records, crc_records_stream, validate_file
 from tests import hostile
 
 SIZE = 1 << 20

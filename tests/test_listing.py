@@ -8,7 +8,7 @@ import random
 import pytest
 
 from ckptctl.errors import BadInputError
-from ckptctl.listing import SORT_KEYS, list_checkpoints
+from ckptctl.ops.listing import SORT_KEYS, list_checkpoints
 from tests import hostile
 from tests.factories import make_state, write_checkpoint
 

@@ -1,4 +1,4 @@
-"""ckptctl.listing_cache: a listing served from the cache equals a fresh read, and any change misses."""
+"""ckptctl.ops.listing_cache: a listing served from the cache equals a fresh read, and any change misses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from ckptctl import catalog, listing_cache
-from ckptctl.listing import list_checkpoints
+from ckptctl.layouts import catalog
+from ckptctl.ops import listing_cache
+from ckptctl.ops.listing import list_checkpoints
 from tests import hostile
 from tests.factories import cached_layout, make_state, write_checkpoint
 

@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 from ckptctl import durable  # noqa: E402
 from ckptctl.errors import LockedError, NoCheckpointError, SaveError, UnreadableCheckpoint, UnsafeCheckpoint  # noqa: E402
 from ckptctl.locking import DirectoryLock  # noqa: E402
-from ckptctl.manager import CheckpointManager, build_state, load_file  # noqa: E402
-from ckptctl.reader import read_checkpoint  # noqa: E402
+from ckptctl.training.manager import CheckpointManager, build_state, load_file  # noqa: E402
+from ckptctl.formats.reader import read_checkpoint  # noqa: E402
 from tests.factories import DiskFullFile, flip_byte_in_largest_tensor, make_state, write_checkpoint  # noqa: E402
 
 
@@ -154,7 +154,7 @@ def test_best_val_loss_survives_a_restart(tmp_path):
 def test_best_val_loss_from_backup_when_best_is_damaged(tmp_path, caplog):
     CheckpointManager(tmp_path, backup_mode="copy").save_best(make_state(step=1), step=1, val_loss=0.3)
     (tmp_path / "best_model.pt").write_bytes(b"garbage")
-    with caplog.at_level(logging.WARNING, "ckptctl.manager"):
+    with caplog.at_level(logging.WARNING, "ckptctl.training.manager"):
         assert CheckpointManager(tmp_path).best_val_loss == 0.3
     assert "best_model.pt unreadable" in caplog.text
 
@@ -222,7 +222,7 @@ def test_save_waits_for_the_directory_lock_then_reports_it(tmp_path):
 def test_startup_removes_partial_writes_of_a_dead_process(tmp_path, caplog):
     (tmp_path / "latest.pt.999.dead.tmp").write_bytes(b"half a checkpoint")
     write_checkpoint(tmp_path / "latest.pt", step=1)
-    with caplog.at_level(logging.INFO, "ckptctl.manager"):
+    with caplog.at_level(logging.INFO, "ckptctl.training.manager"):
         CheckpointManager(tmp_path)
     assert _names(tmp_path) == ["latest.pt"]
     assert "latest.pt.999.dead.tmp" in caplog.text
@@ -233,7 +233,7 @@ def test_startup_removes_partial_writes_of_a_dead_process(tmp_path, caplog):
 
 def test_storage_line_every_n_saves(tmp_path, caplog):
     mgr = CheckpointManager(tmp_path, monitor_every=3)
-    with caplog.at_level(logging.INFO, "ckptctl.manager"):
+    with caplog.at_level(logging.INFO, "ckptctl.training.manager"):
         for step in range(1, 7):
             mgr.save(make_state(step=step), step=step)
         mgr.save_epoch(make_state(), epoch=0)
@@ -248,12 +248,12 @@ def test_storage_line_every_n_saves(tmp_path, caplog):
 
 
 def test_low_disk_space_warning(tmp_path, caplog, monkeypatch):
-    from ckptctl import manager as manager_module
+    from ckptctl.training import manager as manager_module
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(manager_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     mgr = CheckpointManager(tmp_path, monitor_every=0)
-    with caplog.at_level(logging.WARNING, "ckptctl.manager"):
+    with caplog.at_level(logging.WARNING, "ckptctl.training.manager"):
         mgr.save(make_state(step=1), step=1)
         mgr.save(make_state(step=2), step=2)
     warnings = [r for r in caplog.records if "low disk space" in r.getMessage()]
@@ -287,7 +287,7 @@ def test_corrupted_latest_falls_back_and_says_so(tmp_path, caplog):
     for step in (1, 2, 3):
         mgr.save(make_state(step=step, hidden=64), step=step)
     flip_byte_in_largest_tensor(tmp_path / "latest.pt")  # also rolling_step_3 (same inode); the copy is independent
-    with caplog.at_level(logging.WARNING, "ckptctl.manager"):
+    with caplog.at_level(logging.WARNING, "ckptctl.training.manager"):
         state = mgr.load("latest")
     assert state["step"] == 2 and mgr.loaded_path == tmp_path / "latest_backup.pt"
     assert "latest.pt unusable (CRC-32 mismatch" in caplog.text
@@ -301,7 +301,7 @@ def test_fallback_chain_reaches_rolling_files_and_skips_hard_links(tmp_path, cap
     mgr.save_emergency(make_state(step=4, hidden=64), step=4)
     for name in ("latest.pt", "latest_backup.pt"):
         flip_byte_in_largest_tensor(tmp_path / name)  # latest.pt = rolling 3 = rolling_last_backup; latest_backup = rolling 2
-    with caplog.at_level(logging.WARNING, "ckptctl.manager"):
+    with caplog.at_level(logging.WARNING, "ckptctl.training.manager"):
         state = mgr.load("latest")
     assert state["step"] == 4  # the newest valid rolling or emergency checkpoint, by step
     assert "rolling_last_backup.pt unusable (same file as latest.pt (hard link))" in caplog.text
@@ -314,7 +314,7 @@ def test_best_falls_back_to_backup_then_previous(tmp_path, caplog):
     mgr.save_best(make_state(step=1, hidden=64), step=1, val_loss=0.9)
     mgr.save_best(make_state(step=2, hidden=64), step=2, val_loss=0.8)
     (tmp_path / "best_model.pt").unlink()
-    with caplog.at_level(logging.WARNING, "ckptctl.manager"):
+    with caplog.at_level(logging.WARNING, "ckptctl.training.manager"):
         assert mgr.load("best")["step"] == 2
     assert "best_model.pt unusable (missing); falling back to best_model_backup.pt" in caplog.text
     flip_byte_in_largest_tensor(tmp_path / "best_model_backup.pt")

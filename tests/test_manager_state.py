@@ -13,7 +13,7 @@ stateful_dataloader = pytest.importorskip("torchdata.stateful_dataloader")
 
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from ckptctl.manager import CheckpointManager, build_state, load_file  # noqa: E402
+from ckptctl.training.manager import CheckpointManager, build_state, load_file  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
 

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from ckptctl.metadata import as_datetime, as_float, as_int, summarize
-from ckptctl.reader import read_checkpoint
+from ckptctl.layouts.metadata import as_datetime, as_float, as_int, summarize
+from ckptctl.formats.reader import read_checkpoint
 from tests.factories import make_state, write_checkpoint
 
 

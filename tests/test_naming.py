@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ckptctl import naming
-from ckptctl.naming import KIND_ORDER, PATTERNS, Kind, format_name, parse, sort_key
+from ckptctl.layouts import naming
+from ckptctl.layouts.naming import KIND_ORDER, PATTERNS, Kind, format_name, parse, sort_key
 
 steps = st.integers(min_value=0, max_value=10**12)
 timestamps = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31)).map(

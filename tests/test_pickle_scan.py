@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ckptctl.pickle_scan import Budget, scan_file_bytes, scan_pickle, scan_stream
+from ckptctl.formats.pickle_scan import Budget, scan_file_bytes, scan_pickle, scan_stream
 from tests import hostile
 
 
@@ -88,7 +88,7 @@ def test_random_bytes_name_nothing_and_never_raise():
 def test_scanning_imports_neither_torch_nor_numpy_and_runs_nothing(tmp_path):
     marker = tmp_path / "marker"
     code = (
-        "import sys; from ckptctl.pickle_scan import scan_stream; from tests import hostile; from pathlib import Path\n"
+        "import sys; from ckptctl.formats.pickle_scan import scan_stream; from tests import hostile; from pathlib import Path\n"
         f"m = Path({str(marker)!r})\n"
         "for p in hostile.PAYLOADS: assert p.reported in scan_stream(p.build(m))\n"
         "assert 'torch' not in sys.modules and 'numpy' not in sys.modules\n"

@@ -11,11 +11,12 @@ from datetime import timedelta
 
 import pytest
 
-from ckptctl import catalog, prune as prune_module
+from ckptctl.layouts import catalog
+from ckptctl.ops import prune as prune_module
 from ckptctl.errors import BadInputError, CheckpointError, LockedError
 from ckptctl.locking import DirectoryLock
-from ckptctl.prune import execute, plan_prune
-from ckptctl.retention import Policy
+from ckptctl.ops.prune import execute, plan_prune
+from ckptctl.ops.retention import Policy
 from tests.factories import plausible_bytes, touch_checkpoints, touch_files
 
 PROTECTED = ["latest.pt", "latest_backup.pt", "best_model.pt", "best_model_backup.pt", "best_model_previous.pt",

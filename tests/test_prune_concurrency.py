@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from ckptctl.cli.app import app
 from ckptctl.durable import verify_crc
-from ckptctl.naming import Kind, parse
-from ckptctl.prune import execute, plan_prune
-from ckptctl.retention import Policy
-from ckptctl.reader import read_checkpoint
+from ckptctl.layouts.naming import Kind, parse
+from ckptctl.ops.prune import execute, plan_prune
+from ckptctl.ops.retention import Policy
+from ckptctl.formats.reader import read_checkpoint
 from tests.procs import Job
 
 STEPS = 100
@@ -32,7 +32,7 @@ POLICY = Policy(keep_rolling=KEEP_ROLLING, keep_emergency=KEEP_EMERGENCY, stale_
 SAVER = textwrap.dedent(
     """
     import sys, time, torch
-    from ckptctl.manager import CheckpointManager
+    from ckptctl.training.manager import CheckpointManager
 
     directory, steps = sys.argv[1], int(sys.argv[2])
     mgr = CheckpointManager(directory, keep_last_n=10, keep_emergency_n=10, lock_wait=60, monitor_every=0)

@@ -9,9 +9,9 @@ import random
 import pytest
 
 from ckptctl.errors import UnreadableCheckpoint, UnsafeCheckpoint
-from ckptctl.metadata import summarize
-from ckptctl.reader import read_checkpoint
-from ckptctl.values import jsonable
+from ckptctl.layouts.metadata import summarize
+from ckptctl.formats.reader import read_checkpoint
+from ckptctl.formats.values import jsonable
 from tests import hostile
 from tests.factories import make_state, write_checkpoint
 
@@ -20,7 +20,7 @@ def _torch_inventory(path):
     """(name, dtype, shape) of every tensor, as torch itself loads them, in the reader's naming."""
     import torch
 
-    from ckptctl.reader import iter_tensors
+    from ckptctl.formats.reader import iter_tensors
 
     loaded = torch.load(path, map_location="cpu", weights_only=False)
     return [(n, str(t.dtype).removeprefix("torch."), tuple(t.shape)) for n, t in iter_tensors(loaded, torch.is_tensor)]

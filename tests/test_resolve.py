@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ckptctl.catalog import scan
+from ckptctl.layouts.catalog import scan
 from ckptctl.errors import BadInputError, NoCheckpointError
-from ckptctl.resolve import fallback_candidates, resolve, resolve_target
+from ckptctl.ops.resolve import fallback_candidates, resolve, resolve_target
 from tests.factories import make_state, write_checkpoint, write_hostile_checkpoint
 
 
@@ -111,7 +111,7 @@ def _interrupted_run(directory):
     """What a run leaves after Ctrl+C at step 33 with saves every 10 steps: latest.pt at 30, an emergency at 33."""
     import torch
 
-    from ckptctl.manager import CheckpointManager
+    from ckptctl.training.manager import CheckpointManager
 
     mgr = CheckpointManager(directory)
     model = torch.nn.Linear(2, 2)
@@ -128,8 +128,8 @@ def test_every_consumer_resumes_from_the_emergency_save_newer_than_latest(tmp_pa
     from typer.testing import CliRunner
 
     from ckptctl.cli.app import app
-    from ckptctl.manager import CheckpointManager
-    from ckptctl.restore import plan_heal
+    from ckptctl.training.manager import CheckpointManager
+    from ckptctl.ops.restore import plan_heal
 
     directory = tmp_path / "run"
     emergency = _interrupted_run(directory)

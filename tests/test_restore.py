@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ckptctl import durable, sharded
+from ckptctl import durable
+from ckptctl.training import dcp_save
 from ckptctl.errors import BadInputError, LockedError, SaveError
-from ckptctl.integrity import validate_file
+from ckptctl.ops.integrity import validate_file
 from ckptctl.locking import DirectoryLock
-from ckptctl.naming import Kind, parse
-from ckptctl.restore import execute, plan_from, plan_heal, plan_rollback_best
+from ckptctl.layouts.naming import Kind, parse
+from ckptctl.ops.restore import execute, plan_from, plan_heal, plan_rollback_best
 from tests.factories import cached_layout, write_checkpoint
 
 
@@ -275,7 +276,7 @@ def dcp_dir(tmp_path) -> Path:
 
 
 def _step(path: Path) -> int:
-    from ckptctl.reader import read_checkpoint
+    from ckptctl.formats.reader import read_checkpoint
 
     return read_checkpoint(path).root["step"]
 
@@ -303,7 +304,7 @@ def test_sharded_healthy_directory_needs_nothing(dcp_dir):
 def test_sharded_latest_is_pointed_at_the_newest_valid_and_the_old_link_kept(dcp_dir, damage):
     latest = dcp_dir / "latest"
     if damage == "dangling":
-        sharded.remove_directory(dcp_dir / "rolling_step_000300")
+        durable.remove_directory(dcp_dir / "rolling_step_000300")
     elif damage == "missing":
         latest.unlink()
     elif damage == "partial":
@@ -314,8 +315,8 @@ def test_sharded_latest_is_pointed_at_the_newest_valid_and_the_old_link_kept(dcp
         (latest / ".metadata").write_bytes(b"garbage")
     # Where to resume is the newest valid of any kind: epoch_00001 also holds step 300, saved after
     # rolling 300 (in the same second or a later one: equal save times prefer the rolling kind).
-    from ckptctl.catalog import scan
-    from ckptctl.resolve import saved_at
+    from ckptctl.layouts.catalog import scan
+    from ckptctl.ops.resolve import saved_at
 
     expected = "epoch_00001"
     if damage in ("missing", "a real directory"):
@@ -415,7 +416,7 @@ def test_sharded_from_to_best_copies_the_directory_and_keeps_the_old_best(dcp_di
 
 
 def test_sharded_rollback_best_copies_previous_and_the_manager_reads_it(dcp_dir):
-    from ckptctl.manager import CheckpointManager
+    from ckptctl.training.manager import CheckpointManager
 
     plan = plan_rollback_best(dcp_dir, now=NOW)
     (action,) = plan.actions
@@ -429,7 +430,7 @@ def test_sharded_rollback_best_copies_previous_and_the_manager_reads_it(dcp_dir)
 def test_sharded_a_save_between_plan_and_execute_is_not_overwritten(dcp_dir):
     (dcp_dir / "rolling_step_000300" / ".metadata").unlink()
     plan = plan_heal(dcp_dir, now=NOW)
-    sharded.set_pointer(dcp_dir, Kind.LATEST, "rolling_step_000100")  # a save re-pointed latest meanwhile
+    dcp_save.set_pointer(dcp_dir, Kind.LATEST, "rolling_step_000100")  # a save re-pointed latest meanwhile
     execute(plan)
     assert plan.actions[0].status == "skipped" and not plan.ok
     assert os.readlink(dcp_dir / "latest") == "rolling_step_000100"
@@ -447,7 +448,7 @@ def test_sharded_failed_copy_verification_leaves_best_untouched(dcp_dir, monkeyp
     def unreadable(path):
         raise UnreadableCheckpoint("truncated: shard file __0_0.distcp")
 
-    monkeypatch.setattr(sharded, "read_directory", unreadable)
+    monkeypatch.setattr(durable, "read_directory", unreadable)
     with pytest.raises(SaveError, match="verification failed: truncated"):
         execute(plan)
     assert _tree(dcp_dir) == before
@@ -519,7 +520,7 @@ def test_a_symlink_loop_as_latest_is_planned_for_healing(ckpt_dir):
 
 
 def test_an_unreadable_latest_is_reported_not_replaced(ckpt_dir, monkeypatch):
-    from ckptctl import integrity
+    from ckptctl.ops import integrity
 
     target = os.fspath(ckpt_dir / "latest.pt")
     real_open = os.open

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptctl.errors import BadInputError, UnsafeCheckpoint
-from ckptctl.resume import apply_overrides, args_to_argv, build_resume_command, normalise_args, risk_of
+from ckptctl.ops.resume import apply_overrides, args_to_argv, build_resume_command, normalise_args, risk_of
 from tests.factories import make_state, write_checkpoint, write_hostile_checkpoint
 
 # A training script's parser, built from the same keys and the types of their saved values.

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptctl.catalog import scan
+from ckptctl.layouts.catalog import scan
 from ckptctl.errors import BadInputError
-from ckptctl.retention import (
+from ckptctl.ops.retention import (
     Policy,
     format_duration,
     freed_bytes,
@@ -23,7 +23,7 @@ from ckptctl.retention import (
     refuse_if_removes_everything,
     stale_temps,
 )
-from ckptctl.quickcheck import problem as quick_problem
+from ckptctl.ops.quickcheck import problem as quick_problem
 from tests.factories import plausible_bytes, touch_checkpoints, touch_files, write_checkpoint
 
 PROTECTED = ["latest.pt", "latest_backup.pt", "best_model.pt", "best_model_backup.pt", "best_model_previous.pt",
@@ -372,7 +372,7 @@ def test_property_pointer_targets_stay_and_damaged_files_never_displace_valid_on
 
 
 def test_manager_retention_keeps_a_symlinked_pointer_target_and_counts_only_valid_files(tmp_path):
-    from ckptctl.manager import CheckpointManager
+    from ckptctl.training.manager import CheckpointManager
     from tests.factories import make_state
 
     mgr = CheckpointManager(tmp_path, keep_last_n=2, monitor_every=0)

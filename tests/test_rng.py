@@ -14,8 +14,8 @@ import pytest
 np = pytest.importorskip("numpy")
 torch = pytest.importorskip("torch")
 
-from ckptctl.manager import CheckpointManager, build_state  # noqa: E402
-from ckptctl.rng import capture_rng_state, from_plain, restore_rng_state, to_plain  # noqa: E402
+from ckptctl.training.manager import CheckpointManager, build_state  # noqa: E402
+from ckptctl.training.rng import capture_rng_state, from_plain, restore_rng_state, to_plain  # noqa: E402
 
 PLAIN_LOAD = """
 import sys, torch

@@ -1,4 +1,4 @@
-"""ckptctl.safe_open: only regular files are opened; a FIFO or device is a verdict, never a hang.
+"""ckptctl.formats.safe_open: only regular files are opened; a FIFO or device is a verdict, never a hang.
 
 Every test that could block on today's code carries a per-test timeout (pytest-timeout): a plain
 ``open()`` of a FIFO with no writer waits forever, so on a regression the test fails, not hangs.
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ckptctl import safe_open
+from ckptctl.formats import safe_open
 from ckptctl.errors import UnreadableCheckpoint
-from ckptctl.reader import read_checkpoint
-from ckptctl.safe_open import open_regular
+from ckptctl.formats.reader import read_checkpoint
+from ckptctl.formats.safe_open import open_regular
 from tests.factories import write_checkpoint
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,4 +1,4 @@
-"""ckptctl.safetensors_header: a bounded reader of a .safetensors header, one verdict for bad input."""
+"""ckptctl.formats.safetensors: a bounded reader of a .safetensors header, one verdict for bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ckptctl.errors import UnreadableCheckpoint
-from ckptctl.safetensors_header import (
+from ckptctl.formats.safetensors import (
     DTYPE_BITS,
     MAX_DEPTH,
     MAX_DIMS,
@@ -90,7 +90,7 @@ def test_result_is_frozen(saved):
 
 def test_reads_only_the_header_bytes(saved, monkeypatch):
     """The data region is never read: reading stops after 8 + N bytes."""
-    import ckptctl.safetensors_header as module
+    import ckptctl.formats.safetensors as module
 
     reads: list[int] = []
     real_open = module.open_regular

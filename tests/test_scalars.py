@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ckptctl import listing_cache, scalars
-from ckptctl.catalog import entry_for_file
+from ckptctl.ops import listing_cache
+from ckptctl.formats import scalars
+from ckptctl.layouts.catalog import entry_for_file
 from ckptctl.cli.app import app
-from ckptctl.metadata import MAX_EXTRA_SCALARS, summarize
-from ckptctl.reader import read_checkpoint
-from ckptctl.scalars import read_scalars
+from ckptctl.layouts.metadata import MAX_EXTRA_SCALARS, summarize
+from ckptctl.formats.reader import read_checkpoint
+from ckptctl.formats.scalars import read_scalars
 
 torch = pytest.importorskip("torch")
 
@@ -29,7 +30,7 @@ def _tensor(value: float, dtype: str) -> torch.Tensor:
 
 def _manager_dir(directory: Path, losses: dict[int, tuple[float, str]]) -> Path:
     """One manager save per step, val_loss (and train_loss = 2 * val_loss) as 0-d tensors of a dtype."""
-    from ckptctl.manager import CheckpointManager, build_state
+    from ckptctl.training.manager import CheckpointManager, build_state
 
     model = torch.nn.Linear(2, 2)
     mgr = CheckpointManager(directory, keep_last_n=10, monitor_every=0)
@@ -207,11 +208,11 @@ def test_listing_cache_fingerprint_covers_the_scalar_reader(tmp_path, monkeypatc
     """A cache written before tensor losses were read (val_loss null) must not survive a reader change."""
     import shutil
 
-    for module in Path(listing_cache.__file__).parent.glob("*.py"):
-        shutil.copy2(module, tmp_path / module.name)
-    monkeypatch.setattr(listing_cache, "__file__", str(tmp_path / "listing_cache.py"))
+    package = Path(listing_cache.__file__).parent.parent
+    shutil.copytree(package, tmp_path / "ckptctl", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(listing_cache, "__file__", str(tmp_path / "ckptctl" / "ops" / "listing_cache.py"))
     before = listing_cache.reader_fingerprint()
-    with open(tmp_path / "scalars.py", "a") as fh:
+    with open(tmp_path / "ckptctl" / "formats" / "scalars.py", "a") as fh:
         fh.write("# changed\n")
     assert listing_cache.reader_fingerprint() != before
 

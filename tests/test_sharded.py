@@ -1,4 +1,4 @@
-"""ckptctl.sharded: DCP directories read safely, committed atomically, loaded with resharding."""
+"""ckptctl.formats.dcp: DCP directories read safely, committed atomically, loaded with resharding."""
 
 from __future__ import annotations
 
@@ -17,15 +17,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ckptctl import sharded
+from ckptctl.formats import dcp as sharded
+from ckptctl.training import dcp_save
+from ckptctl import durable
 from ckptctl.cli.app import app
-from ckptctl.catalog import STATUS_OK, STATUS_PARTIAL, scan
+from ckptctl.layouts.catalog import STATUS_OK, STATUS_PARTIAL, scan
 from ckptctl.errors import PartialCheckpoint, SaveError, UnreadableCheckpoint, UnsafeCheckpoint
-from ckptctl.integrity import validate_file
-from ckptctl.manager import CheckpointManager, build_state
-from ckptctl.naming import Kind, format_name, parse
-from ckptctl.reader import read_checkpoint
-from ckptctl.retention import Policy, plan_retention
+from ckptctl.ops.integrity import validate_file
+from ckptctl.training.manager import CheckpointManager, build_state
+from ckptctl.layouts.naming import Kind, format_name, parse
+from ckptctl.formats.reader import read_checkpoint
+from ckptctl.ops.retention import Policy, plan_retention
 from tests.factories import SystemCall, make_state, write_dcp
 from tests.procs import Job
 
@@ -108,7 +110,7 @@ def test_hostile_value_in_a_shard_file_is_refused_and_never_run(tmp_path):
     with pytest.raises(UnsafeCheckpoint, match="system"):
         read_checkpoint(path)
     with pytest.raises(Exception, match="unsafe|no loadable"):
-        sharded.load_directory({"w": torch.zeros(2), "step": 0}, tmp_path, "rolling_step_000001")
+        dcp_save.load_directory({"w": torch.zeros(2), "step": 0}, tmp_path, "rolling_step_000001")
     assert not marker.exists()
 
 
@@ -136,15 +138,15 @@ def test_chunk_problems_found_by_validate(tmp_path):
 
 def test_failed_save_leaves_only_a_partial_temp_directory(tmp_path):
     with pytest.raises(SaveError):
-        sharded.save_directory({"bad": lambda: None}, tmp_path, "rolling_step_000001")
+        dcp_save.save_directory({"bad": lambda: None}, tmp_path, "rolling_step_000001")
     names = {p.name for p in tmp_path.iterdir()}
     assert "rolling_step_000001" not in names
     assert all(e.status()[0] == STATUS_PARTIAL for e in scan(tmp_path))
 
 
 def test_commit_replaces_an_existing_directory_whole(tmp_path):
-    sharded.save_directory({"w": torch.zeros(3), "step": 1}, tmp_path, "best_model")
-    sharded.save_directory({"w": torch.ones(3), "step": 2}, tmp_path, "best_model", previous="best_model_previous")
+    dcp_save.save_directory({"w": torch.zeros(3), "step": 1}, tmp_path, "best_model")
+    dcp_save.save_directory({"w": torch.ones(3), "step": 2}, tmp_path, "best_model", previous="best_model_previous")
     assert read_checkpoint(tmp_path / "best_model").root["step"] == 2
     assert read_checkpoint(tmp_path / "best_model_previous").root["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "best_model_previous"]
@@ -152,18 +154,18 @@ def test_commit_replaces_an_existing_directory_whole(tmp_path):
 
 @pytest.mark.parametrize("exchange", ["renameat2", "unsupported"])
 def test_commit_over_an_existing_directory_never_leaves_the_name_absent_where_it_can(tmp_path, monkeypatch, exchange):
-    sharded.save_directory({"w": torch.zeros(3), "step": 1}, tmp_path, "best_model")
+    dcp_save.save_directory({"w": torch.zeros(3), "step": 1}, tmp_path, "best_model")
     if exchange == "unsupported":
-        monkeypatch.setattr(sharded, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(durable, "_exchange", lambda a, b: False)
     present_at_rename = []
-    real_rename = sharded.os.rename
+    real_rename = durable.os.rename
 
     def rename(src, dst):
         present_at_rename.append((tmp_path / "best_model").exists())
         real_rename(src, dst)
 
-    monkeypatch.setattr(sharded.os, "rename", rename)
-    sharded.save_directory({"w": torch.ones(3), "step": 2}, tmp_path, "best_model", previous="best_model_previous")
+    monkeypatch.setattr(durable.os, "rename", rename)
+    dcp_save.save_directory({"w": torch.ones(3), "step": 2}, tmp_path, "best_model", previous="best_model_previous")
     assert read_checkpoint(tmp_path / "best_model").root["step"] == 2
     assert read_checkpoint(tmp_path / "best_model_previous").root["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "best_model_previous"]
@@ -173,19 +175,19 @@ def test_commit_over_an_existing_directory_never_leaves_the_name_absent_where_it
 def test_remove_directory_never_leaves_a_listed_half(tmp_path, monkeypatch):
     path = write_dcp(tmp_path / "rolling_step_000001", step=1)
     calls = []
-    real_rmtree = sharded.shutil.rmtree
+    real_rmtree = durable.shutil.rmtree
 
     def interrupted(target, *a, **k):
         calls.append(Path(target).name)
         raise OSError("interrupted")
 
-    monkeypatch.setattr(sharded.shutil, "rmtree", interrupted)
+    monkeypatch.setattr(durable.shutil, "rmtree", interrupted)
     with pytest.raises(OSError):
-        sharded.remove_directory(path)
+        durable.remove_directory(path)
     assert calls == ["rolling_step_000001.deleting.tmp"]
     assert [e.kind for e in scan(tmp_path)] == [Kind.PARTIAL]  # the name is gone before any file is
-    monkeypatch.setattr(sharded.shutil, "rmtree", real_rmtree)
-    sharded.remove_directory(tmp_path / "rolling_step_000001.deleting.tmp")
+    monkeypatch.setattr(durable.shutil, "rmtree", real_rmtree)
+    durable.remove_directory(tmp_path / "rolling_step_000001.deleting.tmp")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -237,8 +239,8 @@ def test_load_falls_back_past_a_partial_latest(tmp_path):
 def test_retention_keeps_what_a_pointer_names(tmp_path):
     for step in (1, 2, 3):
         write_dcp(tmp_path / f"rolling_step_00000{step}", {"w": torch.zeros(2), "step": step})
-    sharded.set_pointer(tmp_path, Kind.LATEST, "rolling_step_000003")
-    sharded.set_pointer(tmp_path, Kind.LATEST, "rolling_step_000001", backup=Kind.LATEST_BACKUP)
+    dcp_save.set_pointer(tmp_path, Kind.LATEST, "rolling_step_000003")
+    dcp_save.set_pointer(tmp_path, Kind.LATEST, "rolling_step_000001", backup=Kind.LATEST_BACKUP)
     assert os.readlink(tmp_path / "latest_backup") == "rolling_step_000003"
     plan = plan_retention(scan(tmp_path), Policy(keep_rolling=1))
     assert [d.entry.name for d in plan.remove] == ["rolling_step_000002"]
@@ -272,14 +274,14 @@ class DcpGate:
                     raise OSError(28, gate.fail)
                 return super().write_data(plan, planner)
 
-        real_commit = sharded.commit_directory
+        real_commit = durable.commit_directory
 
         def commit(tmp, final, previous=None):
             real_commit(tmp, final, previous)
             self.events.append(("commit", final.name))
 
-        monkeypatch.setattr(sharded, "_writer", lambda tmp: GatedWriter(tmp, sync_files=True))
-        monkeypatch.setattr(sharded, "commit_directory", commit)
+        monkeypatch.setattr(dcp_save, "_writer", lambda tmp: GatedWriter(tmp, sync_files=True))
+        monkeypatch.setattr(dcp_save, "commit_directory", commit)
 
     def release(self):
         self.opened.set()
@@ -410,7 +412,7 @@ warnings.filterwarnings("ignore")
 import torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
-from ckptctl.manager import CheckpointManager
+from ckptctl.training.manager import CheckpointManager
 
 directory, logdir = Path(sys.argv[1]), Path(sys.argv[2])
 dist.init_process_group("gloo")
@@ -483,7 +485,7 @@ def test_sigkill_of_a_rank_mid_save_never_leaves_an_ok_partial_and_2_rank_saves_
         step = read_checkpoint(entry.path).root["step"]
         rows = read_checkpoint(entry.path).root["model"]["w"].shape[0]
         state = {"model": {"w": torch.zeros(rows, 64)}, "step": -1}
-        sharded.load_directory(state, directory, entry.name)
+        dcp_save.load_directory(state, directory, entry.name)
         expected = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64) + step
         assert state["step"] == step and torch.equal(state["model"]["w"], expected)
     listed = CliRunner().invoke(app, ["list", str(directory), "--json"])
@@ -519,7 +521,7 @@ def test_torchrun_nonblocking_saves_isolated_agreed_and_committed_after_every_ra
         path = directory / f"rolling_step_{step:06d}"
         assert validate_file(path).valid, path.name
         state = {"model": {"w": torch.zeros(256, 64)}, "dataloader_state": {"seen": [0] * step}, "step": -1}
-        sharded.load_directory(state, directory, path.name)
+        dcp_save.load_directory(state, directory, path.name)
         expected = torch.arange(256 * 64, dtype=torch.float32).reshape(256, 64) + step
         assert torch.equal(state["model"]["w"], expected), path.name  # not the -1 written right after save()
         assert (state["step"], state["dataloader_state"]["seen"]) == (step, list(range(1, step + 1)))
@@ -533,8 +535,10 @@ def test_at_exit_a_nonblocking_dcp_save_is_committed_and_a_failure_is_logged(tmp
 import logging, warnings, torch
 from pathlib import Path
 import torch.distributed.checkpoint as dcp
-from ckptctl import sharded
-from ckptctl.manager import CheckpointManager
+from ckptctl.formats import dcp as sharded
+from ckptctl.training import dcp_save
+from ckptctl import durable
+from ckptctl.training.manager import CheckpointManager
 warnings.filterwarnings("ignore")
 logging.basicConfig(level=logging.WARNING)
 logging.getLogger("c10d").setLevel(logging.CRITICAL)
@@ -543,7 +547,7 @@ class Full(dcp.FileSystemWriter):
         if "/full/" in str(self.path):
             raise OSError(28, "No space left on device")
         return super().write_data(plan, planner)
-sharded._writer = lambda tmp: Full(tmp, sync_files=True)
+dcp_save._writer = lambda tmp: Full(tmp, sync_files=True)
 CheckpointManager({str(tmp_path / "ok")!r}, format="dcp").save({{"w": torch.ones(256, 256)}}, step=7, blocking=False)
 CheckpointManager({str(tmp_path / "full")!r}, format="dcp").save({{"w": torch.ones(4)}}, step=8, blocking=False)
 """

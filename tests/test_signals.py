@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from ckptctl.signals import EmergencyAbort, EmergencyStop
+from ckptctl.training.signals import EmergencyAbort, EmergencyStop
 
 
 def _deliver(signum):
@@ -93,7 +93,7 @@ def _interrupted_run(manager, start_step, interrupt_at, make_state):
 
 def test_ten_interrupted_runs_leave_rolling_checkpoints_untouched(tmp_path):
     """The original document's Scenario 3: emergency retention is separate from rolling retention."""
-    from ckptctl.manager import CheckpointManager
+    from ckptctl.training.manager import CheckpointManager
     from tests.factories import make_state
 
     manager = CheckpointManager(tmp_path, keep_last_n=3, keep_emergency_n=4)

@@ -92,4 +92,5 @@ def test_the_app_starts_without_the_commands_core_modules():
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ckptctl.'))))")  # fmt: skip
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     core = {m for m in loaded if not m.startswith("ckptctl.cli")}
-    assert core <= {"ckptctl.errors", "ckptctl.naming", "ckptctl.retention", "ckptctl.wording"}, core  # wording: one function
+    packages = {"ckptctl.layouts", "ckptctl.ops"}  # their __init__ modules hold docstrings only
+    assert core <= {"ckptctl.errors", "ckptctl.layouts.naming", "ckptctl.ops.retention", "ckptctl.wording", *packages}, core  # wording: one function

@@ -1,4 +1,4 @@
-"""ckptctl.storage and the core read paths on object storage, against moto's S3 server on loopback."""
+"""ckptctl.formats.storage and the core read paths on object storage, against moto's S3 server on loopback."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from ckptctl import storage
-from ckptctl.catalog import entry_for_file, scan
+from ckptctl.formats import storage
+from ckptctl.layouts.catalog import entry_for_file, scan
 from ckptctl.errors import BadInputError, UnreadableCheckpoint
-from ckptctl.integrity import DEEP, collect_targets, crc_records, crc_records_stream, validate_file
-from ckptctl.container import open_container
-from ckptctl.prune import execute, plan_prune
-from ckptctl.reader import read_checkpoint
-from ckptctl.retention import Policy
-from ckptctl.usage import measure
+from ckptctl.ops.integrity import DEEP, collect_targets, crc_records, crc_records_stream, validate_file
+from ckptctl.formats.container import open_container
+from ckptctl.ops.prune import execute, plan_prune
+from ckptctl.formats.reader import read_checkpoint
+from ckptctl.ops.retention import Policy
+from ckptctl.ops.usage import measure
 from tests.factories import write_checkpoint
 
 

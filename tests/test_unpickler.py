@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ckptctl.errors import UnreadableCheckpoint, UnsafeCheckpoint
-from ckptctl.unpickler import ALLOWED, MAX_DEPTH, Namespace, NumpyArray, StorageRef, TensorRef, safe_loads
+from ckptctl.formats.unpickler import ALLOWED, MAX_DEPTH, Namespace, NumpyArray, StorageRef, TensorRef, safe_loads
 from tests import hostile
 
 
@@ -117,7 +117,7 @@ def test_a_pickle_cannot_alter_the_allowlist_for_later_files(tmp_path, poison):
 
     good = tmp_path / "good.pt"
     torch.save({"w": torch.ones(4), "p": torch.nn.Parameter(torch.ones(2))}, good)
-    from ckptctl.reader import read_checkpoint
+    from ckptctl.formats.reader import read_checkpoint
 
     before = {n: (t.dtype, t.shape, t.nbytes, t.is_parameter) for n, t in read_checkpoint(good).tensors()}
     with pytest.raises((UnreadableCheckpoint, UnsafeCheckpoint)):
@@ -272,8 +272,8 @@ def test_a_huge_memo_index_does_not_allocate_memory():
 
 import tracemalloc  # noqa: E402
 
-from ckptctl.reader import read_checkpoint  # noqa: E402
-from ckptctl.unpickler import Budget, SafeUnpickler  # noqa: E402
+from ckptctl.formats.reader import read_checkpoint  # noqa: E402
+from ckptctl.formats.unpickler import Budget, SafeUnpickler  # noqa: E402
 
 P2 = b"\x80\x02"
 

@@ -7,9 +7,9 @@ from collections import namedtuple
 
 import pytest
 
-from ckptctl import usage as usage_module
+from ckptctl.ops import usage as usage_module
 from ckptctl.errors import BadInputError
-from ckptctl.usage import FilesystemUsage, measure, parse_free_threshold, parse_size, storage_summary, summary_line
+from ckptctl.ops.usage import FilesystemUsage, measure, parse_free_threshold, parse_size, storage_summary, summary_line
 from tests.factories import touch_files
 
 KiB = 1024

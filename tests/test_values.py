@@ -9,9 +9,9 @@ import tracemalloc
 
 import pytest
 
-from ckptctl.bounded import bounded_repr, bounded_str, short_number
-from ckptctl.unpickler import Namespace, safe_loads
-from ckptctl.values import jsonable, key_text, short_repr
+from ckptctl.formats.bounded import bounded_repr, bounded_str, short_number
+from ckptctl.formats.unpickler import Namespace, safe_loads
+from ckptctl.formats.values import jsonable, key_text, short_repr
 from tests import hostile
 
 
@@ -135,7 +135,7 @@ def test_tensor_names_from_tuple_keys_are_bounded():
     """reader.iter_tensors names tensors by their keys: a key tuple of 10 000 long strings stays 200 chars."""
     import torch
 
-    from ckptctl.reader import iter_tensors
+    from ckptctl.formats.reader import iter_tensors
 
     buffer = __import__("io").BytesIO()
     key = ("k" * 1000,) * 10_000

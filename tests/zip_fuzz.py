@@ -22,7 +22,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from ckptctl.errors import CheckpointError
-from ckptctl.reader import iter_tensors, read_checkpoint
+from ckptctl.formats.reader import iter_tensors, read_checkpoint
 from tests import hostile
 
 EXAMPLES = int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "120"))
@@ -183,7 +183,7 @@ def judge(path: Path) -> str:
         return exc.status
     import torch
 
-    from ckptctl.rng import safe_globals
+    from ckptctl.formats.torch_load import safe_globals
 
     with safe_globals():
         loaded = torch.load(path, map_location="cpu", weights_only=True)  # any exception: a disagreement

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import typer
 
-from . import inspect_cmd, list_cmd
+from . import inspect_cmd
+from . import list_cmd
 from . import resume_cmd
 from . import compare_cmd
 from . import demo_cmd
-from . import validate_cmd, restore_cmd
-from . import prune_cmd, du_cmd
+from . import validate_cmd
+from . import restore_cmd
+from . import prune_cmd
+from . import du_cmd
 from .output import survive_any_encoding
 
 app = typer.Typer(

@@ -1,6 +1,6 @@
 """``ckptctl compare A B``: what changed between two checkpoints. Exit 0 equal, 1 different, 2 bad input.
 
-Volatile metadata (save time, paths, host names, pids: ``ckptctl.compare.VOLATILE_KEYS``) and
+Volatile metadata (save time, paths, host names, pids: ``ckptctl.ops.compare.VOLATILE_KEYS``) and
 ``--ignore KEY`` paths are shown as ignored and never make two checkpoints different.
 """
 
@@ -16,7 +16,7 @@ from .options import JsonOpt
 from .output import handle_errors, out_console, print_json, print_line, print_table, stderr_is_terminal, stdout_is_terminal, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
-    from ..compare import Comparison
+    from ..ops.compare import Comparison
 
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 LIST_LIMIT = 20
@@ -48,8 +48,8 @@ def compare_command(
 
     Exit 0 when equal, 1 when different; volatile metadata (save time, paths) never decides.
     """
-    from ..compare import compare, compare_values
-    from ..storage import refuse_url
+    from ..ops.compare import compare, compare_values
+    from ..formats.storage import refuse_url
 
     refuse_url(a, "compare")
     refuse_url(b, "compare")

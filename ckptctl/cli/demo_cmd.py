@@ -24,8 +24,8 @@ def demo_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Train a tiny model for a few hundred steps with rolling, best, epoch and emergency saves, then list DIR."""
-    from ..demo import prepare_directory, run_demo
-    from ..listing import list_checkpoints
+    from ..training.demo import prepare_directory, run_demo
+    from ..ops.listing import list_checkpoints
     from . import list_cmd
 
     import logging

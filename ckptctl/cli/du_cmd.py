@@ -16,7 +16,7 @@ from .options import DirArg, JsonOpt
 from .output import handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
-    from ..usage import FreeThreshold, KindUsage, Usage
+    from ..ops.usage import FreeThreshold, KindUsage, Usage
 
 HEADERS = ("kind", "files", "size", "allocated", "linked")
 BAR_WIDTH = 20
@@ -32,7 +32,7 @@ def du_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Disk usage of DIR by kind (hard links counted once), file system free space, and how many more saves fit."""
-    from ..usage import measure, parse_free_threshold
+    from ..ops.usage import measure, parse_free_threshold
 
     threshold = parse_free_threshold(warn_free) if warn_free is not None else None
     usage = measure(directory)
@@ -51,7 +51,7 @@ def du_command(
 
 def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dict:
     """The ``--json`` document (stable keys; new keys may be added)."""
-    from ..usage import summary_line
+    from ..ops.usage import summary_line
 
     fs, projection = usage.filesystem, usage.projection
     return {
@@ -90,7 +90,7 @@ def _cells(kind: KindUsage) -> list[str]:
 
 
 def _notes(usage: Usage) -> list[str]:
-    from ..usage import summary_line
+    from ..ops.usage import summary_line
 
     fs = usage.filesystem
     notes = []

@@ -19,7 +19,7 @@ def inspect_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Show a checkpoint's metadata, args, RNG and dataloader state, model and optimizer summary."""
-    from ..inspection import inspect_file
+    from ..ops.inspection import inspect_file
 
     report = inspect_file(file, with_tensors=tensors)
     if json_output:

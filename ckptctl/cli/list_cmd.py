@@ -11,7 +11,7 @@ from .options import DirArg, JsonOpt
 from .output import handle_errors, out_console, plain_table, print_json, stdout_is_terminal
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
-    from ..listing import Listing, Row
+    from ..ops.listing import Listing, Row
 
 GROUP_TITLES = {
     "latest": "Latest", "best": "Best", "rolling": "Rolling", "emergency": "Emergency",
@@ -22,14 +22,14 @@ HEADERS = ("name", "step", "epoch", "val_loss", "size", "saved", "status")
 
 def _complete_kind(incomplete: str) -> list[str]:
     """Shell completion for --kind: the groups first, then the individual kinds."""
-    from ..naming import GROUP_OF, Kind
+    from ..layouts.naming import GROUP_OF, Kind
 
     choices = dict.fromkeys([*GROUP_OF.values(), *(k.value for k in Kind if k is not Kind.PARTIAL)])
     return [c for c in choices if c.startswith(incomplete)]
 
 
 def _complete_sort(incomplete: str) -> list[str]:
-    from ..listing import SORT_KEYS
+    from ..ops.listing import SORT_KEYS
 
     return [key for key in SORT_KEYS if key.startswith(incomplete)]
 
@@ -57,7 +57,7 @@ def list_command(
     ] = False,
 ) -> None:
     """List the checkpoints in DIR with step, epoch, val_loss, size, age and status."""
-    from ..listing import list_checkpoints
+    from ..ops.listing import list_checkpoints
 
     listing = list_checkpoints(directory, kind, sort, use_cache=not no_cache)
     if json_output:
@@ -105,7 +105,7 @@ def _rich_report(listing: Listing, grouped: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ..naming import GROUP_OF
+    from ..layouts.naming import GROUP_OF
 
     console = out_console()
     console.print(Text(f"AVAILABLE CHECKPOINTS in {render.display_text(listing.directory)}", style="bold"))

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..errors import EXIT_USAGE, BadInputError
-from ..retention import DEFAULT_REPLACED_AFTER, DEFAULT_STALE_AFTER, Policy, format_duration, parse_duration
+from ..ops.retention import DEFAULT_REPLACED_AFTER, DEFAULT_STALE_AFTER, Policy, format_duration, parse_duration
 from . import render
 from .options import DirArg, DryRunOpt, JsonOpt, QuietOpt, WaitOpt, YesOpt
 from .output import confirm_or_exit, handle_errors, out_console, plain_table, print_json, stdout_is_terminal, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
-    from ..prune import PrunePlan, PruneResult
+    from ..ops.prune import PrunePlan, PruneResult
 
 
 @handle_errors
@@ -45,7 +45,7 @@ def prune_command(
     whole (empty or truncated ones are reported, not counted); the target of a symlink such as latest.pt
     is never removed. Files whose names are not checkpoint names are listed as ignored and never removed.
     """
-    from ..prune import execute, plan_prune
+    from ..ops.prune import execute, plan_prune
 
     policy = _policy(keep_rolling, keep_emergency, keep_every, keep_within, keep_best_k, stale_after,
                      keep_replaced_within, remove_damaged)  # fmt: skip

@@ -101,7 +101,7 @@ def short(value: Any, width: int = 60) -> str:
     elif isinstance(value, (list, tuple)) and len(value) > 8:
         text = f"{type(value).__name__} of {len(value)}"
     else:
-        from ..values import short_repr  # imports the unpickler's classes: only when a value is shown
+        from ..formats.values import short_repr  # imports the unpickler's classes: only when a value is shown
 
         text = short_repr(value, width + 1) if not isinstance(value, str) else value[: width + 1]
     text = display_text(text)

@@ -13,7 +13,7 @@ from .output import confirm_or_exit, handle_errors, out_console, print_json, pri
 from .render import plural
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
-    from ..restore import Action, Check, RestorePlan
+    from ..ops.restore import Action, Check, RestorePlan
 
 
 @handle_errors
@@ -45,8 +45,8 @@ def restore_command(
     unless --discard. Takes the directory lock (exit 3 while a training holds it). In a sharded
     (DCP) directory the latest symlink is re-pointed and best_model/ is replaced by a copied directory.
     """
-    from ..restore import execute
-    from ..storage import refuse_url
+    from ..ops.restore import execute
+    from ..formats.storage import refuse_url
 
     refuse_url(directory, "restore")
     refuse_url(source, "restore")
@@ -67,7 +67,7 @@ def restore_command(
 
 
 def _plan(directory: str, source: str | None, to: str | None, rollback_best: bool, discard: bool, mode: str) -> RestorePlan:
-    from ..restore import TARGETS, plan_from, plan_heal, plan_rollback_best
+    from ..ops.restore import TARGETS, plan_from, plan_heal, plan_rollback_best
 
     if rollback_best and (source or to):
         raise BadInputError("--rollback-best excludes --from/--to")

@@ -16,7 +16,7 @@ from .options import JsonOpt
 from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, styled, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
-    from ..resume import ResumeCommand
+    from ..ops.resume import ResumeCommand
 
 HEADERS = ("key", "checkpoint value", "new value", "note")
 
@@ -47,7 +47,7 @@ def resume_command(
     ] = None,
     python: Annotated[
         str, typer.Option("--python", help="Interpreter or launcher, split like a shell would (e.g. 'torchrun --nproc_per_node 4').")
-    ] = "python",  # ckptctl.resume.DEFAULT_PYTHON (tests/cli/test_resume_cmd.py checks they agree)
+    ] = "python",  # ckptctl.ops.resume.DEFAULT_PYTHON (tests/cli/test_resume_cmd.py checks they agree)
     resume_flag: Annotated[str, typer.Option("--resume-flag", help="Option that takes the checkpoint path.")] = "--resume",
     bools: Annotated[
         str,
@@ -64,8 +64,8 @@ def resume_command(
     is refused (exit 1, "unsafe: ...", nothing on stdout: give --script); a bad --script,
     --python or --set is exit 2.
     """
-    from ..resume import build_resume_command
-    from ..storage import refuse_url
+    from ..ops.resume import build_resume_command
+    from ..formats.storage import refuse_url
 
     refuse_url(checkpoint, "resume-cmd")
     refuse_url(directory, "resume-cmd")

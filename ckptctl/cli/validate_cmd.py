@@ -18,7 +18,7 @@ from .options import JsonOpt
 from .output import err_console, handle_errors, out_console, plain_table, print_json, stderr_is_terminal, stdout_is_terminal
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
-    from ..integrity import FileResult, Report
+    from ..ops.integrity import FileResult, Report
 
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 STYLES = {"valid": "green", "invalid": "red", "unsafe": "bold red", "inaccessible": "yellow", "non-finite": "red"}
@@ -46,7 +46,7 @@ def validate_command(
     file damaged or unsafe, or NaN/Inf with --deep. Exit 2: bad input, or a file not readable
     (permission). Hard links of one file are read once.
     """
-    from ..integrity import DEEP, DEFAULT, QUICK, Report, collect_targets, planned_bytes, validate_targets
+    from ..ops.integrity import DEEP, DEFAULT, QUICK, Report, collect_targets, planned_bytes, validate_targets
 
     if quick and deep:
         raise BadInputError("--quick and --deep exclude each other")

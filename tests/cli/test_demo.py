@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ckptctl.cli.app import app
 from ckptctl.durable import verify_crc
-from ckptctl.reader import read_checkpoint
+from ckptctl.formats.reader import read_checkpoint
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from ckptctl import usage as usage_module
+from ckptctl.ops import usage as usage_module
 from ckptctl.cli import du_cmd
 from ckptctl.cli.app import app
 from tests.test_prune import no_checkpoint_opened  # noqa: F401  (fixture)

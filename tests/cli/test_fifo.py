@@ -1,5 +1,5 @@
 """Every read command on a FIFO, a character device or a directory where a checkpoint file is
-expected: a prompt verdict, never a read that blocks (ckptctl.safe_open).
+expected: a prompt verdict, never a read that blocks (ckptctl.formats.safe_open).
 
 A plain ``open()`` of a FIFO waits for a writer forever; each test has a per-test timeout, so a
 regression fails the test instead of hanging the suite.

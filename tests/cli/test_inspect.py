@@ -51,7 +51,7 @@ def test_json_report_matches_torch(seed):
 def _torch_tensors(loaded):
     import torch
 
-    from ckptctl.reader import iter_tensors
+    from ckptctl.formats.reader import iter_tensors
 
     return iter_tensors(loaded, torch.is_tensor)
 
@@ -128,7 +128,7 @@ def test_bad_paths_exit_2(tmp_path, make, message):
 
 
 def test_permission_denied_exit_2(seed, monkeypatch):
-    from ckptctl import catalog
+    from ckptctl.layouts import catalog
 
     monkeypatch.setattr(catalog.os, "access", lambda *a, **k: False)
     result = invoke(str(seed))

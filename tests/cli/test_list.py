@@ -8,7 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from ckptctl import listing
+from ckptctl.ops import listing
 from ckptctl.cli import list_cmd
 from ckptctl.cli.app import app
 from tests import hostile
@@ -175,7 +175,7 @@ def test_bad_directories_one_line_exit_2(tmp_path, setup, message):
 
 def test_permission_denied_exit_2(tmp_path, monkeypatch):
     """Tests run as root, where chmod cannot deny reading: make the OS call refuse instead."""
-    from ckptctl import catalog
+    from ckptctl.layouts import catalog
 
     monkeypatch.setattr(catalog.os, "access", lambda *a, **k: False)
     result = invoke(str(tmp_path))
@@ -194,7 +194,7 @@ def test_internal_errors_are_one_line_too(ckpt_dir, monkeypatch):
 
 
 def test_no_cache_reads_every_file_and_writes_no_cache(ckpt_dir, tmp_path, monkeypatch):
-    from ckptctl import listing_cache
+    from ckptctl.ops import listing_cache
 
     monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(listing_cache, "SETTLE_SECONDS", -60.0)

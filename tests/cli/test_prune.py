@@ -188,7 +188,7 @@ def test_missing_and_non_directory_paths(tmp_path):
 
 
 def test_read_only_directory_exit_2_nothing_deleted(layout, monkeypatch):
-    from ckptctl import prune as prune_module
+    from ckptctl.ops import prune as prune_module
 
     before = present(layout)
     real_access = os.access  # tests run as root, where chmod alone does not make a directory read-only
@@ -215,7 +215,7 @@ def test_prune_imports_neither_torch_nor_numpy(layout, args):
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_files_changed_after_the_plan_are_skipped_and_reported(layout, monkeypatch, quiet):
-    from ckptctl import prune
+    from ckptctl.ops import prune
 
     real_execute = prune.execute
 

@@ -108,10 +108,10 @@ def test_namespace_args(tmp_path):
 
 
 def test_the_cli_default_python_is_the_cores():
-    """resume_cmd spells the default out so that the app starts without importing ckptctl.resume."""
+    """resume_cmd spells the default out so that the app starts without importing ckptctl.ops.resume."""
     import inspect
 
-    from ckptctl import resume
+    from ckptctl.ops import resume
     from ckptctl.cli.resume_cmd import resume_command
 
     assert inspect.signature(resume_command).parameters["python"].default == resume.DEFAULT_PYTHON

@@ -52,7 +52,7 @@ def test_list_plain_report_names_the_url(s3_layout):
 def test_list_of_a_url_reads_several_objects_at_once(s3_layout, monkeypatch):
     import threading
 
-    from ckptctl import catalog
+    from ckptctl.layouts import catalog
 
     threads: set[int] = set()
     real = catalog.read_checkpoint
@@ -69,7 +69,7 @@ def test_list_of_a_url_reads_several_objects_at_once(s3_layout, monkeypatch):
 
 
 def test_list_of_a_url_neither_uses_nor_writes_the_listing_cache(s3_layout, tmp_path, monkeypatch):
-    from ckptctl import listing_cache
+    from ckptctl.ops import listing_cache
 
     monkeypatch.setenv("CKPTCTL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(listing_cache, "SETTLE_SECONDS", -60.0)

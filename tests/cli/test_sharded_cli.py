@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from ckptctl.cli.app import app
-from ckptctl.manager import CheckpointManager, build_state
+from ckptctl.training.manager import CheckpointManager, build_state
 from tests.factories import SystemCall, write_dcp
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -127,8 +127,8 @@ def test_restore_repoints_a_dangling_latest(layout):
     assert result.exit_code == 0, result.output
     # the newest valid checkpoint: rolling 300, or epoch_00001 (also step 300) when its save fell in a
     # later second (equal save times prefer the rolling kind)
-    from ckptctl.catalog import scan
-    from ckptctl.resolve import saved_at
+    from ckptctl.layouts.catalog import scan
+    from ckptctl.ops.resolve import saved_at
 
     when = {e.name: saved_at(e) for e in scan(layout) if e.name in ("rolling_step_000300", "epoch_00001")}
     expected = "epoch_00001" if when["epoch_00001"] > when["rolling_step_000300"] else "rolling_step_000300"

@@ -24,9 +24,9 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
 
-from ckptctl import sharded
+from ckptctl import durable
 from ckptctl.errors import SaveError
-from ckptctl.manager import CheckpointManager
+from ckptctl.training.manager import CheckpointManager
 
 ROWS, COLS = 256, 64
 BASE = torch.arange(ROWS * COLS, dtype=torch.float32).reshape(ROWS, COLS)
@@ -34,14 +34,14 @@ FAILING_COMMIT = "rolling_step_000004"
 
 
 def _fail_rank0_commit_of_step_4() -> None:
-    real = sharded.commit_directory
+    real = durable.commit_directory
 
     def commit(tmp, final, previous=None):
         if final.name == FAILING_COMMIT:
             raise SaveError(f"injected: rank 0 cannot commit {FAILING_COMMIT}")
         real(tmp, final, previous)
 
-    sharded.commit_directory = commit
+    durable.commit_directory = commit
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ import torch.distributed as dist
 
 from ckptctl import durable
 from ckptctl.errors import CollectiveError
-from ckptctl.manager import CheckpointManager, build_state
-from ckptctl.signals import EmergencyStop
+from ckptctl.training.manager import CheckpointManager, build_state
+from ckptctl.training.signals import EmergencyStop
 from tests.procs import write_ready
 
 WATCHDOG = 100.0  # seconds; below the test's own bound, so the stacks are printed before the test kills us

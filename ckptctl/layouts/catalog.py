@@ -1,0 +1,282 @@
+"""One directory scan: every entry with what its name and ``stat`` say, metadata read lazily.
+
+The filesystem is the truth: nothing here is cached across calls (``ckptctl.ops.listing_cache`` may
+remember what ``list`` read from a file whose identity is unchanged; deleting it loses nothing).
+Order is by kind, then step, then timestamp from the name (never mtime). ``Entry.status()`` reads
+the checkpoint's pickle (not its tensors) on first use only, so commands that need names and sizes
+alone (``du``, ``prune``) never open a checkpoint file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_module
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import naming
+from ..errors import BadInputError, CheckpointError, UnreadableCheckpoint
+from .base import Unit
+from .metadata import Metadata, summarize
+from .naming import Kind, ParsedName
+from ..formats.reader import CheckpointFile, read_checkpoint
+from ..formats.dcp import directory_sizes, looks_like_dcp, read_directory
+from ..formats import storage
+from ..formats.storage import ObjectInfo, RemotePath, is_url
+
+STATUS_OK = "ok"
+STATUS_UNREADABLE = "unreadable"
+STATUS_UNSAFE = "unsafe"
+STATUS_PARTIAL = "partial"
+STATUS_DANGLING = "dangling"  # a symlink whose target does not exist
+STATUS_LOOP = "loop"  # a symlink that leads back to itself
+
+
+@dataclass
+class Entry:
+    """One file in a checkpoint directory."""
+
+    path: Path  # a storage.RemotePath for an object in an object store (``s3://...``)
+    parsed: ParsedName
+    size_bytes: int
+    inode: int
+    nlink: int
+    allocated_bytes: int
+    mtime: float
+    _read: tuple[CheckpointFile | None, Metadata | None, CheckpointError | None] | None = field(
+        default=None, repr=False
+    )
+    _read_has_spans: bool = field(default=False, repr=False)
+    is_directory: bool = False  # a sharded (DCP) checkpoint directory, see ckptctl.formats.dcp
+    # (dev, inode, size, mtime_ns, ctime_ns) of a plain file: same identity, same bytes (listing_cache)
+    identity: tuple[int, int, int, int, int] | None = None
+    link: str | None = None  # what the name points at when it is a symlink (``os.readlink``), else None
+    broken: str | None = None  # STATUS_DANGLING / STATUS_LOOP: a symlink with nothing readable behind it
+    unit: Unit | None = None  # a checkpoint of another framework's layout (Kind.CHECKPOINT), see layouts.base
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.link is not None
+
+    @property
+    def name(self) -> str:
+        return self.parsed.name
+
+    @property
+    def kind(self) -> Kind:
+        return self.parsed.kind
+
+    @property
+    def step(self) -> int | None:
+        return self.parsed.step
+
+    def read(self, *, spans: bool = True) -> tuple[CheckpointFile | None, Metadata | None, CheckpointError | None]:
+        """Read the checkpoint safely once; later calls return the same result.
+
+        ``spans=False`` (what ``status`` and ``metadata`` use) skips the storage records' local
+        headers: a listing then reads a few KB per file however large it is. A later call that
+        needs spans reads the file again, fully.
+        """
+        if self.broken is not None:
+            return None, None, UnreadableCheckpoint(f"{self.broken} symlink to {self.link}")
+        if self._read is None or (spans and not self._read_has_spans and self._read[0] is not None):
+            try:
+                if self.is_directory:  # a listing (spans=False) decodes only the top-level values
+                    ckpt = read_directory(self.path, all_values=spans)
+                else:
+                    ckpt = read_checkpoint(self.path, spans=spans)
+                self._read = (ckpt, summarize(ckpt), None)
+            except CheckpointError as exc:
+                self._read = (None, None, exc)
+            self._read_has_spans = spans
+        return self._read
+
+    @property
+    def metadata(self) -> Metadata | None:
+        return self.read(spans=False)[1]
+
+    def status(self) -> tuple[str, str | None]:
+        """(status, error) as ``list`` shows them: ok / unreadable / unsafe / partial."""
+        if self.kind is Kind.PARTIAL:
+            return STATUS_PARTIAL, None
+        if self.broken is not None:
+            return self.broken, f"symlink to {self.link}"
+        _ckpt, _meta, error = self.read(spans=False)
+        if error is None:
+            return STATUS_OK, None
+        return error.status, error.reason
+
+    @property
+    def effective_step(self) -> int | None:
+        """Step from the name, else from the metadata (fixed names like latest.pt carry none)."""
+        if self.parsed.step is not None:
+            return self.parsed.step
+        meta = self.metadata
+        return meta.step if meta else None
+
+
+def _stat_user_path(path: Path, what: str) -> os.stat_result:
+    """``stat`` a path the user gave, turning every failure into one clear BadInputError line."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        raise BadInputError(f"no such {what}: {path}") from None
+    except PermissionError:
+        raise BadInputError(f"permission denied: {path}") from None
+    except OSError as exc:  # ELOOP (symlink loop), ENAMETOOLONG, ...
+        raise BadInputError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+
+def check_directory(directory: str | os.PathLike[str]) -> Path:
+    """Resolve a user-given checkpoint directory or raise BadInputError with one clear line."""
+    path = Path(directory)
+    info = _stat_user_path(path, "directory")
+    if not stat_module.S_ISDIR(info.st_mode):
+        raise BadInputError(f"not a directory: {path} (give the directory that holds the checkpoints)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BadInputError(f"permission denied: {path}")
+    return path
+
+
+def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints: bool = False,
+         broken_links: bool = False) -> list[Entry]:  # fmt: skip
+    """Every regular file of ``directory`` as an Entry, in the stable catalog order.
+
+    With ``require_checkpoints`` an empty directory, or one with no checkpoint names, is bad input.
+    With ``broken_links`` a dangling or looping symlink is an Entry too (``broken`` set, size 0),
+    for ``list`` and ``prune`` to report; other callers never see one.
+    A URL (``s3://bucket/run``) is listed through :mod:`ckptctl.formats.storage` instead.
+    """
+    path = storage.location(directory) if is_url(directory) else check_directory(directory)  # type: ignore[arg-type]
+    entries = _remote_entries(path) if isinstance(path, RemotePath) else _local_entries(path, broken_links)
+    entries.sort(key=lambda e: naming.sort_key(e.parsed))
+    if require_checkpoints:
+        if not entries:
+            raise BadInputError(f"empty directory: {path} (no checkpoints)")
+        if not any(e.parsed.is_checkpoint or e.kind is Kind.PARTIAL for e in entries):
+            raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
+    return entries
+
+
+def _local_entries(path: Path, broken_links: bool = False) -> list[Entry]:
+    entries: list[Entry] = []
+    try:
+        with os.scandir(path) as it:
+            for dirent in it:
+                entry = _entry(path, dirent, broken_links)
+                if entry is not None:
+                    entries.append(entry)
+    except PermissionError:
+        raise BadInputError(f"permission denied: {path}") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return entries
+
+
+def _entry(directory: Path, dirent: os.DirEntry[str], broken_links: bool = False) -> Entry | None:
+    try:
+        link = os.readlink(dirent.path) if dirent.is_symlink() else None  # d_type: no syscall for plain files
+    except OSError:
+        return None  # replaced by a plain file meanwhile, or vanished: the next scan sees it
+    try:
+        info = dirent.stat(follow_symlinks=True)
+    except OSError as exc:  # a dangling or looping symlink, or a vanished file
+        return _broken_entry(directory / dirent.name, link, exc) if broken_links and link is not None else None
+    if stat_module.S_ISDIR(info.st_mode):
+        entry = _directory_entry(directory / dirent.name, info)
+    elif stat_module.S_ISREG(info.st_mode):
+        entry = _file_entry(directory / dirent.name, info)
+    else:
+        return None
+    if entry is not None:
+        entry.link = link
+    return entry
+
+
+def _broken_entry(path: Path, link: str, error: OSError) -> Entry | None:
+    """A symlink with nothing readable behind it: named like its kind, sized 0, identified by the link itself."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    parsed = naming.parse(path.name)
+    if parsed.kind is Kind.OTHER:  # a DCP pointer (``latest``) has no ``.pt``
+        parsed = naming.parse(path.name, directory=True)
+    status = STATUS_LOOP if error.errno == errno.ELOOP else STATUS_DANGLING
+    return Entry(path, parsed, 0, info.st_ino, info.st_nlink, 0, info.st_mtime, link=link, broken=status)
+
+
+def _file_entry(path: Path, info: os.stat_result) -> Entry:
+    """A regular file, with what its name and ``stat`` say."""
+    return Entry(
+        path=path,
+        parsed=naming.parse(path.name),
+        size_bytes=info.st_size,
+        inode=info.st_ino,
+        nlink=info.st_nlink,
+        allocated_bytes=getattr(info, "st_blocks", 0) * 512,
+        mtime=info.st_mtime,
+        identity=(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns),
+    )
+
+
+def _directory_entry(path: Path, info: os.stat_result, *, any_name: bool = False) -> Entry | None:
+    """A sharded (DCP) checkpoint directory named like a checkpoint (``rolling_step_000500``,
+    ``latest`` -> symlink, ``<name>.tmp``); other subdirectories are not part of the layout.
+
+    Its size is the sum of its files; ``nlink`` is 1 because a directory has one name (a ``latest``
+    symlink shares its inode, so usage and retention count it once).
+    """
+    parsed = naming.parse(path.name, directory=True)
+    if parsed.kind is Kind.OTHER and not any_name:
+        return None
+    size, allocated = directory_sizes(path)
+    return Entry(path, parsed, size, info.st_ino, 1, allocated, info.st_mtime, is_directory=True)
+
+
+def _remote_entries(directory: RemotePath) -> list[Entry]:
+    """The objects below a prefix as Entries (one listing, plus one per sharded checkpoint prefix)."""
+    entries: list[Entry] = []
+    for obj in storage.listdir(directory):
+        if not obj.is_dir:
+            entries.append(_remote_entry(obj))
+            continue
+        parsed = naming.parse(obj.path.name, directory=True)
+        if parsed.kind is not Kind.OTHER:
+            size = storage.directory_size(obj.path)
+            entries.append(Entry(obj.path, parsed, size, obj.identity, 1, size, obj.mtime, is_directory=True))  # type: ignore[arg-type]
+    return entries
+
+
+def _remote_entry(obj: ObjectInfo) -> Entry:
+    """An object is its own data: no hard links (nlink 1), billed by its size (allocated = size), and
+    its version identity stands in for the inode, so a prune's re-plan notices an object rewritten
+    since the plan was shown."""
+    return Entry(obj.path, naming.parse(obj.path.name), obj.size, obj.identity, 1, obj.size, obj.mtime)  # type: ignore[arg-type]
+
+
+def entry_for_file(path: str | os.PathLike[str] | RemotePath) -> Entry:
+    """An Entry for a single file the user named (for ``inspect``/``validate`` of one file)."""
+    if is_url(path):
+        obj = storage.stat(storage.location(path))
+        if obj.is_dir:
+            raise BadInputError(f"is a directory: {obj.path} (give a checkpoint file; sharded checkpoints "
+                                "are not read from object storage)")  # fmt: skip
+        return _remote_entry(obj)
+    file_path = Path(path)  # type: ignore[arg-type]
+    info = _stat_user_path(file_path, "file")
+    if stat_module.S_ISDIR(info.st_mode):
+        if looks_like_dcp(file_path):
+            return _directory_entry(file_path, info, any_name=True)  # type: ignore[return-value]
+        raise BadInputError(f"is a directory: {file_path} (give a checkpoint file)")
+    if not os.access(file_path, os.R_OK):
+        raise BadInputError(f"permission denied: {file_path}")
+    return _file_entry(file_path, info)
+
+
+def by_kind(entries: list[Entry], *kinds: Kind) -> list[Entry]:
+    return [e for e in entries if e.kind in kinds]
+
+
+__all__ = ["Entry", "scan", "check_directory", "entry_for_file", "by_kind", "UnreadableCheckpoint"]

@@ -1,0 +1,73 @@
+"""``inspect`` as data: one checkpoint file described as a JSON-friendly report."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..layouts.catalog import entry_for_file
+from ..layouts.naming import Kind
+from ..formats.values import jsonable
+
+
+def inspect_file(path: str | os.PathLike[str], with_tensors: bool = False) -> dict[str, Any]:
+    """Read ``path`` safely and describe it. ``status`` is ok / unreadable / unsafe."""
+    entry = entry_for_file(path)
+    ckpt, meta, error = entry.read()
+    report: dict[str, Any] = {
+        "path": str(entry.path),
+        "name": entry.name,
+        "kind": entry.kind.value if entry.kind is not Kind.PARTIAL else "other",
+        "format": ckpt.format if ckpt else None,
+        "size_bytes": entry.size_bytes,
+        "status": error.status if error else "ok",
+        "error": error.reason if error else None,
+        "unsafe_globals": getattr(error, "globals", []) if error else [],
+    }
+    if ckpt is None or meta is None:
+        return report
+    root = ckpt.root if isinstance(ckpt.root, dict) else {}
+    report.update(
+        step=meta.step,
+        epoch=meta.epoch,
+        train_loss=meta.train_loss,
+        val_loss=meta.val_loss,
+        checkpoint_type=meta.checkpoint_type,
+        saved_at=meta.timestamp.isoformat() if meta.timestamp else None,
+        args=jsonable(meta.args),
+        dataloader_state=jsonable(meta.dataloader_state),
+        rng_states=meta.rng_states,
+        model=_group(meta.model),
+        optimizer=_optimizer(meta.optimizer),
+        extra={key: meta.extra_numbers.get(key, jsonable(root.get(key))) for key in meta.extra_keys},
+        all_tensors=_group(meta.all_tensors),
+        notes=ckpt.notes,
+    )
+    if with_tensors:
+        report["tensors"] = [
+            {"name": name, "dtype": t.dtype, "shape": list(t.shape), "nbytes": t.nbytes, "storage": t.storage.key}
+            for name, t in ckpt.tensors()
+        ]
+    return report
+
+
+def _group(summary) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "tensor_count": summary.tensor_count,
+        "parameter_count": summary.parameter_count,
+        "bytes_by_dtype": summary.bytes_by_dtype,
+        "total_bytes": summary.total_bytes,
+    }
+
+
+def _optimizer(summary) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "type": summary.type,
+        "param_groups": jsonable(summary.param_groups),
+        "state_entries": summary.state_entries,
+        "total_bytes": summary.tensors.total_bytes,
+    }

@@ -1,0 +1,210 @@
+"""The checkpoint listing (``ckptctl list``) as data: one row per file, totals, val_loss trend.
+
+Nothing that could mislead is hidden: a symlink with nothing behind it is a row with status
+``dangling`` or ``loop`` (and where it points), and the ``<name>.replaced-<time>`` records that
+``restore`` keeps are rows of their own kind, ``replaced``, with the time of the replacement.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from ..layouts.catalog import STATUS_OK, STATUS_PARTIAL, Entry, scan
+from ..errors import BadInputError
+from .listing_cache import Facts, ListingCache
+from ..layouts.naming import GROUP_OF, Kind
+from ..formats.storage import is_url, location
+
+# Foreign files are listed only when they look like a checkpoint; logs and configs are not.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+SORT_KEYS = ("kind", "step", "name", "size", "time", "val_loss")
+JSON_KIND = {Kind.PARTIAL: "other"}
+REMOTE_READERS = 8  # files of an object store read at once by a listing
+
+
+@dataclass
+class Row:
+    entry: Entry
+    facts: Facts
+
+    @property
+    def kind(self) -> Kind:
+        return self.entry.kind
+
+    @property
+    def status(self) -> str:
+        return self.facts.status
+
+    @property
+    def error(self) -> str | None:
+        return self.facts.error
+
+    @property
+    def step(self) -> int | None:
+        """Step from the name, else from the metadata (fixed names like latest.pt carry none)."""
+        return self.entry.step if self.entry.step is not None else self.facts.step
+
+    @property
+    def saved_at(self) -> datetime | None:
+        """Saved time from the metadata, else from the name (emergency checkpoints carry one)."""
+        if self.facts.timestamp:
+            return datetime.fromisoformat(self.facts.timestamp)
+        stamp = self.entry.parsed.timestamp
+        return stamp.astimezone() if stamp and self.kind is Kind.EMERGENCY else None
+
+    @property
+    def replaced_at(self) -> datetime | None:
+        """When ``restore`` replaced the file this record keeps (the time in its name)."""
+        stamp = self.entry.parsed.timestamp
+        return stamp.astimezone() if stamp and self.kind is Kind.REPLACED else None
+
+    def to_json(self) -> dict:
+        saved_at, replaced_at = self.saved_at, self.replaced_at
+        return {
+            "name": self.entry.name,
+            "path": str(self.entry.path),
+            "kind": JSON_KIND.get(self.kind, self.kind.value),
+            "step": self.step if self.kind is not Kind.PARTIAL else None,
+            "epoch": self.facts.epoch if self.entry.parsed.epoch is None else self.entry.parsed.epoch,
+            "val_loss": self.facts.val_loss,
+            "train_loss": self.facts.train_loss,
+            "size_bytes": self.entry.size_bytes,
+            "saved_at": saved_at.isoformat() if saved_at else None,
+            "status": self.status,
+            "error": self.error,
+            "link": self.entry.link,
+            "replaced_at": replaced_at.isoformat() if replaced_at else None,
+        }
+
+
+@dataclass
+class Listing:
+    directory: Path  # a storage.RemotePath for a URL
+    rows: list[Row]
+    total_bytes: int  # hard links counted once
+
+    def to_json(self) -> dict:
+        return {
+            "directory": str(self.directory),
+            "total_bytes": self.total_bytes,
+            "checkpoints": [row.to_json() for row in self.rows],
+        }
+
+    def val_loss_trend(self) -> list[tuple[int, float]]:
+        """(step, val_loss) of rolling, emergency and epoch checkpoints, by step: is training improving?"""
+        points: dict[int, float] = {}
+        for row in self.rows:
+            if GROUP_OF[row.kind] not in ("rolling", "epoch", "emergency") or row.status != "ok":
+                continue
+            if row.facts.val_loss is not None and row.step is not None:
+                points[row.step] = row.facts.val_loss
+        return sorted(points.items())
+
+
+def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None = None, sort: str = "kind",
+                     *, use_cache: bool = True) -> Listing:  # fmt: skip
+    """Scan ``directory``, read each checkpoint's metadata safely, and order the rows.
+
+    What was read from a file is remembered in :mod:`ckptctl.ops.listing_cache` for as long as the
+    file's identity stays the same; ``use_cache=False`` reads every file and leaves the cache alone.
+    """
+    if sort not in SORT_KEYS:
+        raise BadInputError(f"unknown sort key {sort!r} (choose from {', '.join(SORT_KEYS)})")
+    wanted = _kinds(kinds)
+    entries = scan(directory, require_checkpoints=True, broken_links=True)
+    total = _total_bytes(entries)
+    local = None if is_url(directory) else Path(directory)  # objects in a store have no stat identity
+    cache = ListingCache(local, enabled=use_cache)
+    listed = []
+    for entry in entries:
+        if entry.kind is Kind.OTHER and not entry.name.endswith(CHECKPOINT_SUFFIXES):
+            continue
+        if wanted and entry.kind not in wanted:
+            cache.get(entry)  # kept in the cache for the next, unfiltered, listing
+            continue
+        listed.append(entry)
+    if local is None:
+        _read_concurrently([entry for entry in listed if entry.kind is not Kind.PARTIAL and entry.broken is None])
+    rows = [Row(entry, _facts(entry, cache)) for entry in listed]
+    cache.save()
+    rows.sort(key=_sort_key(sort))
+    return Listing(location(directory), rows, total)
+
+
+def _read_concurrently(entries: list[Entry]) -> None:
+    """Object stores: reading a file costs a few round trips, so several files are read at once
+    (each Entry keeps what it read). Threads suffice: they wait on the network, not the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(REMOTE_READERS) as pool:
+        for _ in pool.map(lambda entry: entry.read(spans=False), entries):
+            pass
+
+
+def _facts(entry: Entry, cache: ListingCache) -> Facts:
+    """The listing's values for one file: from the cache, or read safely (and then cached)."""
+    if entry.kind is Kind.PARTIAL:
+        return Facts(STATUS_PARTIAL)
+    if entry.broken is not None:  # nothing to read, nothing to cache: the link is the whole story
+        return Facts(entry.broken, f"symlink to {entry.link}")
+    cached = cache.get(entry)
+    if cached is not None:
+        return cached
+    status, error = entry.status()
+    meta = entry.metadata if status == STATUS_OK else None
+    if meta is None:
+        facts = Facts(status, error)
+    else:
+        stamp = meta.timestamp.isoformat() if meta.timestamp else None
+        facts = Facts(status, error, meta.step, meta.epoch, meta.val_loss, meta.train_loss, stamp)
+    cache.put(entry, facts)
+    return facts
+
+
+def _kinds(kinds: list[str] | None) -> set[Kind]:
+    """``--kind`` accepts a kind (``best_backup``) or a group (``best`` = all three best files)."""
+    wanted: set[Kind] = set()
+    for name in kinds or []:
+        group = [k for k, g in GROUP_OF.items() if g == name]
+        if group:
+            wanted.update(group)
+            continue
+        try:
+            wanted.add(Kind(name))
+        except ValueError:
+            choices = sorted({k.value for k in Kind} | set(GROUP_OF.values()))
+            raise BadInputError(f"unknown kind {name!r} (choose from {', '.join(choices)})") from None
+    return wanted
+
+
+def _sort_key(sort: str):
+    if sort == "kind":
+        return lambda row: 0  # the catalog order already is by kind, step, timestamp
+    if sort == "step":
+        return lambda row: (row.step is None, row.step or 0, row.entry.name)
+    if sort == "name":
+        return lambda row: row.entry.name
+    if sort == "size":
+        return lambda row: (-row.entry.size_bytes, row.entry.name)
+    if sort == "time":
+        return lambda row: (row.saved_at is None, row.saved_at.timestamp() if row.saved_at else 0.0, row.entry.name)
+
+    def by_loss(row: Row):
+        loss = row.facts.val_loss
+        return (loss is None, loss if loss is not None else 0.0, row.entry.name)
+
+    return by_loss
+
+
+def _total_bytes(entries: list[Entry]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for entry in entries:
+        if entry.inode in seen:
+            continue
+        seen.add(entry.inode)
+        total += entry.size_bytes
+    return total

@@ -1,0 +1,225 @@
+"""Disk usage of a checkpoint directory (``ckptctl du``, the manager's storage log line), from names and stat only.
+
+No checkpoint file is opened: sizes come from ``stat`` (through :func:`ckptctl.layouts.catalog.scan`), free
+space from ``os.statvfs``. Hard links are counted once: the manager makes ``latest.pt`` and the
+``_backup`` files as links of the file it just wrote, so adding up every name would count the same
+blocks two or three times. Each shared inode is counted under the kind that owns the data (a
+rolling file before the ``latest.pt`` that links to it), so the per-kind bytes add up to the total
+and the names that share data are counted as ``linked_files``.
+
+API for other modules: ``measure(directory) -> Usage``, ``summary_line(usage) -> str`` and the
+shortcut ``storage_summary(directory) -> str`` for the manager's periodic log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..layouts.catalog import Entry, scan
+from ..errors import BadInputError
+from ..layouts.naming import GROUP_OF, Kind
+from ..formats.storage import is_url, location
+
+# Report order of the kinds (as a person groups them), and the order in which a shared inode
+# is attributed: the file that holds the data first, the names that link to it after.
+GROUPS = ("latest", "rolling", "emergency", "best", "epoch", "replaced", "partial", "other")
+# restore's ``.replaced-*`` records are hard links of the file they replaced: the data is counted
+# under replaced only when no checkpoint name holds it any more.
+OWNER_ORDER = ("rolling", "emergency", "epoch", "best", "latest", "replaced", "partial", "other")
+_OWNER_RANK = {group: rank for rank, group in enumerate(OWNER_ORDER)}
+SUMMARY_KINDS = (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH)
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)", re.IGNORECASE)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+@dataclass
+class KindUsage:
+    """Files of one kind. Bytes count each inode once, under the kind that owns it."""
+
+    kind: str
+    files: int = 0
+    apparent_bytes: int = 0
+    allocated_bytes: int = 0
+    linked_files: int = 0  # names whose data is already counted under another name (hard links)
+
+    def add(self, entry: Entry, first_name: bool) -> None:
+        self.files += 1
+        if first_name:
+            self.apparent_bytes += entry.size_bytes
+            self.allocated_bytes += entry.allocated_bytes
+        else:
+            self.linked_files += 1
+
+
+@dataclass
+class FilesystemUsage:
+    """The file system holding the directory (``os.statvfs``); free is what an unprivileged writer gets."""
+
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int
+
+    @property
+    def free_percent(self) -> float:
+        return 100.0 * self.free_bytes / self.total_bytes if self.total_bytes else 0.0
+
+
+@dataclass
+class Projection:
+    """How many more saves fit in the free space at the current checkpoint size (None: nothing to go by)."""
+
+    checkpoint_bytes: int | None  # size of the newest checkpoint
+    rolling_save_bytes: int | None  # one rolling save: the file, plus its copy when backups are copies
+    rolling_saves_fit: int | None
+    epoch_bytes: int | None
+    epochs_fit: int | None
+
+
+@dataclass
+class Usage:
+    directory: Path
+    kinds: dict[str, KindUsage]
+    counts: dict[str, int]  # files per layout kind (``Kind`` values), for the summary line
+    filesystem: FilesystemUsage | None  # None for an object store: no capacity, no free space
+    projection: Projection
+    checkpoint_bytes: int  # on-disk bytes of checkpoint files (not partial/other), inodes once
+    total: KindUsage = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = KindUsage("total")
+        for usage in self.kinds.values():
+            self.total.files += usage.files
+            self.total.apparent_bytes += usage.apparent_bytes
+            self.total.allocated_bytes += usage.allocated_bytes
+            self.total.linked_files += usage.linked_files
+
+
+def measure(directory: str | os.PathLike[str]) -> Usage:
+    """Scan ``directory`` (names and stat) and its file system; BadInputError for a bad directory."""
+    entries = scan(directory)
+    path = location(directory)
+    kinds = _by_kind(entries)
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.kind.value] = counts.get(entry.kind.value, 0) + 1
+    checkpoint_inodes = {e.inode: e.allocated_bytes or e.size_bytes for e in entries if e.parsed.is_checkpoint}
+    filesystem = None if is_url(path) else filesystem_usage(path)
+    free = filesystem.free_bytes if filesystem is not None else None
+    return Usage(path, kinds, counts, filesystem, project(entries, free), sum(checkpoint_inodes.values()))
+
+
+def _by_kind(entries: list[Entry]) -> dict[str, KindUsage]:
+    """Per-kind usage; ``entries`` in scan order, so a stable sort by owner rank keeps step order within a kind."""
+    kinds = {group: KindUsage(group) for group in GROUPS}
+    seen: set[int] = set()
+    owner_first = sorted(entries, key=lambda e: _OWNER_RANK[GROUP_OF[e.kind]])
+    for entry in owner_first:
+        kinds[GROUP_OF[entry.kind]].add(entry, entry.inode not in seen)
+        seen.add(entry.inode)
+    return kinds
+
+
+def filesystem_usage(directory: Path) -> FilesystemUsage:
+    try:
+        st = os.statvfs(directory)
+    except OSError as exc:
+        raise BadInputError(f"cannot stat the file system of {directory}: {exc.strerror or exc}") from None
+    return FilesystemUsage(
+        total_bytes=st.f_blocks * st.f_frsize,
+        free_bytes=st.f_bavail * st.f_frsize,
+        used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+    )
+
+
+def project(entries: list[Entry], free_bytes: int | None) -> Projection:
+    """Saves that fit in ``free_bytes``: the newest rolling (else latest, emergency) file sets the size.
+
+    ``free_bytes`` None (an object store): the sizes are still given, the counts that fit are None.
+
+    ``entries`` must be in :func:`ckptctl.layouts.catalog.scan` order (kind, then step/epoch/timestamp).
+    """
+    current = _newest(entries, Kind.ROLLING) or _newest(entries, Kind.LATEST) or _newest(entries, Kind.EMERGENCY)
+    epoch = _newest(entries, Kind.EPOCH) or current
+    rolling_save = None
+    if current is not None:
+        backup = _newest(entries, Kind.ROLLING_BACKUP)
+        copies = 1 if backup is not None and backup.inode != current.inode else 0
+        rolling_save = current.size_bytes * (1 + copies)
+    epoch_bytes = epoch.size_bytes if epoch is not None else None
+    return Projection(
+        checkpoint_bytes=current.size_bytes if current is not None else None,
+        rolling_save_bytes=rolling_save,
+        rolling_saves_fit=free_bytes // rolling_save if rolling_save and free_bytes is not None else None,
+        epoch_bytes=epoch_bytes,
+        epochs_fit=free_bytes // epoch_bytes if epoch_bytes and free_bytes is not None else None,
+    )
+
+
+def _newest(entries: list[Entry], kind: Kind) -> Entry | None:
+    """The last of ``kind`` in step/epoch/timestamp order (``entries`` in scan order, which is that order).
+
+    Empty files are passed over: an empty ``rolling_step_999999.pt`` says nothing about the size of a save.
+    """
+    matching = [e for e in entries if e.kind is kind and e.size_bytes > 0]
+    return matching[-1] if matching else None
+
+
+def summary_line(usage: Usage) -> str:
+    """``Checkpoint storage: 45.2 GiB (10 rolling, 3 emergency, 5 epoch) — 120 GiB free``."""
+    import humanize
+
+    kinds = ", ".join(f"{usage.counts.get(kind.value, 0)} {kind.value}" for kind in SUMMARY_KINDS)
+    free = "n/a" if usage.filesystem is None else humanize.naturalsize(usage.filesystem.free_bytes, binary=True)
+    return f"Checkpoint storage: {humanize.naturalsize(usage.checkpoint_bytes, binary=True)} ({kinds}) — {free} free"
+
+
+def storage_summary(directory: str | os.PathLike[str]) -> str:
+    """The one-line summary for ``directory``: what the manager logs every few saves."""
+    return summary_line(measure(directory))
+
+
+@dataclass(frozen=True)
+class FreeThreshold:
+    """``--warn-free``: a percentage of the file system or a byte count; exactly one is set."""
+
+    text: str
+    percent: float | None = None
+    bytes: int | None = None
+
+    def crossed(self, filesystem: FilesystemUsage | None) -> bool:
+        """True when free space is below the threshold (the cron alert condition).
+
+        An object store has no free space to fall short of: asking is bad input."""
+        if filesystem is None:
+            raise BadInputError("--warn-free needs a file system: an object store has no free space to check")
+        if self.percent is not None:
+            return filesystem.free_percent < self.percent
+        return filesystem.free_bytes < (self.bytes or 0)
+
+
+def parse_free_threshold(text: str) -> FreeThreshold:
+    """``10%`` or a size: ``50G``/``50GiB`` (1024-based, like ``du``), ``50GB`` (1000-based), ``1048576``."""
+    cleaned = text.strip()
+    if cleaned.endswith("%"):
+        try:
+            percent = float(cleaned[:-1])
+        except ValueError:
+            percent = -1.0
+        if not 0 <= percent <= 100:
+            raise BadInputError(f"bad --warn-free {text!r}: a percentage must be between 0% and 100%")
+        return FreeThreshold(text, percent=percent)
+    return FreeThreshold(text, bytes=parse_size(text))
+
+
+def parse_size(text: str) -> int:
+    """A byte count from ``512``, ``10K``, ``1.5G``, ``2GiB`` (1024-based) or ``2GB`` (1000-based)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or (match.group(3).lower() == "ib" and not match.group(2)):
+        raise BadInputError(f"bad size {text!r}: use e.g. 10%, 500M, 50G, 2TiB, 50GB or a byte count")
+    number, prefix, suffix = match.groups()
+    base = 1000 if suffix.lower() == "b" and prefix else 1024
+    return int(float(number) * base ** _POWERS[prefix.lower()])
