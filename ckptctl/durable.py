@@ -1,7 +1,7 @@
 """Durable, atomic file operations: the one place that writes checkpoint files.
 
 Used by :class:`ckptctl.training.manager.CheckpointManager` and by ``ckptctl restore``. The protocol
-(DESIGN.md "Durable, atomic writes"):
+(docs/architecture.md, "Durable, atomic writes"):
 
 1. write to ``<final>.<pid>.<random>.tmp`` in the *same* directory (so the rename cannot cross
    file systems), flush, ``fsync``;

@@ -1,6 +1,6 @@
 """Exceptions of the core, each carrying the documented exit code the CLI turns it into.
 
-Exit codes (DESIGN.md): 0 ok, 1 findings, 2 usage or bad input, 3 directory locked, 130 interrupted.
+Exit codes (docs/architecture.md, "Commands"): 0 ok, 1 findings, 2 usage or bad input, 3 directory locked, 130 interrupted.
 The core raises these; the CLI maps them to one line on stderr and the exit code, never a traceback.
 """
 

@@ -27,7 +27,7 @@ from tests.factories import make_state, write_dcp
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 EXAMPLES = int(os.environ.get("CKPTCTL_FUZZ_EXAMPLES", "40"))
-# DESIGN.md: any read needs at most ~256 MiB + a small multiple of the input's size.
+# docs/architecture.md ("Every reader has a budget"): any read needs at most ~256 MiB + a small multiple of the input's size.
 MEMORY_BASE = 256 * 1024 * 1024
 MEMORY_FACTOR = 8
 

@@ -86,7 +86,7 @@ class Resumed:
 
 
 class CheckpointManager:
-    """Writes and reads one checkpoint directory in the layout of DESIGN.md."""
+    """Writes and reads one checkpoint directory in ckptctl's own layout (README, "Using the library")."""
 
     def __init__(
         self,

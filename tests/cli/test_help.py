@@ -43,7 +43,7 @@ def test_command_help_and_docstring(name):
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_has_json(name):
-    """DESIGN.md: every command has --json (one JSON document on stdout)."""
+    """docs/architecture.md: every command has --json (one JSON document on stdout)."""
     assert "--json" in runner.invoke(app, [name, "--help"], prog_name="ckptctl").stdout
 
 
