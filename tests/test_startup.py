@@ -94,3 +94,16 @@ def test_the_app_starts_without_the_commands_core_modules():
     core = {m for m in loaded if not m.startswith("ckptctl.cli")}
     packages = {"ckptctl.layouts", "ckptctl.ops"}  # their __init__ modules hold docstrings only
     assert core <= {"ckptctl.errors", "ckptctl.layouts.naming", "ckptctl.ops.retention", "ckptctl.wording", *packages}, core  # wording: one function
+
+
+def test_the_public_api_is_exported_lazily():
+    """``from ckptctl import CheckpointManager, ...`` works; ``import ckptctl`` alone loads no torch."""
+    code = ("import sys, ckptctl; light = 'torch' not in sys.modules; "
+            "from ckptctl import CheckpointManager, EmergencyAbort, EmergencyStop, build_state, load_file; "
+            "print(light, CheckpointManager.__module__, EmergencyStop.__module__, callable(build_state), callable(load_file))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "ckptctl.training.manager", "ckptctl.training.signals", "True", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        import ckptctl
+
+        ckptctl.nothing  # noqa: B018
