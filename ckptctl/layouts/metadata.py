@@ -134,9 +134,16 @@ def summarize(ckpt: CheckpointFile) -> Metadata:
     if optimizer_key == "":
         mapped |= {"state", "param_groups"}
     flat_model = set(_flat_model(root)) if model_key == "" else set()
+    epoch = as_int(root.get("epoch"))
+    if ckpt.format == "safetensors" and isinstance(root.get("__metadata__"), dict):  # strings, by the format
+        header = root["__metadata__"]
+        if step is None:
+            step_key, step = ("__metadata__.step", _int_text(header.get("step")))
+            step_key = step_key if step is not None else None
+        epoch = epoch if epoch is not None else _int_text(header.get("epoch"))
     return Metadata(
         step=step,
-        epoch=as_int(root.get("epoch")),
+        epoch=epoch,
         train_loss=as_float(losses["train_loss"]),
         val_loss=as_float(losses["val_loss"]),
         timestamp=as_datetime(root.get("timestamp")),
@@ -152,6 +159,13 @@ def summarize(ckpt: CheckpointFile) -> Metadata:
         optimizer_key=optimizer_key if optimizer_key != "optimizer" else None,
         hparams_key=hparams_key if hparams_key != "args" else None,
     )
+
+
+def _int_text(value: Any) -> int | None:
+    """A safetensors ``__metadata__`` number (always a string there): "120" -> 120, else None."""
+    if type(value) is not str or not 0 < len(value) <= 20 or not value.strip().lstrip("-").isdigit():
+        return None
+    return as_int(int(value))
 
 
 def _first_key(root: dict, keys: tuple[str, ...], accept: Any = None) -> str | None:
