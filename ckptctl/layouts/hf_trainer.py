@@ -210,6 +210,10 @@ class HfTrainerLayout(Layout):
             unit.epoch = state.epoch
             unit.metrics = state.metrics_at(unit.step if unit.step is not None else number)
         self._check_weights(path, names, unit)
+        for name in (OPTIMIZER, SCHEDULER):  # present: its zip end record must be there too
+            problem = _container_problem(path / name) if name in names else None
+            if problem:
+                _damaged(unit, name, problem)
         unit.hparams = _hparams(path, names, unit)
         if staging:
             unit.complete = False
@@ -285,7 +289,7 @@ class HfTrainerLayout(Layout):
             if any(OPTIMIZER_DIRS.fullmatch(n) for n in _subdirs(unit)):
                 continue  # DeepSpeed / FSDP keep the optimizer in a sub-directory
             for needed_name in needed:
-                if needed_name not in names:
+                if needed_name not in names and needed_name not in unit.missing:
                     unit.complete = False
                     unit.missing.append(needed_name)
 
