@@ -45,6 +45,7 @@ MAX_RECOGNISE_PROBES = 64
 MAX_FILES_PER_UNIT = 100_000
 MAX_WALK_DEPTH = 4
 MAX_HPARAMS = 500
+MAX_MISSING_SHOWN = 50
 MAX_MEMO_BYTES = 4 * 1024 * 1024  # training_args.bin files up to this are read once per listing
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -228,10 +229,10 @@ class HfTrainerLayout(Layout):
             unit.epoch = state.epoch
             unit.metrics = state.metrics_at(unit.step if unit.step is not None else number)
         self._check_weights(path, names, unit)
-        for name in (OPTIMIZER, SCHEDULER):  # present: its zip end record must be there too
-            problem = _container_problem(path / name) if name in names else None
+        for state_file in (OPTIMIZER, SCHEDULER):  # when present, its zip end record must be there too
+            problem = _container_problem(path / state_file) if state_file in names else None
             if problem:
-                _damaged(unit, name, problem)
+                _damaged(unit, state_file, problem)
         unit.hparams = _hparams(path, names, unit, memo)
         if staging:
             unit.complete = False
@@ -278,10 +279,15 @@ class HfTrainerLayout(Layout):
                 _damaged(unit, index, "no weight_map")
                 continue
             shards = sorted({v for v in weight_map.values() if isinstance(v, str)})
+            absent = [s for s in shards if s not in names or "/" in s or "\\" in s]
+            if absent:
+                unit.complete = False
+                unit.missing.extend(absent[:MAX_MISSING_SHOWN])
+                if len(absent) > MAX_MISSING_SHOWN:
+                    unit.missing.append(f"... and {len(absent) - MAX_MISSING_SHOWN} more shards of {index}")
+            skip = set(absent)
             for shard in shards:
-                if shard not in names or "/" in shard or "\\" in shard:
-                    unit.complete = False
-                    unit.missing.append(shard)
+                if shard in skip:
                     continue
                 problem = _container_problem(path / shard)
                 if problem:

@@ -278,6 +278,15 @@ def test_sharded_index_naming_outside_or_malformed(tmp_path, weight_map):
                             else ["model.safetensors.index.json"])
 
 
+def test_an_index_naming_many_absent_shards_is_reported_bounded(tmp_path):
+    run = _copy(tmp_path, "hf_trainer_sharded")
+    index = run / "checkpoint-2" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {f"t{i}": f"model-{i:05d}-of-20000.safetensors" for i in range(20000)}}))
+    unit = _units(run)["checkpoint-2"]
+    assert not unit.complete and len(unit.missing) == 51
+    assert unit.missing[-1] == "... and 19950 more shards of model.safetensors.index.json"
+
+
 def test_transformers_4_bin_checkpoints(tmp_path):
     run = _copy(tmp_path, "hf_trainer_bin")
     units = _units(run)
