@@ -164,13 +164,16 @@ class LightningLayout(Layout):
         """A directory with ``.ckpt`` files, one of them Lightning's by name (a ``key=value``
         template, ``last.ckpt``) or, when no name says so, by content (its keys), reading at most
         :data:`MAX_SNIFFED` pickles."""
-        candidates = [n for n in names if n.endswith(SUFFIX) and not n.startswith(".")]
-        files = [n for n in candidates if _is_regular_or_link(directory / n)]
-        if not files:
-            return False
-        if any(LAST_NAME.fullmatch(n) or parse_name(n).is_template for n in files):
-            return True
-        for n in files[:MAX_SNIFFED]:
+        unnamed: list[str] = []  # .ckpt files whose names say nothing, in case no name does
+        for n in names:
+            if not n.endswith(SUFFIX) or n.startswith("."):
+                continue
+            by_name = LAST_NAME.fullmatch(n) is not None or parse_name(n).is_template
+            if (by_name or len(unnamed) < MAX_SNIFFED) and _is_regular_or_link(directory / n):
+                if by_name:
+                    return True
+                unnamed.append(n)
+        for n in unnamed:
             try:
                 root = read_checkpoint(directory / n, spans=False).root
             except (CheckpointError, OSError):

@@ -322,8 +322,6 @@ def test_truncated_and_empty_ckpt(tmp_path):
 
 def test_unknown_class_in_hyper_parameters_is_reported_not_a_crash(tmp_path):
     """Lightning's AttributeDict: unsafe until the unpickler knows it as an inert record; either way no crash."""
-    import torch  # noqa: F401
-
     module = types.ModuleType("lightning.fabric.utilities.data")
 
     class AttributeDict(dict):
