@@ -37,6 +37,7 @@ second callback or a copy into the directory, and resuming from it silently lose
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 import os
 import re
@@ -71,6 +72,8 @@ _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 LIGHTNING_KEYS = ("pytorch-lightning_version", "callbacks", "state_dict")
 MAX_SNIFFED = 2  # files read to recognise a directory whose names say nothing
 MAX_CALLBACKS = 16  # ModelCheckpoint states looked at per file
+MAX_BEST_K = 10_000  # best_k_models entries searched for the file's own score
+MAX_HPARAMS = 1000  # hyper-parameters kept per file
 NOTE_LAST_COPY = "last (copy)"
 PROTECTED_LAST = "protected: last"
 
@@ -352,11 +355,10 @@ def _plain_int(value: Any) -> int | None:
 
 def _as_dict(value: Any) -> dict[str, Any] | None:
     """Hyper-parameters as a dict: a plain mapping, or an inert record's attributes (AttributeDict)."""
+    if not isinstance(value, Mapping):
+        value = getattr(value, "attrs", None) if value is not None else None
     if isinstance(value, Mapping):
-        return {str(k): v for k, v in list(value.items())[:1000]}
-    attrs = getattr(value, "attrs", None) if value is not None else None
-    if isinstance(attrs, Mapping):
-        return {str(k): v for k, v in list(attrs.items())[:1000]}
+        return {str(k)[:200]: v for k, v in itertools.islice(value.items(), MAX_HPARAMS)}
     return None
 
 
@@ -366,7 +368,7 @@ def _checkpoint_states(callbacks: Any) -> list[Mapping[str, Any]]:
     if not isinstance(callbacks, Mapping):
         return []
     states = [
-        state for _key, state in list(callbacks.items())[:MAX_CALLBACKS]
+        state for _key, state in itertools.islice(callbacks.items(), MAX_CALLBACKS)
         if isinstance(state, Mapping) and "best_model_path" in state
     ]  # fmt: skip
     return sorted(states, key=lambda s: not isinstance(s.get("monitor"), str))
@@ -388,13 +390,13 @@ def _read_callbacks(ckpt: CheckpointFile, callbacks: Any, own_name: str, read: _
     wanted: dict[str, Any] = {k: primary.get(k) for k in ("best_model_score", "current_score", "kth_value")}
     best_k = primary.get("best_k_models")
     if isinstance(best_k, Mapping):
-        for key, value in list(best_k.items())[:10_000]:
+        for key, value in itertools.islice(best_k.items(), MAX_BEST_K):
             if isinstance(key, str) and os.path.basename(key) == own_name:
                 wanted["own"] = value
                 break
     numbers = read_scalars(ckpt, wanted)
     for key, value in wanted.items():  # plain floats (older versions, user subclasses)
-        if key not in numbers and type(value) in (int, float):
+        if key not in numbers and (type(value) is float or (type(value) is int and abs(value) < 2**53)):
             numbers[key] = value
     read.scores = {k: float(v) for k, v in numbers.items() if math.isfinite(float(v))}
 

@@ -450,3 +450,20 @@ def test_ckpt_directories_and_empty_directories_are_not_units(tmp_path):
     assert not LightningLayout().recognise(directory, sorted(os.listdir(directory)))
     assert LightningLayout().units(directory) == []
     assert not LightningLayout().recognise(tmp_path, [])
+
+
+def test_plain_number_scores_are_read_and_absurd_ones_ignored(tmp_path):
+    import torch
+
+    directory = tmp_path / "run"
+    directory.mkdir()
+    for name, score, best in (("epoch=0-step=4.ckpt", 0.25, 10**400), ("epoch=1-step=8.ckpt", float("nan"), True)):
+        torch.save({
+            "epoch": int(name[6]), "global_step": int(name[13]), "state_dict": {},
+            "callbacks": {"MyCheckpoint{}": {"monitor": "acc", "best_model_path": name, "current_score": score,
+                                             "best_model_score": best, "best_k_models": {}}},
+        }, directory / name)  # fmt: skip
+    units = _read(directory)[1]
+    first, second = units["epoch=0-step=4.ckpt"], units["epoch=1-step=8.ckpt"]
+    assert first.monitor == "acc" and first.metrics == {"current_score": 0.25, "acc": 0.25}  # no 10**400, no crash
+    assert second.metrics == {} and second.best and not first.best  # nan and a bool are not numbers
