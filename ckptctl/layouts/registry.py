@@ -17,6 +17,11 @@ from .base import Layout
 # Filled as layouts land: (module, class name), imported lazily so ``ckptctl --help`` stays light.
 LAYOUT_TABLE: tuple[tuple[str, str], ...] = (
     ("hf_trainer", "HfTrainerLayout"),
+    ("deepspeed", "DeepSpeedLayout"),
+    ("accelerate", "AccelerateLayout"),
+    ("lightning", "LightningLayout"),
+    ("torchtitan", "TorchtitanLayout"),
+    ("loose", "LooseFilesLayout"),  # last: any checkpoint-like files nobody else claimed
 )
 
 
