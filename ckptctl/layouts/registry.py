@@ -15,7 +15,10 @@ from pathlib import Path
 from .base import Layout
 
 # Filled as layouts land: (module, class name), imported lazily so ``ckptctl --help`` stays light.
-LAYOUT_TABLE: tuple[tuple[str, str], ...] = ()
+LAYOUT_TABLE: tuple[tuple[str, str], ...] = (
+    ("deepspeed", "DeepSpeedLayout"),
+    ("accelerate", "AccelerateLayout"),
+)
 
 
 def layouts() -> list[Layout]:
