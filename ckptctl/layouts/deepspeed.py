@@ -185,7 +185,7 @@ def _read_model_states(path: Path, state: TagState) -> Any:
     except (CkptctlError, OSError) as exc:
         reason = getattr(exc, "reason", None) or str(exc)
         state.complete = False
-        state.missing.append(f"{path.name} (unreadable: {reason})")
+        state.missing.append(f"{path.name} ({getattr(exc, 'status', 'unreadable')}: {reason})")
         state.notes.append(f"{path.name}: {reason}")
         return None
 
