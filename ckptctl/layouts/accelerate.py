@@ -347,13 +347,14 @@ def _read_custom_states(path: Path, names: set[str], unit: Unit) -> tuple[int | 
             if not isinstance(key, str):
                 continue
             if key in STEP_KEYS and step is None:
-                step = as_int(value) if as_int(value) is not None and as_int(value) >= 0 else None  # type: ignore[operator]
+                number = as_int(value)
+                step = number if number is not None and number >= 0 else None
             if key == "epoch" and epoch is None:
                 epoch = as_float(value)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                number = as_float(value)
-                if number is not None and number - number == 0:  # finite
-                    unit.metrics[prefix + key] = number
+                real = as_float(value)
+                if real is not None and real - real == 0:  # finite
+                    unit.metrics[prefix + key] = real
                     continue
             shown[key] = jsonable(value) if isinstance(value, (str, bool, type(None))) else f"<{type(value).__name__}>"
         if shown:

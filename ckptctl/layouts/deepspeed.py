@@ -133,12 +133,17 @@ def is_tag_directory(path: Path) -> bool:
 
 
 def unit_files(path: Path) -> list[UnitFile]:
-    """Every file below ``path`` (symlinks not followed into directories), at most MAX_ENTRIES."""
+    """Every file below ``path`` (symlinks not followed into directories), at most MAX_ENTRIES.
+
+    The content is guessed from the path below the unit, so the files of an ``optimizer_0/`` DCP
+    directory (accelerate + FSDP) are optimizer state although each is named ``__0_0.distcp``.
+    """
     files: list[UnitFile] = []
     for root, dirs, names in os.walk(path):
         dirs.sort()
+        below = os.path.relpath(root, path)
         for name in sorted(names):
-            files.append(stat_file(Path(root) / name, content_of(name)))
+            files.append(stat_file(Path(root) / name, content_of(name if below == "." else f"{below}/{name}")))
             if len(files) >= MAX_ENTRIES:
                 return files
     return files

@@ -286,3 +286,24 @@ def test_hostile_files_are_never_executed(named, tmp_path, name):
 def test_resume_args(named):
     unit = _units(named)["step_15"]
     assert _layout().resume_args(unit, named) == ["--resume_from_checkpoint", str(named / "step_15")]
+
+
+def test_fsdp_state_directories_count_as_weights_and_optimizer(named):
+    ckpt = named / "step_10"
+    (ckpt / "model.safetensors").unlink()
+    (ckpt / "optimizer.bin").unlink()
+    (ckpt / "pytorch_model_fsdp_0").mkdir()
+    (ckpt / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"x" * 10)
+    unit = _units(named)["step_10"]
+    assert not unit.complete and unit.missing == ["optimizer.bin"]
+    (ckpt / "optimizer_0").mkdir()
+    (ckpt / "optimizer_0" / "__0_0.distcp").write_bytes(b"x" * 10)
+    unit = _units(named)["step_10"]
+    assert unit.complete
+    contents = sorted((f.path.parent.name, f.content) for f in unit.files if f.path.suffix == ".distcp")
+    assert contents == [("optimizer_0", CONTENT_OPTIMIZER), ("pytorch_model_fsdp_0", CONTENT_WEIGHTS)]
+
+
+def test_step_directories_next_to_checkpoints_win(project):
+    shutil.copytree(NAMED / "step_5", project / "step_5")
+    assert list(_units(project)) == ["step_5"]
