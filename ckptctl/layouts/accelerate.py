@@ -47,7 +47,7 @@ from ..formats.safe_open import open_regular
 from ..formats.safetensors import read_safetensors_header
 from ..formats.values import jsonable
 from .base import Layout, Pointer, Unit
-from .deepspeed import MAX_ENTRIES, inspect_tag, is_tag_directory, unit_files
+from .deepspeed import MAX_ENTRIES, MAX_MISSING_SHOWN, cap_missing, inspect_tag, is_tag_directory, unit_files
 from .metadata import as_float, as_int
 
 CHECKPOINTS = "checkpoints"  # ProjectConfiguration's sub-directory for automatic naming
@@ -209,12 +209,18 @@ def _indexed(names: set[str], pattern: re.Pattern[str]) -> dict[int, str]:
 
 
 def _gaps(found: dict[int, str], name_of) -> list[str]:
+    """Names of the lower numbers absent below the highest one present (at most MAX_MISSING_SHOWN + 1 lines)."""
     if not found:
         return []
     top = max(found)
-    if top >= MAX_SHARDS:
-        return []
-    return [name_of(i) for i in range(top) if i not in found]
+    absent = top - sum(1 for i in found if i < top)
+    names = []
+    for i in range(top):
+        if len(names) >= MAX_MISSING_SHOWN:
+            return names + [f"... and {absent - len(names)} more"]
+        if i not in found:
+            names.append(name_of(i))
+    return names
 
 
 def _check_complete(path: Path, names: set[str], unit: Unit) -> None:
@@ -246,17 +252,16 @@ def _check_complete(path: Path, names: set[str], unit: Unit) -> None:
     ranks = _indexed(names, RANDOM_STATES)
     if not ranks:
         missing.append("random_states_0.pkl")
-    missing += [f"random_states_{i}.pkl" for i in range(max(ranks) if ranks else 0) if i not in ranks]
+    missing += _gaps(ranks, lambda i: f"random_states_{i}.pkl")
     missing += _gaps(_indexed(names, SCHEDULER), lambda i: "scheduler.bin" if i == 0 else f"scheduler_{i}.bin")
-    missing += [f"custom_checkpoint_{i}.pkl" for i in range(max(_indexed(names, CUSTOM), default=0))
-                if i not in _indexed(names, CUSTOM)]  # fmt: skip
+    missing += _gaps(_indexed(names, CUSTOM), lambda i: f"custom_checkpoint_{i}.pkl")
     for pattern in (OPTIMIZER, RANDOM_STATES, SCHEDULER, CUSTOM):
         for name in sorted(_indexed(names, pattern).values()):
             if _size(path / name) == 0:
                 missing.append(f"{name} (empty)")
     if missing:
         unit.complete = False
-        unit.missing = missing
+        unit.missing = cap_missing(missing)
 
 
 def _check_safetensors(path: Path, unit: Unit) -> list[str]:

@@ -307,3 +307,11 @@ def test_fsdp_state_directories_count_as_weights_and_optimizer(named):
 def test_step_directories_next_to_checkpoints_win(project):
     shutil.copytree(NAMED / "step_5", project / "step_5")
     assert list(_units(project)) == ["step_5"]
+
+
+def test_a_huge_rank_number_gives_a_short_missing_list(named):
+    shutil.copy(named / "step_10" / "random_states_0.pkl", named / "step_10" / "random_states_999999.pkl")
+    unit = _units(named)["step_10"]
+    assert not unit.complete
+    assert unit.missing[0] == "random_states_1.pkl"
+    assert len(unit.missing) <= 33 and unit.missing[-1] == f"... and {999998 - 32} more"

@@ -430,3 +430,16 @@ def test_the_old_optimizer_file_name_still_counts(run):
 def test_a_looping_symlink_in_place_of_a_tag_is_skipped(run):
     os.symlink("loop", run / "loop")
     assert list(_units(run)) == ["global_step5", "global_step10"]
+
+
+def test_a_huge_recorded_world_size_gives_a_short_missing_list(run):
+    _rewrite_model_states(run / "global_step10" / MODEL, dp_world_size=60000)
+    ten = _units(run)["global_step10"]
+    assert not ten.complete
+    assert len(ten.missing) == ds.MAX_MISSING_SHOWN + 1 and ten.missing[-1] == f"... and {59999 - ds.MAX_MISSING_SHOWN} more"
+
+
+def test_a_world_size_beyond_the_budget_is_a_note_not_a_loop(run):
+    _rewrite_model_states(run / "global_step10" / MODEL, dp_world_size=10**12)
+    ten = _units(run)["global_step10"]
+    assert any("too many ranks" in n for n in ten.notes)
