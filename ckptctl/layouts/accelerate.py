@@ -16,13 +16,14 @@ With ``ProjectConfiguration(automatic_checkpoint_naming=True)`` the directories 
 ``project_dir/checkpoints/checkpoint_<N>``, where ``N`` counts the saves of *this process*: it is
 not the training step, and it restarts at 0 when a resumed run builds a new Accelerator
 (accelerate #3306), so ``checkpoint_0`` may be newer than ``checkpoint_5``. Without it, scripts name
-the directories themselves (accelerate's examples: ``step_<N>``, ``epoch_<N>``).
+the directories themselves (accelerate's examples: ``step_<N>``, ``epoch_<N>``; diffusers' scripts:
+``checkpoint-<global_step>``, with the weights often written by a save hook, ``unet/...safetensors``).
 
 Recognised: a directory whose sub-directories hold accelerate state files, or a project directory
 whose ``checkpoints/`` does (its units are then named ``checkpoints/checkpoint_<N>``, so
 ``directory / unit.name`` is still the unit). A unit is one such sub-directory. Its step is, in this
 order: a ``step``/``global_step``/``completed_steps`` key of the user state in
-``custom_checkpoint_*.pkl``; the ``N`` of a ``step_<N>`` name; ``scheduler.bin``'s ``last_epoch`` as a
+``custom_checkpoint_*.pkl``; the ``N`` of a ``step_<N>`` or ``checkpoint-<N>`` name; ``scheduler.bin``'s ``last_epoch`` as a
 proxy (accelerate steps a prepared scheduler once per process per optimizer step unless
 ``split_batches``, so on several processes it runs ahead of the step). The ``checkpoint_<N>`` counter
 is kept as the metric ``checkpoint_index`` and never used as the step; order is by step, then by
@@ -52,7 +53,7 @@ from .metadata import as_float, as_int
 
 CHECKPOINTS = "checkpoints"  # ProjectConfiguration's sub-directory for automatic naming
 CHECKPOINT_N = re.compile(r"^checkpoint_(\d{1,18})$")
-STEP_N = re.compile(r"^step_(\d{1,18})$")
+STEP_N = re.compile(r"^(?:step_|checkpoint-)(\d{1,18})$")  # ``checkpoint-<global_step>``: diffusers' scripts
 EPOCH_N = re.compile(r"^epoch_(\d{1,18})$")
 RESUME_FLAG = "--resume_from_checkpoint"  # accelerate's examples (complete_nlp_example.py); no standard flag
 
@@ -232,7 +233,11 @@ def _check_complete(path: Path, names: set[str], unit: Unit) -> None:
     fsdp = [n for n in names if FSDP_WEIGHTS.match(n) or (FSDP_WEIGHTS_DIR.match(n) and _is_dir(path / n))]
     indexes = [n for n in INDEXES if n in names]
     if not (weights or deepspeed or fsdp or indexes):
-        missing.append("model.safetensors")
+        hooked = _hook_weights(path, names)
+        if hooked:
+            unit.notes.append(f"model weights saved by a save_state hook: {hooked}")
+        else:
+            missing.append("model.safetensors")
     missing += _gaps(weights, lambda i: "model.safetensors" if i == 0 else f"model_{i}.safetensors")
     for name in sorted(safe.values()):
         missing += _check_safetensors(path / name, unit)
@@ -262,6 +267,21 @@ def _check_complete(path: Path, names: set[str], unit: Unit) -> None:
     if missing:
         unit.complete = False
         unit.missing = cap_missing(missing)
+
+
+def _hook_weights(path: Path, names: set[str]) -> str | None:
+    """Weights a ``register_save_state_pre_hook`` wrote instead of accelerate's own model file (diffusers'
+    scripts: ``unet/diffusion_pytorch_model.safetensors``, ``pytorch_lora_weights.safetensors``)."""
+    for name in sorted(names):
+        if name.endswith(".safetensors") and (_size(path / name) or 0) > 0:
+            return name
+    for name in sorted(names)[:RECOGNISE_PROBES]:
+        if FSDP_OPTIMIZER_DIR.match(name) or not _is_dir(path / name):
+            continue
+        for entry in _entries(path / name)[:RECOGNISE_PROBES]:
+            if entry.name.endswith((".safetensors", ".bin")) and "optim" not in entry.name and (_size(Path(entry.path)) or 0) > 0:
+                return f"{name}/{entry.name}"
+    return None
 
 
 def _check_safetensors(path: Path, unit: Unit) -> list[str]:

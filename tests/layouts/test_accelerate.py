@@ -315,3 +315,22 @@ def test_a_huge_rank_number_gives_a_short_missing_list(named):
     assert not unit.complete
     assert unit.missing[0] == "random_states_1.pkl"
     assert len(unit.missing) <= 33 and unit.missing[-1] == f"... and {999998 - 32} more"
+
+
+def test_diffusers_style_checkpoint_dash_step_with_hook_saved_weights(named, tmp_path):
+    """diffusers' scripts: ``save_state(f"{output_dir}/checkpoint-{global_step}")`` and a save hook that
+    writes ``unet/diffusion_pytorch_model.safetensors`` in place of ``model.safetensors``."""
+    run = tmp_path / "diffusers"
+    run.mkdir()
+    for step in (500, 1000):
+        ckpt = run / f"checkpoint-{step}"
+        shutil.copytree(named / "step_10", ckpt)
+        (ckpt / "unet").mkdir()
+        os.rename(ckpt / "model.safetensors", ckpt / "unet" / "diffusion_pytorch_model.safetensors")
+    layout = _layout()
+    assert layout.recognise(run, _names(run))
+    units = layout.units(run)
+    assert [(u.name, u.step, u.complete) for u in units] == [("checkpoint-500", 500, True), ("checkpoint-1000", 1000, True)]
+    assert any("unet/diffusion_pytorch_model.safetensors" in n for n in units[0].notes)
+    (run / "checkpoint-1000" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    assert _units(run)["checkpoint-1000"].missing == ["model.safetensors"]
