@@ -249,7 +249,9 @@ def test_accelerate_with_deepspeed_engine_state(named, tmp_path):
     (ckpt / "model.safetensors").unlink()
     (ckpt / "optimizer.bin").unlink()
     shutil.copytree(FIXTURES / "deepspeed" / "global_step10", ckpt / "pytorch_model")
+    (ckpt / "latest").write_text("pytorch_model")  # the engine writes its own latest inside the checkpoint
     assert _units(named)["step_10"].complete
+    assert registry.detect(named).name == "accelerate"  # the run is accelerate's, not a DeepSpeed save_dir
     (ckpt / "pytorch_model" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
     unit = _units(named)["step_10"]
     assert not unit.complete and unit.missing == ["pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt"]
