@@ -15,7 +15,10 @@ from pathlib import Path
 from .base import Layout
 
 # Filled as layouts land: (module, class name), imported lazily so ``ckptctl --help`` stays light.
-LAYOUT_TABLE: tuple[tuple[str, str], ...] = ()
+LAYOUT_TABLE: tuple[tuple[str, str], ...] = (
+    ("torchtitan", "TorchtitanLayout"),
+    ("loose", "LooseFilesLayout"),  # last: any checkpoint-like files nobody else claimed
+)
 
 
 def layouts() -> list[Layout]:
