@@ -26,6 +26,7 @@ listed in ``missing``, a short one is a note (``truncated: ...``). See docs/layo
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -81,7 +82,10 @@ class TorchtitanLayout(Layout):
             if folder is None:
                 return []
             prefix = CHECKPOINT_FOLDER + "/"
-            candidates = _candidates(folder, sorted(os.listdir(folder)))
+            try:
+                candidates = _candidates(folder, sorted(os.listdir(folder)))
+            except OSError:
+                return []
         units = [_unit(self.name, path, prefix + path.name) for path in candidates]
         units.sort(key=lambda u: (u.step is not None, u.step or 0, u.name))
         return units
@@ -196,7 +200,7 @@ def _link_note(path: Path) -> str:
     try:
         os.stat(path)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP
+        if exc.errno == errno.ELOOP:
             return f"looping symlink to {target}"
     return f"dangling symlink to {target}"
 
