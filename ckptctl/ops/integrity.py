@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
 from ..formats.bounded import bounded_repr
-from ..layouts.catalog import entry_for_file, scan
+from ..layouts.base import Unit
+from ..layouts.catalog import entry_for_file, layout_of, scan, unit_at
 from ..formats.container import (Container, Record, data_descriptor_problem, end_record_problems, open_container,
                         sniff_format)  # fmt: skip
 from ..errors import BadInputError, CheckpointError, UnsafeCheckpoint
@@ -58,7 +59,9 @@ NAN_SCAN_ELEMENTS = 1 << 22  # elements per NaN/Inf chunk: bounds the temporary 
 USUAL_KEYS = ("step", "epoch", "model")  # what the manager's build_state writes; a missing one is a finding
 REQUIRED_KEYS = USUAL_KEYS  # the old name: nothing is required of a checkpoint's content
 PICKLE_CRC_MISMATCH = "record data.pkl: CRC mismatch"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pkl")
+# Files checked by their own format (safetensors header, plain pickle, JSON), not as torch archives.
+BY_FORMAT_SUFFIXES = (".safetensors", ".pkl", ".pickle", ".json")
 
 
 
@@ -133,6 +136,7 @@ class Report:
     results: list[FileResult]
     skipped: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    units: list[dict[str, Any]] = field(default_factory=list)  # per layout checkpoint: see unit_summary
 
     @property
     def valid(self) -> int:
@@ -174,28 +178,42 @@ class Report:
             "skipped": [str(p) for p in self.skipped],
             "bytes_checked": self.bytes_checked,
             "seconds": round(self.seconds, 3),
+            "units": list(self.units),
+            "layout": next((u["layout"] for u in self.units), None),
         }
 
 
 # ----------------------------------------------------------------------------------------- targets
 
 
-def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
-    """Files to validate and files skipped. A directory contributes its checkpoint-named files
-    and other files with a checkpoint suffix; partial writes (``*.tmp``) and foreign files are
-    skipped. Missing paths and directories with nothing to check are bad input (exit 2).
+def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Any], list[Path]]:
+    """Things to validate and files skipped. A directory contributes its checkpoint-named files
+    and other files with a checkpoint suffix (``.safetensors`` and ``.pkl`` included, checked by
+    their format); partial writes (``*.tmp``) and foreign files are skipped. A directory of
+    another framework's layout contributes its checkpoints as :class:`~ckptctl.layouts.base.Unit`
+    targets (every file of each) and a dangling or looping pointer as an ``invalid`` result; a
+    checkpoint directory of such a layout (``run/checkpoint-500``) named alone is one Unit.
+    Missing paths and directories with nothing to check are bad input (exit 2).
     """
-    targets: list[Path] = []
+    targets: list[Any] = []
     skipped: list[Path] = []
     for raw in paths:
         if is_url(raw):
             _collect_remote(str(raw), targets, skipped)
             continue
         path = Path(raw)
-        if path.is_dir() and looks_like_dcp(path):  # one sharded checkpoint, named by the user
+        unit = unit_at(path) if path.is_dir() else None
+        if unit is not None:
+            targets.append(unit.unit)
+        elif path.is_dir() and looks_like_dcp(path):  # one sharded checkpoint, named by the user
             targets.append(path)
         elif path.is_dir():
             entries = scan(path, broken_links=True)  # a dangling latest.pt is damage, not nothing
+            if layout_of(entries) is not None or any(e.pointer is not None for e in entries):
+                targets += _layout_targets(entries)
+                if not targets:
+                    raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
+                continue
             chosen = [e.path for e in entries if _worth_checking(e.parsed)]
             if not chosen:
                 raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
@@ -204,6 +222,20 @@ def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path]
         else:
             targets.append(entry_for_file(path).path)  # raises BadInputError for missing/unreadable
     return targets, skipped
+
+
+def _layout_targets(entries: list[Any]) -> list[Any]:
+    """The units of a layout's directory, and its broken pointers as verdicts of their own."""
+    targets: list[Any] = []
+    for entry in entries:
+        if entry.unit is not None:
+            targets.append(entry.unit)
+        elif entry.pointer is not None and entry.broken is not None:
+            result = FileResult(entry.path, DEFAULT)
+            detail = entry.pointer.detail or f"{entry.broken} pointer to {entry.link}"
+            _add(result, f"{entry.broken} pointer: {detail}" if not detail.startswith(entry.broken) else detail)
+            targets.append(result)
+    return targets
 
 
 def _worth_checking(parsed: ParsedName) -> bool:
@@ -231,7 +263,7 @@ def planned_bytes(paths: Iterable[Path], level: str) -> int:
         return 0
     total = 0
     seen: set[tuple[int, int]] = set()
-    for path in paths:
+    for path in _files_of(paths):
         try:
             if is_url(path):
                 total += path.size or 0  # type: ignore[attr-defined]
@@ -245,22 +277,47 @@ def planned_bytes(paths: Iterable[Path], level: str) -> int:
     return total
 
 
-def validate_targets(paths: Iterable[str | os.PathLike[str]], level: str = DEFAULT, *, jobs: int = 1,
-                     progress: Progress | None = None) -> list[FileResult]:  # fmt: skip
+def _files_of(targets: Iterable[Any]) -> Iterable[Path]:
+    for target in targets:
+        if isinstance(target, Unit):
+            yield from (Path(f.path) for f in target.files)
+            if not target.files and not target.is_directory:
+                yield Path(target.path)
+        elif not isinstance(target, FileResult):
+            yield target
+
+
+def validate_targets(paths: Iterable[Any], level: str = DEFAULT, *, jobs: int = 1, progress: Progress | None = None,
+                     unit_summaries: list[dict[str, Any]] | None = None) -> list[FileResult]:  # fmt: skip
     """One verdict per path, in order, reading each inode once.
 
     A later path naming a file already checked (a hard link or a symlink to it, same st_dev and
     st_ino) gets that file's integrity verdict, noted as ``same file as <first>``; only its name
     checks (step/epoch against *its* name) run again, on the pickle already read.
+
+    A :class:`~ckptctl.layouts.base.Unit` among the targets contributes one verdict per file (see
+    :func:`validate_unit`) and, into ``unit_summaries``, its :func:`unit_summary`; a
+    :class:`FileResult` (a broken pointer found while collecting) is passed through.
     """
     _check_level(level)
     first: dict[tuple[int, int], tuple[FileResult, CheckpointFile | None]] = {}
-    results = []
+    results: list[FileResult] = []
     for path in paths:
+        if isinstance(path, FileResult):
+            results.append(path)
+            continue
+        if isinstance(path, Unit):
+            unit_results = validate_unit(path, level, jobs=jobs, progress=progress)
+            results += unit_results
+            if unit_summaries is not None:
+                unit_summaries.append(unit_summary(path, unit_results))
+            continue
         key = _inode(path)
         if key is not None and key in first:
             base, ckpt = first[key]
             result = _same_file(base, Path(path))  # type: ignore[arg-type]
+        elif _by_format(path):
+            result, ckpt = validate_unit_file(path, level, jobs=jobs, progress=progress), None
         else:
             result, ckpt = _check_file(path, level, jobs, progress)
             if key is not None:
@@ -276,6 +333,11 @@ def validate_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: i
                   progress: Progress | None = None) -> FileResult:  # fmt: skip
     """One file's verdict. Never raises for a damaged or hostile file: every finding is a problem."""
     return validate_targets([path], level, jobs=jobs, progress=progress)[0]
+
+
+def _by_format(path: Any) -> bool:
+    """A local file whose name says it is not a torch archive to begin with (``model.safetensors``)."""
+    return not is_url(path) and Path(path).name.lower().endswith(BY_FORMAT_SUFFIXES) and not Path(path).is_dir()
 
 
 def _inode(path: str | os.PathLike[str]) -> tuple[int, int] | None:
