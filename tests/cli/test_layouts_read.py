@@ -149,6 +149,19 @@ def test_du_of_a_fake_layout(run):
     assert "ckpt-20" in human and "By content (in checkpoints): weights" in human
 
 
+def test_inspect_a_unit_directory(run):
+    result = invoke("inspect", run / "ckpt-20", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["layout"], report["step"], report["epoch"], report["val_loss"], report["best"]) == ("fake-run", 20, 1.0, 0.5, True)
+    assert {f["name"]: f["content"] for f in report["files"]}["weights.safetensors"] == "weights"
+    human = invoke("inspect", run / "ckpt-20").stdout
+    assert "layout fake-run: complete" in human and "eval_accuracy" in human
+    (run / "ckpt-30" / "optim.pt").unlink()
+    result = invoke("inspect", run / "ckpt-30")
+    assert result.exit_code == 1 and "incomplete" in result.output
+
+
 # ------------------------------------------------------------------------ du: every fixture, always
 
 
