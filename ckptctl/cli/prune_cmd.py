@@ -81,10 +81,8 @@ def prune_command(
 
 def _given(ctx: typer.Context, name: str) -> bool:
     """The user gave option ``name`` (not its default)."""
-    import click
-
-    source = ctx.get_parameter_source(name)
-    return source is not None and source not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    source = ctx.get_parameter_source(name)  # an enum of click's (or the click typer bundles): compare by name
+    return source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _policy(keep_rolling: int, keep_emergency: int, keep_every: int | None, keep_within: str | None,

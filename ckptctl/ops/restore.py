@@ -613,7 +613,7 @@ def _heal_run_pointer(planner: _Planner, run: Run, pointer: Pointer, chosen: Uni
     own = next((u for u in run.units if run.is_pointer_path(u) is pointer), None)
     target = run.unit(pointer.target)
     state: str | None = None
-    if broken is not None or pointer.status in (POINTER_DANGLING, POINTER_LOOP):
+    if broken is not None or (how == POINTER and pointer.status in (POINTER_DANGLING, POINTER_LOOP)):
         state = broken or f"{pointer.status}" + (f" ({pointer.detail})" if pointer.detail else "")
     elif how == FILE and own is not None and check(own) is not None:
         state = f"damaged ({check(own)})"
@@ -623,6 +623,8 @@ def _heal_run_pointer(planner: _Planner, run: Run, pointer: Pointer, chosen: Uni
         state = f"naming {pointer.target}, which does not exist"
     elif how != FILE and target is not None and check(target) is not None:
         state = f"naming {pointer.target}, which is {check(target)}"
+    elif pointer.status in (POINTER_DANGLING, POINTER_LOOP):
+        state = f"{pointer.status}" + (f" ({pointer.detail})" if pointer.detail else "")
     elif pointer.status == POINTER_DAMAGED:
         state = f"damaged ({pointer.detail or 'names an incomplete or invalid checkpoint'})"
     elif how != FILE and not os.path.lexists(pointer.path):

@@ -504,7 +504,7 @@ def plan_unit_retention(run: Run, entries: list[Entry], policy: Policy, *, now: 
         if why:
             keep.append(Decision(entry, list(why)))
         else:
-            remove.append(Decision(entry, [], notes=[f"older than the last {keep_last}"]))
+            remove.append(Decision(entry, [], notes=[f"older than the last {keep_last}" if keep_last else "no rule keeps it"]))
     pointer_paths = {os.path.abspath(p.path) for p in run.pointers}
     others = [e for e in entries if os.path.abspath(e.path) not in unit_paths and e.name != ".ckptctl.lock"]
     stale = stale_temps(others, policy.stale_temp_after, now=current) if policy.stale_temp_after is not None else []
