@@ -171,7 +171,8 @@ _fixture = fake_layouts.copy_fixture
 
 
 def _plan_names(plan) -> tuple[list[str], list[str]]:
-    return names(plan.retention.keep), names(plan.retention.remove)
+    """Kept and removed unit names, as base names (a layout may name units below the run: checkpoint/step-10)."""
+    return ([Path(n).name for n in names(plan.retention.keep)], [Path(n).name for n in names(plan.retention.remove)])
 
 
 def test_hf_trainer_best_oldest_and_newest_survive_keep_last_zero(tmp_path):

@@ -147,7 +147,7 @@ def test_torchtitan_load_step(tmp_path):
 
 def test_torchtitan_damaged_newest_step(tmp_path):
     run = copy_fixture("torchtitan", tmp_path, "checkpoint")
-    (run / "step-30" / ".metadata").unlink()
+    (next(run.rglob("step-30")) / ".metadata").unlink()
     assert build_resume_command(str(run)).resume_args == ["--checkpoint.load_step", "20"]
 
 

@@ -215,6 +215,8 @@ def explain_choice(run: Run, chosen: Unit, skipped: list[tuple[Unit, str]]) -> s
     if newer:
         text += "; " + "; ".join(newer[:3]) + (f"; and {len(newer) - 3} more" if len(newer) > 3 else "")
     for pointer in run.pointers:
+        if pointer.target == pointer.name and pointer.status == POINTER_OK:
+            continue  # a copy (Lightning's last.ckpt saved in full) names itself
         if pointer.target and pointer.target != chosen.name:
             state = pointer.status if pointer.status != POINTER_OK else "names it"
             text += f"; {pointer.name} points at {pointer.target} ({state})"

@@ -580,7 +580,10 @@ def _plan_heal_run(run: Run, *, discard: bool, mode: str, now: datetime | None, 
             problem = incomplete_reason(unit) or verdict(unit)
             problems[unit.name] = problem
             status = "valid" if problem is None else _status_of(problem)
-            plan.checked.append(Check(unit.name, problem is None, [problem] if problem else [], unit.step, status))
+            shown = problem
+            if problem is not None and status == "incomplete" and problem.startswith("incomplete ("):
+                shown = problem[len("incomplete ("):-1]  # "incomplete: missing x", not "incomplete: incomplete (...)"
+            plan.checked.append(Check(unit.name, problem is None, [shown] if shown else [], unit.step, status))
         return problems[unit.name]
 
     choice = choose_resume(run, check, exclude=lambda u: run.is_pointer_path(u) is not None)

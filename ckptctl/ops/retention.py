@@ -461,14 +461,15 @@ def plan_unit_retention(run: Run, entries: list[Entry], policy: Policy, *, now: 
 
     pointer_units = {id(u) for u in run.units if run.is_pointer_path(u) is not None}
     for unit in run.units:
-        if unit.protected:
-            add(unit, unit.protected)
+        if unit.protected and not (unit.protected == "protected: pointer target" and run.pointer_of(unit)):
+            add(unit, unit.protected)  # (the default "pointer target" is said below, naming the pointer)
         if unit.best:
             add(unit, "protected: best")
-        for pointer in run.pointer_of(unit):
-            add(unit, f"protected: {pointer.name} points here")
         own = run.is_pointer_path(unit)
-        if own is not None:
+        for pointer in run.pointer_of(unit):
+            if pointer is not own:  # a copy names itself
+                add(unit, f"protected: {pointer.name} points here")
+        if own is not None and not reasons[id(unit)]:
             add(unit, f"protected: {own.name} is a pointer")
     complete = [u for u in ordered if u.complete and u.step is not None and id(u) not in pointer_units]
     if complete:
