@@ -229,3 +229,13 @@ def test_torchtitan_keep_last(tmp_path):
     base = _fixture("torchtitan", tmp_path, "checkpoint")
     plan = plan_prune(base, Policy(keep_last=2))
     assert _plan_names(plan)[1] == ["step-10"]
+
+
+def test_accelerate_restarted_counter_is_not_mistaken_for_newer(tmp_path):
+    """accelerate #3306: after a resume the counter can name an older state with a higher number."""
+    base = _fixture("accelerate", tmp_path, "checkpoints")
+    unit_dir = next(base.rglob("checkpoint_0"))
+    os.rename(unit_dir, unit_dir.with_name("checkpoint_7"))  # step 5 under the highest counter
+    plan = plan_prune(base, Policy(keep_last=1))
+    kept, removed = _plan_names(plan)
+    assert "checkpoint_2" in kept and sorted(removed) == ["checkpoint_1", "checkpoint_7"]

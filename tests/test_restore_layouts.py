@@ -13,7 +13,7 @@ from ckptctl.errors import BadInputError, LockedError
 from ckptctl.locking import DirectoryLock
 from ckptctl.ops.restore import execute, plan_from, plan_heal, plan_rollback_best
 from tests import write_layouts as fake_layouts
-from tests.write_layouts import copy_fixture, make_dirs_run, make_files_run, save, truncate
+from tests.write_layouts import copy_fixture, make_dirs_run, make_files_run, truncate
 
 NOW = datetime(2026, 12, 6, 12, 0, 0)
 STAMP = "20261206_120000"
@@ -228,3 +228,26 @@ def test_deepspeed_intact_latest_is_left_alone(tmp_path):
     run = copy_fixture("deepspeed", tmp_path)
     plan = plan_heal(run, now=NOW)
     assert plan.actions == [] and plan.exit_code == 0 and plan.resume_from.name == "global_step10"
+
+
+def test_lightning_stale_last_ckpt_follows_the_newest(tmp_path):
+    run = copy_fixture("lightning_link", tmp_path)
+    os.unlink(run / "last.ckpt")
+    os.symlink("epoch=0-step=4-val_loss=0.56.ckpt", run / "last.ckpt")
+    plan = plan_heal(run, now=NOW)
+    (action,) = plan.actions
+    assert "stale" in action.reason
+    execute(plan)
+    assert os.readlink(run / "last.ckpt") == "epoch=1-step=8-val_loss=0.57.ckpt"
+
+
+def test_lightning_damaged_last_ckpt_copy_is_replaced_and_kept(tmp_path):
+    run = copy_fixture("lightning", tmp_path)
+    truncate(run / "last.ckpt")
+    plan = plan_heal(run, now=NOW, mode=durable.COPY)
+    (action,) = plan.actions
+    assert action.target == "last.ckpt" and action.keep_as == f"last.ckpt.replaced-{STAMP}"
+    assert not action.source.name.startswith("last")
+    execute(plan)
+    assert (run / "last.ckpt").read_bytes() == action.source.read_bytes()
+    assert (run / f"last.ckpt.replaced-{STAMP}").exists()

@@ -162,3 +162,11 @@ def test_accelerate_newest_by_step(tmp_path):
     run = copy_fixture("accelerate", tmp_path, "checkpoints")
     result = build_resume_command(str(run))
     assert result.checkpoint.name == "checkpoint_2" and result.step == 15
+
+
+def test_accelerate_restarted_counter_resumes_from_the_newest_step(tmp_path):
+    run = copy_fixture("accelerate", tmp_path, "checkpoints")
+    unit_dir = next(run.rglob("checkpoint_0"))
+    os.rename(unit_dir, unit_dir.with_name("checkpoint_7"))  # step 5 under the highest counter
+    result = build_resume_command(str(run))
+    assert result.checkpoint.name == "checkpoint_2" and result.step == 15

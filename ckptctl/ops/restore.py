@@ -59,7 +59,7 @@ from ..locking import DirectoryLock
 from ..layouts.naming import FIXED_NAMES, REPLACED_MARK, Kind, format_name, parse
 from .resolve import explain, resume_candidates
 from ..durable import repoint
-from ..layouts.base import POINTER_DAMAGED, POINTER_DANGLING, POINTER_LOOP, POINTER_OK, POINTER_STALE, Pointer, Unit
+from ..layouts.base import POINTER_DAMAGED, POINTER_DANGLING, POINTER_LOOP, POINTER_STALE, Pointer, Unit
 from .foreign import Run, Verdict, choose_resume, detect, incomplete_reason, open_run, unit_verdict
 
 FILE, POINTER, DIRECTORY = "file", "pointer", "directory"  # how an Action replaces its target

@@ -273,7 +273,7 @@ def _foreign_target(target: str, directory: str | None) -> tuple[Any, Any, Resol
     if found is None or not _has_resume_flag(found[1]):
         return None  # loose files keep today's path: the command rebuilt from the file's saved args
     run = read_run(*found)
-    unit = next((u for u in run.units if _same(os.path.abspath(u.path), os.path.abspath(path))), None)
+    unit = next((u for u in run.units if _same_path(os.path.abspath(u.path), os.path.abspath(path))), None)
     return _explicit(run, unit, "file") if unit is not None else None
 
 
@@ -318,7 +318,7 @@ def _foreign_command(run: Any, unit: Any, resolution: Resolution, *, overrides: 
                          layout=run.layout.name, resume_args=fragment)  # fmt: skip
 
 
-def _same(a: str, b: str) -> bool:
+def _same_path(a: str, b: str) -> bool:
     return a == b or os.path.realpath(a) == os.path.realpath(b)
 
 
