@@ -170,3 +170,11 @@ def test_accelerate_restarted_counter_resumes_from_the_newest_step(tmp_path):
     os.rename(unit_dir, unit_dir.with_name("checkpoint_7"))  # step 5 under the highest counter
     result = build_resume_command(str(run))
     assert result.checkpoint.name == "checkpoint_2" and result.step == 15
+
+
+def test_a_named_file_of_a_layout_without_a_resume_flag_keeps_todays_command(fake, tmp_path, monkeypatch):
+    """Loose files have no framework flag: a file named directly gets today's command from its saved args."""
+    monkeypatch.setattr(fake_layouts.FileLayout, "resume_flag", None)
+    run = make_files_run(tmp_path / "run", steps=(4, 8), last=None)
+    result = build_resume_command(str(run / "s4.ckpt"))
+    assert result.layout == "ckptctl" and result.argv[-1] == f"--resume={run / 's4.ckpt'}"

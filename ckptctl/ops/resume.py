@@ -278,9 +278,8 @@ def _foreign_target(target: str, directory: str | None) -> tuple[Any, Any, Resol
 
 
 def _has_resume_flag(layout: Any) -> bool:
-    from ..layouts.base import Layout
-
-    return layout.resume_flag is not None or type(layout).resume_args is not Layout.resume_args
+    """A framework with its own resume option (loose files have none: a named file keeps today's command)."""
+    return layout.resume_flag is not None
 
 
 def _explicit(run: Any, unit: Any, requested: str) -> tuple[Any, Any, Resolution]:
