@@ -493,3 +493,26 @@ def replace_symlink(link: Path, target: str) -> None:
         os.unlink(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace the small text file ``path`` (a DeepSpeed ``latest`` tag file) atomically and durably:
+    a temp file in the same directory, written and fsynced, renamed over ``path``, the directory fsynced.
+    A reader sees the old text or the new one, never a mix; on failure the temp file is removed."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{naming.TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            data = text.encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            _fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+    fsync_directory(path.parent)

@@ -22,8 +22,15 @@ if TYPE_CHECKING:  # the core is imported when the command runs, not when the ap
     from ..ops.prune import PrunePlan, PruneResult
 
 
+# Options about ckptctl's own kinds of file (rolling, emergency, val_loss in metadata): refused on another
+# framework's layout, whose units have no such kinds (ckptctl.ops.prune.LAYOUT_OPTIONS apply everywhere).
+NATIVE_ONLY = {"keep_rolling": "--keep-rolling", "keep_emergency": "--keep-emergency", "keep_within": "--keep-within",
+               "keep_best_k": "--keep-best-k"}  # fmt: skip
+
+
 @handle_errors
 def prune_command(
+    ctx: typer.Context,
     directory: DirArg,
     keep_rolling: Annotated[int, typer.Option("--keep-rolling", metavar="N", min=0, help="Keep the last N rolling checkpoints (by step).")] = 10,
     keep_emergency: Annotated[int, typer.Option("--keep-emergency", metavar="N", min=0, help="Keep the last N emergency checkpoints (by step, then time).")] = 10,
@@ -33,6 +40,8 @@ def prune_command(
     stale_after: Annotated[str, typer.Option("--stale-after", metavar="DURATION", help="Remove partial writes (*.tmp) not modified for DURATION.")] = format_duration(DEFAULT_STALE_AFTER),
     keep_replaced_within: Annotated[str, typer.Option("--keep-replaced-within", metavar="DURATION", help="Remove restore's *.replaced-<time> records older than DURATION (by the time in their name).")] = format_duration(DEFAULT_REPLACED_AFTER),
     remove_damaged: Annotated[bool, typer.Option("--remove-damaged", help="Also remove the damaged, empty or incomplete rolling/emergency files met among the newest (kept and reported otherwise; never counted as one of the last N).")] = False,
+    keep_last: Annotated[Optional[int], typer.Option("--keep-last", metavar="N", min=0, help="Keep the N newest checkpoints by step (default 10). Works on every layout (HF Trainer, Lightning, accelerate, DeepSpeed, torchtitan); on ckptctl's own layout it sets --keep-rolling and --keep-emergency unless those are given.")] = None,
+    remove_incomplete: Annotated[bool, typer.Option("--remove-incomplete", help="Also remove incomplete checkpoints (a file the layout requires is missing); never counted as one of the last N. On ckptctl's own layout: --remove-damaged.")] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     quiet: QuietOpt = False,
@@ -44,12 +53,21 @@ def prune_command(
     Keep rules are OR'ed: a checkpoint stays if any rule keeps it. "Last N" counts only files that look
     whole (empty or truncated ones are reported, not counted); the target of a symlink such as latest.pt
     is never removed. Files whose names are not checkpoint names are listed as ignored and never removed.
+
+    Other frameworks' directories (HF Trainer checkpoint-N/, Lightning *.ckpt, accelerate, DeepSpeed,
+    torchtitan step-N/): --keep-last N keeps the N newest complete checkpoints; the best the framework
+    recorded, the newest complete checkpoint and the target of latest / last.ckpt are never removed;
+    incomplete checkpoints only with --remove-incomplete. A checkpoint directory is removed as a whole.
     """
     from ..ops.prune import execute, plan_prune
 
+    given = [flag for name, flag in NATIVE_ONLY.items() if _given(ctx, name)]
+    if keep_last is not None:
+        keep_rolling = keep_rolling if _given(ctx, "keep_rolling") else keep_last
+        keep_emergency = keep_emergency if _given(ctx, "keep_emergency") else keep_last
     policy = _policy(keep_rolling, keep_emergency, keep_every, keep_within, keep_best_k, stale_after,
-                     keep_replaced_within, remove_damaged)  # fmt: skip
-    plan = plan_prune(directory, policy)
+                     keep_replaced_within, remove_damaged or remove_incomplete, keep_last, remove_incomplete)  # fmt: skip
+    plan = plan_prune(directory, policy, native_options=given)
     if not json_output and not quiet:
         _print_plan(plan)
     if dry_run or not plan.deletions:
@@ -61,8 +79,15 @@ def prune_command(
     _finish(plan, result, dry_run, json_output, quiet)
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """The user gave option ``name`` (not its default)."""
+    source = ctx.get_parameter_source(name)  # an enum of click's (or the click typer bundles): compare by name
+    return source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def _policy(keep_rolling: int, keep_emergency: int, keep_every: int | None, keep_within: str | None,
-            keep_best_k: int, stale_after: str, keep_replaced_within: str, remove_damaged: bool) -> Policy:  # fmt: skip
+            keep_best_k: int, stale_after: str, keep_replaced_within: str, remove_damaged: bool,
+            keep_last: int | None = None, remove_incomplete: bool = False) -> Policy:  # fmt: skip
     try:
         return Policy(
             keep_rolling=keep_rolling,
@@ -73,13 +98,15 @@ def _policy(keep_rolling: int, keep_emergency: int, keep_every: int | None, keep
             stale_temp_after=parse_duration(stale_after),
             replaced_after=parse_duration(keep_replaced_within),
             remove_damaged=remove_damaged,
+            keep_last=keep_last,
+            remove_incomplete=remove_incomplete,
         )
     except ValueError as exc:
         raise BadInputError(f"bad policy: {exc}") from None
 
 
 def _confirm(plan: PrunePlan, json_output: bool) -> None:
-    count, freed = _files(len(plan.deletions)), render.size(plan.freed_bytes)
+    count, freed = _files(len(plan.deletions), plan), render.size(plan.freed_bytes)
     confirm_or_exit(
         f"Delete {count} from {plan.directory} (frees {freed})?",
         refusal=f"refusing to delete {count} without confirmation: not a terminal "
@@ -103,7 +130,7 @@ def to_json(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> dict:
     """The ``--json`` document: the plan, and what an execution removed."""
     now = time.time()
     retention = plan.retention
-    return {
+    doc = {
         "directory": str(plan.directory),
         "keep": [{"name": d.entry.name, "kind": d.entry.kind.value, "step": d.entry.step, "reasons": d.reasons,
                   "damage": d.damage, "link": d.entry.link} for d in retention.keep],  # fmt: skip
@@ -118,6 +145,17 @@ def to_json(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> dict:
         "removed": [e.name for e in result.removed] if result is not None else [],
         "skipped": [e.name for e in result.skipped] if result is not None else [],
     }
+    doc["layout"] = plan.layout or "ckptctl"
+    if plan.run is not None:  # another framework's layout: what the units are, and its pointers
+        for key, decisions in (("keep", retention.keep), ("remove", retention.remove)):
+            for item, decision in zip(doc[key], decisions):
+                unit = decision.entry.unit
+                if unit is not None:
+                    item.update({"is_directory": unit.is_directory, "complete": unit.complete, "missing": unit.missing,
+                                 "best": unit.best, "protected": unit.protected, "epoch": unit.epoch})  # fmt: skip
+        doc["pointers"] = [{"name": p.name, "target": p.target, "status": p.status, "detail": p.detail}
+                           for p in plan.run.pointers]  # fmt: skip
+    return doc
 
 
 def _outcome(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> str:
@@ -125,12 +163,13 @@ def _outcome(plan: PrunePlan, result: PruneResult | None, dry_run: bool) -> str:
         return "Nothing to remove."
     if result is None:
         prefix = "Dry run: would remove" if dry_run else "Would remove"
-        return f"{prefix} {_files(len(plan.deletions))}, freeing {render.size(plan.freed_bytes)}."
-    return f"Removed {_files(len(result.removed))}, freed {render.size(result.freed_bytes)}."
+        return f"{prefix} {_files(len(plan.deletions), plan)}, freeing {render.size(plan.freed_bytes)}."
+    return f"Removed {_files(len(result.removed), plan)}, freed {render.size(result.freed_bytes)}."
 
 
-def _files(count: int) -> str:
-    return render.plural(count, "file")
+def _files(count: int, plan: PrunePlan | None = None) -> str:
+    """``3 files``; ``3 checkpoints`` on another framework's layout (a checkpoint may be a directory)."""
+    return render.plural(count, "checkpoint" if plan is not None and plan.run is not None else "file")
 
 
 # Neighbouring checkpoints of one run mostly have the same size: format each size once (10,000-row plans).
@@ -154,6 +193,10 @@ def _sections(plan: PrunePlan) -> list[tuple[str, tuple[str, ...], list[list[str
         (f"Ignored, never removed ({len(retention.ignored)})", ("name", "why"),
          [[_name(e), _ignored_why(e)] for e in retention.ignored]),
     ]  # fmt: skip
+    if plan.run is not None and plan.run.pointers:
+        sections.append((f"Pointers, never removed ({len(plan.run.pointers)})", ("name", "points at", "state"),
+                         [[p.name, p.target or "-", p.status + (f" ({p.detail})" if p.detail else "")]
+                          for p in plan.run.pointers]))  # fmt: skip
     return [section for section in sections if section[2]]
 
 

@@ -44,6 +44,10 @@ def restore_command(
     latest.pt is healed from where to resume: the newest valid checkpoint of any kind. Every replacement is atomic and durable; the replaced file is kept as <name>.replaced-<time>
     unless --discard. Takes the directory lock (exit 3 while a training holds it). In a sharded
     (DCP) directory the latest symlink is re-pointed and best_model/ is replaced by a copied directory.
+
+    Other frameworks' directories: a Lightning last.ckpt symlink that is dangling, looping or stale is
+    re-pointed at the newest complete, valid checkpoint (a damaged last.ckpt copy is replaced by a copy of
+    it); a DeepSpeed latest file naming a missing or damaged tag is rewritten to the newest valid tag.
     """
     from ..ops.restore import execute
     from ..formats.storage import refuse_url
@@ -111,6 +115,11 @@ def _verdict(check: Check) -> str:
 
 def _nothing_to_do(plan: RestorePlan) -> str:
     """What was found intact, in words: never 'best is valid' when there is no best model."""
+    if plan.layout != "ckptctl":  # another framework's layout: its pointers
+        names = [p["name"] for p in plan.pointers]
+        if not names:
+            return "nothing to do: no pointer to heal"
+        return f"nothing to do: {' and '.join(names)} {'point' if len(names) > 1 else 'points'} at a complete, valid checkpoint"
     valid = [c.name for c in plan.checked if c.valid and c.name.startswith(("latest", "best_model"))]
     checked = " and ".join(dict.fromkeys(valid)) or "nothing"
     return f"nothing to do: {checked} {'are' if len(valid) > 1 else 'is'} valid"

@@ -8,6 +8,13 @@ from a fresh scan: a save may have landed between the shown plan and the lock. O
 both plans remove are deleted (never more than the user saw and confirmed, never something the
 policy now keeps), and each is checked to still be the very inode that was planned.
 
+Another framework's layout (a directory with none of ckptctl's names that a layout of
+:mod:`ckptctl.layouts.registry` recognises): the units are planned by
+:func:`ckptctl.ops.retention.plan_unit_retention` ("keep the last N" by step, never the recorded
+best, the newest complete unit, a pointer's target or what the layout protects; incomplete units
+only with ``remove_incomplete``), a directory unit is removed by renaming it to ``*.tmp`` first
+(:func:`ckptctl.durable.remove_entry`), under the same lock and the same re-plan.
+
 On object storage (``s3://...``) there is no directory lock: execution re-plans from a fresh
 listing right before deleting, and an object counts as the planned one only while its ETag, size
 and modification time are unchanged (they make up its ``inode``). A save racing the deletion
@@ -26,7 +33,8 @@ from ..layouts.catalog import Entry, scan
 from ..durable import fsync_directory, remove_entry
 from ..errors import BadInputError, CheckpointError
 from ..locking import DirectoryLock
-from .retention import Policy, RetentionPlan, freed_bytes, plan_retention, refuse_if_removes_everything
+from .foreign import Run, open_run, read_run
+from .retention import Policy, RetentionPlan, freed_bytes, plan_retention, plan_unit_retention, refuse_if_removes_everything
 from ..formats import storage
 from ..formats.storage import is_url, location
 from ..wording import plural
@@ -42,6 +50,11 @@ class PrunePlan:
     directory: Path
     policy: Policy
     retention: RetentionPlan
+    run: Run | None = None  # another framework's layout; None: ckptctl's own
+
+    @property
+    def layout(self) -> str | None:
+        return self.run.layout.name if self.run is not None else None
 
     @property
     def deletions(self) -> list[Entry]:
@@ -64,16 +77,39 @@ class PruneResult:
         return freed_bytes(self.removed)
 
 
-def plan_prune(directory: str | os.PathLike[str], policy: Policy, *, now: float | None = None) -> PrunePlan:
+# Options of ``prune`` that apply to every layout; the others are about ckptctl's own kinds of file.
+LAYOUT_OPTIONS = ("--keep-last", "--keep-every", "--remove-incomplete", "--stale-after", "--keep-replaced-within")
+
+
+def plan_prune(directory: str | os.PathLike[str], policy: Policy, *, now: float | None = None,
+               native_options: tuple[str, ...] | list[str] = ()) -> PrunePlan:  # fmt: skip
     """Plan without touching anything; BadInputError for a bad directory or a policy that keeps nothing.
 
     A directory without a single checkpoint name is bad input too: a prune pointed at the wrong
-    directory from cron should say so, not report success.
+    directory from cron should say so, not report success. ``native_options`` names the options the
+    user gave that apply to ckptctl's own layout only: on another framework's layout they are bad input.
     """
+    run = open_run(directory) if not is_url(directory) else None
+    if run is not None:
+        if native_options:
+            raise BadInputError(
+                f"{', '.join(native_options)} {'applies' if len(native_options) == 1 else 'apply'} to ckptctl's own "
+                f"checkpoints only; {run.directory} is a {run.layout.title} run ({run.layout.name}): "
+                f"use {', '.join(LAYOUT_OPTIONS)}"
+            )
+        return PrunePlan(run.directory, policy, _plan_run(run, policy, now), run)
     path = location(directory)
     retention = plan_retention(scan(path, require_checkpoints=True, broken_links=True), policy, now=now)
     refuse_if_removes_everything(retention)
     return PrunePlan(path, policy, retention)
+
+
+def _plan_run(run: Run, policy: Policy, now: float | None) -> RetentionPlan:
+    entries = scan(run.directory, broken_links=True)
+    retention = plan_unit_retention(run, entries, policy, now=now)
+    if retention.removes_everything:  # cannot happen while the newest complete unit is protected; kept as a guard
+        raise BadInputError(f"refusing: this policy would remove every checkpoint of {run.directory} and keep none")
+    return retention
 
 
 def execute(plan: PrunePlan, *, wait: float = 0.0, now: float | None = None) -> PruneResult:
@@ -89,7 +125,10 @@ def execute(plan: PrunePlan, *, wait: float = 0.0, now: float | None = None) -> 
     if not remote:
         _check_writable(plan.directory)
     with nullcontext() if remote else DirectoryLock(plan.directory, wait=wait):
-        fresh = plan_retention(scan(plan.directory, broken_links=True), plan.policy, now=now)
+        if plan.run is not None:  # the layout as it is now, under the lock
+            fresh = _plan_run(read_run(plan.directory, plan.run.layout), plan.policy, now)
+        else:
+            fresh = plan_retention(scan(plan.directory, broken_links=True), plan.policy, now=now)
         still_removed = {(e.name, e.inode) for e in fresh.deletions}
         for entry in plan.deletions:
             if (entry.name, entry.inode) in still_removed and (remote or _same_file(entry)):

@@ -15,6 +15,15 @@ Three plans, one executor:
 - :func:`plan_from` puts a named file in place of latest or best.
 - :func:`plan_rollback_best` promotes ``best_model_previous.pt`` (the "validation spike" case).
 
+Another framework's layout (:mod:`ckptctl.ops.foreign`): :func:`plan_heal` heals the layout's
+pointers. A Lightning ``last.ckpt`` symlink that is dangling, looping or stale is re-pointed
+(atomically) at the newest complete, valid checkpoint; a ``last.ckpt`` that is a copy and damaged is
+replaced by a staged copy of it, like a damaged ``latest.pt`` (the old file kept as
+``last.ckpt.replaced-<stamp>``); a DeepSpeed ``latest`` tag file naming a missing or damaged tag is
+rewritten atomically (:func:`ckptctl.durable.write_text_atomic`) to the newest complete, valid tag,
+the old one kept. A stale copy or tag file is reported, not changed (restore heals damage only).
+``--from``/``--to`` and ``--rollback-best`` are about ckptctl's own names: bad input there.
+
 "Valid" is :func:`ckptctl.ops.integrity.validate_file`'s integrity verdict at the default level
 (structure, safe unpickle, CRC-32 of every record). A replaced file is never destroyed: it is kept as
 ``<name>.replaced-<YYYYmmdd_HHMMSS>``, which the filename grammar classifies as a foreign file (not
@@ -50,8 +59,11 @@ from ..locking import DirectoryLock
 from ..layouts.naming import FIXED_NAMES, REPLACED_MARK, Kind, format_name, parse
 from .resolve import explain, resume_candidates
 from ..durable import repoint
+from ..layouts.base import POINTER_DAMAGED, POINTER_DANGLING, POINTER_LOOP, POINTER_STALE, Pointer, Unit
+from .foreign import Run, Verdict, choose_resume, detect, incomplete_reason, open_run, unit_verdict
 
 FILE, POINTER, DIRECTORY = "file", "pointer", "directory"  # how an Action replaces its target
+TAG = "tag"  # another framework's tag file (DeepSpeed ``latest``): rewritten with the source's name
 TO_LATEST = "latest"
 TO_BEST = "best"
 TARGETS = (TO_LATEST, TO_BEST)
@@ -127,6 +139,8 @@ class RestorePlan:
     inaccessible: list[str] = field(default_factory=list)  # files restore could not read: left alone
     resume_from: Check | None = None  # heal: where to resume once the plan is done
     resume_reason: str = ""
+    layout: str = "ckptctl"  # another framework's layout id (``lightning``) when the directory is one
+    pointers: list[dict[str, Any]] = field(default_factory=list)  # that layout's pointers as found
 
     @property
     def ok(self) -> bool:
@@ -154,6 +168,8 @@ class RestorePlan:
             "notes": list(self.notes),
             "resume_from": None if self.resume_from is None else {
                 "name": self.resume_from.name, "step": self.resume_from.step, "reason": self.resume_reason},
+            "layout": self.layout,
+            "pointers": list(self.pointers),
         }
 
 
@@ -271,8 +287,15 @@ def _invalid(result: FileResult) -> str:
 
 
 def plan_heal(directory: str | os.PathLike[str], *, discard: bool = False, mode: str = durable.REFLINK,
-              now: datetime | None = None, validator: Validator | None = None) -> RestorePlan:  # fmt: skip
-    """Make ``directory`` resumable again; ``unrestorable`` lists what no valid file could replace."""
+              now: datetime | None = None, validator: Validator | None = None,
+              unit_check: Verdict | None = None) -> RestorePlan:  # fmt: skip
+    """Make ``directory`` resumable again; ``unrestorable`` lists what no valid file could replace.
+
+    ``unit_check`` (another framework's layout): a unit's verdict, None when complete and valid
+    (default :func:`ckptctl.ops.foreign.unit_verdict`)."""
+    run = open_run(directory)
+    if run is not None:
+        return _plan_heal_run(run, discard=discard, mode=mode, now=now, verdict=unit_check or unit_verdict)
     planner = _Planner(directory, "heal", discard=discard, mode=mode, now=now, validator=validator)
     if not any(e.parsed.is_checkpoint for e in planner.entries):
         raise BadInputError(f"no checkpoints in {planner.directory} (no file matches the checkpoint names)")
@@ -385,6 +408,7 @@ def plan_from(directory: str | os.PathLike[str], source: str | os.PathLike[str],
     """
     if to not in TARGETS:
         raise BadInputError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    _refuse_foreign(directory, "--from/--to")
     planner = _Planner(directory, "from", discard=discard, mode=mode, now=now, validator=validator)
     path = _source_path(planner.directory, source, planner.sharded)
     how = FILE if not planner.sharded else POINTER if to == TO_LATEST else DIRECTORY
@@ -411,6 +435,7 @@ def plan_rollback_best(directory: str | os.PathLike[str], *, discard: bool = Fal
                        now: datetime | None = None, validator: Validator | None = None) -> RestorePlan:  # fmt: skip
     """Promote ``best_model_previous.pt`` to best (and best backup); the replaced best is kept.
     Sharded layout: ``best_model_previous/`` is copied to ``best_model/`` (and stays)."""
+    _refuse_foreign(directory, "--rollback-best")
     planner = _Planner(directory, "rollback-best", discard=discard, mode=mode, now=now, validator=validator)
     previous_name = planner.name(Kind.BEST_PREVIOUS)
     previous = planner.directory / previous_name
@@ -496,8 +521,14 @@ def _execute_action(plan: RestorePlan, action: Action) -> None:
         return
     kept = plan.directory / action.keep_as if action.keep_as is not None else None
     if action.how == POINTER:
-        repoint(target, action.source.name, kept)
+        repoint(target, os.path.relpath(action.source, target.parent), kept)
         action.status, action.mode_used = "done", "symlink"
+        return
+    if action.how == TAG:
+        if kept is not None:
+            _keep(target, kept)
+        durable.write_text_atomic(target, action.source.name)
+        action.status, action.mode_used = "done", "tag"
         return
     if action.how == DIRECTORY:
         staged_dir, action.mode_used = durable.stage_copy_directory(action.source, plan.directory, action.target, plan.mode)
@@ -518,3 +549,112 @@ def _keep(target: Path, kept: Path) -> None:
     if os.path.lexists(kept):
         raise CheckpointError(f"{kept.name} exists already; refusing to overwrite it")
     durable.link_or_copy(target, kept, durable.LINK)
+
+
+# ------------------------------------------------------------------ another framework's layout
+
+
+def _refuse_foreign(directory: str | os.PathLike[str], option: str) -> None:
+    found = detect(directory)
+    if found is not None:
+        path, layout = found
+        raise BadInputError(f"{option} works on ckptctl's own layout; {path} is a {layout.title} run ({layout.name}): "
+                            f"run 'ckptctl restore {path}' to heal its pointers")  # fmt: skip
+
+
+def _status_of(problem: str) -> str:
+    head = problem.split(":", 1)[0].split(" (", 1)[0].strip()
+    return head if head and " " not in head else "invalid"
+
+
+def _plan_heal_run(run: Run, *, discard: bool, mode: str, now: datetime | None, verdict: Verdict) -> RestorePlan:
+    """Heal the pointers of another framework's run (see the module docstring)."""
+    planner = _Planner(run.directory, "heal", discard=discard, mode=mode, now=now, validator=None)
+    plan = planner.plan
+    plan.layout = run.layout.name
+    plan.pointers = [{"name": p.name, "target": p.target, "status": p.status, "detail": p.detail} for p in run.pointers]
+    problems: dict[str, str | None] = {}
+
+    def check(unit: Unit) -> str | None:
+        if unit.name not in problems:
+            problem = incomplete_reason(unit) or verdict(unit)
+            problems[unit.name] = problem
+            status = "valid" if problem is None else _status_of(problem)
+            shown = problem
+            if problem is not None and status == "incomplete" and problem.startswith("incomplete ("):
+                shown = problem[len("incomplete ("):-1]  # "incomplete: missing x", not "incomplete: incomplete (...)"
+            plan.checked.append(Check(unit.name, problem is None, [shown] if shown else [], unit.step, status))
+        return problems[unit.name]
+
+    choice = choose_resume(run, check, exclude=lambda u: run.is_pointer_path(u) is not None)
+    if choice.unit is not None:
+        plan.resume_from = next(c for c in plan.checked if c.name == choice.unit.name)
+        plan.resume_reason = choice.reason
+    if not run.pointers:
+        plan.notes.append(f"{run.layout.title} keeps no pointer to heal (nothing like last.ckpt or latest)")
+    for pointer in run.pointers:
+        _heal_run_pointer(planner, run, pointer, choice.unit, check, choice.skipped)
+    return plan
+
+
+def _pointer_kind(run: Run, pointer: Pointer) -> str:
+    """POINTER (a symlink), FILE (a copy of a checkpoint: ``last.ckpt`` saved in full) or TAG (a text file)."""
+    if os.path.islink(pointer.path):
+        return POINTER
+    if any(run.is_pointer_path(u) is pointer for u in run.units) or pointer.path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        return FILE
+    return TAG
+
+
+def _heal_run_pointer(planner: _Planner, run: Run, pointer: Pointer, chosen: Unit | None,
+                      check: Verdict, skipped: list[tuple[Unit, str]]) -> None:  # fmt: skip
+    """One pointer: leave it, note it (stale copy or tag), re-point/replace it, or say it cannot be healed."""
+    plan = planner.plan
+    how = _pointer_kind(run, pointer)
+    name = os.path.relpath(pointer.path, run.directory)
+    broken = _broken_link(pointer.path) if how == POINTER else None
+    own = next((u for u in run.units if run.is_pointer_path(u) is pointer), None)
+    target = run.unit(pointer.target)
+    state: str | None = None
+    if broken is not None or (how == POINTER and pointer.status in (POINTER_DANGLING, POINTER_LOOP)):
+        state = broken or f"{pointer.status}" + (f" ({pointer.detail})" if pointer.detail else "")
+    elif how == FILE and own is not None and check(own) is not None:
+        state = f"damaged ({check(own)})"
+    elif how == FILE and own is None and os.path.exists(pointer.path) and pointer.status == POINTER_DAMAGED:
+        state = f"damaged ({pointer.detail or 'the layout says so'})"
+    elif how != FILE and pointer.target and target is None:
+        state = f"naming {pointer.target}, which does not exist"
+    elif how != FILE and target is not None and check(target) is not None:
+        state = f"naming {pointer.target}, which is {check(target)}"
+    elif pointer.status in (POINTER_DANGLING, POINTER_LOOP):
+        state = f"{pointer.status}" + (f" ({pointer.detail})" if pointer.detail else "")
+    elif pointer.status == POINTER_DAMAGED:
+        state = f"damaged ({pointer.detail or 'names an incomplete or invalid checkpoint'})"
+    elif how != FILE and not os.path.lexists(pointer.path):
+        state = "missing"
+    stale = state is None and (pointer.status == POINTER_STALE or (
+        how != FILE and chosen is not None and target is not None and chosen is not target
+        and chosen.step is not None and target.step is not None and chosen.step > target.step))  # fmt: skip
+    if state is None and not stale:
+        return
+    if chosen is None:
+        tried = "; ".join(f"{u.name} {why}" for u, why in skipped[:5]) or "no checkpoints"
+        what = state or "stale"
+        plan.unrestorable.append(f"{name} is {what} and no complete, valid checkpoint is left to point it at (tried: {tried})")
+        return
+    if state is None:  # stale: a symlink follows the newest; a copy or a tag file is only reported
+        if how != POINTER:
+            plan.notes.append(f"{name} names {pointer.target or 'an older checkpoint'}; {chosen.name} (step {chosen.step}) "
+                              "is newer and valid: not changed (restore heals damage only)")  # fmt: skip
+            return
+        state = f"stale (names {pointer.target}; {chosen.name} is newer)"
+    if how == FILE and chosen.is_directory:
+        plan.unrestorable.append(f"{name} is {state} and the newest valid checkpoint {chosen.name} is a directory, not a file")
+        return
+    if how != FILE and chosen.path.parent.resolve() != pointer.path.parent.resolve() and how == TAG:
+        plan.unrestorable.append(f"{name} is {state} and {chosen.name} is not in {pointer.path.parent}: a tag names a sibling")
+        return
+    planner.replace(name, chosen.path, f"{name} is {state}; newest complete, valid is {chosen.name}", chosen.step, how)
+    action = plan.actions[-1]
+    if how == POINTER and (broken is not None and "loop" in broken or pointer.status == POINTER_LOOP):
+        action.keep_as, action.broken_link = None, True  # a loop names nothing: no record to keep

@@ -22,6 +22,15 @@ printed, so only what a shell and argparse take as *data* is emitted (:func:`che
 * every saved key matches :data:`OPTION_KEY`; every value is printable text; a list item never
   starts with ``-`` unless it is a negative number (argparse would take it for an option).
 
+Another framework's layout (``resume-cmd DIR`` on an HF Trainer, Lightning, accelerate, DeepSpeed
+or torchtitan directory, or one of its checkpoints named directly): the checkpoint is the newest
+*complete, valid* unit (:func:`ckptctl.ops.foreign.choose_resume`, with why newer ones were passed
+over), and what is printed is the framework's own resume arguments
+(:meth:`~ckptctl.layouts.base.Layout.resume_args`: ``--resume_from_checkpoint DIR``,
+``--ckpt_path FILE``, ``--checkpoint.load_step N``, ``--load_checkpoint DIR --ckpt_id TAG``),
+after ``PYTHON SCRIPT`` when ``--script`` is given, and after the ``--set`` overrides (compared with
+the unit's recorded hyperparameters, ``unit.hparams``, when it has them).
+
 What the user typed (``--script``, ``--python``, ``--set``) is refused as bad input (exit 2). From
 the checkpoint, a key or value that breaks a rule is left out with a warning, and a recorded script
 or a checkpoint path that does is refused as :class:`UnsafeCheckpoint` (exit 1, nothing printed).
@@ -30,6 +39,7 @@ or a checkpoint path that does is refused as :class:`UnsafeCheckpoint` (exit 1, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -38,7 +48,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, UnsafeCheckpoint
+from ..errors import BadInputError, NoCheckpointError, UnreadableCheckpoint, UnsafeCheckpoint
 from ..layouts.metadata import args_dict, as_float, as_int, summarize
 from ..formats.reader import read_checkpoint
 from .resolve import Resolution, resolve_target
@@ -143,6 +153,8 @@ class ResumeCommand:
     changes: list[Change] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
+    layout: str = "ckptctl"  # the layout's id (``hf-trainer``); ckptctl's own otherwise
+    resume_args: list[str] = field(default_factory=list)  # the words that name the checkpoint to resume from
 
     @property
     def checkpoint(self) -> Path:
@@ -169,6 +181,8 @@ class ResumeCommand:
             "command": self.command,
             "changes": [c.to_json() for c in self.changes],
             "warnings": self.warnings,
+            "layout": self.layout,
+            "resume_args": self.resume_args,
         }
 
 
@@ -190,6 +204,10 @@ def build_resume_command(
     python_argv = _split_python(python)
     if script is not None and (why := script_problem(script)):
         raise BadInputError(f"--script {script!r} {why}")
+    foreign = _foreign_target(target, directory)
+    if foreign is not None:
+        return _foreign_command(*foreign, overrides=overrides or [], allow_new=allow_new, script=script,
+                                python_argv=python_argv, bool_style=bool_style)  # fmt: skip
     resolution = resolve_target(target, directory)
     if why := check_word(str(resolution.path)):
         raise UnsafeCheckpoint([], f"unsafe: the checkpoint path {str(resolution.path)!r} {why}; nothing printed")
@@ -211,7 +229,96 @@ def build_resume_command(
     tokens, problems = args_to_argv(options, bool_style)
     argv = [*python_argv, chosen_script, *tokens, f"{resume_flag}={resolution.path}"]
     return ResumeCommand(resolution, python_argv, chosen_script, placeholder, resume_flag, final,
-                         meta.step, meta.epoch, changes, warnings + problems, argv)  # fmt: skip
+                         meta.step, meta.epoch, changes, warnings + problems, argv,
+                         resume_args=[f"{resume_flag}={resolution.path}"])  # fmt: skip
+
+
+def _foreign_target(target: str, directory: str | None) -> tuple[Any, Any, Resolution] | None:
+    """(run, unit, resolution) when ``target`` is another framework's directory, one of its
+    checkpoints, or latest / best in one; None for ckptctl's own layout (today's path)."""
+    from .foreign import choose_resume, detect, no_valid_message, open_run, read_run
+    from .resolve import BEST, LATEST, NEWEST
+
+    path = Path(target)
+    if target in (LATEST, BEST):
+        base = Path(directory if directory is not None else ".")
+        run = open_run(base) if base.is_dir() else None
+        if run is None:
+            return None
+        if target == BEST:
+            best = [u for u in run.units if u.best]
+            if not best:
+                raise NoCheckpointError(f"no best checkpoint recorded in {run.directory} ({run.layout.title})")
+            return _explicit(run, best[-1], BEST)
+        choice = choose_resume(run)
+        if choice.unit is None:
+            raise NoCheckpointError(no_valid_message(run, choice))
+        return run, choice.unit, Resolution(choice.unit, LATEST, choice.skipped, choice.reason)  # type: ignore[arg-type]
+    if not path.exists():
+        return None
+    from ..formats.dcp import looks_like_dcp
+
+    if path.is_dir() and not looks_like_dcp(path):
+        run = open_run(path)
+        if run is not None:
+            choice = choose_resume(run)
+            if choice.unit is None:
+                raise NoCheckpointError(no_valid_message(run, choice))
+            return run, choice.unit, Resolution(choice.unit, NEWEST, choice.skipped, choice.reason)  # type: ignore[arg-type]
+    parent = path.absolute().parent
+    try:
+        found = detect(parent)
+    except BadInputError:
+        return None
+    if found is None or not _has_resume_flag(found[1]):
+        return None  # loose files keep today's path: the command rebuilt from the file's saved args
+    run = read_run(*found)
+    unit = next((u for u in run.units if _same_path(os.path.abspath(u.path), os.path.abspath(path))), None)
+    return _explicit(run, unit, "file") if unit is not None else None
+
+
+def _has_resume_flag(layout: Any) -> bool:
+    """A framework with its own resume option (loose files have none: a named file keeps today's command)."""
+    return layout.resume_flag is not None
+
+
+def _explicit(run: Any, unit: Any, requested: str) -> tuple[Any, Any, Resolution]:
+    """A unit the user named: used only when it is complete and valid (else exit 1, and why)."""
+    from .foreign import unit_verdict
+
+    problem = unit_verdict(unit)
+    if problem is not None:
+        raise UnreadableCheckpoint(f"{unit.name} is {problem}: not resuming from it (resume-cmd {run.directory} "
+                                   "chooses the newest complete, valid checkpoint)")  # fmt: skip
+    return run, unit, Resolution(unit, requested)  # type: ignore[arg-type]
+
+
+def _foreign_command(run: Any, unit: Any, resolution: Resolution, *, overrides: list[str], allow_new: bool,
+                     script: str | None, python_argv: list[str], bool_style: str) -> ResumeCommand:  # fmt: skip
+    """The framework's resume arguments for ``unit``, after ``PYTHON SCRIPT`` (``--script``) and the
+    ``--set`` overrides; overrides are compared with ``unit.hparams`` when the layout records them."""
+    fragment = [str(word) for word in run.layout.resume_args(unit, run.directory)]
+    for word in fragment:
+        if why := check_word(word):
+            raise UnsafeCheckpoint([], f"unsafe: the resume argument {word!r} {why}; nothing printed")
+    saved, _dropped = normalise_args(unit.hparams) if unit.hparams else ({}, [])
+    warnings: list[str] = []
+    if overrides and not saved and not allow_new:
+        raise BadInputError(f"--set: {unit.name} records no hyperparameters to override; pass --allow-new to add options")
+    final, changes = apply_overrides(saved, overrides, allow_new)
+    tokens, problems = args_to_argv({c.key: final[c.key] for c in changes}, bool_style)
+    head = [*python_argv, script] if script is not None else []
+    if script is None:
+        warnings.append(f"{run.layout.title}: these are the arguments that resume from {unit.name}; add them to "
+                        "your training command (or give --script to print a whole command line)")  # fmt: skip
+    flag = run.layout.resume_flag or (fragment[0] if fragment and fragment[0].startswith("-") else "")
+    return ResumeCommand(resolution, python_argv if script is not None else [], script or "", script is None, flag,
+                         final, unit.step, unit.epoch, changes, warnings + problems, [*head, *tokens, *fragment],
+                         layout=run.layout.name, resume_args=fragment)  # fmt: skip
+
+
+def _same_path(a: str, b: str) -> bool:
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
 
 
 def _check_flag(flag: str) -> str:

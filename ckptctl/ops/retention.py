@@ -46,7 +46,9 @@ from ..layouts.naming import Kind, sort_key
 from ..wording import plural
 
 if TYPE_CHECKING:  # annotations only: ``prune --help`` needs the policy's defaults, not the catalog
+    from ..layouts.base import Unit
     from ..layouts.catalog import Entry
+    from .foreign import Run
 
 PROTECTED_REASON = {
     Kind.LATEST: "protected: latest",
@@ -59,6 +61,7 @@ PROTECTED_REASON = {
 }
 CANDIDATES = {Kind.ROLLING: "rolling", Kind.EMERGENCY: "emergency"}
 DEFAULT_STALE_AFTER = timedelta(hours=1)
+DEFAULT_KEEP_LAST = 10  # another framework's layout: the units "last N" keeps when --keep-last is not given
 DEFAULT_REPLACED_AFTER = timedelta(days=7)  # ``prune``'s default for restore's records (the manager keeps them)
 
 # A rule of a policy applied to the candidates: its reason, and the candidates it keeps.
@@ -89,12 +92,19 @@ class Policy:
     # damaged, empty or incomplete files met among the newest: removed (True) or kept and reported
     remove_damaged: bool = False
     replaced_after: timedelta | None = None  # remove restore's ``.replaced-*`` records older than this
+    # Another framework's layout (``plan_unit_retention``): keep the N newest units (None: DEFAULT_KEEP_LAST);
+    # incomplete units are removed only with ``remove_incomplete`` (or ``remove_damaged``).
+    keep_last: int | None = None
+    remove_incomplete: bool = False
 
     def __post_init__(self) -> None:
         for name in ("keep_rolling", "keep_emergency", "keep_best_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.keep_last is not None and (not isinstance(self.keep_last, int) or isinstance(self.keep_last, bool)
+                                           or self.keep_last < 0):  # fmt: skip
+            raise ValueError(f"keep_last must be an integer >= 0, got {self.keep_last!r}")
         if self.keep_every is not None and (not isinstance(self.keep_every, int) or self.keep_every <= 0):
             raise ValueError(f"keep_every must be an integer > 0, got {self.keep_every!r}")
         for name in ("keep_within", "stale_temp_after", "replaced_after"):
@@ -423,3 +433,89 @@ def clean_stale_temp(directory: str | os.PathLike[str], older_than: float = 3600
         except FileNotFoundError:
             continue
     return removed
+
+
+# ------------------------------------------------------------------ another framework's layout
+
+
+def plan_unit_retention(run: Run, entries: list[Entry], policy: Policy, *, now: float | None = None) -> RetentionPlan:
+    """Keep or remove each unit of a foreign layout's run (``prune`` on HF, Lightning, ... directories).
+
+    Kept whatever the rules say: what :meth:`Layout.protect` marks, the best the framework recorded,
+    the newest complete unit, every pointer's target and a pointer that is itself a unit (a
+    ``last.ckpt`` copy), and units without a step (they cannot be ordered). Of the others, the
+    ``keep_last`` newest complete units by step (then the layout's order) and, with ``keep_every``,
+    those whose step is a multiple of it. Incomplete units never count as one of the last N; they
+    are kept and reported unless ``remove_incomplete``. ``entries`` (a catalog scan of the directory)
+    supplies the stale ``*.tmp`` leftovers and restore's ``.replaced-*`` records, judged as natively.
+    """
+    current = time.time() if now is None else now
+    keep_last = DEFAULT_KEEP_LAST if policy.keep_last is None else policy.keep_last
+    remove_incomplete = policy.remove_incomplete or policy.remove_damaged
+    ordered = run.newest_first()
+    reasons: dict[int, list[str]] = {id(u): [] for u in run.units}
+
+    def add(unit: Unit, reason: str) -> None:
+        if reason not in reasons[id(unit)]:
+            reasons[id(unit)].append(reason)
+
+    pointer_units = {id(u) for u in run.units if run.is_pointer_path(u) is not None}
+    for unit in run.units:
+        if unit.protected and not (unit.protected == "protected: pointer target" and run.pointer_of(unit)):
+            add(unit, unit.protected)  # (the default "pointer target" is said below, naming the pointer)
+        if unit.best:
+            add(unit, "protected: best")
+        own = run.is_pointer_path(unit)
+        for pointer in run.pointer_of(unit):
+            if pointer is not own:  # a copy names itself
+                add(unit, f"protected: {pointer.name} points here")
+        if own is not None and not reasons[id(unit)]:
+            add(unit, f"protected: {own.name} is a pointer")
+    complete = [u for u in ordered if u.complete and u.step is not None and id(u) not in pointer_units]
+    if complete:
+        add(complete[0], "protected: newest complete")
+    for unit in complete[:keep_last]:
+        add(unit, f"last {keep_last}")
+    if policy.keep_every:
+        for unit in complete:
+            if unit.step is not None and unit.step % policy.keep_every == 0:
+                add(unit, f"every {plural(policy.keep_every, 'step')}")
+    keep: list[Decision] = []
+    remove: list[Decision] = []
+    from .foreign import incomplete_reason, unit_entry
+
+    unit_paths = set()
+    for unit in reversed(ordered):  # oldest first, as the plan is shown
+        entry = unit_entry(unit)
+        if entry is None:  # vanished since the layout listed it
+            continue
+        unit_paths.add(os.path.abspath(unit.path))
+        why = reasons[id(unit)]
+        damage = incomplete_reason(unit)
+        if damage is not None:
+            if why:
+                keep.append(Decision(entry, [*why, f"{damage}: kept, protected"], damage))
+            elif remove_incomplete:
+                remove.append(Decision(entry, [], damage, [damage]))
+            else:
+                keep.append(Decision(entry, [f"{damage}: not counted, kept (--remove-incomplete removes it)"], damage))
+            continue
+        if unit.step is None and not why:
+            why = ["no step recorded: cannot be ordered, kept"]
+        if why:
+            keep.append(Decision(entry, list(why)))
+        else:
+            remove.append(Decision(entry, [], notes=[f"older than the last {keep_last}" if keep_last else "no rule keeps it"]))
+    pointer_paths = {os.path.abspath(p.path) for p in run.pointers}
+    others = [e for e in entries if os.path.abspath(e.path) not in unit_paths and e.name != ".ckptctl.lock"]
+    stale = stale_temps(others, policy.stale_temp_after, now=current) if policy.stale_temp_after is not None else []
+    handled = {id(e) for e in stale}
+    aged = policy.replaced_after is not None
+    ignored = [e for e in others if id(e) not in handled and os.path.abspath(e.path) not in pointer_paths
+               and e.unit is None and (e.kind is not Kind.REPLACED or not aged)]  # fmt: skip
+    if aged:
+        for entry in (e for e in others if e.kind is Kind.REPLACED):
+            decision = _replaced_decision(entry, policy.replaced_after, current)  # type: ignore[arg-type]
+            (keep if decision.reasons else remove).append(decision)
+    _note_hard_links(keep, remove)
+    return RetentionPlan(keep, remove, ignored, stale)
