@@ -617,6 +617,312 @@ def _path(*parts: Any) -> str:
     return str(pathlib.PurePosixPath(*parts)) if parts else "."
 
 
+# ----------------------------------------------------------------------- framework classes, inert
+#
+# Classes other frameworks pickle into their checkpoint files (issue 11; the fixtures' README lists
+# which file names which). None is imported or constructed: a dataclass-like object becomes a
+# :class:`Record` (its class name + the fields its BUILD set, as data), an enum becomes its value,
+# ``torch.device`` its text, ``Counter`` a dict, ``bytearray`` itself, and an ``io.BytesIO`` a
+# :class:`BytesIORecord` whose bytes are read as a nested checkpoint through this same reader.
+
+def _misuse(name: str, message: str) -> Misuse:
+    exc = Misuse(message)
+    exc.global_name = name
+    return exc
+
+
+MAX_NESTED = 3  # BytesIO inside BytesIO inside ...: each level re-reads its bytes, so the depth is fixed
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class Record(Namespace):
+    """An inert stand-in for a known framework object: ``qualname`` + ``attrs`` (its fields).
+
+    A subclass of :class:`Namespace`, so every consumer that shows, compares or walks saved args
+    (``inspect``, ``resume-cmd --compare``, hparams) sees the fields. Created by NEWOBJ with no
+    arguments (or, for a namedtuple, plain positional values) and BUILD exactly once; anything
+    else a real class would run (``__init__``, ``__post_init__``) is a :class:`Misuse`.
+    """
+
+    qualname: str = "?"
+    positional: tuple[str, ...] = ()  # namedtuple fields, in order
+
+    def __new__(cls, *args: Any) -> "Record":
+        if args and (len(args) > len(cls.positional) or not all(type(a) in _PLAIN for a in args)):
+            raise _misuse(cls.qualname, "takes no arguments (its code is never run)")
+        record = object.__new__(cls)
+        record.__dict__["attrs"] = dict(zip(cls.positional, args))
+        return record
+
+    def __init__(self, *args: Any) -> None:  # REDUCE calls cls(*args): __new__ checked the arguments
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict or None, slot state or None)
+            parts = [part for part in state if part is not None]
+            if not all(isinstance(part, dict) for part in parts):
+                raise pickle.UnpicklingError(f"malformed {self.qualname} state")
+            merged: dict[Any, Any] = {}
+            for part in parts:
+                merged.update(part)
+            state = merged
+        if not isinstance(state, dict) or not all(type(k) is str for k in state):
+            raise pickle.UnpicklingError(f"malformed {self.qualname} state")
+        if self.__dict__.get("_built"):
+            raise pickle.UnpicklingError(f"{type(self).__name__} objects are read-only once built")
+        self.__dict__["_built"] = True
+        self.__dict__.setdefault("attrs", {}).update(state)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.attrs == other.attrs  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return type(self).__name__ + "(" + bounded_repr(self.attrs, 1000) + ")"
+
+
+# module.name -> namedtuple field names (empty: a dataclass / plain object, built by BUILD)
+RECORD_CLASSES: dict[str, tuple[str, ...]] = {
+    "transformers.training_args.TrainingArguments": (),
+    "transformers.training_args_seq2seq.Seq2SeqTrainingArguments": (),
+    "transformers.trainer_pt_utils.AcceleratorConfig": (),
+    "accelerate.state.PartialState": (),
+    "accelerate.utils.dataclasses.DataLoaderConfiguration": (),
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler": (),
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler": (),
+    "deepspeed.utils.tensor_fragment.fragment_address": ("numel", "start"),
+}
+RECORDS: dict[str, type[Record]] = {
+    full: _Sealed(full.rsplit(".", 1)[1], (Record,), {"qualname": full, "positional": fields})
+    for full, fields in RECORD_CLASSES.items()
+}
+ENUM_CLASSES = (
+    "transformers.training_args.OptimizerNames",
+    "transformers.trainer_utils.IntervalStrategy",
+    "transformers.trainer_utils.SaveStrategy",
+    "transformers.trainer_utils.HubStrategy",
+    "transformers.trainer_utils.SchedulerType",
+    "transformers.trainer_utils.EvaluationStrategy",
+    "transformers.debug_utils.DebugOption",
+    "transformers.trainer_utils.FSDPOption",
+    "accelerate.utils.dataclasses.DistributedType",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+)
+ATTRIBUTE_DICTS = (
+    "lightning.fabric.utilities.data.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+)
+
+
+def _enum(full: str) -> Callable[..., Any]:
+    """``SchedulerType('linear')`` as an enum pickles itself: kept as the value ('linear')."""
+
+    def enum_value(*args: Any) -> Any:
+        if len(args) != 1 or type(args[0]) not in _PLAIN or (type(args[0]) is str and len(args[0]) > MAX_NAME_CHARS):
+            raise Misuse("only an enum's one plain value")
+        return args[0]
+
+    enum_value.__name__ = full.rsplit(".", 1)[1]
+    return enum_value
+
+
+class AttributeDict(dict, metaclass=_Sealed):  # type: ignore[type-arg]
+    """Lightning's ``AttributeDict`` (a dict subclass holding hparams): kept as a dict.
+
+    NEWOBJ + SETITEMS is how it pickles; ``AttributeDict({...})`` / ``([(k, v)],)`` go through the
+    same key checks as an OrderedDict's items; its (normally empty) ``__dict__`` state is dropped.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        if len(args) > 1:
+            raise _misuse("AttributeDict", "takes one mapping")
+        if args:
+            items = args[0]
+            if type(items) is dict:
+                _meter().charge_work(len(items))
+                super().__init__(items)  # keys were checked when that dict was built
+            else:
+                super().__init__(ordered_dict(items))
+
+    def __setstate__(self, state: Any) -> None:
+        if state not in (None, {}) and not (isinstance(state, dict) and all(type(k) is str for k in state)):
+            raise pickle.UnpicklingError("malformed AttributeDict state")
+
+
+def torch_device(kind: Any = "cpu", index: Any = None, *rest: Any) -> str:
+    """``torch.device('cuda', 0)``: kept as its text ('cuda:0')."""
+    if rest or type(kind) is not str or len(kind) > 64 or not (index is None or (type(index) is int and 0 <= index < 2**31)):
+        raise Misuse("only torch.device(str) or torch.device(str, int)")
+    return kind if index is None else f"{kind}:{index}"
+
+
+def counter(items: Any = None) -> dict[Any, Any]:
+    """``collections.Counter({...})`` (how a Counter pickles itself): kept as a dict."""
+    if items is None:
+        return {}
+    if type(items) is not dict:
+        raise Misuse("only Counter() or Counter(dict)")
+    _meter().charge_work(len(items))
+    return dict(items)  # keys were checked when that dict was built
+
+
+def bytearray_(data: Any = b"", encoding: Any = None) -> bytearray:
+    """``bytearray(b'...')`` / protocol 2's ``bytearray('...', 'latin-1')``; never ``bytearray(n)``."""
+    if type(data) is str and encoding in ("latin1", "latin-1"):
+        data = data.encode("latin-1")
+    elif not (isinstance(data, (bytes, bytearray)) and encoding is None):
+        raise Misuse("only bytearray(bytes) or bytearray(str, 'latin-1')")
+    _meter().charge_text(len(data))
+    return bytearray(data)
+
+
+class BytesIORecord(metaclass=_Sealed):
+    """An ``io.BytesIO`` (torchtitan's 2024 ``train_state`` saved lists this way), never a real one.
+
+    Its bytes are read as a nested checkpoint through this same reader, within what is left of the
+    outer load's budget and at most :data:`MAX_NESTED` levels deep: a torch zip's ``data.pkl``, or
+    the pickles a legacy ``torch.load`` would unpickle. A global outside the allowlist inside makes
+    the *outer* file unsafe; bytes that are no checkpoint stay opaque (``format`` "bytes", torch
+    itself would only hand them over). Nested tensors are placeholders of the inner archive: the
+    walks over a file's own tensors (``iter_tensors``) do not descend into ``value``.
+    """
+
+    __slots__ = ("nbytes", "position", "format", "value", "error", "_built")
+
+    def __new__(cls, *args: Any) -> "BytesIORecord":
+        if len(args) > 1 or (args and not isinstance(args[0], (bytes, bytearray))):
+            raise _misuse("_io.BytesIO", "only BytesIO() or BytesIO(bytes)")
+        record = object.__new__(cls)
+        record._built = False
+        record._fill(bytes(args[0]) if args else b"", 0)
+        return record
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def _fill(self, data: bytes, position: int) -> None:
+        self.nbytes = len(data)
+        self.position = position
+        self.format, self.value, self.error = _read_nested(data) if data else ("bytes", None, None)
+
+    def __setstate__(self, state: Any) -> None:
+        # BytesIO.__getstate__: (getvalue(), tell(), __dict__ or None)
+        if not (isinstance(state, tuple) and len(state) == 3 and isinstance(state[0], (bytes, bytearray))
+                and type(state[1]) is int and state[2] in (None, {})):  # fmt: skip
+            raise pickle.UnpicklingError("malformed BytesIO state")
+        if self._built:
+            raise pickle.UnpicklingError("BytesIO objects are read-only once built")
+        self._built = True
+        self._fill(bytes(state[0]), state[1])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BytesIORecord) and (self.format, self.nbytes, self.value, self.error) == (
+            other.format, other.nbytes, other.value, other.error)  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self.value is None:
+            return f"BytesIO(<{self.nbytes} bytes{': ' + self.error if self.error else ''}>)"
+        return f"BytesIO({self.format}: " + bounded_repr(self.value, 1000) + ")"
+
+
+def _read_nested(data: bytes) -> tuple[str, Any, str | None]:
+    """(format, value, error) of the bytes inside a BytesIO, read with the outer load's remaining budget.
+
+    Globals outside the allowlist found inside are added to the outer load's refused names (so the
+    outer file is unsafe and every name is reported); a budget overrun ends the outer load.
+    """
+    outer = _meter()
+    level = getattr(outer, "nest_level", 0) + 1
+    if level > MAX_NESTED:
+        raise BudgetExceeded("nested checkpoints", MAX_NESTED)
+    if len(data) > 262 and data[257:262] == b"ustar":  # torch's oldest (tar) format: not read
+        raise _misuse("_io.BytesIO", "a tar archive inside (torch.load would unpickle its members)")
+    from .container import open_container, read_record, sniff_format  # container imports nothing of ours
+
+    fh = io.BytesIO(data)
+    if sniff_format(fh) == "zip":
+        try:
+            container = open_container(pathlib.Path("<BytesIO>"), fh)
+            pickled = read_record(fh, container.pickle_record)
+        except UnsafeCheckpoint as exc:  # an ambiguous archive: another reader could see another pickle
+            _refuse_nested(outer, f"_io.BytesIO ({_short(exc)})")
+            return "zip", None, str(exc)
+        except UnreadableCheckpoint as exc:
+            return "bytes", None, f"unreadable zip: {_short(exc)}"
+        value, error, _ = _load_nested(outer, level, pickled, 0)
+        return "zip", value, error
+    # anything else: torch.load's legacy path unpickles from the first byte (magic, protocol,
+    # sys_info, the object, storage keys): read up to those five pickles back to back
+    values: list[Any] = []
+    position = 0
+    error: str | None = None
+    for _ in range(5):
+        if position >= len(data):
+            break
+        value, error, position = _load_nested(outer, level, data, position)
+        if error is not None:
+            break
+        values.append(value)
+    if not values:
+        return "bytes", None, None  # not a pickle: opaque bytes, as torch.load of the outer file gives them
+    if values[0] == 0x1950A86A20F9469CFC6C:  # torch's legacy magic number: the object is the fourth pickle
+        return "legacy", values[3] if len(values) > 3 else None, None if len(values) > 3 else "truncated legacy stream"
+    return "pickle", values[0], None
+
+
+def _refuse_nested(outer: Any, name: str) -> None:
+    refused = getattr(outer, "refused", None)
+    if refused is None:  # called outside a load: nothing to report into
+        raise Misuse(name)
+    if name not in outer._refused_seen:
+        outer._refused_seen.add(name)
+        refused.append(name)
+
+
+def _load_nested(outer: Any, level: int, data: bytes, start: int) -> tuple[Any, str | None, int]:
+    """One pickle of ``data`` from ``start``: (value, error, end), charged to the outer budget."""
+    fh = io.BytesIO(data)
+    fh.seek(start)
+    if isinstance(outer, SafeUnpickler):
+        parent = outer.budget
+        budget = replace(parent, opcodes=len(data) - start + 1, objects=max(0, outer._objects_left),
+                         work=max(0, outer._work_left), text_bytes=max(0, outer._text_left))  # fmt: skip
+    else:
+        budget = Budget.for_input(len(data) - start)
+    inner = SafeUnpickler(fh, budget=budget)
+    inner.nest_level = level
+    try:
+        value = inner.load()
+        check_final_tensors(inner)
+        check_structure(value, budget)
+        error = None
+    except Misuse as exc:
+        value, error = None, f"misuses {exc.global_name}"
+        _refuse_nested(outer, f"{exc.global_name} (misused, inside _io.BytesIO)" if exc.global_name != "?" else "_io.BytesIO")
+    except BudgetExceeded:
+        raise
+    except UnreadableCheckpoint as exc:
+        if "budget" in exc.reason:
+            raise BudgetExceeded("nested checkpoint", 0) from None
+        value, error = None, _short(exc)
+    except RecursionError:
+        raise BudgetExceeded("nesting depth", MAX_DEPTH) from None
+    except Exception as exc:  # not a pickle, or a damaged one: opaque bytes
+        value, error = None, f"{type(exc).__name__}: {_short(exc)}"
+    for name in inner.refused:
+        _refuse_nested(outer, name)
+    if isinstance(outer, SafeUnpickler):
+        outer._new(max(0, budget.objects - inner._objects_left))
+        outer.charge_work(max(0, budget.work - inner._work_left))
+        outer.charge_text(max(0, budget.text_bytes - inner._text_left))
+    return value, error, fh.tell()
+
+
 ALLOWED: dict[str, Any] = {
     "collections.OrderedDict": collections.OrderedDict,  # REDUCE/OBJ with items: see SafeUnpickler
     "builtins.set": set_,
@@ -670,8 +976,19 @@ ALLOWED.update({full: DCP_RECORDS[name] for full, name in DCP_RECORD_NAMES.items
 ALLOWED.update({f"torch.{name}": StorageType(dtype) for name, dtype in STORAGE_DTYPE.items()})
 ALLOWED.update({f"torch.{name}": DtypeRef(name) for name in DTYPE_ITEMSIZE})
 ALLOWED.update({f"torch.{alias}": DtypeRef(name) for alias, name in DTYPE_ALIASES.items()})
+ALLOWED.update(RECORDS)
+ALLOWED.update({full: _enum(full) for full in ENUM_CLASSES})
+ALLOWED.update({full: AttributeDict for full in ATTRIBUTE_DICTS})
+ALLOWED.update({
+    "torch.device": torch_device,
+    "collections.Counter": counter,
+    "builtins.bytearray": bytearray_,
+    "__builtin__.bytearray": bytearray_,
+    "_io.BytesIO": BytesIORecord,
+})  # fmt: skip
 ALLOWED.update({name: _Allowed(name, fn) for name, fn in ALLOWED.items() if isinstance(fn, types.FunctionType)})
-_seal(NumpyArray, NumpyDtype, Namespace, _Refused, DcpRecord, *DCP_RECORDS.values())
+_seal(NumpyArray, NumpyDtype, Namespace, _Refused, DcpRecord, *DCP_RECORDS.values(), Record, *RECORDS.values(),
+      AttributeDict, BytesIORecord)
 
 
 _HASH_EXACT = 2**61 - 1  # |n| below this: hash(n) == n (except -1), so distinct ints never collide
@@ -1359,7 +1676,7 @@ def check_structure(obj: Any, budget: Budget | None = None) -> None:
                 pass
             elif kind is int:  # as decimal text a 4096-bit int is 1233 characters
                 text += child.bit_length() // 3
-            elif kind is bytes:
+            elif kind is bytes or kind is bytearray:
                 text += len(child)
             elif isinstance(child, _CONTAINERS):
                 containers.append(child)
@@ -1377,11 +1694,15 @@ def _children(item: Any) -> list[Any]:
         return list(item.attrs.values())
     if isinstance(item, DcpRecord):
         return list(item.fields.values())
+    if isinstance(item, BytesIORecord):
+        return [item.value]
     return []
 
 
-_CONTAINERS = (dict, list, tuple, set, frozenset, Namespace, DcpRecord)
+_CONTAINERS = (dict, list, tuple, set, frozenset, Namespace, DcpRecord, BytesIORecord)
 _LEAF_TYPES = frozenset({float, bool, type(None), TensorRef, StorageRef, NumpyArray, DtypeRef})
 register_fixed_repr(TensorRef, DtypeRef, StorageType, TensorType, NumpyArray)
 register_view(Namespace, lambda ns: ("Namespace({", ns.attrs.items(), "})", True))
+register_view(Record, lambda rec: (f"{type(rec).__name__}({{", rec.attrs.items(), "})", True))
+register_view(BytesIORecord, lambda rec: (f"BytesIO({rec.format}: ", [rec.value], ")", False))
 register_view(DcpRecord, lambda rec: (f"{type(rec).__name__}({{", rec.fields.items(), "})", True))
