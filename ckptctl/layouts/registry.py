@@ -15,7 +15,9 @@ from pathlib import Path
 from .base import Layout
 
 # Filled as layouts land: (module, class name), imported lazily so ``ckptctl --help`` stays light.
-LAYOUT_TABLE: tuple[tuple[str, str], ...] = ()
+LAYOUT_TABLE: tuple[tuple[str, str], ...] = (
+    ("hf_trainer", "HfTrainerLayout"),
+)
 
 
 def layouts() -> list[Layout]:
