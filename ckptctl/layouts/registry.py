@@ -17,6 +17,8 @@ from .base import Layout
 # Filled as layouts land: (module, class name), imported lazily so ``ckptctl --help`` stays light.
 LAYOUT_TABLE: tuple[tuple[str, str], ...] = (
     ("hf_trainer", "HfTrainerLayout"),
+    ("deepspeed", "DeepSpeedLayout"),
+    ("accelerate", "AccelerateLayout"),
 )
 
 
