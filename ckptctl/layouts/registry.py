@@ -19,6 +19,8 @@ LAYOUT_TABLE: tuple[tuple[str, str], ...] = (
     ("hf_trainer", "HfTrainerLayout"),
     ("deepspeed", "DeepSpeedLayout"),
     ("accelerate", "AccelerateLayout"),
+    ("torchtitan", "TorchtitanLayout"),
+    ("loose", "LooseFilesLayout"),  # last: any checkpoint-like files nobody else claimed
 )
 
 
