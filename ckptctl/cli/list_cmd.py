@@ -18,6 +18,8 @@ GROUP_TITLES = {
     "epoch": "Epoch", "replaced": "Replaced by restore", "partial": "Partial writes", "other": "Other files",
 }  # fmt: skip
 HEADERS = ("name", "step", "epoch", "val_loss", "size", "saved", "status")
+# Another framework's layout: the metric column is named after what the layout ranks by (or eval loss).
+LAYOUT_HEADERS = ("name", "step", "epoch", "{metric}", "best", "size", "complete", "status")
 
 
 def _complete_kind(incomplete: str) -> list[str]:
@@ -31,7 +33,7 @@ def _complete_kind(incomplete: str) -> list[str]:
 def _complete_sort(incomplete: str) -> list[str]:
     from ..ops.listing import SORT_KEYS
 
-    return [key for key in SORT_KEYS if key.startswith(incomplete)]
+    return [key for key in SORT_KEYS if key.startswith(incomplete)]  # metric names depend on the directory
 
 
 @handle_errors
@@ -48,7 +50,8 @@ def list_command(
     ] = None,
     sort: Annotated[
         str,
-        typer.Option("--sort", help="Order: kind (grouped), step, name, size, time, val_loss.", autocompletion=_complete_sort),
+        typer.Option("--sort", help="Order: kind (grouped), step, name, size, time, val_loss, or any metric the "
+                     "checkpoints record (eval_loss, eval_accuracy, ...).", autocompletion=_complete_sort),
     ] = "kind",
     json_output: JsonOpt = False,
     no_cache: Annotated[
@@ -62,6 +65,8 @@ def list_command(
     listing = list_checkpoints(directory, kind, sort, use_cache=not no_cache)
     if json_output:
         print_json(listing.to_json())
+    elif listing.layout is not None:
+        _layout_report(listing, rich=stdout_is_terminal())
     elif stdout_is_terminal():
         _rich_report(listing, grouped=sort == "kind")
     else:
@@ -122,3 +127,70 @@ def _rich_report(listing: Listing, grouped: bool) -> None:
             table.add_row(*cells[:-1], Text(cells[-1], style=style))
         console.print(table)
     console.print(Text(_footer(listing)))
+
+
+# ---------------------------------------------------------------------- another framework's layout
+
+
+def _metric_name(listing: Listing) -> str:
+    """The column the layout ranks by (``eval_loss``, ``val_loss``), else ``val_loss``."""
+    return listing.monitor or "val_loss"
+
+
+def layout_line(listing: Listing) -> str:
+    """``Hugging Face Trainer run, 3 checkpoints`` (plus what else the listing says in one line)."""
+    title = listing.layout_title or listing.layout or "checkpoint"
+    line = f"{title} run, {render.plural(listing.checkpoints, 'checkpoint')}"
+    incomplete = sum(1 for row in listing.rows if row.unit is not None and not row.unit.complete)
+    if incomplete:
+        line += f" ({incomplete} incomplete)"
+    if listing.monitor:
+        line += f", ranked by {listing.monitor}"
+    return render.display_text(line)
+
+
+def _layout_cells(row: Row, metric: str) -> list[str]:
+    data = row.to_json()
+    status = row.status if not row.error else f"{row.status}: {row.error}"
+    if row.unit is None and row.entry.link is not None:
+        status = f"-> {row.entry.link}: {status}"
+    value = row.metric(metric)
+    if value is None and metric == "val_loss":
+        value = row.facts.val_loss
+    complete = "-" if row.unit is None else "yes" if row.complete else "no: missing " + ", ".join(row.missing)
+    return [
+        render.display_text(row.entry.name),
+        render.number(data["step"]),
+        render.number(data["epoch"]),
+        render.number(value),
+        "*" if row.best else "",
+        render.size(row.entry.size_bytes) if row.unit is not None else "-",
+        render.display_text(complete),
+        render.display_text(status),
+    ]
+
+
+def _layout_report(listing: Listing, *, rich: bool) -> None:
+    metric = _metric_name(listing)
+    headers = [h.format(metric=render.display_text(metric)) for h in LAYOUT_HEADERS]
+    rows = [_layout_cells(row, metric) for row in listing.rows]
+    footer = _footer(listing).replace(render.plural(len(listing.rows), "file"),
+                                      render.plural(len(listing.rows), "row"), 1)  # fmt: skip
+    if not rich:
+        print(layout_line(listing))
+        print(plain_table(headers, rows))
+        print(footer)
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    console = out_console()
+    console.print(Text(f"{layout_line(listing)} in {render.display_text(listing.directory)}", style="bold"))
+    table = Table(header_style="bold")
+    for header in headers:
+        table.add_column(header, justify="right" if header in ("step", "epoch", metric, "size") else "left")
+    for row, cells in zip(listing.rows, rows):
+        style = "green" if row.status == "ok" else "yellow" if row.status in ("incomplete", "stale") else "red"
+        table.add_row(*cells[:-1], Text(cells[-1], style=style))
+    console.print(table)
+    console.print(Text(footer))

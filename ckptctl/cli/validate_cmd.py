@@ -54,9 +54,10 @@ def validate_command(
     targets, skipped = collect_targets(paths)
     workers = jobs or default_jobs()
     bar = _ProgressBar(planned_bytes(targets, level))
+    units: list[dict[str, Any]] = []
     with bar as progress:
-        results = validate_targets(targets, level, jobs=workers, progress=progress)
-    report = Report(level, results, skipped, bar.seconds)
+        results = validate_targets(targets, level, jobs=workers, progress=progress, unit_summaries=units)
+    report = Report(level, results, skipped, bar.seconds, units)
     if json_output:
         print_json(report.to_json())
     elif stdout_is_terminal():
@@ -127,6 +128,22 @@ def _summary(report: Report) -> str:
     return line + ")"
 
 
+def _unit_lines(report: Report) -> list[str]:
+    """One line per checkpoint of another framework's layout: ``checkpoint-6: invalid (optimizer.pt)``."""
+    lines = []
+    for unit in report.units:
+        line = f"{unit['name']}: {unit['status']}"
+        if unit["missing"]:
+            line += f", missing {', '.join(unit['missing'])}"
+        if unit["failed"]:
+            line += f" ({', '.join(unit['failed'])})"
+        lines.append(render.display_text(line))
+    if report.units:
+        good = sum(u["status"] == "valid" for u in report.units)
+        lines.append(f"{render.plural(len(report.units), 'checkpoint')} ({report.units[0]['layout']}): {good} valid")
+    return lines
+
+
 def _plain_report(report: Report) -> None:
     rows = []
     for result in report.results:
@@ -134,6 +151,8 @@ def _plain_report(report: Report) -> None:
         rows.append([_verdict(result), str(result.path), details[0] if details else ""])
         rows += [["", "", more] for more in details[1:]]
     print(plain_table(("verdict", "file", "details"), rows))
+    for line in _unit_lines(report):
+        print(line)
     print(_summary(report))
 
 
@@ -158,4 +177,6 @@ def _rich_report(report: Report) -> None:
                       render.size(result.size_bytes), details)  # fmt: skip
     console = out_console()
     console.print(table)
+    for line in _unit_lines(report):
+        console.print(Text(line))
     console.print(Text(_summary(report), style="bold" if report.exit_code else ""))

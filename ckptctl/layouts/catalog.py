@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import naming
 from ..errors import BadInputError, CheckpointError, UnreadableCheckpoint
-from .base import Unit
+from .base import POINTER_DANGLING, POINTER_LOOP, POINTER_OK, Pointer, Unit
 from .metadata import Metadata, summarize
 from .naming import Kind, ParsedName
 from ..formats.reader import CheckpointFile, read_checkpoint
@@ -31,6 +31,7 @@ STATUS_UNSAFE = "unsafe"
 STATUS_PARTIAL = "partial"
 STATUS_DANGLING = "dangling"  # a symlink whose target does not exist
 STATUS_LOOP = "loop"  # a symlink that leads back to itself
+STATUS_INCOMPLETE = "incomplete"  # a layout's checkpoint with a required file missing (Unit.complete False)
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Entry:
     link: str | None = None  # what the name points at when it is a symlink (``os.readlink``), else None
     broken: str | None = None  # STATUS_DANGLING / STATUS_LOOP: a symlink with nothing readable behind it
     unit: Unit | None = None  # a checkpoint of another framework's layout (Kind.CHECKPOINT), see layouts.base
+    pointer: Pointer | None = None  # a name of another framework's layout that designates a unit (``last.ckpt``)
+    target: "Entry | None" = field(default=None, repr=False)  # the unit entry a pointer designates, if any
 
     @property
     def is_symlink(self) -> bool:
@@ -80,6 +83,12 @@ class Entry:
         """
         if self.broken is not None:
             return None, None, UnreadableCheckpoint(f"{self.broken} symlink to {self.link}")
+        if self.pointer is not None:
+            if self.target is not None:
+                return self.target.read(spans=spans)
+            return None, None, UnreadableCheckpoint(self.pointer.detail or f"points at nothing ({self.pointer.status})")
+        if self.unit is not None:
+            return self._read_unit(spans)
         if self._read is None or (spans and not self._read_has_spans and self._read[0] is not None):
             try:
                 if self.is_directory:  # a listing (spans=False) decodes only the top-level values
@@ -92,20 +101,51 @@ class Entry:
             self._read_has_spans = spans
         return self._read
 
+    def _read_unit(self, spans: bool) -> tuple[CheckpointFile | None, Metadata | None, CheckpointError | None]:
+        """A layout's checkpoint: its metadata from the unit (what the layout read from its small
+        files); a file unit (a Lightning ``.ckpt``) or a DCP directory unit is also read safely,
+        for its status and for the callers that want the object graph. Other directory units have
+        no single object graph: ``ckpt`` is None."""
+        unit = self.unit
+        assert unit is not None
+        if self._read is not None and not (spans and not self._read_has_spans and self._read[0] is not None):
+            return self._read
+        ckpt: CheckpointFile | None = None
+        error: CheckpointError | None = None
+        if not unit.is_directory or looks_like_dcp(unit.path):
+            try:
+                ckpt = read_directory(unit.path, all_values=spans) if unit.is_directory else read_checkpoint(unit.path, spans=spans)
+            except CheckpointError as exc:
+                error = exc
+        self._read = (ckpt, None if error is not None else unit_metadata(unit, ckpt), error)
+        self._read_has_spans = spans
+        return self._read
+
     @property
     def metadata(self) -> Metadata | None:
         return self.read(spans=False)[1]
 
     def status(self) -> tuple[str, str | None]:
-        """(status, error) as ``list`` shows them: ok / unreadable / unsafe / partial."""
+        """(status, error) as ``list`` shows them: ok / unreadable / unsafe / partial; for a
+        layout's checkpoint also ``incomplete`` (a required file missing), and for a layout's
+        pointer its state (``stale``, ``damaged``)."""
         if self.kind is Kind.PARTIAL:
             return STATUS_PARTIAL, None
         if self.broken is not None:
+            if self.pointer is not None and self.pointer.detail:
+                return self.broken, self.pointer.detail
             return self.broken, f"symlink to {self.link}"
-        _ckpt, _meta, error = self.read(spans=False)
-        if error is None:
+        if self.pointer is not None:
+            if self.pointer.status != POINTER_OK:
+                return self.pointer.status, self.pointer.detail
             return STATUS_OK, None
-        return error.status, error.reason
+        _ckpt, _meta, error = self.read(spans=False)
+        if error is not None:
+            return error.status, error.reason
+        if self.unit is not None and not self.unit.complete:
+            missing = ", ".join(self.unit.missing) or "a required file"
+            return STATUS_INCOMPLETE, f"missing {missing}"
+        return STATUS_OK, None
 
     @property
     def effective_step(self) -> int | None:
@@ -140,16 +180,27 @@ def check_directory(directory: str | os.PathLike[str]) -> Path:
 
 
 def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints: bool = False,
-         broken_links: bool = False) -> list[Entry]:  # fmt: skip
+         broken_links: bool = False, layouts: bool = True) -> list[Entry]:  # fmt: skip
     """Every regular file of ``directory`` as an Entry, in the stable catalog order.
 
     With ``require_checkpoints`` an empty directory, or one with no checkpoint names, is bad input.
     With ``broken_links`` a dangling or looping symlink is an Entry too (``broken`` set, size 0),
     for ``list`` and ``prune`` to report; other callers never see one.
     A URL (``s3://bucket/run``) is listed through :mod:`ckptctl.formats.storage` instead.
+
+    A local directory with none of ckptctl's own names is offered to the layouts of
+    :mod:`ckptctl.layouts.registry` (unless ``layouts`` is False: the training-side writer asks
+    about its own names only): when one recognises it, the entries are that layout's checkpoints
+    (``Kind.CHECKPOINT``, ``entry.unit`` set) and its pointers (``Kind.LATEST``, ``entry.pointer``
+    set; a dangling or looping one only with ``broken_links``). Other files of such a directory
+    are not entries (``du`` walks the whole tree itself).
     """
     path = storage.location(directory) if is_url(directory) else check_directory(directory)  # type: ignore[arg-type]
     entries = _remote_entries(path) if isinstance(path, RemotePath) else _local_entries(path, broken_links)
+    if layouts and not isinstance(path, RemotePath) and not any(_native(e) for e in entries):
+        found = layout_entries(path, broken_links=broken_links)
+        if found is not None:
+            entries = found
     entries.sort(key=lambda e: naming.sort_key(e.parsed))
     if require_checkpoints:
         if not entries:
@@ -157,6 +208,130 @@ def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints:
         if not any(e.parsed.is_checkpoint or e.kind is Kind.PARTIAL for e in entries):
             raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
     return entries
+
+
+def _native(entry: Entry) -> bool:
+    """A name of ckptctl's own layout: a checkpoint, a partial write, or a native DCP directory."""
+    return entry.parsed.is_checkpoint or entry.kind is Kind.PARTIAL or entry.is_directory
+
+
+def layout_of(entries: list[Entry]) -> str | None:
+    """The layout name of scanned entries (``hf-trainer``), or None for ckptctl's own names."""
+    for entry in entries:
+        if entry.unit is not None:
+            return entry.unit.layout
+        if entry.pointer is not None and entry.target is not None and entry.target.unit is not None:
+            return entry.target.unit.layout
+    return None
+
+
+def layout_entries(directory: Path, *, broken_links: bool = False) -> list[Entry] | None:
+    """The checkpoints and pointers of ``directory`` as the layout that recognises it sees them;
+    None when no registered layout does. Pointers that are themselves a unit (a ``last.ckpt``
+    copy) are shown once, as the unit."""
+    from . import registry
+
+    layout = registry.detect(directory)
+    if layout is None:
+        return None
+    try:
+        units = layout.units(directory)
+        pointers = layout.pointers(directory, units)
+        layout.protect(units, pointers)
+    except OSError as exc:
+        raise BadInputError(f"cannot read {directory}: {exc.strerror or exc}") from None
+    entries = [e for e in (unit_entry(u) for u in units) if e is not None]
+    by_name = {e.unit.name: e for e in entries if e.unit is not None}
+    unit_paths = {os.path.normpath(u.path) for u in units}
+    for pointer in pointers:
+        if os.path.normpath(pointer.path) in unit_paths:
+            continue
+        entry = _pointer_entry(pointer, by_name.get(pointer.target) if pointer.target else None)
+        if entry is not None and (entry.broken is None or broken_links):
+            entries.append(entry)
+    return entries
+
+
+def unit_entry(unit: Unit) -> Entry | None:
+    """A layout's checkpoint as an Entry: sizes from its files (``stat``), no file read yet.
+
+    ``identity`` stays None: the listing cache never keeps a unit's facts (a directory's own stat
+    does not change when a file inside it is rewritten)."""
+    try:
+        info = os.stat(unit.path)
+    except OSError:
+        return None
+    size, allocated = unit.size_bytes, unit.allocated_bytes
+    if not unit.files and not unit.is_directory:
+        size, allocated = info.st_size, getattr(info, "st_blocks", 0) * 512
+    try:
+        link = os.readlink(unit.path) if os.path.islink(unit.path) else None
+    except OSError:
+        link = None
+    return Entry(
+        path=Path(unit.path),
+        parsed=ParsedName(unit.name, Kind.CHECKPOINT, step=unit.step),
+        size_bytes=size,
+        inode=info.st_ino,
+        nlink=1 if unit.is_directory else info.st_nlink,
+        allocated_bytes=allocated,
+        mtime=info.st_mtime,
+        is_directory=unit.is_directory,
+        link=link,
+        unit=unit,
+    )
+
+
+def _pointer_entry(pointer: Pointer, target: Entry | None) -> Entry | None:
+    """A layout's pointer (``last.ckpt`` symlink, DeepSpeed ``latest``) as a ``Kind.LATEST`` row:
+    size 0 (its data is the unit's), ``link`` the checkpoint it names, ``broken`` when it is a
+    dangling or looping symlink, like a native ``latest`` symlink."""
+    try:
+        info = os.lstat(pointer.path)
+    except OSError:
+        return None
+    link = pointer.target
+    if link is None and stat_module.S_ISLNK(info.st_mode):
+        try:
+            link = os.readlink(pointer.path)
+        except OSError:
+            link = None
+    broken = {POINTER_DANGLING: STATUS_DANGLING, POINTER_LOOP: STATUS_LOOP}.get(pointer.status)
+    step = target.unit.step if target is not None and target.unit is not None else None
+    return Entry(Path(pointer.path), ParsedName(pointer.name, Kind.LATEST, step=step), 0, info.st_ino, info.st_nlink,
+                 0, info.st_mtime, link=link, broken=broken, pointer=pointer, target=target)  # fmt: skip
+
+
+def unit_metadata(unit: Unit, ckpt: CheckpointFile | None = None) -> Metadata:
+    """What ``list`` and ``inspect`` show of a layout's checkpoint, from the unit's records (and
+    from the file's own keys where the unit says nothing)."""
+    base = summarize(ckpt) if ckpt is not None else None
+    metrics = unit.metrics
+    train_loss = _first_number(metrics, ("loss", "train_loss"))
+    val_loss = unit.monitored_value if unit.monitored_value is not None else _first_number(metrics, ("eval_loss", "val_loss"))
+    epoch = int(unit.epoch) if isinstance(unit.epoch, (int, float)) and float(unit.epoch).is_integer() else None
+    return Metadata(
+        step=unit.step if unit.step is not None else (base.step if base else None),
+        epoch=epoch if epoch is not None else (base.epoch if base else None),
+        train_loss=train_loss if train_loss is not None else (base.train_loss if base else None),
+        val_loss=val_loss if val_loss is not None else (base.val_loss if base else None),
+        timestamp=unit.timestamp or (base.timestamp if base else None),
+        checkpoint_type=base.checkpoint_type if base else None,
+        args=unit.hparams if unit.hparams is not None else (base.args if base else None),
+        dataloader_state=base.dataloader_state if base else None,
+        rng_states=base.rng_states if base else [],
+        extra_keys=base.extra_keys if base else [],
+        root=ckpt.root if ckpt is not None else None,
+        ckpt=ckpt,
+    )
+
+
+def _first_number(metrics: dict[str, float], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def _local_entries(path: Path, broken_links: bool = False) -> list[Entry]:
@@ -267,12 +442,42 @@ def entry_for_file(path: str | os.PathLike[str] | RemotePath) -> Entry:
     file_path = Path(path)  # type: ignore[arg-type]
     info = _stat_user_path(file_path, "file")
     if stat_module.S_ISDIR(info.st_mode):
+        unit = unit_at(file_path)
+        if unit is not None:
+            return unit
         if looks_like_dcp(file_path):
             return _directory_entry(file_path, info, any_name=True)  # type: ignore[return-value]
         raise BadInputError(f"is a directory: {file_path} (give a checkpoint file)")
     if not os.access(file_path, os.R_OK):
         raise BadInputError(f"permission denied: {file_path}")
     return _file_entry(file_path, info)
+
+
+def unit_at(path: Path) -> Entry | None:
+    """The Entry of ``path`` when it is a checkpoint of the layout its parent directory has
+    (``run/checkpoint-500``); None otherwise. The parent is recognised as :func:`scan` would."""
+    parent = path.parent if path.name not in ("", ".", "..") else path.resolve().parent
+    try:
+        if any(_native(e) for e in _local_entries(parent)):
+            return None
+    except BadInputError:
+        return None
+    entries = layout_entries(parent) or []
+    for entry in entries:
+        if entry.unit is not None and _same_path(entry.path, path):
+            return entry
+    return None
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    if os.path.islink(a) != os.path.islink(b):  # a ``last.ckpt`` link is not the checkpoint it names
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def by_kind(entries: list[Entry], *kinds: Kind) -> list[Entry]:

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
 from ..formats.bounded import bounded_repr
-from ..layouts.catalog import entry_for_file, scan
+from ..layouts.base import Unit
+from ..layouts.catalog import entry_for_file, layout_of, scan, unit_at
 from ..formats.container import (Container, Record, data_descriptor_problem, end_record_problems, open_container,
                         sniff_format)  # fmt: skip
 from ..errors import BadInputError, CheckpointError, UnsafeCheckpoint
@@ -58,7 +59,9 @@ NAN_SCAN_ELEMENTS = 1 << 22  # elements per NaN/Inf chunk: bounds the temporary 
 USUAL_KEYS = ("step", "epoch", "model")  # what the manager's build_state writes; a missing one is a finding
 REQUIRED_KEYS = USUAL_KEYS  # the old name: nothing is required of a checkpoint's content
 PICKLE_CRC_MISMATCH = "record data.pkl: CRC mismatch"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pkl")
+# Files checked by their own format (safetensors header, plain pickle, JSON), not as torch archives.
+BY_FORMAT_SUFFIXES = (".safetensors", ".pkl", ".pickle", ".json")
 
 
 
@@ -133,6 +136,7 @@ class Report:
     results: list[FileResult]
     skipped: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    units: list[dict[str, Any]] = field(default_factory=list)  # per layout checkpoint: see unit_summary
 
     @property
     def valid(self) -> int:
@@ -174,28 +178,42 @@ class Report:
             "skipped": [str(p) for p in self.skipped],
             "bytes_checked": self.bytes_checked,
             "seconds": round(self.seconds, 3),
+            "units": list(self.units),
+            "layout": next((u["layout"] for u in self.units), None),
         }
 
 
 # ----------------------------------------------------------------------------------------- targets
 
 
-def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
-    """Files to validate and files skipped. A directory contributes its checkpoint-named files
-    and other files with a checkpoint suffix; partial writes (``*.tmp``) and foreign files are
-    skipped. Missing paths and directories with nothing to check are bad input (exit 2).
+def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Any], list[Path]]:
+    """Things to validate and files skipped. A directory contributes its checkpoint-named files
+    and other files with a checkpoint suffix (``.safetensors`` and ``.pkl`` included, checked by
+    their format); partial writes (``*.tmp``) and foreign files are skipped. A directory of
+    another framework's layout contributes its checkpoints as :class:`~ckptctl.layouts.base.Unit`
+    targets (every file of each) and a dangling or looping pointer as an ``invalid`` result; a
+    checkpoint directory of such a layout (``run/checkpoint-500``) named alone is one Unit.
+    Missing paths and directories with nothing to check are bad input (exit 2).
     """
-    targets: list[Path] = []
+    targets: list[Any] = []
     skipped: list[Path] = []
     for raw in paths:
         if is_url(raw):
             _collect_remote(str(raw), targets, skipped)
             continue
         path = Path(raw)
-        if path.is_dir() and looks_like_dcp(path):  # one sharded checkpoint, named by the user
+        unit = unit_at(path) if path.is_dir() else None
+        if unit is not None:
+            targets.append(unit.unit)
+        elif path.is_dir() and looks_like_dcp(path):  # one sharded checkpoint, named by the user
             targets.append(path)
         elif path.is_dir():
             entries = scan(path, broken_links=True)  # a dangling latest.pt is damage, not nothing
+            if layout_of(entries) is not None or any(e.pointer is not None for e in entries):
+                targets += _layout_targets(entries)
+                if not targets:
+                    raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
+                continue
             chosen = [e.path for e in entries if _worth_checking(e.parsed)]
             if not chosen:
                 raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
@@ -204,6 +222,20 @@ def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path]
         else:
             targets.append(entry_for_file(path).path)  # raises BadInputError for missing/unreadable
     return targets, skipped
+
+
+def _layout_targets(entries: list[Any]) -> list[Any]:
+    """The units of a layout's directory, and its broken pointers as verdicts of their own."""
+    targets: list[Any] = []
+    for entry in entries:
+        if entry.unit is not None:
+            targets.append(entry.unit)
+        elif entry.pointer is not None and entry.broken is not None:
+            result = FileResult(entry.path, DEFAULT)
+            detail = entry.pointer.detail or f"{entry.broken} pointer to {entry.link}"
+            _add(result, f"{entry.broken} pointer: {detail}" if not detail.startswith(entry.broken) else detail)
+            targets.append(result)
+    return targets
 
 
 def _worth_checking(parsed: ParsedName) -> bool:
@@ -231,7 +263,7 @@ def planned_bytes(paths: Iterable[Path], level: str) -> int:
         return 0
     total = 0
     seen: set[tuple[int, int]] = set()
-    for path in paths:
+    for path in _files_of(paths):
         try:
             if is_url(path):
                 total += path.size or 0  # type: ignore[attr-defined]
@@ -245,22 +277,47 @@ def planned_bytes(paths: Iterable[Path], level: str) -> int:
     return total
 
 
-def validate_targets(paths: Iterable[str | os.PathLike[str]], level: str = DEFAULT, *, jobs: int = 1,
-                     progress: Progress | None = None) -> list[FileResult]:  # fmt: skip
+def _files_of(targets: Iterable[Any]) -> Iterable[Path]:
+    for target in targets:
+        if isinstance(target, Unit):
+            yield from (Path(f.path) for f in target.files)
+            if not target.files and not target.is_directory:
+                yield Path(target.path)
+        elif not isinstance(target, FileResult):
+            yield target
+
+
+def validate_targets(paths: Iterable[Any], level: str = DEFAULT, *, jobs: int = 1, progress: Progress | None = None,
+                     unit_summaries: list[dict[str, Any]] | None = None) -> list[FileResult]:  # fmt: skip
     """One verdict per path, in order, reading each inode once.
 
     A later path naming a file already checked (a hard link or a symlink to it, same st_dev and
     st_ino) gets that file's integrity verdict, noted as ``same file as <first>``; only its name
     checks (step/epoch against *its* name) run again, on the pickle already read.
+
+    A :class:`~ckptctl.layouts.base.Unit` among the targets contributes one verdict per file (see
+    :func:`validate_unit`) and, into ``unit_summaries``, its :func:`unit_summary`; a
+    :class:`FileResult` (a broken pointer found while collecting) is passed through.
     """
     _check_level(level)
     first: dict[tuple[int, int], tuple[FileResult, CheckpointFile | None]] = {}
-    results = []
+    results: list[FileResult] = []
     for path in paths:
+        if isinstance(path, FileResult):
+            results.append(path)
+            continue
+        if isinstance(path, Unit):
+            unit_results = validate_unit(path, level, jobs=jobs, progress=progress)
+            results += unit_results
+            if unit_summaries is not None:
+                unit_summaries.append(unit_summary(path, unit_results))
+            continue
         key = _inode(path)
         if key is not None and key in first:
             base, ckpt = first[key]
             result = _same_file(base, Path(path))  # type: ignore[arg-type]
+        elif _by_format(path):
+            result, ckpt = validate_unit_file(path, level, jobs=jobs, progress=progress), None
         else:
             result, ckpt = _check_file(path, level, jobs, progress)
             if key is not None:
@@ -276,6 +333,11 @@ def validate_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: i
                   progress: Progress | None = None) -> FileResult:  # fmt: skip
     """One file's verdict. Never raises for a damaged or hostile file: every finding is a problem."""
     return validate_targets([path], level, jobs=jobs, progress=progress)[0]
+
+
+def _by_format(path: Any) -> bool:
+    """A local file whose name says it is not a torch archive to begin with (``model.safetensors``)."""
+    return not is_url(path) and Path(path).name.lower().endswith(BY_FORMAT_SUFFIXES) and not Path(path).is_dir()
 
 
 def _inode(path: str | os.PathLike[str]) -> tuple[int, int] | None:
@@ -564,3 +626,270 @@ def _prefetch_descriptors(fh: BinaryIO, container: Container) -> None:
 def _open(path: Path) -> BinaryIO:
     """A local file, or an object through ranged reads (:func:`ckptctl.formats.storage.open_object`)."""
     return storage.open_object(path) if is_url(path) else open_regular(path)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ layout units
+#
+# A checkpoint of another framework's layout (layouts.base.Unit) is validated file by file, each
+# by its format, never by its name's grammar: a torch zip or legacy file (``.pt``, ``.bin``, a
+# ``.pkl`` written by torch.save) gets the checks above; a ``.safetensors`` file its bounded
+# header and a data section that ends exactly at the end of the file; a sharded ``*.index.json``
+# every shard it names; other JSON a bounded parse; a plain pickle the restricted unpickler's
+# verdict (unsafe globals named, nothing run); a DCP directory unit the DCP checks. A required
+# file the layout found missing is a result of its own (``missing: optimizer.pt``).
+
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a larger JSON file is not parsed (noted, not a problem)
+MAX_PLAIN_PICKLE_BYTES = 512 * 1024 * 1024  # a larger plain pickle is scanned for globals only
+MAX_INDEX_SHARDS = 100_000  # shard names one ``*.index.json`` may list
+
+
+def validate_unit(unit: Any, level: str = DEFAULT, *, jobs: int = 1, progress: Progress | None = None) -> list[FileResult]:
+    """One :class:`FileResult` per file of ``unit`` (a :class:`ckptctl.layouts.base.Unit`), plus one
+    ``invalid`` result per required file the layout found missing (``missing: <name>``).
+
+    A DCP directory unit is one result (the directory's DCP checks), like ``validate`` of a DCP
+    directory today. Never raises for a damaged or hostile file.
+    """
+    _check_level(level)
+    results: list[FileResult] = []
+    directory = Path(unit.path)
+    if unit.is_directory and looks_like_dcp(directory):
+        result, _ckpt = _check_file(directory, level, jobs, progress)
+        results.append(result)
+        inside = {directory / n for n in _dcp_names(directory)}
+        paths = [Path(f.path) for f in unit.files if Path(f.path) not in inside and Path(f.path) != directory]
+    else:
+        paths = [Path(f.path) for f in unit.files] or ([] if unit.is_directory else [directory])
+    first: dict[tuple[int, int], FileResult] = {}
+    for path in paths:
+        key = _inode(path)
+        if key is not None and key in first:
+            results.append(_same_file(first[key], path))
+            continue
+        result = validate_unit_file(path, level, jobs=jobs, progress=progress, content=_content_of(unit, path))
+        if key is not None:
+            first[key] = result
+        results.append(result)
+    base = directory if unit.is_directory else directory.parent
+    for name in unit.missing:
+        results.append(FileResult(base / name, level, problems=[f"missing: {name}"]))
+    return results
+
+
+def unit_verdict(unit: Any, level: str = DEFAULT) -> str | None:
+    """None when ``unit`` is complete and every file intact and safe; else one line saying why
+    not: ``incomplete: missing optimizer.pt`` or ``model.safetensors: truncated: ...``."""
+    if not unit.complete:
+        missing = ", ".join(unit.missing) if unit.missing else "a required file"
+        return f"incomplete: missing {missing}"
+    for result in validate_unit(unit, level):
+        if result.failed or result.inaccessible:
+            problem = result.problems[0] if result.problems else (result.findings[0] if result.findings else result.status)
+            return f"{result.name}: {problem}"
+    return None
+
+
+def unit_summary(unit: Any, results: list[FileResult]) -> dict[str, Any]:
+    """The per-unit line of ``validate --json``: name, layout, completeness, and the verdict."""
+    failed = [r for r in results if r.failed]
+    verdict = "valid"
+    if any(r.unsafe for r in results):
+        verdict = "unsafe"
+    elif failed:
+        verdict = "invalid"
+    elif any(r.inaccessible for r in results):
+        verdict = "inaccessible"
+    return {
+        "name": unit.name,
+        "path": str(unit.path),
+        "layout": unit.layout,
+        "step": unit.step,
+        "complete": unit.complete,
+        "missing": list(unit.missing),
+        "status": verdict,
+        "files": len(results),
+        "failed": [r.name for r in failed],
+        "notes": list(unit.notes),
+    }
+
+
+def _dcp_names(directory: Path) -> list[str]:
+    from ..formats.dcp import METADATA_FILE, SHARD_SUFFIX
+
+    try:
+        return [n for n in os.listdir(directory) if n == METADATA_FILE or n.endswith(SHARD_SUFFIX)]
+    except OSError:
+        return []
+
+
+def _content_of(unit: Any, path: Path) -> str:
+    for unit_file in unit.files:
+        if Path(unit_file.path) == path:
+            return unit_file.content
+    return "other"
+
+
+def validate_unit_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: int = 1,
+                       progress: Progress | None = None, content: str = "weights") -> FileResult:  # fmt: skip
+    """One file of a unit, checked by its format (see the comment above :func:`validate_unit`).
+
+    ``content`` is the unit's word for it (weights / optimizer / other): values (``deep``) are
+    scanned in weights and optimizer files only, not in bookkeeping (RNG states, training args).
+    """
+    path = Path(path)
+    result = FileResult(path, level)
+    if path.is_dir():
+        if looks_like_dcp(path):
+            return _check_file(path, level, jobs, progress)[0]
+        _add(result, "is a directory")
+        return result
+    if not _opens(result):
+        return result
+    name = path.name.lower()
+    if name.endswith(".safetensors"):
+        _check_safetensors(result)
+    elif name.endswith(".index.json"):
+        _check_index(result)
+    elif name.endswith(".json"):
+        _load_json(result)
+    else:
+        fmt = _sniff(path)
+        if fmt == "zip" or (fmt == "legacy" and not _plain_pickle(path)):
+            deep = level if level != DEEP or content != "other" else DEFAULT
+            result, _ckpt = _check_file(path, deep, jobs, progress)
+            result.level = level
+            if deep != level:
+                result.notes.append("deep: values not scanned (bookkeeping, not model or optimizer tensors)")
+        elif fmt == "legacy":
+            _check_plain_pickle(result)
+        else:
+            result.format = "other"
+            result.notes.append("not a checkpoint format: present and readable, contents not checked")
+    return result
+
+
+def _sniff(path: Path) -> str:
+    try:
+        with open_regular(path) as fh:
+            return sniff_format(fh)
+    except (OSError, CheckpointError):
+        return "unknown"
+
+
+def _plain_pickle(path: Path) -> bool:
+    """A pickle that is not torch's legacy format, whose stream starts with the pickled magic
+    number (PROTO 2, LONG1 of 10 bytes: torch.save's ``_use_new_zipfile_serialization=False``)."""
+    try:
+        with open_regular(path) as fh:
+            head = fh.read(4)
+    except (OSError, CheckpointError):
+        return False
+    return head != b"\x80\x02\x8a\x0a"
+
+
+def _check_plain_pickle(result: FileResult) -> None:
+    """A pickle that is not a torch checkpoint: the restricted unpickler's verdict, nothing run."""
+    from ..formats.pickle_scan import unsafe_globals
+    from ..formats.unpickler import safe_loads
+
+    result.format = "pickle"
+    if result.size_bytes > MAX_PLAIN_PICKLE_BYTES:
+        with open_regular(result.path) as fh:
+            names = unsafe_globals(fh, result.size_bytes, "legacy")
+        if names:
+            result.unsafe = True
+            _add(result, f"unsafe: {UnsafeCheckpoint(names).reason}")
+        result.notes.append(f"plain pickle over {MAX_PLAIN_PICKLE_BYTES} bytes: scanned for globals, not unpickled")
+        return
+    try:
+        with open_regular(result.path) as fh:
+            data = fh.read(MAX_PLAIN_PICKLE_BYTES + 1)
+        safe_loads(data)
+    except UnsafeCheckpoint as exc:
+        result.unsafe = True
+        _add(result, f"unsafe: {exc.reason}")
+    except CheckpointError as exc:
+        with open_regular(result.path) as fh:
+            names = unsafe_globals(fh, result.size_bytes, "legacy")
+        if names:
+            result.unsafe = True
+            _add(result, f"unsafe: {UnsafeCheckpoint(names).reason}")
+        else:
+            _add(result, exc.reason)
+    except OSError as exc:
+        _add(result, f"read error: {exc.strerror or exc}")
+    else:
+        result.notes.append("plain pickle (not a torch archive): no checksums to verify")
+
+
+def _check_safetensors(result: FileResult) -> None:
+    """The bounded header (offsets tiling the data region) and a data region that ends exactly
+    at the end of the file: a truncated file or one with trailing bytes is damage."""
+    from ..formats.safetensors import read_safetensors_header
+
+    result.format = "safetensors"
+    try:
+        header = read_safetensors_header(result.path)
+    except CheckpointError as exc:
+        _add(result, exc.reason)
+        return
+    except OSError as exc:
+        _add(result, f"read error: {exc.strerror or exc}")
+        return
+    end = header.data_offset + header.data_length
+    if end < result.size_bytes:  # read_safetensors_header refuses this too; kept for a reader that may not
+        _add(result, f"corrupt safetensors: {result.size_bytes - end} bytes after the last tensor")
+    elif end > result.size_bytes:
+        _add(result, f"truncated: tensors need {end} bytes, file has {result.size_bytes}")
+    result.checksums = False
+    result.notes.append(f"safetensors: {len(header.tensors)} tensors, header checked; no checksums to verify")
+    if result.level == DEEP:
+        result.notes.append("deep: safetensors values not scanned")
+
+
+def _load_json(result: FileResult) -> Any:
+    """The file's JSON (bounded size); None with a problem (not JSON) or a note (too large)."""
+    import json
+
+    result.format = "json"
+    if result.size_bytes > MAX_JSON_BYTES:
+        result.notes.append(f"JSON over {MAX_JSON_BYTES // (1024 * 1024)} MiB: not parsed")
+        return None
+    try:
+        with open_regular(result.path) as fh:
+            raw = fh.read(MAX_JSON_BYTES + 1)
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        _add(result, f"not JSON: {_first_line(exc)[:120]}")
+    except OSError as exc:
+        _add(result, f"read error: {exc.strerror or exc}")
+    except CheckpointError as exc:
+        _add(result, exc.reason)
+    return None
+
+
+def _check_index(result: FileResult) -> None:
+    """A sharded weights index (``model.safetensors.index.json``): every shard it names is present."""
+    doc = _load_json(result)
+    if doc is None:
+        return
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        _add(result, "index without a weight_map")
+        return
+    shards = set()
+    for value in weight_map.values():
+        if not isinstance(value, str):
+            _add(result, "weight_map names a shard that is not a string")
+            return
+        shards.add(value)
+        if len(shards) > MAX_INDEX_SHARDS:
+            _add(result, f"index names more than {MAX_INDEX_SHARDS} shards")
+            return
+    for shard in sorted(shards):
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            _add(result, f"names a shard outside its directory: {bounded_repr(shard, 80)}")
+            continue
+        if not (result.path.parent / shard).is_file():
+            _add(result, f"missing shard: {bounded_repr(shard, 80)}")
+    result.notes.append(f"index of {len(shards)} shard(s)")

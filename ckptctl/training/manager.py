@@ -361,7 +361,7 @@ class CheckpointManager:
 
     def _apply_retention(self) -> None:
         """Delete what the shared retention policy says (the same code ``ckptctl prune`` runs)."""
-        plan = plan_retention(scan(self.directory), Policy(keep_rolling=self.keep_last_n, keep_emergency=self.keep_emergency_n))
+        plan = plan_retention(scan(self.directory, layouts=False), Policy(keep_rolling=self.keep_last_n, keep_emergency=self.keep_emergency_n))
         for decision in plan.remove:
             try:
                 durable.remove_entry(decision.entry.path, decision.entry.is_directory)
@@ -453,7 +453,7 @@ class CheckpointManager:
 
     def _load_chain(self, which: str | os.PathLike[str], *, map_location: Any, unsafe: bool) -> dict[str, Any]:
         """This process's own walk down the fallback chain (see :meth:`load`)."""
-        entries = scan(self.directory) if which in (LATEST, BEST, NEWEST) and self.directory.is_dir() else []
+        entries = scan(self.directory, layouts=False) if which in (LATEST, BEST, NEWEST) and self.directory.is_dir() else []
         if which in (LATEST, BEST, NEWEST) and not any(e.parsed.is_checkpoint for e in entries):
             raise NoCheckpointError(f"no loadable {which} checkpoint in {self.directory} (no checkpoints saved yet)")
         candidates = self._candidates(which, entries)
@@ -535,7 +535,7 @@ class CheckpointManager:
         """A first run: the directory holds no checkpoint of any kind (damaged ones count: they are not nothing)."""
         if not self.directory.is_dir():
             return True
-        return not any(e.parsed.is_checkpoint for e in scan(self.directory))
+        return not any(e.parsed.is_checkpoint for e in scan(self.directory, layouts=False))
 
     def _candidates(self, which: str | os.PathLike[str], entries: list[Any]) -> list[Path]:
         """The orders of :mod:`ckptctl.ops.resolve` (one definition for the manager and the CLI).
