@@ -16,20 +16,25 @@ from typing import Any
 
 from ..layouts.catalog import entry_for_file
 from ..layouts.naming import Kind
-from ..layouts.metadata import Metadata, optimizer_summary, summarize, tensor_summary
+from ..layouts.metadata import Metadata, summarize, tensor_summary
 from ..formats.values import jsonable
-from .units import UnitView, find_unit, plain_view, view_of, weights_subtree
+from .units import UnitView, find_unit, optimizer_of, plain_view, view_of, weights_subtree
 
 
 def inspect_target(path: str | os.PathLike[str], with_tensors: bool = False) -> dict[str, Any]:
     """A unit of a registered layout when ``path`` is one, else the file (or DCP directory) itself."""
-    found = find_unit(path) if not str(path).startswith(("s3://", "gs://", "az://", "file://")) else None
+    local = "://" not in str(path)
+    found = find_unit(path) if local else None
     if found is not None:
         return inspect_unit(view_of(*found), with_tensors)
     target = Path(path)
-    if target.suffix.lower() == ".safetensors" and target.is_file():  # no layout claims it: itself
+    if local and target.suffix.lower() == ".safetensors" and target.is_file():  # no layout claims it: itself
         return inspect_unit(plain_view(target), with_tensors)
-    return inspect_file(path, with_tensors)
+    report = inspect_file(path, with_tensors)
+    loose = find_unit(path, loose_torch_files=True) if local and report["status"] == "ok" else None
+    if loose is not None:  # a plain torch file of the loose-files layout: the file's own report, named so
+        report["layout"] = loose[1].layout
+    return report
 
 
 def inspect_file(path: str | os.PathLike[str], with_tensors: bool = False) -> dict[str, Any]:
@@ -156,22 +161,14 @@ def _metadata_file(view: UnitView):
 
 
 def _unit_optimizer(view: UnitView) -> dict[str, Any] | None:
-    """The optimizer's summary from the unit's optimizer file, or the optimizer key of its one file."""
+    """The optimizer's summary from the unit's optimizer file, or the optimizer key of its one file;
+    a flat optimizer (torchtitan's FQN keys) of a DCP unit is summarised too."""
+    summary = optimizer_of(view)
+    if summary is not None:
+        return _optimizer(summary)
     for read in view.files:
-        if read.ckpt is None or read.format not in ("zip", "legacy", "dcp"):
-            continue
-        root = read.ckpt.root if isinstance(read.ckpt.root, dict) else {}
-        candidates = [root]
-        for key in ("optimizer", "optimizer_state_dict", "optimizer_states", "base_optimizer_state"):
-            value = root.get(key)
-            if isinstance(value, list) and value:
-                value = value[0]  # Lightning: one state dict per optimizer
-            candidates.append(value)
-        for candidate in candidates:
-            summary = optimizer_summary(candidate)
-            if summary is not None:
-                return _optimizer(summary)
-        if isinstance(root.get("optimizer"), dict) and read.format == "dcp":
+        root = read.ckpt.root if read.ckpt is not None and isinstance(read.ckpt.root, dict) else {}
+        if read.format == "dcp" and isinstance(root.get("optimizer"), dict):
             return _flat_optimizer(root["optimizer"])
     return None
 

@@ -120,11 +120,17 @@ class UnitView:
         return None
 
 
-def find_unit(path: str | os.PathLike[str]) -> tuple[Layout, Unit] | None:
+LOOSE_LAYOUT = "loose"
+
+
+def find_unit(path: str | os.PathLike[str], *, loose_torch_files: bool = False) -> tuple[Layout, Unit] | None:
     """The unit of a registered layout that ``path`` is (a file or a directory), else None.
 
     The parent directory's layout is asked for its units; ``path`` matches a unit by its own path
-    (a Lightning ``last.ckpt`` copy or link is a unit of its own when the layout says so).
+    (a Lightning ``last.ckpt`` copy or link is a unit of its own when the layout says so). A torch
+    file of the loose-files layout (``model.pt``, ``a.pt``) is not returned unless
+    ``loose_torch_files``: the safe reader's own view of one file (every key, every tensor) says
+    more than a loose unit does, and ``compare``/``inspect`` of two plain files stay as they were.
     """
     from ..layouts import registry
 
@@ -147,6 +153,8 @@ def find_unit(path: str | os.PathLike[str]) -> tuple[Layout, Unit] | None:
         raise BadInputError(f"cannot read {parent}: {exc.strerror or exc}") from None
     for unit in units:
         if Path(os.path.abspath(unit.path)) == target_abs:
+            if unit.layout == LOOSE_LAYOUT and not loose_torch_files and not unit.path.name.lower().endswith(".safetensors"):
+                return None
             try:
                 layout.protect(units, layout.pointers(parent, units))
             except OSError:
@@ -320,6 +328,31 @@ def _add(root: dict, sources: dict, problems: list, name: str, ref: TensorRef, s
         return
     root[name] = ref
     sources[name] = source
+
+
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_states", "base_optimizer_state")
+
+
+def optimizer_of(view: UnitView) -> Any:
+    """The :class:`~ckptctl.layouts.metadata.OptimizerSummary` of a unit's optimizer (a file that is
+    an optimizer state dict, or the optimizer key of one: ``optimizer_states[0]`` in Lightning), or None."""
+    from ..layouts.metadata import optimizer_summary
+
+    for read in view.files:
+        if read.ckpt is None or read.format not in ("zip", "legacy", "dcp"):
+            continue
+        root = read.ckpt.root if isinstance(read.ckpt.root, dict) else {}
+        candidates = [root]
+        for key in OPTIMIZER_KEYS:
+            value = root.get(key)
+            if isinstance(value, list) and value:
+                value = value[0]  # Lightning: one state dict per optimizer
+            candidates.append(value)
+        for candidate in candidates:
+            summary = optimizer_summary(candidate)
+            if summary is not None:
+                return summary
+    return None
 
 
 def plain_view(path: Path, ckpt: CheckpointFile | None = None, meta: Any = None) -> UnitView:
