@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import mmap as mmap_module
 import os
@@ -800,14 +801,31 @@ class _DcpDirectory:
                 names[fqn] = name
         if not state:
             return {}, refused
+        disabled = logging.root.manager.disable
+        logging.disable(logging.CRITICAL)  # DCP logs a failed rank's traceback on the root logger
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process"
                 dcp.load(state, storage_reader=_restricted_reader(self))
-        except Exception as exc:  # DCP raises many types (CheckpointException wraps the rank's error)
-            why = f"torch.distributed.checkpoint.load failed: {_first_line(exc)}"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # DCP's CheckpointException is a BaseException wrapping the rank's error
+            why = f"torch.distributed.checkpoint.load failed: {_dcp_reason(exc)}"
             return {}, {**refused, **{name: why for name in names.values()}}
+        finally:
+            logging.disable(disabled)
         return {names[fqn]: tensor for fqn, tensor in state.items()}, refused
+
+
+def _dcp_reason(exc: BaseException) -> str:
+    """The rank's own error inside DCP's CheckpointException, in one line."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        inner = inner[0] if isinstance(inner, tuple) and inner else inner
+        if isinstance(inner, BaseException):
+            return _first_line(inner)
+    return _first_line(exc)  # type: ignore[arg-type]
 
 
 DCP_METADATA_GLOBALS = frozenset({
