@@ -72,7 +72,9 @@ def _print_unit(report: dict) -> None:
     lines = [f"{report['name']}  ({title} checkpoint, {'directory' if unit['is_directory'] else 'file'}, "
              f"{render.size(report['size_bytes'])})"]  # fmt: skip
     complete = "yes" if unit["complete"] else "no, missing " + (", ".join(unit["missing"]) or "required files")
-    rows = [("layout", unit["layout"]), ("step", unit["step"]), ("epoch", unit["epoch"]),
+    lines.append(f"layout {unit['layout']}: " + ("complete" if unit["complete"] else
+                                                  f"incomplete, missing {', '.join(unit['missing'])}"))  # fmt: skip
+    rows = [ ("step", unit["step"]), ("epoch", unit["epoch"]),
             ("best", "yes" if unit["best"] else "no"), ("complete", complete),
             ("protected", unit["protected"]), ("saved_at", unit["timestamp"])]  # fmt: skip
     for key, value in rows:

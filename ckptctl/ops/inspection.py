@@ -18,7 +18,7 @@ from ..layouts.catalog import entry_for_file
 from ..layouts.naming import Kind
 from ..layouts.metadata import Metadata, summarize, tensor_summary
 from ..formats.values import jsonable
-from .units import UnitView, find_unit, optimizer_of, plain_view, view_of, weights_subtree
+from .units import LOOSE_LAYOUT, UnitView, find_unit, optimizer_of, plain_view, view_of, weights_subtree
 
 
 def inspect_target(path: str | os.PathLike[str], with_tensors: bool = False) -> dict[str, Any]:
@@ -40,6 +40,9 @@ def inspect_target(path: str | os.PathLike[str], with_tensors: bool = False) -> 
 def inspect_file(path: str | os.PathLike[str], with_tensors: bool = False) -> dict[str, Any]:
     """Read ``path`` safely and describe it. ``status`` is ok / unreadable / unsafe."""
     entry = entry_for_file(path)
+    unit = getattr(entry, "unit", None)
+    if unit is not None and unit.layout != LOOSE_LAYOUT:  # a unit the catalog found (find_unit did not)
+        return inspect_unit(view_of(None, unit), with_tensors)
     ckpt, meta, error = entry.read()
     report: dict[str, Any] = {
         "path": str(entry.path),
@@ -109,6 +112,14 @@ def inspect_unit(view: UnitView, with_tensors: bool = False) -> dict[str, Any]:
         "error": view.error,
         "unsafe_globals": sorted({g for f in view.files for g in f.unsafe_globals}),
         "layout": unit.layout,
+        # the layout's view at the top level too (as ops-read's first cut had them)
+        "complete": unit.complete,
+        "missing": list(unit.missing),
+        "best": unit.best,
+        "metrics": jsonable(metrics),
+        "monitor": unit.monitor,
+        "files": [{"name": os.path.relpath(f.path, unit.path) if unit.is_directory else f.path.name,
+                   "content": f.content, "size_bytes": f.size_bytes} for f in view.files],  # fmt: skip
     }
     optimizer = _unit_optimizer(view)
     report.update(

@@ -655,6 +655,7 @@ def validate_unit(unit: Any, level: str = DEFAULT, *, jobs: int = 1, progress: P
     directory = Path(unit.path)
     if unit.is_directory and looks_like_dcp(directory):
         result, _ckpt = _check_file(directory, level, jobs, progress)
+        result.notes = [note for note in result.notes if not note.startswith("not a layout name")]
         results.append(result)
         inside = {directory / n for n in _dcp_names(directory)}
         paths = [Path(f.path) for f in unit.files if Path(f.path) not in inside and Path(f.path) != directory]
