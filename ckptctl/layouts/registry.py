@@ -20,6 +20,7 @@ LAYOUT_TABLE: tuple[tuple[str, str], ...] = (
     ("deepspeed", "DeepSpeedLayout"),
     ("accelerate", "AccelerateLayout"),
     ("torchtitan", "TorchtitanLayout"),
+    ("lightning", "LightningLayout"),
     ("loose", "LooseFilesLayout"),  # last: any checkpoint-like files nobody else claimed
 )
 
