@@ -97,26 +97,7 @@ def corrupt(reason: str) -> UnreadableCheckpoint:
 def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """The checked header of ``path``; :class:`UnreadableCheckpoint` with one line if it is not valid."""
     with open_regular(path) as file:
-        size = os.fstat(file.fileno()).st_size
-        prefix = file.read(_LENGTH.size)
-        if len(prefix) < _LENGTH.size:
-            if not prefix:
-                raise UnreadableCheckpoint("truncated: empty file")
-            raise UnreadableCheckpoint(f"truncated: {len(prefix)} bytes, a safetensors file starts with 8")
-        (length,) = _LENGTH.unpack(prefix)
-        if length > MAX_HEADER_BYTES:
-            raise corrupt(f"header length {length} over the {MAX_HEADER_BYTES}-byte limit")
-        if length > size - _LENGTH.size:
-            raise UnreadableCheckpoint(
-                f"truncated: header length {length}, only {max(size - _LENGTH.size, 0)} bytes follow")
-        raw = file.read(length)
-    if len(raw) < length:
-        raise UnreadableCheckpoint(f"truncated: header length {length}, only {len(raw)} bytes follow")
-    header = parse_header(raw)
-    data_offset = _LENGTH.size + length
-    tensors = _tile(header)
-    _check_size(tensors, size - data_offset)
-    return SafetensorsHeader(length, data_offset, header.metadata, tensors)
+        return _header_of_open(file)
 
 
 @dataclass(frozen=True)
@@ -308,3 +289,170 @@ def _check_size(tensors: tuple[SafetensorsTensor, ...], available: int) -> None:
         raise UnreadableCheckpoint(f"truncated: tensors need {needed} data bytes, file has {available}")
     if needed < available:
         raise corrupt(f"{available - needed} bytes after the last tensor")
+
+
+# ------------------------------------------------------------------ checks, inventory, values
+
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+"""The largest piece :func:`iter_tensor_bytes` hands over at once (its memory bound)."""
+
+# safetensors dtype -> torch's name (the unpickler's dtype names); F4/F6 pack below a byte and
+# have no such torch dtype: their tensors are shown as their bytes (uint8, shape [nbytes]).
+TORCH_DTYPES: Mapping[str, str] = MappingProxyType({
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "F16": "float16",
+    "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32", "C64": "complex64",
+    "F64": "float64", "I64": "int64", "U64": "uint64", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
+    "F8_E8M0": "float8_e8m0fnu", "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+})  # fmt: skip
+
+
+def check(path: str | os.PathLike[str]) -> list[str]:
+    """Problems of the safetensors file ``path``, one line each; ``[]`` when it is valid.
+
+    Bad header (JSON, dtypes, shapes, offsets that overlap, leave gaps or do not match a tensor's
+    size), truncation (the data region shorter than the header's offsets), trailing bytes after
+    the last tensor. Reads only the 8 + N header bytes and ``stat``s the file; never the data.
+    """
+    try:
+        read_safetensors_header(path)
+    except UnreadableCheckpoint as exc:
+        return [exc.reason]
+    except OSError as exc:
+        return [f"cannot open: {exc.strerror or exc}"]
+    return []
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of an inventory; ``offset`` is absolute in the file, ``nbytes`` its byte size."""
+
+    name: str
+    dtype: str  # the safetensors name (F32, BF16, ...)
+    shape: tuple[int, ...]
+    nbytes: int
+    offset: int
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        return self.offset, self.offset + self.nbytes
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Every tensor of a safetensors file (in file order) and its ``__metadata__``."""
+
+    path: str
+    size_bytes: int
+    header_length: int
+    metadata: Mapping[str, str]
+    tensors: tuple[TensorEntry, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def inventory(path: str | os.PathLike[str]) -> Inventory:
+    """The checked header of ``path`` as an inventory; :class:`UnreadableCheckpoint` if invalid."""
+    header = read_safetensors_header(path)
+    tensors = tuple(
+        TensorEntry(t.name, t.dtype, t.shape, t.end - t.begin, header.data_offset + t.begin) for t in header.tensors
+    )
+    return Inventory(os.fspath(path), header.data_offset + header.data_length, header.header_length,
+                     header.metadata, tensors)  # fmt: skip
+
+
+def iter_tensor_bytes(path: str | os.PathLike[str], names: Any = None,
+                      chunk_bytes: int = 16 * 1024 * 1024) -> Any:  # fmt: skip
+    """Yield ``(entry, chunk)`` for the tensors ``names`` (all when None), in file order, each
+    tensor as consecutive chunks of at most ``chunk_bytes`` (at least one chunk, ``b""`` for an
+    empty tensor). Memory stays at one chunk whatever the file's size; the header is checked
+    first and the file must still have the size it promises (a file cut short while being read
+    raises ``truncated``). No pickle, no third-party code.
+    """
+    chunk_bytes = max(1, min(int(chunk_bytes), MAX_CHUNK_BYTES))
+    wanted = None if names is None else set(names)
+    with open_regular(path) as file:
+        header = _header_of_open(file)
+        fd = file.fileno()
+        end_of_data = header.data_offset + header.data_length
+        if wanted is not None:
+            unknown = wanted - {t.name for t in header.tensors}
+            if unknown:
+                raise KeyError(f"no tensor {short_repr(sorted(unknown)[0])} in {os.fspath(path)}")
+        for t in header.tensors:
+            if wanted is not None and t.name not in wanted:
+                continue
+            entry = TensorEntry(t.name, t.dtype, t.shape, t.end - t.begin, header.data_offset + t.begin)
+            position, end = entry.offset, entry.offset + entry.nbytes
+            if position == end:
+                yield entry, b""
+                continue
+            while position < end:
+                data = os.pread(fd, min(chunk_bytes, end - position), position)
+                if not data:
+                    raise UnreadableCheckpoint(f"truncated: file ends at {position}, tensors need {end_of_data} bytes")
+                position += len(data)
+                yield entry, data
+
+
+def _header_of_open(file: Any) -> SafetensorsHeader:
+    """:func:`read_safetensors_header` on an already open file (the one the values are read from)."""
+    size = os.fstat(file.fileno()).st_size
+    prefix = file.read(_LENGTH.size)  # a file just opened: from its first byte
+    if len(prefix) < _LENGTH.size:
+        if not prefix:
+            raise UnreadableCheckpoint("truncated: empty file")
+        raise UnreadableCheckpoint(f"truncated: {len(prefix)} bytes, a safetensors file starts with 8")
+    (length,) = _LENGTH.unpack(prefix)
+    if length > MAX_HEADER_BYTES:
+        raise corrupt(f"header length {length} over the {MAX_HEADER_BYTES}-byte limit")
+    if length > size - _LENGTH.size:
+        raise UnreadableCheckpoint(
+            f"truncated: header length {length}, only {max(size - _LENGTH.size, 0)} bytes follow")
+    raw = file.read(length)
+    if len(raw) < length:
+        raise UnreadableCheckpoint(f"truncated: header length {length}, only {len(raw)} bytes follow")
+    header = parse_header(raw)
+    data_offset = _LENGTH.size + length
+    tensors = _tile(header)
+    _check_size(tensors, size - data_offset)
+    return SafetensorsHeader(length, data_offset, header.metadata, tensors)
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> Any:
+    """A safetensors file as a :class:`ckptctl.formats.checkpoint.CheckpointFile` (format
+    ``"safetensors"``), so ``inspect``/``compare``/summaries treat it like a checkpoint: ``root`` is
+    ``{name: TensorRef}`` (dtype and shape from the header; one storage per tensor, keyed by its
+    name, ``location`` "safetensors") plus ``"__metadata__": {...}`` when the header has one;
+    ``spans`` give each tensor's bytes in the file. Raises UnreadableCheckpoint if invalid.
+    """
+    from pathlib import Path
+
+    from .checkpoint import CheckpointFile, Span
+    from .unpickler import StorageRef, TensorRef
+
+    header = read_safetensors_header(path)
+    root: dict[str, Any] = {}
+    storages: dict[str, StorageRef] = {}
+    spans: dict[str, Span] = {}
+    notes: list[str] = ["safetensors: no checksums (the header's offsets are checked)"]
+    packed = False
+    for t in header.tensors:
+        nbytes = t.end - t.begin
+        dtype = TORCH_DTYPES.get(t.dtype)
+        shape = t.shape
+        if dtype is None:  # F4 / F6: their bytes
+            dtype, shape, packed = "uint8", (nbytes,), True
+        numel = 0 if 0 in shape else math.prod(shape)
+        storage = StorageRef(t.name, dtype, numel, "safetensors")
+        stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+        root[t.name] = TensorRef(storage, 0, shape, stride, dtype)
+        storages[t.name] = storage
+        spans[t.name] = Span(t.name, header.data_offset + t.begin, nbytes, None)
+    if packed:
+        notes.append("F4/F6 tensors are shown as their bytes (uint8)")
+    if header.metadata or "__metadata__" in root:
+        root["__metadata__"] = dict(header.metadata)
+    return CheckpointFile(Path(path), "safetensors", header.data_offset + header.data_length, root, storages, spans,
+                          None, notes)  # fmt: skip

@@ -29,7 +29,7 @@ def weights_only_globals() -> list[Any]:
     Names of both numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) are listed, so a checkpoint
     saved under either loads under either.
     """
-    allowed: list[Any] = [argparse.Namespace]
+    allowed: list[Any] = [argparse.Namespace, *framework_globals()]
     numpy = _numpy()
     if numpy is None:
         return allowed
@@ -41,6 +41,17 @@ def weights_only_globals() -> list[Any]:
     if dtypes is not None:
         allowed += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
     return allowed
+
+
+def framework_globals() -> list[tuple[Any, str]]:
+    """Other frameworks' classes (``TrainingArguments``, DeepSpeed's ``LossScaler``, ``io.BytesIO``,
+    ...) as the inert stand-ins the safe reader builds, under their real names: torch's
+    ``weights_only`` unpickler then loads such a file without importing (or running) those
+    frameworks, and the values are the same records ``inspect`` shows."""
+    from . import unpickler
+
+    names = [*unpickler.RECORDS, *unpickler.ENUM_CLASSES, *unpickler.ATTRIBUTE_DICTS, "_io.BytesIO"]
+    return [(unpickler.ALLOWED[name], name) for name in names]
 
 
 def _numpy_multiarray(numpy: Any) -> Any:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from .bounded import bounded_repr, bounded_str, short_number
-from .unpickler import Namespace, NumpyArray, TensorRef
+from .unpickler import BytesIORecord, Namespace, NumpyArray, TensorRef
 
 __all__ = ["bounded_repr", "bounded_str", "jsonable", "key_text", "short_number", "short_repr"]
 
@@ -48,7 +48,17 @@ def jsonable(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"
+    if isinstance(value, BytesIORecord):
+        return _bytesio(value, jsonable(value.value))
     return bounded_repr(value, KEY_CHARS)
+
+
+def _bytesio(record: BytesIORecord, value: Any) -> dict[str, Any]:
+    """A BytesIO as JSON: its size, what its bytes were read as, and that value (or why not)."""
+    out: dict[str, Any] = {"bytesio": record.nbytes, "format": record.format, "value": value}
+    if record.error:
+        out["error"] = record.error
+    return out
 
 
 def _json_node(value: Any) -> Any:
@@ -59,6 +69,8 @@ def _json_node(value: Any) -> Any:
         return jsonable(value)
     if isinstance(value, Namespace):
         return value.attrs
+    if isinstance(value, BytesIORecord):
+        return _bytesio(value, value.value)
     if isinstance(value, (tuple, set, frozenset)):
         return list(value) if len(value) <= 1000 else list(value)[:1000]  # only the head can be shown
     return value

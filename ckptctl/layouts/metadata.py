@@ -27,6 +27,12 @@ KNOWN_KEYS = (
 )  # fmt: skip
 LOSS_FIELDS = ("train_loss", "val_loss")  # read as numbers from one-element tensors for every file
 MAX_EXTRA_SCALARS = 8  # other top-level one-element tensors read as numbers (``best_metric``), per file
+# Other frameworks' keys for the same fields (issue 11), tried in order after ckptctl's own:
+STEP_KEYS = ("step", "global_step", "global_steps")  # native, Lightning, DeepSpeed; torchtitan: train_state.step
+MODEL_KEYS = ("model", "state_dict", "model_state_dict", "module")  # native, Lightning, tutorial, DeepSpeed
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_states")  # native/torchtitan, tutorial/ZeRO, Lightning
+HPARAMS_KEYS = ("args", "hyper_parameters", "ds_config")  # native, Lightning, DeepSpeed
+TRAIN_LOSS_KEYS = ("train_loss", "loss")  # native, the PyTorch tutorial dict
 OPTIMIZER_HYPERPARAMS = ("lr", "betas", "momentum", "weight_decay", "eps", "dampening", "nesterov", "amsgrad")
 
 
@@ -71,6 +77,11 @@ class Metadata:
     extra_keys: list[str]
     root: Any = field(repr=False, compare=False)
     ckpt: CheckpointFile | None = field(default=None, repr=False, compare=False)
+    # where each field was found (None: absent or ckptctl's own key), for other frameworks' files
+    step_key: str | None = None
+    model_key: str | None = None  # "" for torchtitan's model FQNs at the top level
+    optimizer_key: str | None = None
+    hparams_key: str | None = None
 
     @functools.cached_property
     def extra_numbers(self) -> dict[str, float | int]:
@@ -85,12 +96,15 @@ class Metadata:
 
     @functools.cached_property
     def model(self) -> TensorGroupSummary | None:
-        model = self.root.get("model") if isinstance(self.root, dict) else None
+        model = model_state(self.root, self.model_key)
         return tensor_summary(model) if isinstance(model, dict) else None
 
     @functools.cached_property
     def optimizer(self) -> OptimizerSummary | None:
-        return optimizer_summary(self.root.get("optimizer")) if isinstance(self.root, dict) else None
+        if not isinstance(self.root, dict):
+            return None
+        key = self.optimizer_key
+        return optimizer_summary(self.root if key == "" else self.root.get(key or "optimizer"))
 
     @functools.cached_property
     def all_tensors(self) -> TensorGroupSummary:
@@ -98,25 +112,119 @@ class Metadata:
 
 
 def summarize(ckpt: CheckpointFile) -> Metadata:
-    """Distil ``ckpt.root`` into :class:`Metadata`; tolerant of any shape of root object."""
+    """Distil ``ckpt.root`` into :class:`Metadata`; tolerant of any shape of root object.
+
+    ckptctl's own keys first, then other frameworks' for the same field (``global_step``,
+    ``state_dict``, ``optimizer_states``, ``hyper_parameters``, ...: the ``*_KEYS`` tuples above).
+    A file whose root is a saved-args object (HF's ``training_args.bin``) gives its fields as args.
+    """
     root = ckpt.root if isinstance(ckpt.root, dict) else {}
     rng = root.get("rng_state")
-    losses = {key: root.get(key) for key in LOSS_FIELDS}
+    loss_key = _first_key(root, TRAIN_LOSS_KEYS) or "train_loss"
+    losses = {"train_loss": root.get(loss_key), "val_loss": root.get("val_loss")}
     losses.update(read_scalars(ckpt, losses))  # a tensor loss: its value (a few bytes read)
+    step_key, step = _step(ckpt, root)
+    model_key = _model_key(root)
+    optimizer_key = _optimizer_key(root)
+    hparams_key = _first_key(root, HPARAMS_KEYS, lambda v: isinstance(v, (dict, Namespace)))
+    args = args_dict(root.get(hparams_key)) if hparams_key else None
+    if args is None and isinstance(ckpt.root, Namespace):  # HF training_args.bin: the object is the file
+        args = dict(ckpt.root.attrs)
+    mapped = {k for k in (model_key, optimizer_key, hparams_key, step_key, loss_key) if k}
+    if optimizer_key == "":
+        mapped |= {"state", "param_groups"}
+    flat_model = set(_flat_model(root)) if model_key == "" else set()
+    epoch = as_int(root.get("epoch"))
+    if ckpt.format == "safetensors" and isinstance(root.get("__metadata__"), dict):  # strings, by the format
+        header = root["__metadata__"]
+        if step is None:
+            step_key, step = ("__metadata__.step", _int_text(header.get("step")))
+            step_key = step_key if step is not None else None
+        epoch = epoch if epoch is not None else _int_text(header.get("epoch"))
     return Metadata(
-        step=as_int(root.get("step")),
-        epoch=as_int(root.get("epoch")),
+        step=step,
+        epoch=epoch,
         train_loss=as_float(losses["train_loss"]),
         val_loss=as_float(losses["val_loss"]),
         timestamp=as_datetime(root.get("timestamp")),
         checkpoint_type=root.get("checkpoint_type") if isinstance(root.get("checkpoint_type"), str) else None,
-        args=args_dict(root.get("args")),
+        args=args,
         dataloader_state=root.get("dataloader_state"),
         rng_states=sorted(_key(k) for k, v in rng.items() if v is not None) if isinstance(rng, dict) else [],
-        extra_keys=[_key(k) for k in root if k not in KNOWN_KEYS],
+        extra_keys=[_key(k) for k in root if k not in KNOWN_KEYS and k not in mapped and k not in flat_model],
         root=ckpt.root,
         ckpt=ckpt,
+        step_key=step_key if step_key != "step" else None,
+        model_key=model_key if model_key != "model" else None,
+        optimizer_key=optimizer_key if optimizer_key != "optimizer" else None,
+        hparams_key=hparams_key if hparams_key != "args" else None,
     )
+
+
+def _int_text(value: Any) -> int | None:
+    """A safetensors ``__metadata__`` number (always a string there): "120" -> 120, else None."""
+    if type(value) is not str or not 0 < len(value) <= 20 or not value.strip().lstrip("-").isdigit():
+        return None
+    return as_int(int(value))
+
+
+def _first_key(root: dict, keys: tuple[str, ...], accept: Any = None) -> str | None:
+    """The first of ``keys`` present in ``root`` (with a value ``accept`` takes, when given)."""
+    for key in keys:
+        if key in root and (accept is None or accept(root[key])):
+            return key
+    return None
+
+
+def _step(ckpt: CheckpointFile, root: dict) -> tuple[str | None, int | None]:
+    """(key, step): ``step``, ``global_step``, ``global_steps``, or torchtitan's ``train_state.step``
+    (an int, or in older saves a 0-d int tensor, read from its bytes)."""
+    for key in STEP_KEYS:
+        step = as_int(root.get(key))
+        if step is not None:
+            return key, step
+    state = root.get("train_state")
+    if isinstance(state, dict) and "step" in state:
+        value = state["step"]
+        if isinstance(value, TensorRef):
+            value = read_scalars(ckpt, {"step": value}).get("step", value)
+        step = as_int(value)
+        if step is not None:
+            return "train_state.step", step
+    return None, None
+
+
+def _model_key(root: dict) -> str | None:
+    """Where the model's state dict is: a known key, or "" when its FQNs are top-level keys (torchtitan)."""
+    key = _first_key(root, MODEL_KEYS, lambda v: isinstance(v, dict))
+    if key is not None:
+        return key
+    return "" if _flat_model(root) else None
+
+
+def _flat_model(root: dict) -> dict[str, TensorRef]:
+    """Top-level tensors under dotted names (``layers.0.attention.wq.weight``): torchtitan's model."""
+    return {k: v for k, v in root.items() if type(k) is str and "." in k and isinstance(v, TensorRef)}
+
+
+def model_state(root: Any, model_key: str | None) -> Any:
+    """The model's state dict in ``root`` (see :func:`_model_key`); None if there is none."""
+    if not isinstance(root, dict):
+        return None
+    if model_key == "":
+        return _flat_model(root)
+    return root.get(model_key or "model")
+
+
+def _optimizer_key(root: dict) -> str | None:
+    """Where the optimizer's state is: a known key, or "" when the file is one (HF's ``optimizer.pt``)."""
+    if "state" in root and isinstance(root.get("param_groups"), list) and not any(k in root for k in MODEL_KEYS):
+        return ""
+    for key in OPTIMIZER_KEYS:
+        value = root.get(key)
+        if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
+            return key
+    return None
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -229,8 +337,26 @@ def _tensor_refs(obj: Any) -> Iterator[TensorRef]:
 
 
 def optimizer_summary(value: Any) -> OptimizerSummary | None:
-    if not isinstance(value, dict) or "param_groups" not in value:
+    """An optimizer's state: torch's ``{state, param_groups}``, a list of them (Lightning's
+    ``optimizer_states``), DeepSpeed ZeRO's (``base_optimizer_state`` inside), or the flat FQN
+    layout (``state.<fqn>.exp_avg``, ``param_groups.<fqn>.lr``: torchtitan, DCP's flattened form)."""
+    if isinstance(value, list):
+        parts = [optimizer_summary(v) for v in value]
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return None
+        types = {p.type for p in parts}
+        return OptimizerSummary(types.pop() if len(types) == 1 else None, [g for p in parts for g in p.param_groups],
+                                sum(p.state_entries for p in parts), tensor_summary(value))  # fmt: skip
+    if not isinstance(value, dict):
         return None
+    if "param_groups" not in value:
+        base = value.get("base_optimizer_state")
+        if isinstance(base, dict) and "param_groups" in base:  # DeepSpeed ZeRO
+            inner = optimizer_summary(base)
+            if inner is not None:
+                return OptimizerSummary(inner.type, inner.param_groups, inner.state_entries, tensor_summary(value))
+        return _flat_optimizer_summary(value)
     groups_raw = value.get("param_groups")
     state = value.get("state") if isinstance(value.get("state"), dict) else {}
     groups = []
@@ -242,6 +368,37 @@ def optimizer_summary(value: Any) -> OptimizerSummary | None:
         entry["params"] = len(params) if isinstance(params, list) else None
         groups.append(entry)
     return OptimizerSummary(_guess_optimizer(value, state), groups, len(state), tensor_summary(state))
+
+
+def _flat_optimizer_summary(value: dict) -> OptimizerSummary | None:
+    """``state.<fqn>.<stat>`` / ``param_groups.<fqn>.<hyperparameter>`` keys (one group per
+    distinct set of hyperparameters, in order); None if ``value`` has neither."""
+    state: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            continue
+        head, _, rest = key.partition(".")
+        fqn, _, leaf = rest.rpartition(".")
+        if not fqn or not leaf:
+            continue
+        if head == "state":
+            state.setdefault(fqn, {})[leaf] = item
+        elif head == "param_groups":
+            groups.setdefault(fqn, {})[leaf] = item
+    if not state and not groups:
+        return None
+    distinct: list[dict[str, Any]] = []
+    for hyper in groups.values():
+        entry = {k: _plain(hyper[k]) for k in OPTIMIZER_HYPERPARAMS if k in hyper}
+        for group in distinct:
+            if all(group.get(k) == v for k, v in entry.items()) and len(group) - 1 == len(entry):
+                group["params"] += 1
+                break
+        else:
+            distinct.append({**entry, "params": 1})
+    as_torch = {"param_groups": [dict(g) for g in groups.values()]}
+    return OptimizerSummary(_guess_optimizer(as_torch, state), distinct, len(state), tensor_summary(state))
 
 
 def _guess_optimizer(value: dict, state: dict) -> str | None:

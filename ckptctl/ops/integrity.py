@@ -542,8 +542,18 @@ def _find(result: FileResult, finding: str) -> None:
 # ---------------------------------------------------------------------------------- deep (values)
 
 
+BOOKKEEPING_KEYS = ("callbacks",)  # top-level keys whose tensors are not model/optimizer values
+
+
 def _check_values(result: FileResult, ckpt: CheckpointFile) -> None:
-    """``torch.load(weights_only=True)`` (memory-mapped for zip files), then NaN/Inf per tensor."""
+    """``torch.load(weights_only=True)`` (memory-mapped for zip files), then NaN/Inf per tensor.
+
+    The model's and the optimizer's tensors (everything but :data:`BOOKKEEPING_KEYS`): Lightning
+    keeps ``kth_value = tensor(inf)`` in its ``callbacks`` state on purpose (the top-k is not full
+    yet), and ``EarlyStopping`` a ``best_score`` of ``inf``; those are not damaged values. Known
+    framework classes (``TrainingArguments``, DeepSpeed's ZeRO state) load as the same inert
+    records the safe reader builds (:func:`ckptctl.formats.torch_load.safe_globals`).
+    """
     import torch
 
     from ..formats.torch_load import safe_globals
@@ -555,11 +565,24 @@ def _check_values(result: FileResult, ckpt: CheckpointFile) -> None:
         _add(result, f"torch.load failed: {_first_line(exc)}")
         return
     result.finite = True
-    for name, tensor in iter_tensors(root, torch.is_tensor):
+    for name, tensor in _value_tensors(root, torch.is_tensor):
         nan, inf = count_non_finite(tensor)
         if nan or inf:
             result.finite = False  # the file is intact; its values are not (validate exits 1)
             _find(result, f"tensor {name}: {nan} NaN, {inf} Inf")
+
+
+def _value_tensors(root: Any, is_tensor: Callable[[Any], bool]) -> Iterable[tuple[str, Any]]:
+    """Every tensor of ``root`` with its dotted name, except those under :data:`BOOKKEEPING_KEYS`."""
+    if not isinstance(root, dict):
+        yield from iter_tensors(root, is_tensor)
+        return
+    for key, value in root.items():
+        if type(key) is str and key in BOOKKEEPING_KEYS:
+            continue
+        prefix = key if type(key) is str else bounded_repr(key, 200)
+        for name, tensor in iter_tensors(value, is_tensor):
+            yield (f"{prefix}.{name}" if name else prefix), tensor
 
 
 def count_non_finite(tensor: Any) -> tuple[int, int]:

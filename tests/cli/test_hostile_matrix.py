@@ -10,8 +10,10 @@ test_safe_open, ...) check the exact reasons; this one checks that no command fa
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Callable
 
@@ -64,6 +66,11 @@ CASES: dict[str, Build] = {
     "overlapping-records": lambda p, m: hostile.overlapping_zip(p, copies=64, size=16_384) and None,
     "deep-tuple-key": _zip(lambda m: deep_tuple_key()),
     "shared-tuple-key": _zip(lambda m: shared_tuple_key()),
+    # issue 11's inert records: an allowed framework class called (its __init__ would run), and a
+    # BytesIO (read as a nested checkpoint) wrapping a hostile pickle
+    "record-called": _zip(lambda m: hostile._wrap(hostile._call(hostile._global("transformers.training_args", "TrainingArguments"),
+                                                                hostile._str(hostile._touch(m))))),
+    "bytesio-hostile": _zip(lambda m: hostile._wrap(pickle.dumps(io.BytesIO(hostile.system_global(m)), protocol=2)[2:-1])),
     "huge-int-step": _zip(lambda m: P2 + b"}" + hostile._str("step") + _long4(10**5000) + b"s."),
     "huge-int-loss": _zip(lambda m: P2 + b"}" + hostile._str("val_loss") + _long4(10**400) + b"s."),
     "storage-bigger-than-record": _zip(lambda m: hostile.float_tensor_pickle(200, 200)),
