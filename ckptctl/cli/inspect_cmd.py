@@ -69,13 +69,11 @@ def _print_report(report: dict) -> None:
 def _print_unit(report: dict) -> None:
     unit = report["unit"]
     title = unit["layout_title"] or unit["layout"]
-    lines = [f"{report['name']}  ({title} checkpoint, {'directory' if unit['is_directory'] else 'file'}, "
+    lines = [f"{report['name']}  ({title}: {'directory' if unit['is_directory'] else 'file'}, "
              f"{render.size(report['size_bytes'])})"]  # fmt: skip
-    complete = "yes" if unit["complete"] else "no, missing " + (", ".join(unit["missing"]) or "required files")
     lines.append(f"layout {unit['layout']}: " + ("complete" if unit["complete"] else
-                                                  f"incomplete, missing {', '.join(unit['missing'])}"))  # fmt: skip
-    rows = [ ("step", unit["step"]), ("epoch", unit["epoch"]),
-            ("best", "yes" if unit["best"] else "no"), ("complete", complete),
+                                                  f"incomplete, missing {', '.join(unit['missing']) or 'required files'}"))  # fmt: skip
+    rows = [("step", unit["step"]), ("epoch", unit["epoch"]), ("best", "yes" if unit["best"] else "no"),
             ("protected", unit["protected"]), ("saved_at", unit["timestamp"])]  # fmt: skip
     for key, value in rows:
         lines.append(f"  {key:<16}{_plain(value)}")
