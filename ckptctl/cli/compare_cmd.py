@@ -104,7 +104,11 @@ class _Report:
 
     def print(self) -> None:
         c = self.c
-        self.table(None, ("", "file", "format", "size", "step", "epoch"), [self._side("A", c.a), self._side("B", c.b)])
+        if c.units:
+            self.table(None, ("", "checkpoint", "layout", "format", "size", "step", "epoch", "complete"),
+                       [self._unit_side("A", c.a), self._unit_side("B", c.b)])  # fmt: skip
+        else:
+            self.table(None, ("", "file", "format", "size", "step", "epoch"), [self._side("A", c.a), self._side("B", c.b)])
         self.table("metadata", ("field", "A", "B", "delta"), self._fields())
         self._args()
         self._keys()
@@ -123,6 +127,13 @@ class _Report:
         print_table(self.console, title, headers, rows)
 
     @staticmethod
+    def _unit_side(label: str, side) -> list[str]:
+        unit = side.view.unit
+        complete = "yes" if unit.complete else "no, missing " + ", ".join(unit.missing[:5])
+        return [label, str(side.path), unit.layout, side.format, render.size(side.size_bytes),
+                render.number(side.step), render.number(side.epoch), complete]  # fmt: skip
+
+    @staticmethod
     def _side(label: str, side) -> list[str]:
         return [label, str(side.path), side.ckpt.format, render.size(side.ckpt.size_bytes),
                 render.number(side.meta.step), render.number(side.meta.epoch)]  # fmt: skip
@@ -138,32 +149,34 @@ class _Report:
     def _args(self) -> None:
         diff = self.c.args
         if diff.equal:
-            self.line("args: same")
+            self.line(f"{'hparams' if self.c.units else 'args'}: same")
             self.line()
             return
         rows = [[k, _value(a), _value(b)] for k, (a, b) in diff.changed.items()]
         rows += [[k, _value(v), "(absent)"] for k, v in diff.only_a.items()]
         rows += [[k, "(absent)", _value(v)] for k, v in diff.only_b.items()]
-        self.table("args", ("key", "A", "B"), rows)
+        self.table("hparams" if self.c.units else "args", ("key", "A", "B"), rows)
 
     def _keys(self) -> None:
         diff = self.c.keys
         parts = [f"changed: {', '.join(diff.changed)}" if diff.changed else "",
                  f"only in A: {', '.join(diff.only_a)}" if diff.only_a else "",
                  f"only in B: {', '.join(diff.only_b)}" if diff.only_b else ""]  # fmt: skip
-        self.line("top-level keys: " + ("; ".join(p for p in parts if p) or "same"))
+        self.line(("files: " if self.c.units else "top-level keys: ") + ("; ".join(p for p in parts if p) or "same"))
 
     def _tensors(self) -> None:
         t = self.c.tensors
         delta = t.parameters_b - t.parameters_a
-        self.line(f"tensors: {t.count_a} in A, {t.count_b} in B; parameters {t.parameters_a:,} -> {t.parameters_b:,} ({delta:+,})")
+        what = "weights tensors" if self.c.units else "tensors"
+        self.line(f"{what}: {t.count_a} in A, {t.count_b} in B; parameters {t.parameters_a:,} -> {t.parameters_b:,} ({delta:+,})")
         rows = [[n, "only in A", f"{x.dtype} {list(x.shape)}", "-"] for n, x in t.only_a.items()]
         rows += [[n, "only in B", "-", f"{x.dtype} {list(x.shape)}"] for n, x in t.only_b.items()]
         rows += [[n, "dtype/shape", f"{x.dtype} {list(x.shape)}", f"{y.dtype} {list(y.shape)}"] for n, (x, y) in t.changed.items()]
         if rows:
             self.table(None, ("tensor", "difference", "A", "B"), _capped(rows, LIST_LIMIT))
         if not t.bytes_compared:
-            self.line("  tensor bytes not compared (a file has no CRC-32s); use --values")
+            if self.c.values is None:
+                self.line("  tensor bytes not compared (no stored CRC-32s: safetensors, DCP, legacy or several files); use --values")
         elif t.bytes_differ:
             names = ", ".join(t.bytes_differ[:5]) + (f", … ({len(t.bytes_differ) - 5} more)" if len(t.bytes_differ) > 5 else "")
             hint = "" if self.c.values is not None else "; --values for magnitudes"

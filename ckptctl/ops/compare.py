@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import mmap as mmap_module
 import os
@@ -33,8 +34,9 @@ from ..layouts.metadata import Metadata, summarize
 from ..formats.container import read_record
 from ..formats.reader import CheckpointFile, iter_tensors, read_checkpoint
 from .resolve import resolve_target
+from .units import TensorSource, UnitView, find_unit, optimizer_of, plain_view
 from ..formats.safe_open import open_regular
-from ..formats.unpickler import Namespace, NumpyArray, TensorRef
+from ..formats.unpickler import DTYPE_ITEMSIZE, Namespace, NumpyArray, TensorRef
 from ..formats.values import jsonable, key_text
 
 FIELDS = ("step", "epoch", "train_loss", "val_loss", "timestamp", "checkpoint_type")
@@ -53,15 +55,44 @@ Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, tensor n
 
 @dataclass
 class Side:
-    """One of the two files: where it is and what the safe reader made of it."""
+    """One of the two checkpoints: where it is and what the safe reader made of it.
+
+    For a unit of a layout (``view`` set), ``ckpt`` is its weights' inventory as one flat
+    checkpoint (names relative to the model's state dict) and step/epoch come from the layout.
+    """
 
     path: Path
     ckpt: CheckpointFile
     meta: Metadata
+    view: UnitView | None = None
+
+    @property
+    def step(self) -> int | None:
+        return self.view.unit.step if self.view is not None else self.meta.step
+
+    @property
+    def epoch(self) -> float | int | None:
+        return self.view.unit.epoch if self.view is not None else self.meta.epoch
+
+    @property
+    def format(self) -> str:
+        return self.ckpt.format
+
+    @property
+    def size_bytes(self) -> int:
+        return self.view.unit.size_bytes if self.view is not None else self.ckpt.size_bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "format": self.ckpt.format, "size_bytes": self.ckpt.size_bytes,
-                "step": self.meta.step, "epoch": self.meta.epoch}  # fmt: skip
+        doc = {"path": str(self.path), "format": self.format, "size_bytes": self.size_bytes,
+               "step": self.step, "epoch": self.epoch}  # fmt: skip
+        if self.view is not None:
+            unit = self.view.unit
+            doc.update(layout=unit.layout, unit={
+                "name": unit.name, "is_directory": unit.is_directory, "metrics": jsonable(unit.metrics),
+                "monitor": unit.monitor, "best": unit.best, "complete": unit.complete, "missing": list(unit.missing),
+                "files": [f.to_json() for f in self.view.files], "weights_problems": list(self.view.weights.problems),
+            })  # fmt: skip
+        return doc
 
 
 @dataclass
@@ -238,6 +269,11 @@ class Comparison:
     ignore: tuple[str, ...] = ()  # dotted paths whose differences do not decide (ignore_paths)
 
     @property
+    def units(self) -> bool:
+        """Two checkpoints of layouts (units): weights compared by name, hparams as ``args``, files as ``keys``."""
+        return self.a.view is not None
+
+    @property
     def level(self) -> str:
         return "values" if self.values is not None else "metadata"
 
@@ -269,6 +305,7 @@ class Comparison:
             "optimizer": self.optimizer.to_json(),
             "values": self.values.to_json() if self.values is not None else None,
             "ignore": list(self.ignore),
+            "layouts": [self.a.view.unit.layout, self.b.view.unit.layout] if self.units else None,
             "ignored": [{"key": k, "a": jsonable(a), "b": jsonable(b)} for k, (a, b) in self.ignored_differences().items()],
         }
 
@@ -307,6 +344,8 @@ def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *, ignore: Ite
     """
     paths = ignore_paths(ignore)
     side_a, side_b = open_side(a), open_side(b)
+    if side_a.view is not None or side_b.view is not None:
+        return compare_units(as_unit(side_a), as_unit(side_b), paths)
     return Comparison(
         side_a,
         side_b,
@@ -320,7 +359,15 @@ def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *, ignore: Ite
 
 
 def open_side(target: str | os.PathLike[str]) -> Side:
-    """Read one side safely. Any problem is bad input (exit 2): exit 1 means "different"."""
+    """Read one side safely. Any problem is bad input (exit 2): exit 1 means "different".
+
+    A unit of a layout (``checkpoint-500/``, ``x.ckpt``, ``global_step10/``, ``model.safetensors``)
+    is read as one: its files through their safe readers, its weights inventoried.
+    """
+    found = find_unit(target)
+    if found is not None or (str(target).lower().endswith(".safetensors") and Path(target).is_file()):
+        view = view_of_checked(*found) if found is not None else _checked(plain_view(Path(target)))
+        return Side(view.unit.path, view.weights.ckpt, summarize(view.weights.ckpt), view)
     try:
         path = resolve_target(str(target)).path
         ckpt = read_checkpoint(path)
@@ -330,6 +377,67 @@ def open_side(target: str | os.PathLike[str]) -> Side:
         status = getattr(exc, "status", None)
         raise BadInputError(f"{target}: {status + ': ' if status else ''}{exc}") from None
     return Side(path, ckpt, summarize(ckpt))
+
+
+def view_of_checked(layout, unit) -> UnitView:
+    from .units import view_of
+
+    return _checked(view_of(layout, unit))
+
+
+def _checked(view: UnitView) -> UnitView:
+    """A unit whose files the safe readers refuse, or whose weights cannot be read, is bad input (exit 2)."""
+    status = view.status
+    if status in ("unsafe", "unreadable"):
+        raise BadInputError(f"{view.unit.path}: {status}: {view.error}")
+    if view.weights.problems and not view.weights.ckpt.root:
+        raise BadInputError(f"{view.unit.path}: no readable weights: {'; '.join(view.weights.problems[:3])}")
+    if not view.weights.ckpt.root and not view.unit.complete:
+        raise BadInputError(f"{view.unit.path}: {view.error}")
+    return view
+
+
+def as_unit(side: Side) -> Side:
+    """A native file or DCP directory as a unit of its own, to compare it with a unit of a layout."""
+    if side.view is not None:
+        return side
+    view = plain_view(side.path, side.ckpt, side.meta)
+    return Side(side.path, view.weights.ckpt, summarize(view.weights.ckpt), view)
+
+
+UNIT_FIELDS = ("step", "epoch")
+
+
+def compare_units(a: Side, b: Side, paths: tuple[str, ...]) -> Comparison:
+    """Two units: step, epoch and every metric as fields, hparams as ``args``, file names as
+    ``keys``, the weights' inventories as ``tensors``, optimizer hyperparameters."""
+    ua, ub = a.view.unit, b.view.unit  # type: ignore[union-attr]
+    fields = [FieldDelta(name, getattr(ua, name), getattr(ub, name), _delta(getattr(ua, name), getattr(ub, name)),
+                         covered(name, paths)) for name in UNIT_FIELDS]  # fmt: skip
+    for name in dict.fromkeys([*ua.metrics, *ub.metrics]):
+        va, vb = ua.metrics.get(name), ub.metrics.get(name)
+        fields.append(FieldDelta(f"metrics.{name}", va, vb, _delta(va, vb), covered(f"metrics.{name}", paths)))
+    files_a = {f.path.name: f.content for f in a.view.files} if a.view.unit.is_directory else {}  # type: ignore[union-attr]
+    files_b = {f.path.name: f.content for f in b.view.files} if b.view.unit.is_directory else {}  # type: ignore[union-attr]
+    return Comparison(
+        a, b, fields,
+        diff_mappings(_hparams(ua.hparams), _hparams(ub.hparams), paths, prefix="args."),
+        diff_mappings(files_a, files_b, paths),
+        inventory_diff(a, b, paths),
+        _optimizer_diff(optimizer_of(a.view), optimizer_of(b.view), paths),  # type: ignore[arg-type]
+        ignore=paths,
+    )  # fmt: skip
+
+
+def _hparams(value: Any) -> dict[str, Any]:
+    if isinstance(value, Namespace):
+        return {key_text(k): v for k, v in value.attrs.items()}
+    if isinstance(value, dict):
+        return {key_text(k): v for k, v in value.items()}
+    if value is None:
+        return {}
+    attrs = getattr(value, "fields", None) or getattr(value, "attrs", None)  # an inert record
+    return {key_text(k): v for k, v in attrs.items()} if isinstance(attrs, dict) else {"<hparams>": value}
 
 
 def _top_level(root: Any) -> dict[str, Any]:
@@ -462,8 +570,12 @@ def _parameters(meta: Metadata) -> int:
 
 
 def optimizer_diff(a: Metadata, b: Metadata, ignore: Sequence[str] = ()) -> OptimizerDiff:
-    groups_a = a.optimizer.param_groups if a.optimizer else []
-    groups_b = b.optimizer.param_groups if b.optimizer else []
+    return _optimizer_diff(a.optimizer, b.optimizer, ignore)
+
+
+def _optimizer_diff(opt_a: Any, opt_b: Any, ignore: Sequence[str] = ()) -> OptimizerDiff:
+    groups_a = opt_a.param_groups if opt_a else []
+    groups_b = opt_b.param_groups if opt_b else []
     changed, ignored = [], []
     for index, (ga, gb) in enumerate(zip(groups_a, groups_b)):
         for key in dict.fromkeys([*ga, *gb]):
@@ -471,7 +583,7 @@ def optimizer_diff(a: Metadata, b: Metadata, ignore: Sequence[str] = ()) -> Opti
                 ignore_it = covered(f"optimizer.param_groups.{index}.{key}", ignore)
                 (ignored if ignore_it else changed).append((index, key, ga.get(key), gb.get(key)))
     return OptimizerDiff(
-        a.optimizer.type if a.optimizer else None, b.optimizer.type if b.optimizer else None,
+        opt_a.type if opt_a else None, opt_b.type if opt_b else None,
         len(groups_a), len(groups_b), changed, ignored,
     )  # fmt: skip
 
@@ -483,44 +595,276 @@ def compare_values(
     progress: Progress | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> ValuesDiff:
-    """Load both files (already accepted by the safe reader) and compare every shared tensor."""
-    if "dcp" in (comparison.a.ckpt.format, comparison.b.ckpt.format):
-        raise BadInputError("--values is not supported for sharded (DCP) checkpoints: compare their metadata without it")
+    """Compare every shared tensor's values (both sides already accepted by the safe readers).
+
+    Where the values come from, per tensor (:class:`~ckptctl.ops.units.TensorSource`): a torch
+    zip through ``torch.load(weights_only=True, mmap=True)`` (pages released as compared); a
+    safetensors file through its checked header's offsets, ``chunk_elements`` at a time (our own
+    reads, no pickle, no ``safetensors`` package); a DCP directory through
+    ``torch.distributed.checkpoint.load`` (one process, no process group) into tensors built from
+    the safe ``.metadata`` inventory, a group of at most :data:`DCP_GROUP_BYTES` per side at a time
+    (one tensor when it is larger), with ``.metadata`` unpickled under an exact allowlist.
+    """
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise BadInputError("--atol and --rtol must be finite and >= 0")
-    in_b = dict(comparison.b.ckpt.tensors())
-    shared = [n for n, _ in comparison.a.ckpt.tensors() if n in in_b and n not in comparison.tensors.changed]
+    in_a, in_b = dict(comparison.a.ckpt.tensors()), dict(comparison.b.ckpt.tensors())
+    shared = [n for n in in_a if n in in_b and n not in comparison.tensors.changed]
     wanted = [n for n in shared if not covered(n, comparison.ignore)]
     result = ValuesDiff(atol, rtol, [], {n: "dtype or shape differs" for n in comparison.tensors.changed})
     result.not_compared.update({n: "ignored" for n in shared if n not in wanted})
-    loaded_a, loaded_b = _LoadedFile(comparison.a), _LoadedFile(comparison.b)
+    reader_a, reader_b = _ValueReader(comparison.a), _ValueReader(comparison.b)
     total = sum(in_b[n].nbytes for n in wanted)
     done = 0
     with _one_torch_thread():
-        for name in wanted:
-            done += _compare_one(name, loaded_a, loaded_b, in_b[name].nbytes, result, chunk_elements)
-            if progress is not None:
-                progress(done, total, name)
-    result.notes += loaded_a.notes + loaded_b.notes
+        for group in _groups(wanted, in_b, DCP_GROUP_BYTES):
+            reader_a.prepare(group, in_a, result)
+            reader_b.prepare(group, in_b, result)
+            for name in group:
+                if name not in result.not_compared:
+                    _compare_one(name, reader_a, reader_b, in_a[name], in_b[name], result, chunk_elements)
+                done += in_b[name].nbytes
+                if progress is not None:
+                    progress(done, total, name)
+            reader_a.drop()
+            reader_b.drop()
+    result.notes += reader_a.notes + reader_b.notes
     comparison.values = result
     return result
 
 
-def _compare_one(name: str, loaded_a: "_LoadedFile", loaded_b: "_LoadedFile", nbytes: int, result: ValuesDiff,
-                 chunk_elements: int) -> int:  # fmt: skip
-    """Compare one tensor into ``result``; returns the bytes it accounts for (for progress)."""
-    ta, tb = loaded_a.tensors.get(name), loaded_b.tensors.get(name)
-    if ta is None or tb is None:
-        result.not_compared[name] = "not found in torch.load's result"
-        return nbytes
+DCP_GROUP_BYTES = 64 * 1024 * 1024  # tensors loaded from a DCP directory at once, per side
+
+
+def _groups(names: list[str], refs: dict[str, TensorRef], limit: int) -> Iterator[list[str]]:
+    group: list[str] = []
+    size = 0
+    for name in names:
+        nbytes = refs[name].nbytes
+        if group and size + nbytes > limit:
+            yield group
+            group, size = [], 0
+        group.append(name)
+        size += nbytes
+    if group:
+        yield group
+
+
+class _NotCompared(Exception):
+    """A tensor whose values cannot be compared; the message says why."""
+
+
+def _compare_one(name: str, reader_a: "_ValueReader", reader_b: "_ValueReader", ref_a: TensorRef, ref_b: TensorRef,
+                 result: ValuesDiff, chunk_elements: int) -> None:  # fmt: skip
+    """Compare one tensor into ``result``, chunk by chunk from both readers."""
     try:
-        done_with = lambda xa, xb: (loaded_a.release(xa), loaded_b.release(xb))  # noqa: E731
-        result.tensors.append(tensor_values(name, ta, tb, result.atol, result.rtol, chunk_elements, done_with))
+        pairs = zip(reader_a.chunks(name, ref_a, chunk_elements), reader_b.chunks(name, ref_b, chunk_elements))
+        done_with = lambda xa, xb: (reader_a.release(name, xa), reader_b.release(name, xb))  # noqa: E731
+        result.tensors.append(chunked_values(name, ref_a.dtype, tuple(ref_a.shape), pairs, result.atol, result.rtol, done_with))
+    except _NotCompared as exc:
+        result.not_compared[name] = str(exc)
     except (RuntimeError, TypeError) as exc:  # dtypes torch cannot widen (quantized, ...)
-        result.not_compared[name] = f"cannot compare {ta.dtype}: {_first_line(exc)}"
-    loaded_a.release(ta)
-    loaded_b.release(tb)
-    return nbytes
+        result.not_compared[name] = f"cannot compare {ref_a.dtype}: {_first_line(exc)}"
+    finally:
+        reader_a.finish(name)
+        reader_b.finish(name)
+
+
+class _ValueReader:
+    """Where one side's tensor values come from, opened lazily per file."""
+
+    def __init__(self, side: Side):
+        self.side = side
+        self.notes: list[str] = []
+        self.torch_files: dict[Path, _LoadedFile] = {}
+        self.safetensors: dict[Path, int] = {}
+        self.dcp: dict[Path, _DcpDirectory] = {}
+        self.loaded: dict[str, Any] = {}  # DCP tensors of the current group
+
+    def source(self, name: str, ref: TensorRef) -> TensorSource:
+        view = self.side.view
+        if view is not None:
+            return view.weights.sources[name]
+        if self.side.ckpt.format == "dcp":
+            return TensorSource("dcp", self.side.path, ref.storage.key)
+        return TensorSource("torch", self.side.path, name)
+
+    def _file_ckpt(self, path: Path) -> CheckpointFile:
+        view = self.side.view
+        if view is None:
+            return self.side.ckpt
+        return next(f.ckpt for f in view.files if f.ckpt is not None and f.ckpt.path == path)
+
+    def prepare(self, group: list[str], refs: dict[str, TensorRef], result: ValuesDiff) -> None:
+        """Load the group's DCP tensors (one ``dcp.load`` per directory); others are read as compared."""
+        by_dir: dict[Path, dict[str, tuple[str, TensorRef]]] = {}
+        for name in group:
+            source = self.source(name, refs[name])
+            if source.kind == "dcp":
+                by_dir.setdefault(source.path, {})[name] = (source.key, refs[name])
+        for path, items in by_dir.items():
+            if path not in self.dcp:
+                self.dcp[path] = _DcpDirectory(path, self._file_ckpt(path))
+            loaded, refused = self.dcp[path].load(items)
+            self.loaded.update(loaded)
+            result.not_compared.update(refused)
+
+    def drop(self) -> None:
+        self.loaded.clear()
+
+    def chunks(self, name: str, ref: TensorRef, chunk: int) -> Iterator[Any]:
+        source = self.source(name, ref)
+        if source.kind == "safetensors":
+            yield from self._safetensors_chunks(source, ref, chunk)
+            return
+        if source.kind == "dcp":
+            tensor = self.loaded.get(name)
+        else:
+            if source.path not in self.torch_files:
+                self.torch_files[source.path] = _LoadedFile(source.path, self._file_ckpt(source.path))
+                self.notes += self.torch_files[source.path].notes
+            tensor = self.torch_files[source.path].tensors.get(source.key)
+        if tensor is None:
+            raise _NotCompared("not found in torch.load's result")
+        if tuple(tensor.shape) != tuple(ref.shape) or str(tensor.dtype).removeprefix("torch.") != ref.dtype:
+            raise _NotCompared("torch.load's tensor differs from the safe reader's inventory")
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.numel(), chunk):
+            yield flat[start : start + chunk]
+
+    def _safetensors_chunks(self, source: TensorSource, ref: TensorRef, chunk: int) -> Iterator[Any]:
+        import torch
+
+        if sys.byteorder != "little" and DTYPE_ITEMSIZE[ref.dtype] > 1:
+            raise _NotCompared("safetensors data is little-endian; this machine is not")
+        dtype = getattr(torch, ref.dtype, None)
+        if dtype is None:
+            raise _NotCompared(f"torch has no dtype {ref.dtype}")
+        fd = self.safetensors.get(source.path)
+        if fd is None:
+            with open_regular(source.path) as fh:
+                fd = self.safetensors[source.path] = os.dup(fh.fileno())
+        itemsize = DTYPE_ITEMSIZE[ref.dtype]
+        step = chunk * itemsize
+        for start in range(0, source.nbytes, step):
+            want = min(step, source.nbytes - start)
+            data = os.pread(fd, want, source.offset + start)
+            if len(data) != want:
+                raise _NotCompared(f"{source.path.name}: short read (the file changed since its header was checked)")
+            yield torch.frombuffer(bytearray(data), dtype=dtype)
+
+    def release(self, name: str, chunk: Any) -> None:
+        for loaded in self.torch_files.values():
+            loaded.release(chunk)
+
+    def finish(self, name: str) -> None:
+        self.loaded.pop(name, None)
+
+    def __del__(self) -> None:
+        for fd in self.safetensors.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class _DcpDirectory:
+    """A DCP directory's tensors through ``torch.distributed.checkpoint.load``, after the safe reader.
+
+    ``.metadata`` is unpickled again by DCP's reader, here under an exact allowlist of DCP's own
+    classes (:data:`DCP_METADATA_GLOBALS`) instead of ``pickle.load``; only tensor items are
+    requested (DCP reads them with ``torch.load(weights_only=True)``), never the bytes items
+    (which torch's planner loads with ``weights_only=False``).
+    """
+
+    def __init__(self, path: Path, ckpt: CheckpointFile):
+        self.path = path
+        self.stored_bytes = ckpt.size_bytes
+        self.metadata: Any = None
+
+    def load(self, items: dict[str, tuple[str, TensorRef]]) -> tuple[dict[str, Any], dict[str, str]]:
+        import warnings
+
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        refused = {}
+        state: dict[str, Any] = {}
+        names: dict[str, str] = {}
+        for name, (fqn, ref) in items.items():
+            dtype = getattr(torch, ref.dtype, None)
+            if dtype is None:
+                refused[name] = f"torch has no dtype {ref.dtype}"
+            elif ref.nbytes > self.stored_bytes:  # a .metadata declaring more than the shards hold
+                refused[name] = f"declares {ref.nbytes:,} bytes, more than the directory's {self.stored_bytes:,}"
+            else:
+                state[fqn] = torch.empty(ref.shape, dtype=dtype)
+                names[fqn] = name
+        if not state:
+            return {}, refused
+        disabled = logging.root.manager.disable
+        logging.disable(logging.CRITICAL)  # DCP logs a failed rank's traceback on the root logger
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "assuming the intent is to load in a single process"
+                dcp.load(state, storage_reader=_restricted_reader(self))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # DCP's CheckpointException is a BaseException wrapping the rank's error
+            why = f"torch.distributed.checkpoint.load failed: {_dcp_reason(exc)}"
+            return {}, {**refused, **{name: why for name in names.values()}}
+        finally:
+            logging.disable(disabled)
+        return {names[fqn]: tensor for fqn, tensor in state.items()}, refused
+
+
+def _dcp_reason(exc: BaseException) -> str:
+    """The rank's own error inside DCP's CheckpointException, in one line."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        inner = inner[0] if isinstance(inner, tuple) and inner else inner
+        if isinstance(inner, BaseException):
+            return _first_line(inner)
+    return _first_line(exc)  # type: ignore[arg-type]
+
+
+DCP_METADATA_GLOBALS = frozenset({
+    *(f"torch.distributed.checkpoint.metadata.{name}" for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata",
+        "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING")),
+    "torch.distributed.checkpoint.filesystem._StorageInfo", "torch.serialization._get_layout", "torch.Size",
+    "pathlib.PosixPath", "pathlib.PurePosixPath", "pathlib._local.PosixPath", "pathlib._local.PurePosixPath",
+    "collections.OrderedDict",
+    *(f"torch.{name}" for name in DTYPE_ITEMSIZE),
+})  # fmt: skip
+
+
+def _restricted_reader(directory: _DcpDirectory) -> Any:
+    """A ``FileSystemReader`` whose ``read_metadata`` unpickles under :data:`DCP_METADATA_GLOBALS`
+    (once per directory) instead of ``pickle.load``."""
+    import pickle
+
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if f"{module}.{name}" not in DCP_METADATA_GLOBALS:
+                raise pickle.UnpicklingError(f"refused {module}.{name}")
+            return super().find_class(module, name)
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            if directory.metadata is None:
+                with open_regular(directory.path / ".metadata") as fh:
+                    directory.metadata = Restricted(fh).load()
+            metadata = directory.metadata
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return Reader(directory.path)
 
 
 @contextlib.contextmanager
@@ -546,16 +890,19 @@ class _LoadedFile:
     in ``/proc/self/maps``) are ever released, and only when torch did not byte-swap the storages.
     """
 
-    def __init__(self, side: Side):
+    def __init__(self, path: "Path | Side", ckpt: CheckpointFile | None = None):
         import torch
 
+        if isinstance(path, Side):  # one file of the two being compared
+            path, ckpt = path.path, path.ckpt
+        assert ckpt is not None
         self.notes: list[str] = []
-        self.mmap = side.ckpt.format == "zip"
+        self.mmap = ckpt.format == "zip"
         if not self.mmap:
-            self.notes.append(f"{side.path.name}: legacy format, loaded into memory (torch cannot memory-map it)")
-        self.root = _torch_load(side.path, self.mmap)
+            self.notes.append(f"{path.name}: legacy format, loaded into memory (torch cannot memory-map it)")
+        self.root = _torch_load(path, self.mmap)
         self.tensors = dict(iter_tensors(self.root, torch.is_tensor))
-        self.ranges = _mapped_ranges(side.path) if self.mmap and _native_byteorder(side.ckpt) else []
+        self.ranges = _mapped_ranges(path) if self.mmap and _native_byteorder(ckpt) else []
 
     def release(self, tensor: Any) -> None:
         """Drop the mapped pages under ``tensor`` (a whole tensor or a chunk view of one)."""
@@ -646,14 +993,22 @@ def tensor_values(
     ``chunk`` elements whatever the tensor's size; ``done_with(chunk_a, chunk_b)`` lets the caller
     drop each chunk's mapped pages. NaN equals NaN; ``atol = rtol = 0`` is exact.
     """
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    pairs = ((flat_a[s : s + chunk], flat_b[s : s + chunk]) for s in range(0, flat_a.numel(), chunk))
+    return chunked_values(name, str(a.dtype).removeprefix("torch."), tuple(a.shape), pairs, atol, rtol, done_with)
+
+
+def chunked_values(
+    name: str, dtype: str, shape: tuple[int, ...], pairs: Iterable[tuple[Any, Any]], atol: float, rtol: float,
+    done_with: Callable[[Any, Any], Any] | None = None,
+) -> TensorValues:  # fmt: skip
+    """:func:`tensor_values` over aligned 1-D chunk pairs (from any reader: mapped zip, safetensors, DCP)."""
     import torch
 
-    result = TensorValues(name, str(a.dtype).removeprefix("torch."), tuple(a.shape))
-    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
-    wide = torch.complex128 if (a.is_complex() or b.is_complex()) else torch.float64
-    exact_ints = a.dtype == b.dtype and not (a.is_floating_point() or a.is_complex())
-    for start in range(0, flat_a.numel(), chunk):
-        xa, xb = flat_a[start : start + chunk], flat_b[start : start + chunk]
+    result = TensorValues(name, dtype, shape)
+    for xa, xb in pairs:
+        wide = torch.complex128 if (xa.is_complex() or xb.is_complex()) else torch.float64
+        exact_ints = xa.dtype == xb.dtype and not (xa.is_floating_point() or xa.is_complex())
         equal, max_abs, sq_diff, sq_a = _chunk_stats(xa, xb, wide, atol, rtol, exact_ints)
         result.equal = result.equal and equal
         result.max_abs = _nan_max(result.max_abs, max_abs)

@@ -116,8 +116,12 @@ def test_compare_without_values(saved):
     assert result.exit_code == 1  # different steps
     report = _json(result)
     assert report["a"]["format"] == "dcp" and (report["a"]["step"], report["b"]["step"]) == (200, 300)
-    values = invoke("compare", str(saved / "latest_backup"), str(saved / "latest"), "--values")
-    assert values.exit_code == 2 and "not supported for sharded" in values.output
+    values = invoke("compare", str(saved / "latest_backup"), str(saved / "latest"), "--values", "--json")
+    assert values.exit_code == 1, values.output  # issue 11: --values works on DCP directories
+    doc = _json(values)
+    assert doc["level"] == "values" and doc["values"]["compared"] > 0 and not doc["values"]["not_compared"]
+    same = invoke("compare", str(saved / "latest"), str(saved / "latest"), "--values")
+    assert same.exit_code == 0, same.output
 
 
 def test_restore_repoints_a_dangling_latest(layout):
