@@ -19,11 +19,13 @@ _LAZY = {
     "load_file": "ckptctl.training.manager",
     "EmergencyStop": "ckptctl.training.signals",
     "EmergencyAbort": "ckptctl.training.signals",
+    "export": "ckptctl.ops.export",
 }
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .training.manager import CheckpointManager, build_state, load_file  # noqa: F401
+    from .ops.export import export  # noqa: F401
     from .training.signals import EmergencyAbort, EmergencyStop  # noqa: F401
 
 

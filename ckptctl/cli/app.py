@@ -17,6 +17,7 @@ from . import validate_cmd
 from . import restore_cmd
 from . import prune_cmd
 from . import du_cmd
+from . import export_cmd
 from .output import survive_any_encoding
 
 app = typer.Typer(
@@ -66,6 +67,7 @@ app.command("validate")(validate_cmd.validate_command)
 app.command("restore")(restore_cmd.restore_command)
 app.command("prune")(prune_cmd.prune_command)
 app.command("du")(du_cmd.du_command)
+app.command("export")(export_cmd.export_command)
 
 
 def main() -> None:
