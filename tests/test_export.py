@@ -212,14 +212,12 @@ def test_a_dcp_checkpoint_exports_its_model_weights(tmp_path, rel):
     except CheckpointError as exc:  # the 2024 form's BytesIO values until they are read as inert records
         pytest.skip(f"safe reader refuses this DCP checkpoint: {exc.reason}")
     got = load_file(tmp_path / "out.safetensors")
-    want = {name: torch.empty_like(t) for name, t in got.items()}
+    fqn_of = {t.name: t.source_name for t in plan.tensors}  # exported name -> DCP's flattened key
+    state = {fqn_of[name]: torch.empty_like(t) for name, t in got.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        state = {}
-        for fqn, t in want.items():  # DCP's own loader, one tensor each, keys as DCP flattens them
-            state[fqn] = t
-        dcp.load(state, checkpoint_id=src)
-    _assert_same(got, state)
+        dcp.load(state, checkpoint_id=src)  # DCP's own loader, keys as DCP flattens them
+    _assert_same(got, {name: state[fqn_of[name]] for name in got})
     assert not any(n.startswith(("optimizer", "lr_scheduler", "train_state")) for n in got), sorted(got)
     assert plan.selected in ("model", "<root>")
 

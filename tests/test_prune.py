@@ -161,9 +161,14 @@ def test_refusal_and_bad_directory(tmp_path):
 def test_a_directory_without_checkpoints_is_bad_input(tmp_path):
     with pytest.raises(BadInputError, match="empty directory"):
         plan_prune(tmp_path, Policy())
-    touch_checkpoints(tmp_path, ["notes.txt", "model.pth"])
+    touch_checkpoints(tmp_path, ["notes.txt", "README.md"])
     with pytest.raises(BadInputError, match="no checkpoints"):
         plan_prune(tmp_path, Policy())
+    # a file with a checkpoint suffix makes it a directory of loose checkpoint files (layouts/loose.py)
+    from ckptctl.layouts import registry
+
+    touch_checkpoints(tmp_path, ["model.pth"])
+    assert registry.detect(tmp_path).name == "loose"
 
 
 def test_keep_best_k_never_runs_a_hostile_pickle(tmp_path):

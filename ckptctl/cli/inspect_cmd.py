@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_FINDINGS
-from ..formats.bounded import bounded_str
 from . import render
 from .options import JsonOpt
 from .output import fail, handle_errors, print_json
@@ -44,6 +43,13 @@ def inspect_command(
         if not json_output:
             raise fail(f"{report['name']}: {report['status']}: {report['error']}", EXIT_FINDINGS)
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def bounded_str(value: object, limit: int) -> str:
+    """Bounded text of a value from a file (imported when a command runs: ``--help`` stays light)."""
+    from ..formats.bounded import bounded_str as bounded
+
+    return bounded(value, limit)
 
 
 def _print_report(report: dict) -> None:

@@ -302,9 +302,13 @@ def test_hostile_ckpt_is_unsafe_and_never_executed(tmp_path):
 
 
 def test_hostile_only_directory_is_not_recognised_by_content(tmp_path):
+    """A lone ``model.ckpt`` whose pickle is hostile is not taken for Lightning's by its content; it is
+    left to the loose-files layout (last in the table), which reports it unsafe without running it."""
     marker = tmp_path / "MARKER"
     write_hostile_checkpoint(tmp_path / "run" / "model.ckpt", marker)
-    assert registry.detect(tmp_path / "run") is None
+    layout = registry.detect(tmp_path / "run")
+    assert layout is None or layout.name == "loose"
+    assert not LightningLayout().recognise(tmp_path / "run", ["model.ckpt"])
     assert not marker.exists()
 
 
