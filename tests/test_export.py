@@ -201,6 +201,16 @@ def test_every_layout_exports_equal_to_its_trusted_load(tmp_path, rel, kind):
     _assert_same(load_file(tmp_path / "out.safetensors"), _trusted(kind, src))
 
 
+def test_a_checkpoint_directory_records_what_its_layout_says(tmp_path):
+    """An HF checkpoint-N has no step in its weights: it comes from trainer_state.json through the layout."""
+    plan = export(FIXTURES / "hf_trainer" / "checkpoint-4", tmp_path / "out.safetensors")
+    state = json.loads((FIXTURES / "hf_trainer" / "checkpoint-4" / "trainer_state.json").read_text())
+    with safe_open(tmp_path / "out.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["layout"] == "hf-trainer" and meta["step"] == str(state["global_step"]) == "4"
+    assert float(meta["epoch"]) == state["epoch"] and "eval_loss" in meta and plan.metadata == meta
+
+
 @pytest.mark.parametrize("rel", ["torchtitan/checkpoint/step-20", "torchtitan_bytesio/checkpoint/step-20"])
 def test_a_dcp_checkpoint_exports_its_model_weights(tmp_path, rel):
     import torch.distributed.checkpoint as dcp

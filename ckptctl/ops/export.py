@@ -236,6 +236,33 @@ def _is_safetensors(path: Path) -> bool:
 
 def _directory_tensors(src: Path, key: str | None) -> tuple[list[ExportTensor], str, dict[str, Any]]:
     """A checkpoint directory: DCP, HF-style weights (single, sharded, .bin), DeepSpeed, accelerate."""
+    tensors, selected, meta = _weights_of_directory(src, key)
+    unit = _unit_meta(src)  # what the run's layout records for this checkpoint (HF trainer_state.json, ...)
+    return tensors, selected, {**meta, **{k: v for k, v in unit.items() if v is not None}}
+
+
+def _unit_meta(src: Path) -> dict[str, Any]:
+    """Step, epoch and the monitored metric of ``src`` as a unit of its parent's layout, if it is one."""
+    from ..layouts import registry
+
+    layout = registry.detect(src.parent)
+    if layout is None:
+        return {}
+    try:
+        units = layout.units(src.parent)
+    except OSError:
+        return {}
+    for unit in units:
+        if unit.path.resolve() == src.resolve():
+            epoch = int(unit.epoch) if unit.epoch is not None and float(unit.epoch).is_integer() else unit.epoch
+            meta: dict[str, Any] = {"step": unit.step, "epoch": epoch, "layout": layout.name}
+            if unit.monitor and unit.monitored_value is not None:
+                meta[unit.monitor] = unit.monitored_value
+            return meta
+    return {}
+
+
+def _weights_of_directory(src: Path, key: str | None) -> tuple[list[ExportTensor], str, dict[str, Any]]:
     from ..formats.dcp import looks_like_dcp
 
     if looks_like_dcp(src):
