@@ -282,7 +282,9 @@ def _read_values(unit: Unit, path: Path, metadata: Any, name_step: int | None) -
         number = as_float(values.get(key))
         if number is not None:
             unit.metrics[metric] = int(number) if isinstance(values.get(key), int) else number
-    if not any(fqn.startswith(("optimizer.", "train_state.")) for fqn in entries):
+    if all(isinstance(item, DCP_RECORDS["TensorStorageMetadata"]) for item in entries.values()) and not any(
+        fqn.startswith("optimizer.") for fqn in entries
+    ):  # tensors only, none of them an optimizer's: torchtitan's last_save_model_only (its default)
         unit.notes.append("model only (no optimizer or train state): torchtitan's last_save_model_only")
 
 
