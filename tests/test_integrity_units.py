@@ -9,8 +9,6 @@ import shutil
 import struct
 from pathlib import Path
 
-import pytest
-
 from ckptctl.layouts.base import CONTENT_OTHER, Unit, content_of, stat_file
 from ckptctl.ops.integrity import DEEP, QUICK, unit_verdict, validate_unit, validate_unit_file
 from tests.factories import flip_byte_in_largest_tensor, write_hostile_checkpoint

@@ -13,7 +13,7 @@ from tests import hostile
 from tests.factories import make_state, write_checkpoint
 
 JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error",
-             "link", "replaced_at"}
+             "link", "replaced_at", "layout", "complete", "missing", "best", "metrics", "monitor", "protected", "notes"}
 KINDS = {"latest", "latest_backup", "rolling", "rolling_backup", "emergency", "best", "best_backup", "best_previous",
          "epoch", "replaced", "other"}  # fmt: skip
 STATUSES = {"ok", "unreadable", "unsafe", "partial", "dangling", "loop"}
@@ -43,7 +43,7 @@ def mixed(tmp_path_factory):
 
 def test_json_contract(mixed):
     doc = list_checkpoints(mixed).to_json()
-    assert set(doc) == {"directory", "total_bytes", "checkpoints"}
+    assert set(doc) == {"directory", "total_bytes", "checkpoints", "layout", "layout_title", "monitor"}
     assert json.loads(json.dumps(doc)) == doc
     for row in doc["checkpoints"]:
         assert set(row) == JSON_KEYS

@@ -71,6 +71,11 @@ def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dic
         },
         "summary": summary_line(usage),
         "warn_free": None if threshold is None else {"threshold": threshold.text, "below": crossed},
+        "layout": usage.layout,
+        "units": [{"name": u.name, "path": str(u.path), "step": u.step, "complete": u.complete,
+                   **{k: v for k, v in _kind_json(u.usage).items() if k != "kind"},
+                   "contents": {c: _kind_json(k) for c, k in u.contents.items()}} for u in usage.units],  # fmt: skip
+        "contents": [_kind_json(k) for k in usage.contents.values()],
     }
 
 
@@ -82,6 +87,24 @@ def _kind_json(kind: KindUsage) -> dict:
 def _rows(usage: Usage) -> list[list[str]]:
     rows = [_cells(k) for k in usage.kinds.values() if k.files]
     return rows + [_cells(usage.total)]
+
+
+UNIT_HEADERS = ("checkpoint", "files", "size", "allocated", "linked", "weights", "optimizer", "other")
+
+
+def _unit_rows(usage: Usage) -> list[list[str]]:
+    """Per checkpoint of a layout: its files, and the bytes of each kind of content."""
+    rows = []
+    for unit in usage.units:
+        name = render.display_text(unit.name) + ("" if unit.complete else " (incomplete)")
+        rows.append([name, *_cells(unit.usage)[1:], *(render.size(unit.contents[c].apparent_bytes)
+                                                       for c in ("weights", "optimizer", "other"))])  # fmt: skip
+    return rows
+
+
+def _content_line(usage: Usage) -> str:
+    parts = [f"{k.kind} {render.size(k.apparent_bytes)}" for k in usage.contents.values() if k.files]
+    return "By content (in checkpoints): " + (", ".join(parts) if parts else "nothing")
 
 
 def _cells(kind: KindUsage) -> list[str]:
@@ -110,6 +133,12 @@ def _notes(usage: Usage) -> list[str]:
 
 def _projection_note(usage: Usage) -> str:
     p = usage.projection
+    if usage.layout is not None:
+        if p.rolling_saves_fit is None:
+            return "No complete checkpoint yet to project from." if usage.filesystem is not None else \
+                "Object storage: no free space to project into."
+        return (f"Room for {render.plural(p.rolling_saves_fit, 'more checkpoint')} ({render.size(p.checkpoint_bytes)} "
+                "each, the newest complete one) before the disk is full.")  # fmt: skip
     if usage.filesystem is None and p.rolling_save_bytes:
         return f"One rolling save takes {render.size(p.rolling_save_bytes)} (object storage: no free space to project into)."
     if p.rolling_saves_fit is None:
@@ -120,7 +149,10 @@ def _projection_note(usage: Usage) -> str:
 
 
 def _plain_report(usage: Usage) -> str:
-    return "\n".join([plain_table(HEADERS, _rows(usage)), *map(render.display_text, _notes(usage))])
+    parts = [plain_table(HEADERS, _rows(usage))]
+    if usage.layout is not None:
+        parts += [plain_table(UNIT_HEADERS, _unit_rows(usage)), _content_line(usage)]
+    return "\n".join([*parts, *map(render.display_text, _notes(usage))])
 
 
 def _bar(part: int, whole: int, width: int = BAR_WIDTH) -> str:
@@ -142,6 +174,15 @@ def _rich_report(usage: Usage) -> None:
         table.add_row(*row, Text(_bar(kind.allocated_bytes, whole), style="cyan"))
     table.add_row(*_cells(usage.total), "", style="bold")
     console.print(table)
+    if usage.layout is not None:
+        units = Table(title=Text(f"Per checkpoint ({render.display_text(usage.layout)})"), title_justify="left",
+                      header_style="bold")  # fmt: skip
+        for header in UNIT_HEADERS:
+            units.add_column(header, justify="left" if header == "checkpoint" else "right")
+        for row in _unit_rows(usage):
+            units.add_row(*row)
+        console.print(units)
+        console.print(Text(_content_line(usage)))
     fs = usage.filesystem
     if fs is not None:  # an object store has no disk to fill
         bar = Text("disk ")  # filled: everything that is not free for us (used, and blocks reserved for root)

@@ -55,6 +55,14 @@ def _print_report(report: dict) -> None:
             values = ", ".join(f"{k}={v}" for k, v in group.items())
             lines.append(f"  group {i}: {values}")
     _section(lines, "other keys", report["extra"])
+    if "layout" in report:  # a checkpoint of another framework's layout
+        lines.append(f"layout {report['layout']}: " + ("complete" if report["complete"] else
+                                                        f"incomplete, missing {', '.join(report['missing'])}"))  # fmt: skip
+        _section(lines, "metrics" + (f" (ranked by {report['monitor']})" if report["monitor"] else ""), report["metrics"])
+        if report["files"]:
+            lines.append("files")
+            for f in report["files"]:
+                lines.append(f"  {render.display_text(f['name']):<40} {f['content']:<10} {render.size(f['size_bytes'])}")
     if "tensors" in report:
         lines.append(f"tensors ({len(report['tensors'])})")
         for t in report["tensors"]:

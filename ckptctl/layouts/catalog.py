@@ -114,9 +114,16 @@ class Entry:
         error: CheckpointError | None = None
         if not unit.is_directory or looks_like_dcp(unit.path):
             try:
-                ckpt = read_directory(unit.path, all_values=spans) if unit.is_directory else read_checkpoint(unit.path, spans=spans)
+                if unit.is_directory:
+                    ckpt = read_directory(unit.path, all_values=spans)
+                elif str(unit.path).lower().endswith(".safetensors"):
+                    ckpt = _read_safetensors(Path(unit.path))
+                else:
+                    ckpt = read_checkpoint(unit.path, spans=spans)
             except CheckpointError as exc:
                 error = exc
+            except OSError as exc:
+                error = UnreadableCheckpoint(f"cannot open: {exc.strerror or exc}")
         self._read = (ckpt, None if error is not None else unit_metadata(unit, ckpt), error)
         self._read_has_spans = spans
         return self._read
@@ -300,6 +307,19 @@ def _pointer_entry(pointer: Pointer, target: Entry | None) -> Entry | None:
     step = target.unit.step if target is not None and target.unit is not None else None
     return Entry(Path(pointer.path), ParsedName(pointer.name, Kind.LATEST, step=step), 0, info.st_ino, info.st_nlink,
                  0, info.st_mtime, link=link, broken=broken, pointer=pointer, target=target)  # fmt: skip
+
+
+def _read_safetensors(path: Path) -> CheckpointFile | None:
+    """A ``.safetensors`` file unit: its checked header (no pickle anywhere). As a CheckpointFile
+    when :mod:`ckptctl.formats.safetensors` offers one (``read_safetensors``), else None (the
+    header's verdict alone)."""
+    from ..formats import safetensors
+
+    reader = getattr(safetensors, "read_safetensors", None)
+    if reader is not None:
+        return reader(path)
+    safetensors.read_safetensors_header(path)
+    return None
 
 
 def unit_metadata(unit: Unit, ckpt: CheckpointFile | None = None) -> Metadata:

@@ -24,6 +24,20 @@ def inspect_file(path: str | os.PathLike[str], with_tensors: bool = False) -> di
         "error": error.reason if error else None,
         "unsafe_globals": getattr(error, "globals", []) if error else [],
     }
+    unit = entry.unit
+    if unit is not None:  # a checkpoint of another framework's layout (``run/checkpoint-500``)
+        status, reason = entry.status()
+        report.update(status=status, error=reason, **_unit_report(unit))
+        if ckpt is None:
+            report["format"] = "directory" if unit.is_directory else report["format"]
+    if meta is not None and ckpt is None and unit is not None:  # a directory unit: what its records say
+        report.update(
+            step=meta.step, epoch=unit.epoch if unit.epoch is not None else meta.epoch, train_loss=meta.train_loss,
+            val_loss=meta.val_loss, checkpoint_type=None, saved_at=meta.timestamp.isoformat() if meta.timestamp else None,
+            args=jsonable(meta.args), dataloader_state=None, rng_states=[], model=None, optimizer=None, extra={},
+            all_tensors=None, notes=list(unit.notes),
+        )  # fmt: skip
+        return report
     if ckpt is None or meta is None:
         return report
     root = ckpt.root if isinstance(ckpt.root, dict) else {}
@@ -49,6 +63,20 @@ def inspect_file(path: str | os.PathLike[str], with_tensors: bool = False) -> di
             for name, t in ckpt.tensors()
         ]
     return report
+
+
+def _unit_report(unit) -> dict[str, Any]:
+    """The layout's view of a unit: completeness, metrics, best, and its files by kind of content."""
+    return {
+        "layout": unit.layout,
+        "complete": unit.complete,
+        "missing": list(unit.missing),
+        "best": unit.best,
+        "metrics": dict(unit.metrics),
+        "monitor": unit.monitor,
+        "files": [{"name": os.path.relpath(f.path, unit.path) if unit.is_directory else os.path.basename(f.path),
+                   "content": f.content, "size_bytes": f.size_bytes} for f in unit.files],  # fmt: skip
+    }
 
 
 def _group(summary) -> dict[str, Any] | None:

@@ -1,5 +1,12 @@
 """Disk usage of a checkpoint directory (``ckptctl du``, the manager's storage log line), from names and stat only.
 
+Everything under the directory is counted, recursively: files in subdirectories ckptctl does not
+know are ``other``. A directory of another framework's layout (:mod:`ckptctl.layouts.registry`)
+is grouped per checkpoint unit and per kind of content (weights / optimizer / other, from the
+layout's :class:`~ckptctl.layouts.base.UnitFile`), with files inside a unit's directory that the
+layout does not name counted as that unit's ``other``. Hard links are counted once everywhere,
+by (device, inode).
+
 No checkpoint file is opened: sizes come from ``stat`` (through :func:`ckptctl.layouts.catalog.scan`), free
 space from ``os.statvfs``. Hard links are counted once: the manager makes ``latest.pt`` and the
 ``_backup`` files as links of the file it just wrote, so adding up every name would count the same
@@ -15,10 +22,12 @@ from __future__ import annotations
 
 import os
 import re
+import stat as stat_module
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..layouts.catalog import Entry, scan
+from ..layouts.base import CONTENT_OTHER, CONTENTS, Unit
+from ..layouts.catalog import Entry, layout_of, scan
 from ..errors import BadInputError
 from ..layouts.naming import GROUP_OF, Kind
 from ..formats.storage import is_url, location
@@ -56,6 +65,18 @@ class KindUsage:
 
 
 @dataclass
+class UnitUsage:
+    """One checkpoint of another framework's layout: its files, inodes once, and per content kind."""
+
+    name: str
+    path: Path
+    step: int | None
+    complete: bool
+    usage: KindUsage
+    contents: dict[str, KindUsage]
+
+
+@dataclass
 class FilesystemUsage:
     """The file system holding the directory (``os.statvfs``); free is what an unprivileged writer gets."""
 
@@ -87,6 +108,9 @@ class Usage:
     filesystem: FilesystemUsage | None  # None for an object store: no capacity, no free space
     projection: Projection
     checkpoint_bytes: int  # on-disk bytes of checkpoint files (not partial/other), inodes once
+    layout: str | None = None  # another framework's layout (``hf-trainer``); None: ckptctl's own names
+    units: list[UnitUsage] = field(default_factory=list)  # per checkpoint of that layout
+    contents: dict[str, KindUsage] = field(default_factory=dict)  # weights / optimizer / other, whole directory
     total: KindUsage = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,13 +126,18 @@ def measure(directory: str | os.PathLike[str]) -> Usage:
     """Scan ``directory`` (names and stat) and its file system; BadInputError for a bad directory."""
     entries = scan(directory)
     path = location(directory)
+    filesystem = None if is_url(path) else filesystem_usage(path)
+    free = filesystem.free_bytes if filesystem is not None else None
+    layout = layout_of(entries)
+    if layout is not None:
+        return _measure_layout(path, layout, entries, filesystem, free)
     kinds = _by_kind(entries)
+    if not is_url(path):
+        _count_rest(path, *_covered(entries), kinds["other"])
     counts: dict[str, int] = {}
     for entry in entries:
         counts[entry.kind.value] = counts.get(entry.kind.value, 0) + 1
     checkpoint_inodes = {e.inode: e.allocated_bytes or e.size_bytes for e in entries if e.parsed.is_checkpoint}
-    filesystem = None if is_url(path) else filesystem_usage(path)
-    free = filesystem.free_bytes if filesystem is not None else None
     return Usage(path, kinds, counts, filesystem, project(entries, free), sum(checkpoint_inodes.values()))
 
 
@@ -121,6 +150,117 @@ def _by_kind(entries: list[Entry]) -> dict[str, KindUsage]:
         kinds[GROUP_OF[entry.kind]].add(entry, entry.inode not in seen)
         seen.add(entry.inode)
     return kinds
+
+
+def _covered(entries: list[Entry]) -> tuple[set[str], set[tuple[int, int]]]:
+    """The paths and (device, inode)s the native entries count: each file, and the files directly
+    inside each sharded (DCP) directory (what :func:`ckptctl.formats.dcp.directory_sizes` adds up)."""
+    paths: set[str] = set()
+    inodes: set[tuple[int, int]] = set()
+    for entry in entries:
+        try:
+            if not entry.is_directory:
+                info = os.stat(entry.path)
+                paths.add(os.path.normpath(str(entry.path)))
+                inodes.add((info.st_dev, info.st_ino))
+                continue
+            with os.scandir(entry.path) as it:
+                for dirent in it:
+                    info = dirent.stat(follow_symlinks=False)
+                    if stat_module.S_ISREG(info.st_mode):
+                        paths.add(os.path.normpath(dirent.path))
+                        inodes.add((info.st_dev, info.st_ino))
+        except OSError:
+            continue
+    return paths, inodes
+
+
+def _walk_files(top: Path):
+    """(path, lstat) of every regular file below ``top``, symlinks never followed, errors skipped."""
+    for root, _dirs, files in os.walk(top, followlinks=False):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if stat_module.S_ISREG(info.st_mode):
+                yield Path(path), info
+
+
+def _count_rest(top: Path, counted: set[str], seen: set[tuple[int, int]], into: KindUsage) -> None:
+    """Add every regular file below ``top`` whose path is not in ``counted`` to ``into``; one whose
+    inode is in ``seen`` is a hard link of data counted already (a name, no bytes)."""
+    for path, info in _walk_files(top):
+        if os.path.normpath(str(path)) in counted:
+            continue
+        key = (info.st_dev, info.st_ino)
+        _add_file(into, info, key not in seen)
+        seen.add(key)
+
+
+def _add_file(into: KindUsage, info: os.stat_result, first_name: bool) -> None:
+    into.files += 1
+    if first_name:
+        into.apparent_bytes += info.st_size
+        into.allocated_bytes += getattr(info, "st_blocks", 0) * 512
+    else:
+        into.linked_files += 1
+
+
+def _measure_layout(path: Path, layout: str, entries: list[Entry], filesystem: FilesystemUsage | None,
+                    free: int | None) -> Usage:  # fmt: skip
+    """A directory of another framework's layout: per unit, per content kind, the rest as other."""
+    seen: set[tuple[int, int]] = set()
+    counted: set[str] = set()
+    checkpoints, other = KindUsage("checkpoint"), KindUsage("other")
+    contents = {content: KindUsage(content) for content in CONTENTS}
+    units: list[UnitUsage] = []
+    for entry in entries:
+        unit = entry.unit
+        if unit is None:
+            continue
+        usage = UnitUsage(unit.name, Path(unit.path), unit.step, unit.complete, KindUsage(unit.name),
+                          {content: KindUsage(content) for content in CONTENTS})  # fmt: skip
+        for file_path, content in _unit_files(unit):
+            try:
+                info = os.stat(file_path)
+            except OSError:
+                continue
+            if not stat_module.S_ISREG(info.st_mode):
+                continue
+            normal = os.path.normpath(str(file_path))
+            if normal in counted:
+                continue
+            counted.add(normal)
+            key = (info.st_dev, info.st_ino)
+            first = key not in seen
+            seen.add(key)
+            for into in (usage.usage, usage.contents[content], contents[content], checkpoints):
+                _add_file(into, info, first)
+        units.append(usage)
+    _count_rest(path, counted, seen, other)
+    kinds = {"checkpoint": checkpoints, "other": other}
+    counts = {"checkpoint": len(units), "latest": sum(e.pointer is not None for e in entries)}
+    newest = next((u for u in reversed(units) if u.complete and u.usage.apparent_bytes), None)
+    size = newest.usage.apparent_bytes if newest is not None else None
+    projection = Projection(size, size, free // size if size and free is not None else None, None, None)
+    return Usage(path, kinds, counts, filesystem, projection, checkpoints.allocated_bytes or checkpoints.apparent_bytes,
+                 layout, units, contents)  # fmt: skip
+
+
+def _unit_files(unit: Unit):
+    """(path, content) of every file of ``unit``: the layout's files first, then anything else
+    inside its directory (content other: deleting the unit deletes it too)."""
+    named = {os.path.normpath(str(f.path)) for f in unit.files}
+    for unit_file in unit.files:
+        yield Path(unit_file.path), unit_file.content if unit_file.content in CONTENTS else CONTENT_OTHER
+    if not unit.files and not unit.is_directory:
+        yield Path(unit.path), CONTENT_OTHER
+    if unit.is_directory:
+        for file_path, _info in _walk_files(Path(unit.path)):
+            if os.path.normpath(str(file_path)) not in named:
+                yield file_path, CONTENT_OTHER
 
 
 def filesystem_usage(directory: Path) -> FilesystemUsage:
@@ -172,7 +312,10 @@ def summary_line(usage: Usage) -> str:
     """``Checkpoint storage: 45.2 GiB (10 rolling, 3 emergency, 5 epoch) — 120 GiB free``."""
     import humanize
 
-    kinds = ", ".join(f"{usage.counts.get(kind.value, 0)} {kind.value}" for kind in SUMMARY_KINDS)
+    if usage.layout is not None:
+        kinds = f"{usage.counts.get('checkpoint', 0)} {usage.layout} checkpoint{'s' if usage.counts.get('checkpoint', 0) != 1 else ''}"
+    else:
+        kinds = ", ".join(f"{usage.counts.get(kind.value, 0)} {kind.value}" for kind in SUMMARY_KINDS)
     free = "n/a" if usage.filesystem is None else humanize.naturalsize(usage.filesystem.free_bytes, binary=True)
     return f"Checkpoint storage: {humanize.naturalsize(usage.checkpoint_bytes, binary=True)} ({kinds}) — {free} free"
 

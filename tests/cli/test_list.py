@@ -19,7 +19,7 @@ KINDS = {"latest", "latest_backup", "rolling", "rolling_backup", "emergency", "b
          "epoch", "replaced", "other"}  # fmt: skip
 STATUSES = {"ok", "unreadable", "unsafe", "partial", "dangling", "loop"}
 JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error",
-             "link", "replaced_at"}
+             "link", "replaced_at", "layout", "complete", "missing", "best", "metrics", "monitor", "protected", "notes"}
 
 
 def invoke(*args: str, **kwargs):
@@ -43,7 +43,8 @@ def test_json_document(ckpt_dir):
     result = invoke(str(ckpt_dir), "--json")
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
-    assert set(doc) == {"directory", "total_bytes", "checkpoints"}
+    assert set(doc) == {"directory", "total_bytes", "checkpoints", "layout", "layout_title", "monitor"}
+    assert doc["layout"] is None  # ckptctl's own names
     assert doc["directory"] == str(ckpt_dir)
     assert doc["total_bytes"] == sum(p.stat().st_size for p in ckpt_dir.iterdir())
     assert len(doc["checkpoints"]) == 12
