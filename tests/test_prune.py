@@ -161,7 +161,7 @@ def test_refusal_and_bad_directory(tmp_path):
 def test_a_directory_without_checkpoints_is_bad_input(tmp_path):
     with pytest.raises(BadInputError, match="empty directory"):
         plan_prune(tmp_path, Policy())
-    touch_checkpoints(tmp_path, ["notes.txt", "README.md"])
+    touch_checkpoints(tmp_path, ["notes.txt", "data.csv"])  # (a model.pth is a loose-files layout now)
     with pytest.raises(BadInputError, match="no checkpoints"):
         plan_prune(tmp_path, Policy())
     # a file with a checkpoint suffix makes it a directory of loose checkpoint files (layouts/loose.py)

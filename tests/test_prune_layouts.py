@@ -239,3 +239,12 @@ def test_accelerate_restarted_counter_is_not_mistaken_for_newer(tmp_path):
     plan = plan_prune(base, Policy(keep_last=1))
     kept, removed = _plan_names(plan)
     assert "checkpoint_2" in kept and sorted(removed) == ["checkpoint_1", "checkpoint_7"]
+
+
+def test_loose_files_without_steps_are_never_removed(tmp_path):
+    """A directory of loose state dicts (no step in most): nothing can be ordered, so nothing is removed."""
+    run = _fixture("loose", tmp_path)
+    plan = plan_prune(run, Policy(keep_last=0))
+    kept, removed = _plan_names(plan)
+    no_step = [d.entry.name for d in plan.retention.keep if d.entry.unit is not None and d.entry.unit.step is None]
+    assert removed == [] and no_step and set(no_step) <= set(kept)
