@@ -60,6 +60,7 @@ USUAL_KEYS = ("step", "epoch", "model")  # what the manager's build_state writes
 REQUIRED_KEYS = USUAL_KEYS  # the old name: nothing is required of a checkpoint's content
 PICKLE_CRC_MISMATCH = "record data.pkl: CRC mismatch"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pkl")
+REMOTE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 # Files checked by their own format (safetensors header, plain pickle, JSON), not as torch archives.
 BY_FORMAT_SUFFIXES = (".safetensors", ".pkl", ".pickle", ".json")
 
@@ -238,8 +239,11 @@ def _layout_targets(entries: list[Any]) -> list[Any]:
     return targets
 
 
-def _worth_checking(parsed: ParsedName) -> bool:
-    return parsed.is_checkpoint or (parsed.kind is Kind.OTHER and parsed.name.endswith(CHECKPOINT_SUFFIXES))
+def _worth_checking(parsed: ParsedName, *, remote: bool = False) -> bool:
+    """A checkpoint name, or a foreign file with a checkpoint suffix. Objects in a store are read
+    as torch archives only (no ``.safetensors``/``.pkl`` reader over ranged reads): skipped there."""
+    suffixes = REMOTE_SUFFIXES if remote else CHECKPOINT_SUFFIXES
+    return parsed.is_checkpoint or (parsed.kind is Kind.OTHER and parsed.name.endswith(suffixes))
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -618,7 +622,7 @@ def _collect_remote(url: str, targets: list[Any], skipped: list[Any]) -> None:
     location = storage.location(url)
     if storage.stat(location).is_dir:
         entries = scan(location)
-        wanted = [_worth_checking(e.parsed) and not e.is_directory for e in entries]
+        wanted = [_worth_checking(e.parsed, remote=True) and not e.is_directory for e in entries]
         if not any(wanted):
             raise BadInputError(f"no checkpoints in {location} (no file matches the checkpoint names)")
         targets += [e.path for e, want in zip(entries, wanted) if want]

@@ -7,7 +7,8 @@ layout's :class:`~ckptctl.layouts.base.UnitFile`), with files inside a unit's di
 layout does not name counted as that unit's ``other``. Hard links are counted once everywhere,
 by (device, inode).
 
-No checkpoint file is opened: sizes come from ``stat`` (through :func:`ckptctl.layouts.catalog.scan`), free
+No checkpoint file of ckptctl's own names is opened (a layout directory's units are enumerated by
+the layout, which reads its small record files: JSON, safetensors headers): sizes come from ``stat`` (through :func:`ckptctl.layouts.catalog.scan`), free
 space from ``os.statvfs``. Hard links are counted once: the manager makes ``latest.pt`` and the
 ``_backup`` files as links of the file it just wrote, so adding up every name would count the same
 blocks two or three times. Each shared inode is counted under the kind that owns the data (a
