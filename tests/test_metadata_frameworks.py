@@ -188,3 +188,30 @@ def test_files_with_framework_records_pass_deep_validation(tmp_path, rel):
     shutil.copyfile(FIXTURES / rel, path)
     code, result = _deep(path)
     assert code == 0 and result["status"] == "valid" and result["finite"] is True, result
+
+
+@pytest.mark.parametrize("step", [10, 20])
+def test_torchtitan_older_step_is_a_zero_d_tensor_in_dcp(step):
+    ckpt = read_checkpoint(FIXTURES / f"torchtitan_bytesio/checkpoint/step-{step}")
+    assert ckpt.root["train_state"]["step"].dtype == "int32"
+    meta = summarize(ckpt)
+    assert (meta.step, meta.step_key) == (step, "train_state.step")
+
+
+def test_a_damaged_dcp_step_tensor_gives_no_step(tmp_path):
+    from ckptctl.formats import dcp
+
+    source = FIXTURES / "torchtitan_bytesio/checkpoint/step-10"
+    copy = tmp_path / "step-10"
+    shutil.copytree(source, copy)
+    metadata = dcp._load_metadata(copy)
+    _fqn, _offset, rel, start, length = next(i for i in dcp._storage_items(metadata) if i[0] == "train_state.step")
+    shard = copy / rel
+    data = bytearray(shard.read_bytes())
+    record = data.index(b"archive/data/0", start)  # the tensor's one storage record inside the item
+    end = data.index(b"PK", record + 14)
+    data[end - 1] ^= 0xFF  # flip the element's last byte: its CRC-32 no longer matches
+    shard.write_bytes(bytes(data))
+    assert dcp.scalar_bytes(copy, {"train_state.step"}) == {}
+    meta = summarize(read_checkpoint(copy))
+    assert meta.step is None

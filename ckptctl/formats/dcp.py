@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import PartialCheckpoint, UnreadableCheckpoint, UnsafeCheckpoint
+from ..errors import CheckpointError, PartialCheckpoint, UnreadableCheckpoint, UnsafeCheckpoint
 from .checkpoint import CheckpointFile
 from .safe_open import not_regular, open_regular
 from .unpickler import DCP_RECORDS, DTYPE_ITEMSIZE, DtypeRef, StorageRef, TensorRef, safe_loads
@@ -385,6 +385,61 @@ def _decode_blob(fqn: str, blob: bytes, limit: int) -> tuple[Any, int]:
         raise _over(f"value {fqn}")
     value, _storages = safe_loads(data)
     return value, len(data)
+
+
+SCALAR_BLOB_BYTES = 64 * 1024  # a one-element tensor's torch.save blob is ~1.5 KB
+
+
+def scalar_bytes(path: str | os.PathLike[str], fqns: set[str]) -> dict[str, tuple[str, bytes, str]]:
+    """The raw element bytes of one-element tensors ``fqns`` of a DCP directory, by name:
+    ``(dtype, bytes, byteorder)`` (torchtitan's older ``train_state.step``, a 0-d int32 tensor).
+
+    torch 2.13 writes each tensor item as its own stored torch.save archive; a small one is read
+    whole (CRC-checked by zipfile), its pickle through the restricted unpickler. Names not found,
+    larger items and anything damaged are left out; nothing here raises.
+    """
+    path = Path(path)
+    found: dict[str, tuple[str, bytes, str]] = {}
+    try:
+        metadata = _load_metadata(path)
+        items = [(fqn, rel, start, length) for fqn, offset, rel, start, length in _storage_items(metadata)
+                 if fqn in fqns and offset is not None and length <= SCALAR_BLOB_BYTES]  # fmt: skip
+        for fqn, rel, start, length in items:
+            fd = _open_shard(path, rel)
+            try:
+                blob = os.pread(fd, length, start)
+            finally:
+                os.close(fd)
+            value = _scalar_from_blob(blob)
+            if value is not None:
+                found[fqn] = value
+    except (CheckpointError, OSError):
+        return found
+    return found
+
+
+def _scalar_from_blob(blob: bytes) -> tuple[str, bytes, str] | None:
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            infos = {i.filename.split("/", 1)[-1]: i for i in archive.infolist()}
+            if any(i.compress_type != zipfile.ZIP_STORED or i.file_size > SCALAR_BLOB_BYTES for i in infos.values()):
+                return None
+            if "data.pkl" not in infos:
+                return None
+            tensor, storages = safe_loads(archive.read(infos["data.pkl"]))
+            if not isinstance(tensor, TensorRef) or tensor.numel != 1 or len(storages) != 1:
+                return None
+            record = infos.get(f"data/{tensor.storage.key}")
+            order = archive.read(infos["byteorder"]).decode("ascii", "replace") if "byteorder" in infos else "little"
+            if record is None or order not in ("little", "big"):
+                return None
+            data = archive.read(record)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError, ValueError, KeyError,
+            CheckpointError):  # fmt: skip
+        return None
+    itemsize = DTYPE_ITEMSIZE[tensor.dtype]
+    raw = data[tensor.offset * itemsize : (tensor.offset + 1) * itemsize]
+    return (tensor.dtype, raw, order) if len(raw) == itemsize else None
 
 
 def _build_root(metadata: Any, tensors: dict[str, TensorRef], values: dict[str, Any]) -> dict[str, Any]:

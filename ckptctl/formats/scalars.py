@@ -55,6 +55,8 @@ def read_scalars(ckpt: CheckpointFile, values: Mapping[str, Any]) -> dict[str, f
     no storage records in one file and give none.
     """
     wanted = {name: value for name, value in values.items() if is_scalar(value)}
+    if wanted and ckpt.format == "dcp":
+        return _read_dcp(ckpt, wanted)
     if not wanted or ckpt.format not in ("zip", "legacy"):
         return {}
     try:
@@ -66,6 +68,18 @@ def read_scalars(ckpt: CheckpointFile, values: Mapping[str, Any]) -> dict[str, f
     except (OSError, ValueError, struct.error, CkptctlError):
         return {}
     return {name: number for name, number in numbers.items() if number is not None}
+
+
+def _read_dcp(ckpt: CheckpointFile, wanted: Mapping[str, TensorRef]) -> dict[str, float | int]:
+    """One-element tensors of a DCP directory: each is its own small torch.save archive in a shard."""
+    from .dcp import scalar_bytes  # dcp imports nothing of this module
+
+    by_key = {tensor.storage.key: name for name, tensor in wanted.items()}  # DCP keys storages by FQN
+    numbers: dict[str, float | int] = {}
+    for key, (dtype, raw, byteorder) in scalar_bytes(ckpt.path, set(by_key)).items():
+        if dtype in STRUCT_CODES or dtype == "bfloat16":
+            numbers[by_key[key]] = _decode(dtype, raw, byteorder)
+    return numbers
 
 
 @contextlib.contextmanager
