@@ -21,6 +21,7 @@ import json
 import os
 import re
 import stat as stat_module
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,6 +45,8 @@ MAX_RECOGNISE_PROBES = 64
 MAX_FILES_PER_UNIT = 100_000
 MAX_WALK_DEPTH = 4
 MAX_HPARAMS = 500
+MAX_MISSING_SHOWN = 50
+MAX_MEMO_BYTES = 4 * 1024 * 1024  # training_args.bin files up to this are read once per listing
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -70,14 +73,21 @@ def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
         raise JsonRefused(f"over the {limit // (1024 * 1024)} MiB limit for JSON; not read")
     if raw.count(b"{") + raw.count(b"[") > MAX_JSON_CONTAINERS:  # counts brackets in strings too: conservative
         raise JsonRefused(f"more than {MAX_JSON_CONTAINERS} JSON objects and arrays; not read")
+    # Python's own limit on integer digits (4300 by default) already bounds int parsing, at C speed;
+    # only when that limit is lifted does every integer go through a Python check.
     try:
-        return json.loads(raw, parse_int=_bounded_int)
+        return json.loads(raw) if _int_digits_bounded() else json.loads(raw, parse_int=_bounded_int)
     except RecursionError:
         raise JsonRefused("nested too deeply; not read") from None
     except json.JSONDecodeError as exc:
         raise JsonRefused(f"not JSON ({exc.msg} at char {exc.pos})") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise JsonRefused(f"not JSON ({str(exc)[:80]})") from None
+
+
+def _int_digits_bounded() -> bool:
+    limit = getattr(sys, "get_int_max_str_digits", None)
+    return limit is not None and 0 < limit() <= 4300
 
 
 def _bounded_int(digits: str) -> int:
@@ -90,7 +100,10 @@ def _number(value: Any) -> float | None:
     """A JSON number as a float (NaN and infinities kept: a diverged loss is worth seeing); None otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
 
 
 def _step_int(value: Any) -> int | None:
@@ -127,24 +140,28 @@ class _State:
         self.history: list[dict[str, Any]] = [e for e in history or () if isinstance(e, dict)]
 
     def metrics_at(self, step: int) -> dict[str, float]:
-        """Every number logged at ``step`` (train and eval entries), and the latest loss up to it."""
+        """Every number logged at ``step`` (train and eval entries), and the latest loss up to it.
+
+        ``log_history`` is in step order, so the walk goes backwards and stops at the first loss
+        logged before ``step``: a checkpoint's own file costs a few entries, not its whole history.
+        """
         metrics: dict[str, float] = {}
-        latest_loss: float | None = None
-        for entry in self.history:
+        for entry in reversed(self.history):
             at = _step_int(entry.get("step"))
             if at is None or at > step:
                 continue
-            loss = _number(entry.get("loss"))
-            if loss is not None:
-                latest_loss = loss
-            if at != step:
+            if at < step:
+                if "loss" in metrics:
+                    break
+                loss = _number(entry.get("loss"))
+                if loss is not None:
+                    metrics["loss"] = loss
+                    break
                 continue
             for key, value in entry.items():
                 number = _number(value)
-                if number is not None and key not in ("step", "epoch") and isinstance(key, str):
+                if number is not None and key not in ("step", "epoch") and key not in metrics:
                     metrics[key] = number
-        if "loss" not in metrics and latest_loss is not None:
-            metrics["loss"] = latest_loss
         return metrics
 
 
@@ -186,8 +203,9 @@ class HfTrainerLayout(Layout):
         found.sort()
         units: list[Unit] = []
         states: dict[str, _State] = {}
+        memo: dict[bytes, tuple[Any, list[str]]] = {}
         for number, name, staging in found:
-            unit, state = self._unit(directory / name, name, number, staging)
+            unit, state = self._unit(directory / name, name, number, staging, memo)
             units.append(unit)
             if state is not None:
                 states[name] = state
@@ -197,7 +215,8 @@ class HfTrainerLayout(Layout):
         self._set_monitor(units)
         return units
 
-    def _unit(self, path: Path, name: str, number: int, staging: bool) -> tuple[Unit, _State | None]:
+    def _unit(self, path: Path, name: str, number: int, staging: bool,
+              memo: dict[bytes, tuple[Any, list[str]]]) -> tuple[Unit, _State | None]:
         unit = Unit(self.name, name, path, True, step=number)
         names = _names(path, unit)
         unit.files = list(_files(path, unit))
@@ -210,11 +229,11 @@ class HfTrainerLayout(Layout):
             unit.epoch = state.epoch
             unit.metrics = state.metrics_at(unit.step if unit.step is not None else number)
         self._check_weights(path, names, unit)
-        for name in (OPTIMIZER, SCHEDULER):  # present: its zip end record must be there too
-            problem = _container_problem(path / name) if name in names else None
+        for state_file in (OPTIMIZER, SCHEDULER):  # when present, its zip end record must be there too
+            problem = _container_problem(path / state_file) if state_file in names else None
             if problem:
-                _damaged(unit, name, problem)
-        unit.hparams = _hparams(path, names, unit)
+                _damaged(unit, state_file, problem)
+        unit.hparams = _hparams(path, names, unit, memo)
         if staging:
             unit.complete = False
             unit.missing.append(f"checkpoint-{number} (the save never renamed tmp-checkpoint-{number})")
@@ -260,10 +279,15 @@ class HfTrainerLayout(Layout):
                 _damaged(unit, index, "no weight_map")
                 continue
             shards = sorted({v for v in weight_map.values() if isinstance(v, str)})
+            absent = [s for s in shards if s not in names or "/" in s or "\\" in s]
+            if absent:
+                unit.complete = False
+                unit.missing.extend(absent[:MAX_MISSING_SHOWN])
+                if len(absent) > MAX_MISSING_SHOWN:
+                    unit.missing.append(f"... and {len(absent) - MAX_MISSING_SHOWN} more shards of {index}")
+            skip = set(absent)
             for shard in shards:
-                if shard not in names or "/" in shard or "\\" in shard:
-                    unit.complete = False
-                    unit.missing.append(shard)
+                if shard in skip:
                     continue
                 problem = _container_problem(path / shard)
                 if problem:
@@ -431,25 +455,52 @@ def _newest_state(units: list[Unit], states: dict[str, _State]) -> _State | None
     return None
 
 
-def _hparams(path: Path, names: set[str], unit: Unit) -> dict[str, Any] | None:
-    """The fields of ``training_args.bin`` when the safe reader returns them as an inert record."""
+def _hparams(path: Path, names: set[str], unit: Unit, memo: dict[bytes, tuple[Any, list[str]]]) -> dict[str, Any] | None:
+    """The fields of ``training_args.bin`` when the safe reader returns them as an inert record.
+
+    Every checkpoint of a run normally holds the same bytes: those are read once per listing
+    (``memo``, keyed by the file's bytes, so a changed file is always read).
+    """
     if TRAINING_ARGS not in names:
         return None
+    from ..errors import CheckpointError
+    from ..formats.safe_open import open_regular
+
+    key = None
+    try:
+        with open_regular(path / TRAINING_ARGS) as fh:
+            if os.fstat(fh.fileno()).st_size <= MAX_MEMO_BYTES:
+                key = fh.read(MAX_MEMO_BYTES + 1)
+    except (OSError, CheckpointError):  # unreadable: the reader below says why
+        key = None
+    if key is not None and key in memo:
+        fields, notes = memo[key]
+        unit.notes.extend(notes)
+        return dict(fields) if fields is not None else None
+    notes: list[str] = []
+    fields = _read_hparams(path / TRAINING_ARGS, notes)
+    unit.notes.extend(notes)
+    if key is not None:
+        memo[key] = (fields, notes)
+    return dict(fields) if fields is not None else None
+
+
+def _read_hparams(path: Path, notes: list[str]) -> dict[str, Any] | None:
     from ..errors import CheckpointError
     from ..formats.reader import read_checkpoint
 
     try:
-        root = read_checkpoint(path / TRAINING_ARGS, spans=False).root
+        root = read_checkpoint(path, spans=False).root
     except CheckpointError as exc:
         reason = str(exc) if len(str(exc)) <= 160 else str(exc)[:160] + "…"
-        unit.notes.append(f"{TRAINING_ARGS}: {exc.status}: {reason}; hyperparameters not shown")
+        notes.append(f"{TRAINING_ARGS}: {exc.status}: {reason}; hyperparameters not shown")
         return None
     except OSError as exc:
-        unit.notes.append(f"{TRAINING_ARGS}: {_reason(exc)}")
+        notes.append(f"{TRAINING_ARGS}: {_reason(exc)}")
         return None
     fields = record_fields(root)
     if fields is None:
-        unit.notes.append(f"{TRAINING_ARGS}: not a record of fields")
+        notes.append(f"{TRAINING_ARGS}: not a record of fields")
     return fields
 
 

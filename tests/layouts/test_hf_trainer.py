@@ -197,6 +197,16 @@ def test_hparams_from_a_namespace_record(run):
     units = _units(run)
     assert units["checkpoint-6"].hparams == {"metric_for_best_model": "eval_bleu", "seed": 3}
     assert units["checkpoint-2"].monitor == "eval_bleu"
+    assert units["checkpoint-4"].hparams != units["checkpoint-6"].hparams  # read per file, not once per run
+
+
+def test_identical_training_args_are_shared_not_aliased(run):
+    for unit in ("checkpoint-2", "checkpoint-4", "checkpoint-6"):
+        _save_args(run / unit, {"metric_for_best_model": "eval_loss", "seed": 1})
+    units = LAYOUT.units(run)
+    assert all(u.hparams == {"metric_for_best_model": "eval_loss", "seed": 1} for u in units)
+    units[0].hparams["seed"] = 2
+    assert units[1].hparams["seed"] == 1
 
 
 def test_unsafe_training_args_is_a_note_not_a_crash(run):
@@ -266,6 +276,15 @@ def test_sharded_index_naming_outside_or_malformed(tmp_path, weight_map):
     assert not unit.complete
     assert unit.missing == (["../checkpoint-9/model.safetensors"] if isinstance(weight_map, dict)
                             else ["model.safetensors.index.json"])
+
+
+def test_an_index_naming_many_absent_shards_is_reported_bounded(tmp_path):
+    run = _copy(tmp_path, "hf_trainer_sharded")
+    index = run / "checkpoint-2" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {f"t{i}": f"model-{i:05d}-of-20000.safetensors" for i in range(20000)}}))
+    unit = _units(run)["checkpoint-2"]
+    assert not unit.complete and len(unit.missing) == 51
+    assert unit.missing[-1] == "... and 19950 more shards of model.safetensors.index.json"
 
 
 def test_transformers_4_bin_checkpoints(tmp_path):
@@ -414,6 +433,15 @@ def test_huge_integer_in_trainer_state(run):
     assert "not JSON" in _only_note(run)
 
 
+def test_huge_integer_when_pythons_digit_limit_is_lifted(run, monkeypatch):
+    from ckptctl.layouts import hf_trainer
+
+    monkeypatch.setattr(hf_trainer, "_int_digits_bounded", lambda: False)
+    (run / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": ' + "9" * 100_000 + "}")
+    assert "more than 40 digits" in _only_note(run)
+    assert _units(run)["checkpoint-6"].complete  # ordinary integers still parse on that path
+
+
 def test_trainer_state_is_a_directory_or_dangling_symlink(run):
     (run / "checkpoint-4" / "trainer_state.json").unlink()
     (run / "checkpoint-4" / "trainer_state.json").mkdir()
@@ -521,3 +549,23 @@ def test_deepspeed_subdirectory_holds_weights_and_optimizer(run):
     contents = {f.path.name: f.content for f in found.files}
     assert contents["mp_rank_00_model_states.pt"] == CONTENT_WEIGHTS
     assert contents["zero_pp_rank_0_mp_rank_00_optim_states.pt"] == CONTENT_OPTIMIZER
+
+
+def test_reading_a_run_imports_neither_torch_nor_numpy():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from ckptctl.layouts import registry\n"
+        f"for name in ('hf_trainer', 'hf_trainer_sharded', 'hf_trainer_bin'):\n"
+        f"    path = Path({str(FRAMEWORKS)!r}) / name\n"
+        "    layout = registry.detect(path)\n"
+        "    units = layout.units(path)\n"
+        "    layout.protect(units, layout.pointers(path, units))\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
