@@ -16,13 +16,14 @@ With ``ProjectConfiguration(automatic_checkpoint_naming=True)`` the directories 
 ``project_dir/checkpoints/checkpoint_<N>``, where ``N`` counts the saves of *this process*: it is
 not the training step, and it restarts at 0 when a resumed run builds a new Accelerator
 (accelerate #3306), so ``checkpoint_0`` may be newer than ``checkpoint_5``. Without it, scripts name
-the directories themselves (accelerate's examples: ``step_<N>``, ``epoch_<N>``).
+the directories themselves (accelerate's examples: ``step_<N>``, ``epoch_<N>``; diffusers' scripts:
+``checkpoint-<global_step>``, with the weights often written by a save hook, ``unet/...safetensors``).
 
 Recognised: a directory whose sub-directories hold accelerate state files, or a project directory
 whose ``checkpoints/`` does (its units are then named ``checkpoints/checkpoint_<N>``, so
 ``directory / unit.name`` is still the unit). A unit is one such sub-directory. Its step is, in this
 order: a ``step``/``global_step``/``completed_steps`` key of the user state in
-``custom_checkpoint_*.pkl``; the ``N`` of a ``step_<N>`` name; ``scheduler.bin``'s ``last_epoch`` as a
+``custom_checkpoint_*.pkl``; the ``N`` of a ``step_<N>`` or ``checkpoint-<N>`` name; ``scheduler.bin``'s ``last_epoch`` as a
 proxy (accelerate steps a prepared scheduler once per process per optimizer step unless
 ``split_batches``, so on several processes it runs ahead of the step). The ``checkpoint_<N>`` counter
 is kept as the metric ``checkpoint_index`` and never used as the step; order is by step, then by
@@ -47,12 +48,12 @@ from ..formats.safe_open import open_regular
 from ..formats.safetensors import read_safetensors_header
 from ..formats.values import jsonable
 from .base import Layout, Pointer, Unit
-from .deepspeed import MAX_ENTRIES, inspect_tag, is_tag_directory, unit_files
+from .deepspeed import MAX_ENTRIES, MAX_MISSING_SHOWN, cap_missing, inspect_tag, is_tag_directory, unit_files
 from .metadata import as_float, as_int
 
 CHECKPOINTS = "checkpoints"  # ProjectConfiguration's sub-directory for automatic naming
 CHECKPOINT_N = re.compile(r"^checkpoint_(\d{1,18})$")
-STEP_N = re.compile(r"^step_(\d{1,18})$")
+STEP_N = re.compile(r"^(?:step_|checkpoint-)(\d{1,18})$")  # ``checkpoint-<global_step>``: diffusers' scripts
 EPOCH_N = re.compile(r"^epoch_(\d{1,18})$")
 RESUME_FLAG = "--resume_from_checkpoint"  # accelerate's examples (complete_nlp_example.py); no standard flag
 
@@ -209,12 +210,18 @@ def _indexed(names: set[str], pattern: re.Pattern[str]) -> dict[int, str]:
 
 
 def _gaps(found: dict[int, str], name_of) -> list[str]:
+    """Names of the lower numbers absent below the highest one present (at most MAX_MISSING_SHOWN + 1 lines)."""
     if not found:
         return []
     top = max(found)
-    if top >= MAX_SHARDS:
-        return []
-    return [name_of(i) for i in range(top) if i not in found]
+    absent = top - sum(1 for i in found if i < top)
+    names = []
+    for i in range(top):
+        if len(names) >= MAX_MISSING_SHOWN:
+            return names + [f"... and {absent - len(names)} more"]
+        if i not in found:
+            names.append(name_of(i))
+    return names
 
 
 def _check_complete(path: Path, names: set[str], unit: Unit) -> None:
@@ -226,7 +233,11 @@ def _check_complete(path: Path, names: set[str], unit: Unit) -> None:
     fsdp = [n for n in names if FSDP_WEIGHTS.match(n) or (FSDP_WEIGHTS_DIR.match(n) and _is_dir(path / n))]
     indexes = [n for n in INDEXES if n in names]
     if not (weights or deepspeed or fsdp or indexes):
-        missing.append("model.safetensors")
+        hooked = _hook_weights(path, names)
+        if hooked:
+            unit.notes.append(f"model weights saved by a save_state hook: {hooked}")
+        else:
+            missing.append("model.safetensors")
     missing += _gaps(weights, lambda i: "model.safetensors" if i == 0 else f"model_{i}.safetensors")
     for name in sorted(safe.values()):
         missing += _check_safetensors(path / name, unit)
@@ -246,17 +257,31 @@ def _check_complete(path: Path, names: set[str], unit: Unit) -> None:
     ranks = _indexed(names, RANDOM_STATES)
     if not ranks:
         missing.append("random_states_0.pkl")
-    missing += [f"random_states_{i}.pkl" for i in range(max(ranks) if ranks else 0) if i not in ranks]
+    missing += _gaps(ranks, lambda i: f"random_states_{i}.pkl")
     missing += _gaps(_indexed(names, SCHEDULER), lambda i: "scheduler.bin" if i == 0 else f"scheduler_{i}.bin")
-    missing += [f"custom_checkpoint_{i}.pkl" for i in range(max(_indexed(names, CUSTOM), default=0))
-                if i not in _indexed(names, CUSTOM)]  # fmt: skip
+    missing += _gaps(_indexed(names, CUSTOM), lambda i: f"custom_checkpoint_{i}.pkl")
     for pattern in (OPTIMIZER, RANDOM_STATES, SCHEDULER, CUSTOM):
         for name in sorted(_indexed(names, pattern).values()):
             if _size(path / name) == 0:
                 missing.append(f"{name} (empty)")
     if missing:
         unit.complete = False
-        unit.missing = missing
+        unit.missing = cap_missing(missing)
+
+
+def _hook_weights(path: Path, names: set[str]) -> str | None:
+    """Weights a ``register_save_state_pre_hook`` wrote instead of accelerate's own model file (diffusers'
+    scripts: ``unet/diffusion_pytorch_model.safetensors``, ``pytorch_lora_weights.safetensors``)."""
+    for name in sorted(names):
+        if name.endswith(".safetensors") and (_size(path / name) or 0) > 0:
+            return name
+    for name in sorted(names)[:RECOGNISE_PROBES]:
+        if FSDP_OPTIMIZER_DIR.match(name) or not _is_dir(path / name):
+            continue
+        for entry in _entries(path / name)[:RECOGNISE_PROBES]:
+            if entry.name.endswith((".safetensors", ".bin")) and "optim" not in entry.name and (_size(Path(entry.path)) or 0) > 0:
+                return f"{name}/{entry.name}"
+    return None
 
 
 def _check_safetensors(path: Path, unit: Unit) -> list[str]:
@@ -347,13 +372,14 @@ def _read_custom_states(path: Path, names: set[str], unit: Unit) -> tuple[int | 
             if not isinstance(key, str):
                 continue
             if key in STEP_KEYS and step is None:
-                step = as_int(value) if as_int(value) is not None and as_int(value) >= 0 else None  # type: ignore[operator]
+                number = as_int(value)
+                step = number if number is not None and number >= 0 else None
             if key == "epoch" and epoch is None:
                 epoch = as_float(value)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                number = as_float(value)
-                if number is not None and number - number == 0:  # finite
-                    unit.metrics[prefix + key] = number
+                real = as_float(value)
+                if real is not None and real - real == 0:  # finite
+                    unit.metrics[prefix + key] = real
                     continue
             shown[key] = jsonable(value) if isinstance(value, (str, bool, type(None))) else f"<{type(value).__name__}>"
         if shown:

@@ -61,6 +61,7 @@ MAX_LATEST_BYTES = 4096  # a tag is a short name; anything longer is not a tag f
 MAX_RANK_FILES = 65536  # expected (dp x mp) file names enumerated per tag, at most
 MAX_ENTRIES = 100_000  # entries listed per directory, at most (a hostile tree cannot make us walk forever)
 MAX_CLIENT_KEYS = 64
+MAX_MISSING_SHOWN = 32  # names listed in ``Unit.missing``, at most
 RECOGNISE_PROBES = 64  # sub-directories looked into by recognise(), at most
 
 _RANK = r"(\d{1,6})"
@@ -133,12 +134,17 @@ def is_tag_directory(path: Path) -> bool:
 
 
 def unit_files(path: Path) -> list[UnitFile]:
-    """Every file below ``path`` (symlinks not followed into directories), at most MAX_ENTRIES."""
+    """Every file below ``path`` (symlinks not followed into directories), at most MAX_ENTRIES.
+
+    The content is guessed from the path below the unit, so the files of an ``optimizer_0/`` DCP
+    directory (accelerate + FSDP) are optimizer state although each is named ``__0_0.distcp``.
+    """
     files: list[UnitFile] = []
     for root, dirs, names in os.walk(path):
         dirs.sort()
+        below = os.path.relpath(root, path)
         for name in sorted(names):
-            files.append(stat_file(Path(root) / name, content_of(name)))
+            files.append(stat_file(Path(root) / name, content_of(name if below == "." else f"{below}/{name}")))
             if len(files) >= MAX_ENTRIES:
                 return files
     return files
@@ -271,7 +277,22 @@ def _check_ranks(record: dict, model_files: list[str], optim_files: list[str], n
                         missing.append(f"{present} (empty)")
     if missing:
         state.complete = False
-        state.missing.extend(missing)
+        state.missing.extend(cap_missing(missing))
+
+
+def cap_missing(missing: list[str]) -> list[str]:
+    """At most MAX_MISSING_SHOWN names, then one line with how many more (a recorded world size of
+    10**5 must not make a list row of 10**5 names)."""
+    if len(missing) <= MAX_MISSING_SHOWN + 1:
+        return missing
+    more = 0
+    for item in missing[MAX_MISSING_SHOWN:]:
+        summary = _MORE.match(item)
+        more += int(summary.group(1)) if summary else 1
+    return missing[:MAX_MISSING_SHOWN] + [f"... and {more} more"]
+
+
+_MORE = re.compile(r"^\.\.\. and (\d+) more$")
 
 
 class DeepSpeedLayout(Layout):

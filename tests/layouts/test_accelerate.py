@@ -249,7 +249,9 @@ def test_accelerate_with_deepspeed_engine_state(named, tmp_path):
     (ckpt / "model.safetensors").unlink()
     (ckpt / "optimizer.bin").unlink()
     shutil.copytree(FIXTURES / "deepspeed" / "global_step10", ckpt / "pytorch_model")
+    (ckpt / "latest").write_text("pytorch_model")  # the engine writes its own latest inside the checkpoint
     assert _units(named)["step_10"].complete
+    assert registry.detect(named).name == "accelerate"  # the run is accelerate's, not a DeepSpeed save_dir
     (ckpt / "pytorch_model" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
     unit = _units(named)["step_10"]
     assert not unit.complete and unit.missing == ["pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt"]
@@ -286,3 +288,51 @@ def test_hostile_files_are_never_executed(named, tmp_path, name):
 def test_resume_args(named):
     unit = _units(named)["step_15"]
     assert _layout().resume_args(unit, named) == ["--resume_from_checkpoint", str(named / "step_15")]
+
+
+def test_fsdp_state_directories_count_as_weights_and_optimizer(named):
+    ckpt = named / "step_10"
+    (ckpt / "model.safetensors").unlink()
+    (ckpt / "optimizer.bin").unlink()
+    (ckpt / "pytorch_model_fsdp_0").mkdir()
+    (ckpt / "pytorch_model_fsdp_0" / "__0_0.distcp").write_bytes(b"x" * 10)
+    unit = _units(named)["step_10"]
+    assert not unit.complete and unit.missing == ["optimizer.bin"]
+    (ckpt / "optimizer_0").mkdir()
+    (ckpt / "optimizer_0" / "__0_0.distcp").write_bytes(b"x" * 10)
+    unit = _units(named)["step_10"]
+    assert unit.complete
+    contents = sorted((f.path.parent.name, f.content) for f in unit.files if f.path.suffix == ".distcp")
+    assert contents == [("optimizer_0", CONTENT_OPTIMIZER), ("pytorch_model_fsdp_0", CONTENT_WEIGHTS)]
+
+
+def test_step_directories_next_to_checkpoints_win(project):
+    shutil.copytree(NAMED / "step_5", project / "step_5")
+    assert list(_units(project)) == ["step_5"]
+
+
+def test_a_huge_rank_number_gives_a_short_missing_list(named):
+    shutil.copy(named / "step_10" / "random_states_0.pkl", named / "step_10" / "random_states_999999.pkl")
+    unit = _units(named)["step_10"]
+    assert not unit.complete
+    assert unit.missing[0] == "random_states_1.pkl"
+    assert len(unit.missing) <= 33 and unit.missing[-1] == f"... and {999998 - 32} more"
+
+
+def test_diffusers_style_checkpoint_dash_step_with_hook_saved_weights(named, tmp_path):
+    """diffusers' scripts: ``save_state(f"{output_dir}/checkpoint-{global_step}")`` and a save hook that
+    writes ``unet/diffusion_pytorch_model.safetensors`` in place of ``model.safetensors``."""
+    run = tmp_path / "diffusers"
+    run.mkdir()
+    for step in (500, 1000):
+        ckpt = run / f"checkpoint-{step}"
+        shutil.copytree(named / "step_10", ckpt)
+        (ckpt / "unet").mkdir()
+        os.rename(ckpt / "model.safetensors", ckpt / "unet" / "diffusion_pytorch_model.safetensors")
+    layout = _layout()
+    assert layout.recognise(run, _names(run))
+    units = layout.units(run)
+    assert [(u.name, u.step, u.complete) for u in units] == [("checkpoint-500", 500, True), ("checkpoint-1000", 1000, True)]
+    assert any("unet/diffusion_pytorch_model.safetensors" in n for n in units[0].notes)
+    (run / "checkpoint-1000" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    assert _units(run)["checkpoint-1000"].missing == ["model.safetensors"]

@@ -403,3 +403,43 @@ def test_hostile_optimizer_file_is_not_even_read(run, tmp_path):
     units = _units(run)
     assert not marker.exists()
     assert units["global_step10"].complete  # presence only: validate is what reads it
+
+
+def test_zero3_per_rank_model_states_and_bf16_optimizer_files(run):
+    """ZeRO-3 writes ``zero_pp_rank_<dp>_mp_rank_XX_model_states.pt`` per data-parallel rank; the bf16
+    optimizer prefixes its files with ``bf16_``."""
+    tag = run / "global_step10"
+    _rewrite_model_states(tag / MODEL, dp_world_size=2)
+    os.rename(tag / MODEL, tag / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    os.rename(tag / OPTIM, tag / f"bf16_{OPTIM}")
+    ten = _units(run)["global_step10"]
+    assert ten.step == 10
+    assert sorted(ten.missing) == ["bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+                                   "zero_pp_rank_1_mp_rank_00_model_states.pt"]  # fmt: skip
+    shutil.copy(tag / "zero_pp_rank_0_mp_rank_00_model_states.pt", tag / "zero_pp_rank_1_mp_rank_00_model_states.pt")
+    shutil.copy(tag / f"bf16_{OPTIM}", tag / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    assert _units(run)["global_step10"].complete
+
+
+def test_the_old_optimizer_file_name_still_counts(run):
+    tag = run / "global_step10"
+    os.rename(tag / OPTIM, tag / OPTIM.replace("_optim_states.pt", "optim_states.pt"))
+    assert _units(run)["global_step10"].complete
+
+
+def test_a_looping_symlink_in_place_of_a_tag_is_skipped(run):
+    os.symlink("loop", run / "loop")
+    assert list(_units(run)) == ["global_step5", "global_step10"]
+
+
+def test_a_huge_recorded_world_size_gives_a_short_missing_list(run):
+    _rewrite_model_states(run / "global_step10" / MODEL, dp_world_size=60000)
+    ten = _units(run)["global_step10"]
+    assert not ten.complete
+    assert len(ten.missing) == ds.MAX_MISSING_SHOWN + 1 and ten.missing[-1] == f"... and {59999 - ds.MAX_MISSING_SHOWN} more"
+
+
+def test_a_world_size_beyond_the_budget_is_a_note_not_a_loop(run):
+    _rewrite_model_states(run / "global_step10" / MODEL, dp_world_size=10**12)
+    ten = _units(run)["global_step10"]
+    assert any("too many ranks" in n for n in ten.notes)
