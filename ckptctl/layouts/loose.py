@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from ..formats.reader import read_checkpoint
+from ..formats.container import ZIP_MAGIC
+from ..formats.reader import LEGACY_MAGIC, read_checkpoint
+from ..formats.safe_open import open_regular
 from ..formats.safetensors import read_safetensors_header
 from ..formats.scalars import is_scalar, read_scalars
 from ..formats.unpickler import TensorRef
@@ -41,6 +43,8 @@ from .metadata import args_dict, as_float, as_int
 from .naming import parse
 
 SUFFIXES = (".pt", ".pth", ".bin", ".tar", ".ckpt", ".safetensors")
+AMBIGUOUS_SUFFIXES = (".bin", ".tar")  # also token files and datasets: a checkpoint only if it starts like one
+LEGACY_HEAD = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little")  # pickle PROTO 2, LONG1 of the magic
 STEP_KEYS = ("step", "global_step")
 EPOCH_KEYS = ("epoch",)
 HPARAM_KEYS = ("args", "hparams", "hyper_parameters", "config")
@@ -92,13 +96,31 @@ def _native(name: str) -> bool:
 
 
 def _candidate(path: Path) -> bool:
-    """A regular file, or a symlink that is one or leads nowhere (a dangling link is a finding)."""
+    """A regular file, or a symlink that is one or leads nowhere (a dangling link is a finding).
+
+    ``.bin`` and ``.tar`` are also the suffixes of token files (nanoGPT's ``train.bin``) and
+    datasets (webdataset shards): such a file is a checkpoint only when it starts like one
+    (a zip, or torch's legacy magic number), so ``prune --remove-incomplete`` never sees it.
+    """
     if path.name.startswith("."):
         return False
     try:
-        return path.is_file() or (path.is_symlink() and not path.exists())
+        if path.is_symlink() and not path.exists():
+            return True
+        if not path.is_file():
+            return False
     except OSError:
         return False
+    return not path.name.endswith(AMBIGUOUS_SUFFIXES) or _starts_like_a_checkpoint(path)
+
+
+def _starts_like_a_checkpoint(path: Path) -> bool:
+    try:
+        with open_regular(path) as fh:
+            head = fh.read(len(LEGACY_HEAD))
+    except (OSError, CheckpointError):
+        return False
+    return head.startswith(ZIP_MAGIC) or head == LEGACY_HEAD
 
 
 def _unit(layout: str, path: Path) -> Unit:

@@ -26,6 +26,7 @@ listed in ``missing``, a short one is a note (``truncated: ...``). See docs/layo
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -81,7 +82,10 @@ class TorchtitanLayout(Layout):
             if folder is None:
                 return []
             prefix = CHECKPOINT_FOLDER + "/"
-            candidates = _candidates(folder, sorted(os.listdir(folder)))
+            try:
+                candidates = _candidates(folder, sorted(os.listdir(folder)))
+            except OSError:
+                return []
         units = [_unit(self.name, path, prefix + path.name) for path in candidates]
         units.sort(key=lambda u: (u.step is not None, u.step or 0, u.name))
         return units
@@ -196,7 +200,7 @@ def _link_note(path: Path) -> str:
     try:
         os.stat(path)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP
+        if exc.errno == errno.ELOOP:
             return f"looping symlink to {target}"
     return f"dangling symlink to {target}"
 
@@ -278,7 +282,9 @@ def _read_values(unit: Unit, path: Path, metadata: Any, name_step: int | None) -
         number = as_float(values.get(key))
         if number is not None:
             unit.metrics[metric] = int(number) if isinstance(values.get(key), int) else number
-    if not any(fqn.startswith(("optimizer.", "train_state.")) for fqn in entries):
+    if all(isinstance(item, DCP_RECORDS["TensorStorageMetadata"]) for item in entries.values()) and not any(
+        fqn.startswith("optimizer.") for fqn in entries
+    ):  # tensors only, none of them an optimizer's: torchtitan's last_save_model_only (its default)
         unit.notes.append("model only (no optimizer or train state): torchtitan's last_save_model_only")
 
 

@@ -182,6 +182,29 @@ def test_fifo_and_directories_with_checkpoint_suffixes_are_skipped(tmp_path):
     assert {"dir.pt", ".hidden.pt"}.isdisjoint(by_name(units_of(run)))
 
 
+def test_bin_and_tar_files_that_are_not_checkpoints_are_not_units(tmp_path):
+    """A token file (nanoGPT's train.bin) or a dataset tar is never a unit, so never pruned;
+    a .pt that is not a checkpoint is a unit that is incomplete (the suffix says it should be one)."""
+    import io
+    import tarfile
+
+    run = loose_copy(tmp_path)
+    (run / "train.bin").write_bytes(bytes(range(256)) * 4)
+    with tarfile.open(run / "shard-000001.tar", "w") as tar:
+        info = tarfile.TarInfo("sample.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    (run / "garbage.pt").write_bytes(b"not a checkpoint")
+    units = by_name(units_of(run))
+    assert {"train.bin", "shard-000001.tar"}.isdisjoint(units)
+    assert {"legacy.pt", "pytorch_model.bin", "tutorial.tar"} <= set(units)  # legacy magic / zip: kept
+    assert not units["garbage.pt"].complete and units["garbage.pt"].notes[0].startswith("unreadable:")
+    for name in ("legacy.pt", "model.pt", "model.safetensors", "checkpoint.pth", "pytorch_model.bin",
+                 "tutorial.tar", "garbage.pt"):  # fmt: skip
+        (run / name).unlink()
+    assert not LAYOUT.recognise(run, sorted(os.listdir(run)))
+
+
 def test_native_names_win_over_loose_files(tmp_path):
     """ckptctl's own names go through layouts/catalog.py (the registry is asked only when none is
     present); the loose layout also declines such a directory itself, so whatever order the hook

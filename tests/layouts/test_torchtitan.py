@@ -289,6 +289,7 @@ def test_plain_dcp_run_without_any_step_directory(tmp_path):
     write_dcp(run / "ckpt_b", {"model": {"w": torch.ones(3)}, "step": 9, "epoch": 2})
     units = units_of(run)
     assert [(u.name, u.step, u.epoch) for u in units] == [("ckpt_a", 5, 1.0), ("ckpt_b", 9, 2.0)]
+    assert all(u.notes == [] for u in units)  # not "model only": it records a step
     assert all(u.complete for u in units)
     assert units[-1].protected == "protected: newest complete"
     assert registry.detect(run).name == "torchtitan"
