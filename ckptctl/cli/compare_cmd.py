@@ -22,7 +22,9 @@ PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 LIST_LIMIT = 20
 
 PathArg = Annotated[
-    str, typer.Argument(help="A checkpoint file (or a directory: its newest valid checkpoint).", show_default=False)
+    str, typer.Argument(help="A checkpoint: a file, a DCP directory, or one checkpoint of any layout "
+                        "(checkpoint-500/, x.ckpt, global_step10/, model.safetensors); a run directory means "
+                        "its newest valid (complete) checkpoint.", show_default=False)
 ]
 
 
@@ -31,7 +33,8 @@ def compare_command(
     a: PathArg,
     b: PathArg,
     values: Annotated[
-        bool, typer.Option("--values", "-v", help="Also load tensor values (torch, memory-mapped) and compare them.")
+        bool, typer.Option("--values", "-v", help="Also compare tensor values, streamed: torch zips memory-mapped, "
+                           "safetensors by header offsets, DCP through torch.distributed.checkpoint.")
     ] = False,
     atol: Annotated[float, typer.Option("--atol", min=0, help="Absolute tolerance for --values.")] = 0.0,
     rtol: Annotated[float, typer.Option("--rtol", min=0, help="Relative tolerance for --values (|a-b| <= atol + rtol*|b|).")] = 0.0,

@@ -85,7 +85,7 @@ def _print_unit(report: dict) -> None:
         lines.append(f"  {key:<16}{_plain(value)}")
     metrics = unit["metrics"] or {}
     if metrics:
-        lines.append("metrics" + (f" (* monitored: {bounded_str(unit['monitor'], MAX_KEY_CHARS)})" if unit["monitor"] else ""))
+        lines.append("metrics" + (f" (* monitored: {_key(unit['monitor'])})" if unit["monitor"] else ""))
         for key, value in metrics.items():
             mark = " *" if key == unit["monitor"] else ""
             _pair(lines, f"{_key(key)}{mark}", _plain(value))
@@ -152,6 +152,8 @@ def _print_lines(lines: list[str]) -> None:
 
 def _key(key) -> str:
     """A key from a file as bounded, escaped text (a key can be megabytes long)."""
+    from ..formats.bounded import bounded_str  # the reading core: loaded when a report is printed, not at start-up
+
     text = render.display_text(key if isinstance(key, str) else bounded_str(key, MAX_KEY_CHARS))
     return text if len(text) <= MAX_KEY_CHARS else text[: MAX_KEY_CHARS - 1] + "…"
 

@@ -364,7 +364,7 @@ def open_side(target: str | os.PathLike[str]) -> Side:
     A unit of a layout (``checkpoint-500/``, ``x.ckpt``, ``global_step10/``, ``model.safetensors``)
     is read as one: its files through their safe readers, its weights inventoried.
     """
-    found = find_unit(target)
+    found = find_unit(target) or _newest_unit_of_run(target)
     if found is not None or (str(target).lower().endswith(".safetensors") and Path(target).is_file()):
         view = view_of_checked(*found) if found is not None else _checked(plain_view(Path(target)))
         return Side(view.unit.path, view.weights.ckpt, summarize(view.weights.ckpt), view)
@@ -377,6 +377,29 @@ def open_side(target: str | os.PathLike[str]) -> Side:
         status = getattr(exc, "status", None)
         raise BadInputError(f"{target}: {status + ': ' if status else ''}{exc}") from None
     return Side(path, ckpt, summarize(ckpt))
+
+
+def _newest_unit_of_run(target: str | os.PathLike[str]) -> Any:
+    """A run directory of a layout (``output_dir/`` of HF, ``deepspeed/``): its newest complete unit,
+    as a directory argument means for ckptctl's own layout (where to resume). None otherwise."""
+    from ..formats.dcp import looks_like_dcp
+    from ..layouts import registry
+    from .units import _native_names
+
+    path = Path(target)
+    if not path.is_dir() or looks_like_dcp(path) or _native_names(path, ""):
+        return None
+    layout = registry.detect(path)
+    if layout is None:
+        return None
+    try:
+        units = layout.units(path)
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    complete = [u for u in units if u.complete and u.step is not None]
+    if not complete:
+        raise BadInputError(f"no complete {layout.title} checkpoint in {path}")
+    return layout, max(complete, key=lambda u: (u.step, u.name))
 
 
 def view_of_checked(layout, unit) -> UnitView:

@@ -167,7 +167,7 @@ def _native_names(directory: Path, name: str) -> bool:
     """True when ``directory`` holds ckptctl's own checkpoint names (the catalog's layout, asked first)."""
     from ..layouts import naming
 
-    if naming.parse(name).is_checkpoint or naming.parse(name, directory=True).is_checkpoint:
+    if name and (naming.parse(name).is_checkpoint or naming.parse(name, directory=True).is_checkpoint):
         return True
     try:
         with os.scandir(directory) as it:

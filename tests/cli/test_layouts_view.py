@@ -348,3 +348,17 @@ def test_dcp_metadata_swapped_after_the_safe_read_is_refused(tmp_path, capfd):
     assert len(values.not_compared) == 5
     assert all("load failed: " in why and "refused os.system" in why for why in values.not_compared.values())
     assert "Traceback" not in capfd.readouterr().err  # DCP's logged traceback is kept off the terminal
+
+
+def test_compare_run_directories_means_their_newest_complete_units(tmp_path, monkeypatch):
+    register(monkeypatch, FakeRun())
+    a = make_fake_run(tmp_path / "a", steps=(10, 20))
+    b = make_fake_run(tmp_path / "b", steps=(10, 20, 30))
+    (b / "ckpt-30" / "optim.pt").unlink()  # incomplete: not chosen
+    doc = json.loads(invoke("compare", str(a), str(b), "--json").stdout)
+    assert (doc["a"]["path"], doc["b"]["path"]) == (str(a / "ckpt-20"), str(b / "ckpt-20"))
+    empty = tmp_path / "c"
+    make_fake_run(empty, steps=(5,))
+    (empty / "ckpt-5" / "state.json").unlink()
+    result = invoke("compare", str(a), str(empty))
+    assert result.exit_code == 2 and "no complete Fake Trainer checkpoint" in result.stderr
