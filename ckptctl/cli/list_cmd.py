@@ -100,7 +100,8 @@ def _footer(listing: Listing) -> str:
     if len(trend) >= 2:
         first, last = trend[0], trend[-1]
         line += (
-            f"\nval_loss by step {first[0]}..{last[0]}: {render.sparkline([v for _, v in trend])}"
+            f"\n{render.display_text(listing.monitor or 'val_loss')} by step {first[0]}..{last[0]}: "
+            f"{render.sparkline([v for _, v in trend])}"
             f"  {render.number(first[1])} -> {render.number(last[1])}"
         )
     return line

@@ -76,13 +76,16 @@ def test_refuses_a_foreign_non_empty_directory_unless_forced(tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me" and (foreign / "latest.pt").exists()
 
 
-@pytest.mark.parametrize("args, message", [(["--steps", "5"], "greater than or equal to 30"), ([], "not a directory")])
-def test_bad_input_exits_2(tmp_path, args, message):
+@pytest.mark.parametrize("args, messages", [
+    (["--steps", "5"], ("greater than or equal to 30", "x>=30")),  # Typer's wording differs between versions
+    ([], ("not a directory",)),
+])  # fmt: skip
+def test_bad_input_exits_2(tmp_path, args, messages):
     target = tmp_path / "file.txt"
     target.write_text("x")
     result = invoke(str(target), *args)
     assert result.exit_code == 2
-    assert message in result.output
+    assert any(message in result.output for message in messages), result.output
     assert "Traceback" not in result.output
 
 

@@ -193,6 +193,7 @@ def test_hf_trainer_list(tmp_path):
     assert "eval_loss" in units["checkpoint-4"]["metrics"]
     human = invoke("list", directory).stdout
     assert human.startswith(f"{layout.title} run, 3 checkpoints")
+    assert "\neval_loss by step 2..6: " in human  # the trend names the metric the run ranks by
 
 
 def test_hf_trainer_validate_and_damage(tmp_path):
