@@ -11,7 +11,7 @@ Used by :class:`ckptctl.training.manager.CheckpointManager` and by ``ckptctl res
 
 On any failure the temp file is removed and nothing visible changes; the error says what happened
 (:class:`~ckptctl.errors.SaveError`). A killed process can leave a ``*.tmp`` behind: readers ignore
-it (``naming.parse`` classifies it as partial) and :func:`clean_stale_temp` removes it later.
+it (``ckptctl.layouts.naming.parse`` classifies it as partial) and :func:`clean_stale_temp` removes it later.
 
 Redundancy trade-off of :func:`link_or_copy`: a hard link ("link") costs nothing and protects
 against deletion (``rm``, retention) but not against bit rot, because both names share the same
@@ -38,7 +38,8 @@ from .formats.container import open_container, sniff_format
 from .formats.crc import crc_records
 from .formats.dcp import METADATA_FILE, read_directory
 from .formats.safe_open import open_regular
-from .layouts import naming
+
+TMP_SUFFIX = ".tmp"  # a write in progress; the same convention as ckptctl.layouts.naming.TMP_SUFFIX (tested)
 
 LINK = "link"
 COPY = "copy"
@@ -70,7 +71,7 @@ def _open_temp(path: Path) -> BinaryIO:
 
 def temp_path(directory: str | os.PathLike[str], final_name: str) -> Path:
     """A fresh temp name next to ``final_name``: unique per process and call, ends in ``.tmp``."""
-    return Path(directory) / f"{final_name}.{os.getpid()}.{secrets.token_hex(4)}{naming.TMP_SUFFIX}"
+    return Path(directory) / f"{final_name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
 
 
 class StagedFile:
@@ -406,7 +407,7 @@ def remove_directory(path: str | os.PathLike[str]) -> None:
     then removed, then the parent fsynced.
     """
     path = Path(path)
-    doomed = path if path.name.endswith(naming.TMP_SUFFIX) else path.with_name(f"{path.name}.deleting{naming.TMP_SUFFIX}")
+    doomed = path if path.name.endswith(TMP_SUFFIX) else path.with_name(f"{path.name}.deleting{TMP_SUFFIX}")
     if doomed != path:
         if doomed.exists():
             shutil.rmtree(doomed)
@@ -434,7 +435,7 @@ def commit_directory(tmp: Path, final: Path, previous: Path | None = None) -> No
     fsync_directory(tmp)
     if not (tmp / METADATA_FILE).is_file():
         raise SaveError(f"sharded save of {final.name}: no .metadata was written")
-    aside = previous if previous is not None else final.with_name(f"{final.name}.replaced{naming.TMP_SUFFIX}")
+    aside = previous if previous is not None else final.with_name(f"{final.name}.replaced{TMP_SUFFIX}")
     if final.exists() and not final.is_symlink():
         if aside.exists():
             remove_directory(aside)
@@ -488,7 +489,7 @@ def repoint(link: Path, target: str, keep_as: Path | None = None) -> None:
 def replace_symlink(link: Path, target: str) -> None:
     if link.exists() and not link.is_symlink():
         raise SaveError(f"{link} exists and is not a symlink: not replacing it")
-    tmp = link.with_name(f"{link.name}{naming.TMP_SUFFIX}")
+    tmp = link.with_name(f"{link.name}{TMP_SUFFIX}")
     if os.path.lexists(tmp):
         os.unlink(tmp)
     os.symlink(target, tmp)
@@ -496,15 +497,19 @@ def replace_symlink(link: Path, target: str) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace the small text file ``path`` (a DeepSpeed ``latest`` tag file) atomically and durably:
-    a temp file in the same directory, written and fsynced, renamed over ``path``, the directory fsynced.
-    A reader sees the old text or the new one, never a mix; on failure the temp file is removed."""
+    """:func:`write_bytes_atomic` of ``text`` (UTF-8): a DeepSpeed ``latest`` tag file."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the small file ``path`` atomically and durably: a temp file in the same directory,
+    written and fsynced, renamed over ``path``, the directory fsynced. A reader sees the old bytes or
+    the new ones, never a mix; on failure the temp file is removed."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{naming.TMP_SUFFIX}")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:
-            data = text.encode()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]

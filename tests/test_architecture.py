@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ckptctl"
 LAYERS = (
     ("errors", "wording"),
     ("formats",),
-    ("layouts",),
     ("durable", "locking"),
+    ("layouts",),
     ("ops",),
     ("training",),
     ("cli", "__main__"),
@@ -118,3 +118,12 @@ def test_the_reading_core_loads_without_the_training_side_or_torch(package):
     loaded = set(json.loads(done.stdout))
     assert not {m for m in loaded if m.startswith(("ckptctl.training", "ckptctl.cli"))}
     assert "torch" not in loaded and "numpy" not in loaded
+
+
+def test_one_temp_suffix_for_every_writer_and_reader():
+    """A partial write is ``*.tmp`` everywhere: the writer (durable), the grammar (naming) and the DCP reader."""
+    from ckptctl import durable
+    from ckptctl.formats import dcp
+    from ckptctl.layouts import naming
+
+    assert durable.TMP_SUFFIX == naming.TMP_SUFFIX == dcp.TEMP_SUFFIX == ".tmp"

@@ -29,15 +29,14 @@ tag exists. ``restore`` heals it by rewriting the file atomically (:meth:`DeepSp
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import secrets
 import stat as stat_module
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import durable
 from ..errors import CkptctlError, SaveError
 from ..formats.reader import read_checkpoint
 from ..formats.safe_open import open_regular
@@ -362,7 +361,10 @@ class DeepSpeedLayout(Layout):
         the directory. A reader sees the old tag or the new one, never a half-written file."""
         if "/" in unit.name or unit.name in ("", ".", ".."):
             raise SaveError(f"{unit.name!r} is not a tag name")
-        write_bytes_atomic(pointer.path, unit.name.encode("utf-8"))
+        try:
+            durable.write_bytes_atomic(pointer.path, unit.name.encode("utf-8"))
+        except OSError as exc:
+            raise SaveError(f"cannot write {pointer.path}: {exc.strerror or exc}") from None
 
 
 def _read_tag(path: Path) -> tuple[str | None, str | None]:
@@ -386,40 +388,3 @@ def _read_tag(path: Path) -> tuple[str | None, str | None]:
     if any(c in tag for c in "/\\\0") or tag in (".", "..") or not tag.isprintable():
         return None, "not a tag file: not a directory name"
     return tag, None
-
-
-# The durable-write helpers live in ckptctl/durable.py, one layer above layouts (docs/architecture.md),
-# so this is the minimal same-protocol write a layout can do itself: temp file next to the target,
-# fsync, rename over it, fsync the directory.
-_fsync = os.fsync
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old bytes or the new ones."""
-    directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            _fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise SaveError(f"cannot write {path}: {exc.strerror or exc}", exc.errno) from None
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            _fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise SaveError(f"cannot make {path} durable: {exc.strerror or exc}", exc.errno) from None

@@ -41,11 +41,11 @@ import itertools
 import math
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .. import durable
 from ..errors import CheckpointError, SaveError
 from ..formats.reader import CheckpointFile, read_checkpoint
 from ..formats.scalars import read_scalars
@@ -289,21 +289,8 @@ class LightningLayout(Layout):
         if os.path.lexists(link) and not os.path.islink(link):
             raise SaveError(f"{link.name} is a file, not a symlink: not re-pointing it")
         target = os.path.relpath(unit.path, link.parent)
-        tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")
-        os.symlink(target, tmp)
-        try:
-            os.replace(tmp, link)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        fd = os.open(link.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        durable.replace_symlink(link, target)  # a new link under a temp name renamed over the old one
+        durable.fsync_directory(link.parent)
         pointer.target, pointer.status, pointer.detail = unit.name, POINTER_OK, None
 
 

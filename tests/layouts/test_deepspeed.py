@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ckptctl import durable
+
 from ckptctl.errors import SaveError
 from ckptctl.layouts import deepspeed as ds
 from ckptctl.layouts import registry
@@ -358,7 +360,7 @@ def test_a_failed_heal_leaves_the_old_latest_whole(run, monkeypatch):
     def disk_error(fd):
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(ds, "_fsync", disk_error)
+    monkeypatch.setattr(durable, "_fsync", disk_error)
     with pytest.raises(SaveError):
         layout.heal_pointer(pointer, units[-1])
     assert (run / "latest").read_bytes() == b"global_step5"
@@ -367,8 +369,8 @@ def test_a_failed_heal_leaves_the_old_latest_whole(run, monkeypatch):
 
 def test_heal_pointer_fsyncs_the_file_and_the_directory(run, monkeypatch):
     synced = []
-    real = ds._fsync
-    monkeypatch.setattr(ds, "_fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    real = durable._fsync
+    monkeypatch.setattr(durable, "_fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
     layout = _layout()
     units = layout.units(run)
     (pointer,) = layout.pointers(run, units)
