@@ -1,6 +1,8 @@
 """Exceptions of the core, each carrying the documented exit code the CLI turns it into.
 
-Exit codes (docs/architecture.md, "Commands"): 0 ok, 1 findings, 2 usage or bad input, 3 directory locked, 130 interrupted.
+Exit codes (docs/exit-codes.md, the one table for every command): 0 ok, 1 findings (including a checkpoint
+file the user named that cannot be read, and a declined confirmation), 2 usage or bad input, 3 directory
+locked, 70 internal error (a bug), 130 interrupted.
 The core raises these; the CLI maps them to one line on stderr and the exit code, never a traceback.
 """
 
@@ -10,7 +12,9 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
+EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h: an unexpected exception, a bug
 EXIT_INTERRUPTED = 130
+EXIT_DECLINED = EXIT_FINDINGS  # "no" at a confirmation prompt: nothing done, like apt-get's "Abort." (exit 1)
 
 
 class CkptctlError(Exception):

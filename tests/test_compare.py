@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from ckptctl.ops.compare import _LoadedFile, _torch_load, compare, compare_values, open_side, tensor_values
-from ckptctl.errors import BadInputError
+from ckptctl.errors import BadInputError, CheckpointError
 from tests.factories import make_state, write_checkpoint, write_hostile_checkpoint
 
 
@@ -124,9 +124,9 @@ def test_directory_argument_means_its_newest_checkpoint(ckpt_dir):
 def test_hostile_files_are_refused_at_every_level(tmp_path, ckpt_dir):
     marker = tmp_path / "pwned"
     evil = write_hostile_checkpoint(tmp_path / "evil.pt", marker)
-    with pytest.raises(BadInputError, match="unsafe: references posix.system") as info:
+    with pytest.raises(CheckpointError, match="unsafe: references posix.system") as info:
         compare(evil, ckpt_dir / "latest.pt")
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == 1 and info.value.status == "unsafe"
     # The value level's own loader refuses it too, should the safe reader ever be bypassed.
     with pytest.raises(BadInputError, match="weights_only"):
         _torch_load(evil, mmap=True)
@@ -134,11 +134,12 @@ def test_hostile_files_are_refused_at_every_level(tmp_path, ckpt_dir):
 
 
 @pytest.mark.parametrize("content, message", [(b"", "empty file"), (b"PK\x03\x04junk", "truncated or not a zip")])
-def test_unreadable_and_missing_files_are_bad_input(tmp_path, ckpt_dir, content, message):
+def test_unreadable_files_are_findings_missing_ones_bad_input(tmp_path, ckpt_dir, content, message):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
-    with pytest.raises(BadInputError, match=message):
+    with pytest.raises(CheckpointError, match=message) as info:
         compare(ckpt_dir / "latest.pt", bad)
+    assert info.value.exit_code == 1
     with pytest.raises(BadInputError, match="no such file"):
         compare(tmp_path / "missing.pt", ckpt_dir / "latest.pt")
 

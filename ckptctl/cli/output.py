@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import typer
 
-from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, CkptctlError
+from ..errors import EXIT_DECLINED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, CkptctlError
 from .render import display_text
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,11 +76,12 @@ def can_prompt() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def confirm_or_exit(question: str, *, refusal: str, declined: str = "nothing changed", declined_code: int = 0) -> None:
+def confirm_or_exit(question: str, *, refusal: str, declined: str = "nothing changed", declined_code: int = EXIT_DECLINED) -> None:
     """Ask ``question`` on stderr and return only on "yes".
 
     Never prompts off a terminal: cron and pipes get ``refusal`` (one line, exit 2) instead of a
-    hang. Ctrl+C or end of input at the prompt exits 130; "no" exits ``declined_code``.
+    hang. Ctrl+C or end of input at the prompt exits 130; "no" exits ``declined_code`` (1 for every
+    command, docs/exit-codes.md: nothing was done, so a script must not read it as success).
     """
     if not can_prompt():
         raise fail(refusal, EXIT_USAGE)
@@ -175,7 +176,7 @@ def handle_errors(func: F) -> F:
         except Exception as exc:  # an unexpected bug: still one line, trace with CKPTCTL_DEBUG=1
             if debug_enabled():
                 traceback.print_exc()
-            raise fail(f"internal error: {type(exc).__name__}: {exc} (set CKPTCTL_DEBUG=1 for the trace)", 70) from None
+            raise fail(f"internal error: {type(exc).__name__}: {exc} (set CKPTCTL_DEBUG=1 for the trace)", EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..errors import EXIT_USAGE, BadInputError
+from ..errors import BadInputError
 from ..ops.retention import DEFAULT_REPLACED_AFTER, DEFAULT_STALE_AFTER, Policy, format_duration, parse_duration
 from . import render
 from .options import DirArg, DryRunOpt, JsonOpt, QuietOpt, WaitOpt, YesOpt
@@ -112,7 +112,6 @@ def _confirm(plan: PrunePlan, json_output: bool) -> None:
         refusal=f"refusing to delete {count} without confirmation: not a terminal "
         "(add --yes to delete, or --dry-run to only show the plan)",
         declined="nothing deleted",
-        declined_code=EXIT_USAGE if json_output else 0,
     )
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Iterable, Optional, Sequence
 
 import typer
 
-from ..errors import EXIT_USAGE, BadInputError
+from ..errors import BadInputError
 from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
 from .output import confirm_or_exit, handle_errors, out_console, print_json, print_line, print_table, stdout_is_terminal
 from .render import plural
@@ -92,7 +92,6 @@ def _confirm(plan: RestorePlan) -> None:
         f"Replace {plural(count, 'file')} in {plan.directory}?",
         refusal=f"refusing to replace {plural(count, 'file')} without confirmation: not a terminal "
         "(add --yes to restore, or --dry-run to only show the plan)",
-        declined_code=EXIT_USAGE,
     )
 
 

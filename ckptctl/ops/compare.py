@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ..errors import BadInputError, CkptctlError
+from ..errors import BadInputError, CheckpointError, CkptctlError
 from ..layouts.metadata import Metadata, summarize
 from ..formats.container import read_record
 from ..formats.reader import CheckpointFile, iter_tensors, read_checkpoint
@@ -359,7 +359,9 @@ def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *, ignore: Ite
 
 
 def open_side(target: str | os.PathLike[str]) -> Side:
-    """Read one side safely. Any problem is bad input (exit 2): exit 1 means "different".
+    """Read one side safely. A path that is not there is bad input (exit 2); a file that is there but
+    cannot be read as a checkpoint (damaged, unsafe) is a finding about it (CheckpointError, exit 1), as
+    in inspect and validate (docs/exit-codes.md).
 
     A unit of a layout (``checkpoint-500/``, ``x.ckpt``, ``global_step10/``, ``model.safetensors``)
     is read as one: its files through their safe readers, its weights inventoried.
@@ -373,10 +375,19 @@ def open_side(target: str | os.PathLike[str]) -> Side:
         ckpt = read_checkpoint(path)
     except BadInputError:
         raise
+    except CheckpointError as exc:
+        raise _finding(f"{target}: {exc.status}: {exc}", exc.status) from None
     except CkptctlError as exc:
         status = getattr(exc, "status", None)
         raise BadInputError(f"{target}: {status + ': ' if status else ''}{exc}") from None
     return Side(path, ckpt, summarize(ckpt))
+
+
+def _finding(message: str, status: str) -> CheckpointError:
+    """A side that cannot be read as a checkpoint: exit 1, its verdict (``unsafe``, ``unreadable``) kept."""
+    error = CheckpointError(message)
+    error.status = status
+    return error
 
 
 def _newest_unit_of_run(target: str | os.PathLike[str]) -> Any:
@@ -409,14 +420,14 @@ def view_of_checked(layout, unit) -> UnitView:
 
 
 def _checked(view: UnitView) -> UnitView:
-    """A unit whose files the safe readers refuse, or whose weights cannot be read, is bad input (exit 2)."""
+    """A unit whose files the safe readers refuse, or whose weights cannot be read, is a finding (exit 1)."""
     status = view.status
     if status in ("unsafe", "unreadable"):
-        raise BadInputError(f"{view.unit.path}: {status}: {view.error}")
+        raise _finding(f"{view.unit.path}: {status}: {view.error}", status)
     if view.weights.problems and not view.weights.ckpt.root:
-        raise BadInputError(f"{view.unit.path}: no readable weights: {'; '.join(view.weights.problems[:3])}")
+        raise _finding(f"{view.unit.path}: no readable weights: {'; '.join(view.weights.problems[:3])}", "unreadable")
     if not view.weights.ckpt.root and not view.unit.complete:
-        raise BadInputError(f"{view.unit.path}: {view.error}")
+        raise _finding(f"{view.unit.path}: {view.error}", "incomplete")
     return view
 
 

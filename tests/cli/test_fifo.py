@@ -70,10 +70,10 @@ def test_validate_json_names_the_fifo(fifo):
     assert entry["problems"] == ["not a regular file (fifo)"]
 
 
-def test_compare_with_a_fifo_is_bad_input(fifo, tmp_path):
+def test_compare_with_a_fifo_is_a_finding(fifo, tmp_path):  # exit 1, as inspect and validate (docs/exit-codes.md)
     other = write_checkpoint(tmp_path / "rolling_step_000100.pt")
     result = invoke("compare", str(other), str(fifo))
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "not a regular file (fifo)" in result.stderr
 
 

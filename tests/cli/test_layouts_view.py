@@ -199,7 +199,7 @@ def test_truncated_safetensors_in_a_unit(tmp_path, monkeypatch):
     code, doc = inspect_json(run / "ckpt-20")
     assert code == 1 and doc["status"] == "unreadable"
     compared = invoke("compare", str(run / "ckpt-10"), str(run / "ckpt-20"))
-    assert compared.exit_code == 2 and "truncated" in compared.stderr and "Traceback" not in compared.output
+    assert compared.exit_code == 1 and "truncated" in compared.stderr and "Traceback" not in compared.output
 
 
 def test_hostile_file_in_a_unit_is_unsafe_and_never_runs(tmp_path, monkeypatch):
@@ -212,7 +212,7 @@ def test_hostile_file_in_a_unit_is_unsafe_and_never_runs(tmp_path, monkeypatch):
     assert optim["status"] == "unsafe"
     for extra in ([], ["--values"]):
         result = invoke("compare", str(run / "ckpt-10"), str(run / "ckpt-20"), *extra)
-        assert result.exit_code == 2 and "unsafe" in result.stderr
+        assert result.exit_code == 1 and "unsafe" in result.stderr
     assert not marker.exists()
 
 
@@ -224,7 +224,7 @@ def test_missing_weights_file(tmp_path, monkeypatch):
     assert doc["unit"]["complete"] is False and doc["unit"]["missing"] == ["weights.safetensors"]
     assert doc["unit"]["weights"] is None
     result = invoke("compare", str(run / "ckpt-10"), str(run / "ckpt-20"))
-    assert result.exit_code == 2 and "missing weights.safetensors" in result.stderr
+    assert result.exit_code == 1 and "missing weights.safetensors" in result.stderr
 
 
 # ------------------------------------------------------------------------------------ compare

@@ -103,7 +103,7 @@ def test_json_without_yes_refuses_without_a_document(layout):
 def test_prompt_on_a_terminal(layout, monkeypatch, answer, deleted):
     monkeypatch.setattr(output, "can_prompt", lambda: True)
     result = invoke(str(layout), input=answer)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == (0 if deleted else 1), result.output  # declined: 1 (docs/exit-codes.md)
     assert "Delete 5 files" in result.stderr
     assert (rolling(1000)[0] not in present(layout)) is deleted
     assert ("Removed 5 files" in result.stdout) is deleted

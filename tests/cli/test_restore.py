@@ -66,7 +66,7 @@ def test_prompt_on_a_terminal(ckpt_dir, monkeypatch):
     truncate(ckpt_dir / "latest.pt")
     before = digests(ckpt_dir)
     declined = invoke(str(ckpt_dir), input="n\n")
-    assert declined.exit_code == 2 and "Replace 1 file in" in declined.stderr and digests(ckpt_dir) == before
+    assert declined.exit_code == 1 and "Replace 1 file in" in declined.stderr and digests(ckpt_dir) == before
     accepted = invoke(str(ckpt_dir), input="y\n")
     assert accepted.exit_code == 0 and "restored latest.pt" in accepted.stdout
 
