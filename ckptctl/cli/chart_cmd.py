@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -27,6 +28,9 @@ if TYPE_CHECKING:  # the core is imported when the command runs, not when the ap
 PLOT_HEIGHT = 20
 MAX_PLOT_WIDTH = 120
 MAX_TABLE_ROWS = 200  # the piped table shows this many steps; --json has every point
+# LC_ALL=C / PYTHONIOENCODING=ascii: the plot's frame and dots drawn in ASCII rather than escaped
+ASCII_PLOT = str.maketrans({"┌": "+", "┐": "+", "└": "+", "┘": "+", "─": "-", "│": "|", "┤": "+", "├": "+",
+                            "┬": "+", "┴": "+", "┼": "+", "•": "*"})  # fmt: skip
 
 
 @handle_errors
@@ -55,7 +59,7 @@ def chart_command(
     elif not selected:
         warn(f"no metrics in {render.display_text(chart.directory)}: its checkpoints record no loss or other number")
     else:
-        colour = stdout_is_terminal() and not os.environ.get("NO_COLOR")
+        colour = stdout_is_terminal() and not os.environ.get("NO_COLOR") and _encodes("┌▞")
         print(_plot(chart, selected, colour=colour))
         if not colour:
             print(_table(selected))
@@ -92,7 +96,16 @@ def _plot(chart: Chart, series: dict[str, list[tuple[int, float]]], *, colour: b
         text = plt.build()
         pieces.append(text if colour else plt.uncolorize(text))
     plt.clear_figure()
-    return "\n".join(pieces)
+    text = "\n".join(pieces)
+    return text if colour or _encodes(text) else text.translate(ASCII_PLOT)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def _table(series: dict[str, list[tuple[int, float]]]) -> str:

@@ -149,3 +149,46 @@ def test_non_finite_values_are_counted_not_drawn(tmp_path):
     chart = metric_series(run)
     assert chart.skipped_non_finite == 1
     assert [step for step, _ in chart.series["loss"]] == [2, 3, 4, 5, 6]
+
+
+def test_terminal_gets_colour_and_no_table(monkeypatch):
+    from ckptctl.cli import chart_cmd
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(chart_cmd, "stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(chart_cmd, "_encodes", lambda text: True)
+    result = invoke(str(HF))
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" in result.stdout and "eval_loss" in result.stdout
+    assert not any(line.split()[:3] == ["step", "eval_loss", "loss"] for line in result.stdout.splitlines())
+
+
+def test_no_color_on_a_terminal_is_plain(monkeypatch):
+    from ckptctl.cli import chart_cmd
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setattr(chart_cmd, "stdout_is_terminal", lambda: True)
+    result = invoke(str(HF))
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" not in result.stdout
+    assert any(line.split()[:3] == ["step", "eval_loss", "loss"] for line in result.stdout.splitlines())
+
+
+def test_ascii_only_stdout_gets_an_ascii_plot(monkeypatch):
+    from ckptctl.cli import chart_cmd
+
+    monkeypatch.setattr(chart_cmd, "_encodes", lambda text: False)
+    result = invoke(str(HF))
+    assert result.exit_code == 0, result.output
+    assert "+-----" in result.stdout and "** loss" in result.stdout
+    assert not any(ord(char) > 127 for char in result.stdout)
+
+
+def test_lightning_points_are_the_listed_metrics():
+    lightning = HF.parent / "lightning"
+    rows = [r for r in _listed(lightning)["checkpoints"] if r["layout"] == "lightning" and r["step"] is not None
+            and "val_loss" in r["metrics"] and r["status"] != "dangling"]  # fmt: skip
+    expected = sorted({r["step"]: r["metrics"]["val_loss"] for r in rows}.items())
+    document = json.loads(invoke(str(lightning), "--json").stdout)
+    assert document["source"] == "checkpoints" and expected
+    assert document["metrics"]["val_loss"] == [list(p) for p in expected]
