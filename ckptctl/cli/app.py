@@ -18,6 +18,7 @@ from . import restore_cmd
 from . import prune_cmd
 from . import du_cmd
 from . import export_cmd
+from . import chart_cmd
 from .output import survive_any_encoding
 
 app = typer.Typer(
@@ -68,6 +69,7 @@ app.command("restore")(restore_cmd.restore_command)
 app.command("prune")(prune_cmd.prune_command)
 app.command("du")(du_cmd.du_command)
 app.command("export")(export_cmd.export_command)
+app.command("chart")(chart_cmd.chart_command)
 
 
 def main() -> None:
