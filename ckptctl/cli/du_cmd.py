@@ -2,6 +2,11 @@
 
 Names and ``stat`` only: no checkpoint file is opened. ``--warn-free`` turns it into a cron alert
 (exit 1 when free space is below the threshold).
+
+The headline total is the size on disk as ``list`` defines it too (``ops.usage.ON_DISK_LABEL``):
+allocated blocks, hard links once; the apparent size stays a secondary figure. ckptctl's own files
+(the directory lock, the demo's marker) are neither rows nor bytes of that total unless ``--all``;
+a note says what they take (``own_files`` in JSON). On a narrow terminal the share bar goes first.
 """
 
 from __future__ import annotations
