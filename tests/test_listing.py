@@ -43,7 +43,8 @@ def mixed(tmp_path_factory):
 
 def test_json_contract(mixed):
     doc = list_checkpoints(mixed).to_json()
-    assert set(doc) == {"directory", "total_bytes", "checkpoints", "layout", "layout_title", "monitor"}
+    assert set(doc) == {"directory", "total_bytes", "checkpoints", "layout", "layout_title", "monitor",
+                        "shown_bytes", "shown_apparent_bytes", "size_on_disk"}  # fmt: skip
     assert json.loads(json.dumps(doc)) == doc
     for row in doc["checkpoints"]:
         assert set(row) == JSON_KEYS

@@ -2,6 +2,11 @@
 
 Names and ``stat`` only: no checkpoint file is opened. ``--warn-free`` turns it into a cron alert
 (exit 1 when free space is below the threshold).
+
+The headline total is the size on disk as ``list`` defines it too (``ops.usage.ON_DISK_LABEL``):
+allocated blocks, hard links once; the apparent size stays a secondary figure. ckptctl's own files
+(the directory lock, the demo's marker) are neither rows nor bytes of that total unless ``--all``;
+a note says what they take (``own_files`` in JSON). On a narrow terminal the share bar goes first.
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ def du_command(
         typer.Option("--warn-free", metavar="PERCENT|SIZE", help="Exit 1 when free space is below this (10%, 50G, 2TiB)."),
     ] = None,
     json_output: JsonOpt = False,
+    show_all: Annotated[
+        bool,
+        typer.Option("--all", "-a", help="Also show and count ckptctl's own files (the directory lock, the demo's marker)."),
+    ] = False,
 ) -> None:
     """Disk usage of DIR by kind (hard links counted once), file system free space, and how many more saves fit."""
     from ..ops.usage import measure, parse_free_threshold
 
     threshold = parse_free_threshold(warn_free) if warn_free is not None else None
-    usage = measure(directory)
+    usage = measure(directory, include_own=show_all)
     crossed = threshold is not None and threshold.crossed(usage.filesystem)
     if json_output:
         print_json(to_json(usage, threshold, crossed))
@@ -51,7 +60,7 @@ def du_command(
 
 def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dict:
     """The ``--json`` document (stable keys; new keys may be added)."""
-    from ..ops.usage import summary_line
+    from ..ops.usage import ON_DISK_LABEL, summary_line
 
     fs, projection = usage.filesystem, usage.projection
     return {
@@ -76,6 +85,9 @@ def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dic
                    **{k: v for k, v in _kind_json(u.usage).items() if k != "kind"},
                    "contents": {c: _kind_json(k) for c, k in u.contents.items()}} for u in usage.units],  # fmt: skip
         "contents": [_kind_json(k) for k in usage.contents.values()],
+        "on_disk_bytes": usage.total.allocated_bytes or usage.total.apparent_bytes,
+        "size_on_disk": ON_DISK_LABEL,
+        "own_files": None if usage.own is None else {**_kind_json(usage.own), "counted": usage.own_included},
     }
 
 
@@ -115,8 +127,16 @@ def _cells(kind: KindUsage) -> list[str]:
 def _notes(usage: Usage) -> list[str]:
     from ..ops.usage import summary_line
 
+    from ..ops.usage import ON_DISK_LABEL
+
     fs = usage.filesystem
-    notes = []
+    total = usage.total
+    notes = [f"Total: {render.size(total.allocated_bytes or total.apparent_bytes)} {ON_DISK_LABEL}; "
+             f"{render.size(total.apparent_bytes)} apparent."]  # fmt: skip
+    own = usage.own
+    if own is not None and own.files and not usage.own_included:
+        notes.append(f"Not counted: {render.plural(own.files, 'file')} of ckptctl's own (lock, demo marker), "
+                     f"{render.size(own.allocated_bytes or own.apparent_bytes)}; --all counts them.")  # fmt: skip
     if usage.total.linked_files:
         notes.append(f"Hard links counted once: {render.plural(usage.total.linked_files, 'name')} "
                      f"{'shares its' if usage.total.linked_files == 1 else 'share their'} data with another file "
@@ -160,34 +180,50 @@ def _bar(part: int, whole: int, width: int = BAR_WIDTH) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
-def _rich_report(usage: Usage) -> None:
+def _fitted_table(console, title, headers: list[str], rows: list[list], drop: tuple[str, ...],
+                  shrink: tuple[str, ...], first_left: str, styles: list[str] | None = None):  # fmt: skip
+    """A Rich table of ``rows`` (strings) fitted to the console's width: ``drop`` columns give way first."""
     from rich.table import Table
     from rich.text import Text
 
+    kept, limits = render.fit_columns(console.width, headers, rows, drop, shrink)
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for i in kept:
+        table.add_column(headers[i], justify="left" if headers[i] in (first_left, "share") else "right",
+                         no_wrap=True, overflow="ellipsis", max_width=limits.get(i))  # fmt: skip
+    for n, row in enumerate(rows):
+        style = (styles or [""] * len(rows))[n]
+        cells = [Text(row[i], style="cyan") if headers[i] == "share" else row[i] for i in kept]
+        table.add_row(*cells, style=style or None)
+    return table
+
+
+def _rich_report(usage: Usage) -> None:
+    from rich.text import Text
+
     console = out_console()
-    table = Table(title=Text(f"Disk usage of {render.display_text(usage.directory)}"), title_justify="left", header_style="bold")
-    for header in HEADERS:
-        table.add_column(header, justify="left" if header == "kind" else "right")
-    table.add_column("share", no_wrap=True, min_width=BAR_WIDTH)
     whole = usage.total.allocated_bytes
-    for kind, row in zip([k for k in usage.kinds.values() if k.files], _rows(usage)):
-        table.add_row(*row, Text(_bar(kind.allocated_bytes, whole), style="cyan"))
-    table.add_row(*_cells(usage.total), "", style="bold")
-    console.print(table)
+    kinds = [k for k in usage.kinds.values() if k.files]
+    rows = [[*cells, _bar(kind.allocated_bytes, whole)] for kind, cells in zip(kinds, _rows(usage))]
+    rows.append([*_cells(usage.total), ""])
+    # the share bar is decoration: it goes first on a narrow terminal, then the linked count
+    console.print(_fitted_table(console, Text(f"Disk usage of {render.display_text(usage.directory)}"),
+                                [*HEADERS, "share"], rows, ("share", "linked", "size"), ("kind",), "kind",
+                                [""] * (len(rows) - 1) + ["bold"]))  # fmt: skip
     if usage.layout is not None:
-        units = Table(title=Text(f"Per checkpoint ({render.display_text(usage.layout)})"), title_justify="left",
-                      header_style="bold")  # fmt: skip
-        for header in UNIT_HEADERS:
-            units.add_column(header, justify="left" if header == "checkpoint" else "right")
-        for row in _unit_rows(usage):
-            units.add_row(*row)
-        console.print(units)
+        console.print(_fitted_table(console, Text(f"Per checkpoint ({render.display_text(usage.layout)})"),
+                                    list(UNIT_HEADERS), _unit_rows(usage), ("linked", "other", "size", "optimizer"),
+                                    ("checkpoint",), "checkpoint"))  # fmt: skip
         console.print(Text(_content_line(usage)))
     fs = usage.filesystem
     if fs is not None:  # an object store has no disk to fill
-        bar = Text("disk ")  # filled: everything that is not free for us (used, and blocks reserved for root)
-        bar.append(_bar(fs.total_bytes - fs.free_bytes, fs.total_bytes, 2 * BAR_WIDTH), style="red" if fs.free_percent < 10 else "green")
-        bar.append(f" {100 - fs.free_percent:.0f}% full, {render.size(fs.free_bytes)} free")
+        tail = f" {100 - fs.free_percent:.0f}% full, {render.size(fs.free_bytes)} free"
+        width = min(2 * BAR_WIDTH, console.width - len("disk ") - len(tail) - 1)
+        bar = Text("disk")  # filled: everything that is not free for us (used, and blocks reserved for root)
+        if width >= 10:  # narrower than that, the bar says nothing the percentage does not
+            bar.append(" ")
+            bar.append(_bar(fs.total_bytes - fs.free_bytes, fs.total_bytes, width), style="red" if fs.free_percent < 10 else "green")
+        bar.append(tail)
         console.print(bar)
     for note in _notes(usage):
         console.print(Text(note))

@@ -58,11 +58,15 @@ def list_command(
         bool,
         typer.Option("--no-cache", help="Read every file again; neither use nor update the listing cache."),
     ] = False,
+    show_all: Annotated[
+        bool,
+        typer.Option("--all", "-a", help="Also list ckptctl's own files (the directory lock, the demo's marker)."),
+    ] = False,
 ) -> None:
     """List the checkpoints in DIR with step, epoch, val_loss, size, age and status."""
     from ..ops.listing import list_checkpoints
 
-    listing = list_checkpoints(directory, kind, sort, use_cache=not no_cache)
+    listing = list_checkpoints(directory, kind, sort, use_cache=not no_cache, include_own=show_all)
     if json_output:
         print_json(listing.to_json())
     elif listing.layout is not None:
@@ -96,7 +100,10 @@ def _plain_report(listing: Listing) -> None:
 
 def _footer(listing: Listing) -> str:
     trend = listing.val_loss_trend()
-    line = f"{render.plural(len(listing.rows), 'file')}, total storage {render.size(listing.total_bytes)}"
+    from ..ops.usage import ON_DISK_LABEL
+
+    line = (f"{render.plural(len(listing.rows), 'file')}, {render.size(listing.shown_bytes)} {ON_DISK_LABEL}; "
+            f"{render.size(listing.shown_apparent_bytes)} apparent")  # fmt: skip
     if len(trend) >= 2:
         first, last = trend[0], trend[-1]
         line += (
@@ -108,26 +115,62 @@ def _footer(listing: Listing) -> str:
 
 
 def _rich_report(listing: Listing, grouped: bool) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
+    """One table: a ``kind`` column names each group on its first row, and a rule separates the groups."""
     from ..layouts.naming import GROUP_OF
 
     console = out_console()
-    console.print(Text(f"AVAILABLE CHECKPOINTS in {render.display_text(listing.directory)}", style="bold"))
-    groups: dict[str, list[Row]] = {}
+    console.print(render.styled_line(f"AVAILABLE CHECKPOINTS in {render.display_text(listing.directory)}", "bold"))
+    headers = list(HEADERS)
+    rows, sections, styles = [], [], []
+    previous = None
     for row in listing.rows:
-        groups.setdefault(GROUP_OF[row.kind] if grouped else "all", []).append(row)
-    for group, rows in groups.items():
-        table = Table(title=GROUP_TITLES.get(group), title_justify="left", header_style="bold")
-        for header in HEADERS:
-            table.add_column(header, justify="right" if header in ("step", "epoch", "val_loss", "size") else "left")
-        for row in rows:
-            cells = _cells(row)
-            style = {"ok": "green", "partial": "yellow"}.get(row.status, "red")
-            table.add_row(*cells[:-1], Text(cells[-1], style=style))
-        console.print(table)
-    console.print(Text(_footer(listing)))
+        group = GROUP_OF[row.kind] if grouped else None
+        cells = _cells(row)
+        rows.append(cells)
+        styles.append(_status_style(row.status))
+        sections.append(previous is not None and group != previous)
+        previous = group
+    if grouped:
+        headers.insert(0, "kind")
+        shown: set[str] = set()
+        for row, cells in zip(listing.rows, rows):
+            group = GROUP_OF[row.kind]
+            cells.insert(0, "" if group in shown else group)
+            shown.add(group)
+    _print_table(console, headers, rows, sections, styles, right=("step", "epoch", "val_loss", "size"))
+    console.print(render.styled_line(_footer(listing)))
+
+
+def _status_style(status: str) -> str:
+    from ..ops.listing import STATUS_OWN
+
+    return {"ok": "green", "partial": "yellow", STATUS_OWN: "dim"}.get(status, "red")
+
+
+# Narrow terminals: these columns give way first (in this order), then the status and name shrink.
+DROP_ORDER = ("kind", "saved", "epoch", "complete", "best")  # kind: the rules show the groups already
+SHRINK_ORDER = ("status", "complete", "name")
+
+
+def _print_table(console, headers: list[str], rows: list[list[str]], sections: list[bool], styles: list[str],
+                 right: tuple[str, ...]) -> None:  # fmt: skip
+    """A Rich table fitted to the console's width (:func:`render.fit_columns`)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    kept, limits = render.fit_columns(console.width, headers, rows, DROP_ORDER, SHRINK_ORDER)
+    table = Table(header_style="bold")
+    for i in kept:
+        header = headers[i]
+        wraps = header == "status"  # an error message wraps; a name is cut with an ellipsis, numbers never
+        table.add_column(header, justify="right" if header in right else "left", max_width=limits.get(i),
+                         no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")  # fmt: skip
+    status = headers.index("status")
+    for cells, section, style in zip(rows, sections, styles):
+        if section:
+            table.add_section()
+        table.add_row(*(Text(cells[i], style=style) if i == status else cells[i] for i in kept))
+    console.print(table)
 
 
 # ---------------------------------------------------------------------- another framework's layout
@@ -182,16 +225,10 @@ def _layout_report(listing: Listing, *, rich: bool) -> None:
         print(plain_table(headers, rows))
         print(footer)
         return
-    from rich.table import Table
-    from rich.text import Text
 
     console = out_console()
-    console.print(Text(f"{layout_line(listing)} in {render.display_text(listing.directory)}", style="bold"))
-    table = Table(header_style="bold")
-    for header in headers:
-        table.add_column(header, justify="right" if header in ("step", "epoch", metric, "size") else "left")
-    for row, cells in zip(listing.rows, rows):
-        style = "green" if row.status == "ok" else "yellow" if row.status in ("incomplete", "stale") else "red"
-        table.add_row(*cells[:-1], Text(cells[-1], style=style))
-    console.print(table)
-    console.print(Text(footer))
+    console.print(render.styled_line(f"{layout_line(listing)} in {render.display_text(listing.directory)}", "bold"))
+    styles = ["green" if row.status == "ok" else "yellow" if row.status in ("incomplete", "stale") else "red"
+              for row in listing.rows]  # fmt: skip
+    _print_table(console, headers, rows, [False] * len(rows), styles, right=("step", "epoch", metric, "size"))
+    console.print(render.styled_line(footer))

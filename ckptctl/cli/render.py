@@ -122,3 +122,45 @@ def sparkline(values: list[float]) -> str:
         else:
             chars.append(SPARK_CHARS[min(len(SPARK_CHARS) - 1, int((v - lo) / span * (len(SPARK_CHARS) - 1) + 0.5))])
     return "".join(chars)
+
+
+def fit_columns(width: int, headers: list[str], rows: list[list[str]], drop: tuple[str, ...] = (),
+                shrink: tuple[str, ...] = (), minimum: int = 8) -> tuple[list[int], dict[int, int]]:  # fmt: skip
+    """Which columns of a boxed Rich table fit ``width``, and the widths of the ones that must shrink.
+
+    Columns in ``drop`` give way first, in that order, each only while the table is too wide; then
+    the columns in ``shrink`` are narrowed in order (to ``minimum``, or their header), the last of
+    them (the name) last. Returns (indices of the columns kept, {index: max width}). A box of n
+    columns takes ``3 n + 1`` characters around the cells (a rule and one space each side).
+    """
+    from rich.cells import cell_len
+
+    natural = [max([cell_len(h), *(cell_len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    kept = list(range(len(headers)))
+
+    def total() -> int:
+        return sum(natural[i] for i in kept) + 3 * len(kept) + 1
+
+    for name in drop:
+        if total() <= width:
+            break
+        if name in headers and headers.index(name) in kept:
+            kept.remove(headers.index(name))
+    limits: dict[int, int] = {}
+    for name in shrink:
+        excess = total() - width
+        if excess <= 0 or name not in headers or headers.index(name) not in kept:
+            continue
+        i = headers.index(name)
+        floor = max(minimum, cell_len(headers[i]))
+        new = max(floor, natural[i] - excess)
+        if new < natural[i]:
+            limits[i] = natural[i] = new
+    return kept, limits
+
+
+def styled_line(text: str, style: str = ""):
+    """A Rich ``Text`` of ``text`` (already escaped), never parsed as markup."""
+    from rich.text import Text
+
+    return Text(text, style=style)

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..layouts.catalog import STATUS_OK, STATUS_PARTIAL, Entry, layout_of, scan
 from ..errors import BadInputError
 from .listing_cache import Facts, ListingCache
+from .usage import ON_DISK_LABEL, is_own, on_disk_bytes
 from ..layouts.naming import GROUP_OF, Kind
 from ..formats.storage import is_url, location
 
@@ -22,6 +23,7 @@ from ..formats.storage import is_url, location
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SORT_KEYS = ("kind", "step", "name", "size", "time", "val_loss")
 JSON_KIND = {Kind.PARTIAL: "other"}
+STATUS_OWN = "ckptctl's own file"  # the lock, the demo's marker (shown with --all)
 REMOTE_READERS = 8  # files of an object store read at once by a listing
 
 
@@ -151,6 +153,8 @@ class Listing:
     total_bytes: int  # hard links counted once
     layout: str | None = None  # the layout of another framework (``hf-trainer``); None: ckptctl's own names
     layout_title: str | None = None  # for people (``Hugging Face Trainer``)
+    shown_bytes: int | None = None  # size on disk of the rows shown: allocated, each inode once (usage.on_disk_bytes)
+    shown_apparent_bytes: int | None = None  # the same rows' apparent size, each inode once
 
     @property
     def checkpoints(self) -> int:
@@ -171,6 +175,9 @@ class Listing:
             "layout": self.layout,
             "layout_title": self.layout_title,
             "monitor": self.monitor,
+            "shown_bytes": self.shown_bytes,
+            "shown_apparent_bytes": self.shown_apparent_bytes,
+            "size_on_disk": ON_DISK_LABEL,
         }
 
     def val_loss_trend(self) -> list[tuple[int, float]]:
@@ -185,11 +192,14 @@ class Listing:
 
 
 def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None = None, sort: str = "kind",
-                     *, use_cache: bool = True) -> Listing:  # fmt: skip
+                     *, use_cache: bool = True, include_own: bool = False) -> Listing:  # fmt: skip
     """Scan ``directory``, read each checkpoint's metadata safely, and order the rows.
 
     What was read from a file is remembered in :mod:`ckptctl.ops.listing_cache` for as long as the
     file's identity stays the same; ``use_cache=False`` reads every file and leaves the cache alone.
+    ckptctl's own files (the lock, the demo's marker) are rows only with ``include_own``.
+    ``total_bytes`` is the whole directory's apparent size (as before); ``shown_bytes`` the size on
+    disk of the rows listed (after ``kinds``), the figure the CLI's footer shows.
     """
     wanted = _kinds(kinds)
     entries = scan(directory, require_checkpoints=True, broken_links=True)
@@ -200,7 +210,8 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
     listed = []
     for entry in entries:
         if entry.kind is Kind.OTHER and not entry.name.endswith(CHECKPOINT_SUFFIXES):
-            continue
+            if not (include_own and is_own(entry)):
+                continue
         if wanted and entry.kind not in wanted:
             cache.get(entry)  # kept in the cache for the next, unfiltered, listing
             continue
@@ -211,7 +222,8 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
     cache.save()
     _check_sort(sort, rows)
     rows.sort(key=_sort_key(sort))
-    return Listing(location(directory), rows, total, layout, _layout_title(layout))
+    shown, shown_apparent = on_disk_bytes(row.entry for row in rows)
+    return Listing(location(directory), rows, total, layout, _layout_title(layout), shown, shown_apparent)
 
 
 def _layout_title(name: str | None) -> str | None:
@@ -254,6 +266,8 @@ def _facts(entry: Entry, cache: ListingCache) -> Facts:
     """The listing's values for one file: from the cache, or read safely (and then cached)."""
     if entry.kind is Kind.PARTIAL:
         return Facts(STATUS_PARTIAL)
+    if is_own(entry):  # never opened: the lock and the demo's marker are not checkpoints
+        return Facts(STATUS_OWN)
     if entry.broken is not None:  # nothing to read, nothing to cache: the link is the whole story
         status, error = entry.status()
         return Facts(status, error)

@@ -41,6 +41,32 @@ GROUPS = ("latest", "rolling", "emergency", "best", "epoch", "replaced", "partia
 OWNER_ORDER = ("rolling", "emergency", "epoch", "best", "latest", "replaced", "partial", "other")
 _OWNER_RANK = {group: rank for rank, group in enumerate(OWNER_ORDER)}
 SUMMARY_KINDS = (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH)
+# ckptctl's own files in a checkpoint directory: the directory lock (locking.LOCK_NAME) and the
+# demo's marker (training.demo.MARKER; spelled here, ops sits below training). ``list`` and ``du``
+# show them, and ``du`` counts them, only with ``--all``. (The listing cache lives outside.)
+OWN_NAMES = frozenset({".ckptctl.lock", ".ckptctl-demo"})
+# The one definition of "size on disk" of ``list`` and ``du`` (their headline totals): allocated
+# blocks (``st_blocks``; the size for an object store), each inode once.
+ON_DISK_LABEL = "on disk (allocated, hard links once)"
+
+
+def is_own(entry: Entry) -> bool:
+    """One of ckptctl's own files, at the top of the directory (not a checkpoint, not data)."""
+    return entry.name in OWN_NAMES and entry.kind is Kind.OTHER
+
+
+def on_disk_bytes(entries) -> tuple[int, int]:
+    """(allocated, apparent) bytes of ``entries``, each inode once: the headline "size on disk"
+    (allocated; an object has no blocks, so its size) and the apparent size as a secondary figure."""
+    seen: set[int] = set()
+    allocated = apparent = 0
+    for entry in entries:
+        if entry.inode in seen:
+            continue
+        seen.add(entry.inode)
+        allocated += entry.allocated_bytes or entry.size_bytes
+        apparent += entry.size_bytes
+    return allocated, apparent
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
@@ -113,6 +139,8 @@ class Usage:
     units: list[UnitUsage] = field(default_factory=list)  # per checkpoint of that layout
     contents: dict[str, KindUsage] = field(default_factory=dict)  # weights / optimizer / other, whole directory
     total: KindUsage = field(init=False)
+    own: KindUsage | None = None  # ckptctl's own files (lock, demo marker): rows and total only with --all
+    own_included: bool = False  # whether ``own`` is also counted in ``kinds["other"]`` and the total
 
     def __post_init__(self) -> None:
         self.total = KindUsage("total")
@@ -123,18 +151,36 @@ class Usage:
             self.total.linked_files += usage.linked_files
 
 
-def measure(directory: str | os.PathLike[str]) -> Usage:
-    """Scan ``directory`` (names and stat) and its file system; BadInputError for a bad directory."""
+def measure(directory: str | os.PathLike[str], *, include_own: bool = False) -> Usage:
+    """Scan ``directory`` (names and stat) and its file system; BadInputError for a bad directory.
+
+    ckptctl's own files (:data:`OWN_NAMES`) are left out of the rows and totals unless
+    ``include_own``; what they take is in ``Usage.own`` either way."""
     entries = scan(directory)
+    own = KindUsage("ckptctl")
+    for entry in entries:
+        if is_own(entry):
+            own.add(entry, True)
+    if not include_own:
+        entries = [entry for entry in entries if not is_own(entry)]
+    usage = _measure(directory, entries, include_own)
+    usage.own, usage.own_included = own, include_own
+    return usage
+
+
+def _measure(directory, entries: list[Entry], include_own: bool) -> Usage:
     path = location(directory)
     filesystem = None if is_url(path) else filesystem_usage(path)
     free = filesystem.free_bytes if filesystem is not None else None
     layout = layout_of(entries)
     if layout is not None:
-        return _measure_layout(path, layout, entries, filesystem, free)
+        return _measure_layout(path, layout, entries, filesystem, free, include_own)
     kinds = _by_kind(entries)
     if not is_url(path):
-        _count_rest(path, *_covered(entries), kinds["other"])
+        counted, seen = _covered(entries)
+        if not include_own:
+            counted |= {os.path.normpath(str(path / name)) for name in OWN_NAMES}
+        _count_rest(path, counted, seen, kinds["other"])
     counts: dict[str, int] = {}
     for entry in entries:
         counts[entry.kind.value] = counts.get(entry.kind.value, 0) + 1
@@ -210,7 +256,7 @@ def _add_file(into: KindUsage, info: os.stat_result, first_name: bool) -> None:
 
 
 def _measure_layout(path: Path, layout: str, entries: list[Entry], filesystem: FilesystemUsage | None,
-                    free: int | None) -> Usage:  # fmt: skip
+                    free: int | None, include_own: bool = False) -> Usage:  # fmt: skip
     """A directory of another framework's layout: per unit, per content kind, the rest as other."""
     seen: set[tuple[int, int]] = set()
     counted: set[str] = set()
@@ -240,6 +286,8 @@ def _measure_layout(path: Path, layout: str, entries: list[Entry], filesystem: F
             for into in (usage.usage, usage.contents[content], contents[content], checkpoints):
                 _add_file(into, info, first)
         units.append(usage)
+    if not include_own and not is_url(path):
+        counted |= {os.path.normpath(str(path / name)) for name in OWN_NAMES}
     _count_rest(path, counted, seen, other)
     kinds = {"checkpoint": checkpoints, "other": other}
     counts = {"checkpoint": len(units), "latest": sum(e.pointer is not None for e in entries)}

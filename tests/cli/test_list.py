@@ -33,7 +33,7 @@ def test_plain_report_when_piped(ckpt_dir):
     assert lines[0].split() == ["name", "step", "epoch", "val_loss", "size", "saved", "status"]
     assert lines[1].split()[:4] == ["latest.pt", "300", "2", "0.8"] and lines[1].endswith("ok")
     assert [line.split()[0] for line in lines[1:13]][-1] == "epoch_00001.pt"
-    assert "12 files, total storage" in result.stdout
+    assert re.search(r"^12 files, \S+ \S+ on disk \(allocated, hard links once\); \S+ \S+ apparent$", result.stdout, re.M)
     assert "val_loss by step 100..300: █▅▃▁  1 -> 0.8" in result.stdout
     assert not ANSI.search(result.stdout) and "┃" not in result.stdout and "│" not in result.stdout
     assert result.stderr == ""
@@ -43,7 +43,8 @@ def test_json_document(ckpt_dir):
     result = invoke(str(ckpt_dir), "--json")
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
-    assert set(doc) == {"directory", "total_bytes", "checkpoints", "layout", "layout_title", "monitor"}
+    assert set(doc) == {"directory", "total_bytes", "checkpoints", "layout", "layout_title", "monitor",
+                        "shown_bytes", "shown_apparent_bytes", "size_on_disk"}  # fmt: skip
     assert doc["layout"] is None  # ckptctl's own names
     assert doc["directory"] == str(ckpt_dir)
     assert doc["total_bytes"] == sum(p.stat().st_size for p in ckpt_dir.iterdir())
@@ -87,8 +88,9 @@ def test_rich_report_on_a_terminal_is_grouped_and_coloured(ckpt_dir, monkeypatch
     assert "\x1b[32m" in out  # green "ok"
     plain = ANSI.sub("", out)
     assert "AVAILABLE CHECKPOINTS in" in plain
-    positions = [plain.index(title) for title in ("Latest", "Best", "Rolling", "Emergency", "Epoch")]
-    assert positions == sorted(positions)
+    positions = [plain.index(f"│ {group} ") for group in ("latest", "best", "rolling", "emergency", "epoch")]
+    assert positions == sorted(positions)  # one table: the kind column names each group, rules separate them
+    assert plain.count("┏") == 1 and plain.count("├") == 4
     assert "█▅▃▁" in plain
 
 
