@@ -35,7 +35,7 @@ def _summary(name: str, command) -> str:
     """The command's one-line summary, whole: its short_help, else the first sentence of its help."""
     text = command.short_help or (command.help or "").strip().split("\n\n")[0]
     text = " ".join(text.split())
-    return text if command.short_help else text.split(". ")[0].rstrip(".")
+    return text if command.short_help else text.split(". ")[0].rstrip(".") + "."
 
 
 class _Command(TyperCommand):
@@ -47,6 +47,12 @@ class _Command(TyperCommand):
 
 class _Group(TyperGroup):
     """The top-level help: commands grouped by panel (plain text, no boxes), summaries never cut."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():  # a command registered without cls=_Command (a later addition)
+            if type(command) is TyperCommand:
+                command.__class__ = _Command
 
     def format_commands(self, ctx, formatter) -> None:  # type: ignore[override]
         panels: dict[str, list[tuple[str, str]]] = {}
@@ -153,7 +159,8 @@ def _usage_error(exc: typer.TyperException) -> int:
     if ctx is not None and message == ctx.get_help():  # no arguments at all: the help, as before
         print(message, file=sys.stderr)
         return exc.exit_code
-    message = " ".join(message.split()).rstrip(".")
+    message = " ".join(message.split()).rstrip(".").replace("valid int range", "valid integer")
+    message = message.replace("valid float range", "valid number")
     message = message[:1].lower() + message[1:]
     where = ctx.command_path.removeprefix("ckptctl").strip() if ctx is not None else ""
     print(f"ckptctl: error: {where + ': ' if where else ''}{display_text(message)}", file=sys.stderr)

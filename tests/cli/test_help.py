@@ -63,7 +63,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "commands"
 LEAKED = ("<str>", "<int>", "<float>", "<int range>", "<float range>", "<list[", "<path>", "<text>", "{", "}",
           "TEXT", "INTEGER", "FLOAT", "BOOLEAN", "FILENAME", "CHOICE")  # fmt: skip
 # A clean metavar: a placeholder word (DIR, FILE, N, KEY=VALUE, PERCENT|SIZE, PATH...) or the choices (a|b|c).
-METAVAR = re.compile(r"^[A-Z][A-Z0-9_=%|]*(\.\.\.)?$|^[a-z0-9]+(\|[a-z0-9]+)+$")
+METAVAR = re.compile(r"^[A-Z][A-Z0-9_=%|]*(\.[a-z0-9]+)?(\.\.\.)?$|^[a-z0-9]+(\|[a-z0-9]+)+$")
 
 
 def _click_command(name: str | None = None):
@@ -83,7 +83,7 @@ def _options(name: str):
 @pytest.mark.parametrize("name", [None, *COMMANDS])
 def test_help_has_no_leaked_metavars(name):
     """No Typer/Click type names or braces in any help: DIR, FILE, N, SIZE, ... instead."""
-    args = ["--help"] if name is None else [name, "--help"]
+    args = ["--help"] if name is None else [name, "--help"]  # later commands too: _Group unbraces their usage
     text = runner.invoke(app, args, prog_name="ckptctl").stdout
     usage_and_options = [line for line in text.splitlines() if line.startswith(("Usage:", "  -", "  [A-Z"))]
     for form in LEAKED:
@@ -112,7 +112,7 @@ def test_top_level_help_groups_commands_in_panels():
     for line in text.splitlines():
         if re.fullmatch(r"[A-Z][a-z ]+:", line):
             section = line[:-1]
-        elif section in panels and line.strip():
+        elif section in panels and re.match(r"  \S", line):  # a command (a wrapped summary is indented more)
             seen[line.split()[0]] = section
     assert set(seen) == set(COMMANDS), "every registered command is shown under a panel"
     expected = {"list": "Look", "inspect": "Look", "du": "Look", "compare": "Look", "validate": "Check",
@@ -124,13 +124,14 @@ def test_top_level_help_groups_commands_in_panels():
 def test_top_level_summaries_are_complete(columns):
     """Each command's summary is shown whole (wrapped if need be), never cut with '...'."""
     text = runner.invoke(app, ["--help"], prog_name="ckptctl", env={"COLUMNS": columns}).stdout
+    from ckptctl.cli.app import _summary
+
+    assert not [line for line in text.splitlines() if line.endswith("...") and "[ARGS]" not in line]
     flat = " ".join(text.split())
-    assert "..." not in flat.replace("[ARGS]...", "")
     group, _ctx = _click_command()
     for name in COMMANDS:
-        command = group.commands[name]
-        if command.short_help:
-            assert f"{name} {' '.join(command.short_help.split())}" in flat, name
+        summary = _summary(name, group.commands[name])
+        assert len(summary.split()) >= 4 and f"{name} {summary}" in flat, name
 
 
 def test_no_command_maps_v_to_anything_but_verbose_or_version():
