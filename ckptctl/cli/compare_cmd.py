@@ -21,24 +21,23 @@ if TYPE_CHECKING:  # the core is imported when the command runs, not when the ap
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 LIST_LIMIT = 20
 
-PathArg = Annotated[
-    str, typer.Argument(help="A checkpoint: a file, a DCP directory, or one checkpoint of any layout "
-                        "(checkpoint-500/, x.ckpt, global_step10/, model.safetensors); a run directory means "
-                        "its newest valid (complete) checkpoint.", show_default=False)
-]
+_PATH_HELP = ("A checkpoint: a file, a DCP directory, or one checkpoint of any layout (checkpoint-500/, x.ckpt, "
+              "global_step10/, model.safetensors); a run directory means its newest valid (complete) checkpoint.")
+PathArg = Annotated[str, typer.Argument(metavar="A", help=_PATH_HELP, show_default=False)]
+OtherPathArg = Annotated[str, typer.Argument(metavar="B", help="The checkpoint to compare with A (same forms).", show_default=False)]
 
 
 @handle_errors
 def compare_command(
     a: PathArg,
-    b: PathArg,
+    b: OtherPathArg,
     values: Annotated[
-        bool, typer.Option("--values", "-v", help="Also compare tensor values, streamed: torch zips memory-mapped, "
+        bool, typer.Option("--values", help="Also compare tensor values, streamed: torch zips memory-mapped, "
                            "safetensors by header offsets, DCP through torch.distributed.checkpoint.")
     ] = False,
-    atol: Annotated[float, typer.Option("--atol", min=0, help="Absolute tolerance for --values.")] = 0.0,
-    rtol: Annotated[float, typer.Option("--rtol", min=0, help="Relative tolerance for --values (|a-b| <= atol + rtol*|b|).")] = 0.0,
-    top: Annotated[int, typer.Option("--top", min=1, help="How many most-changed tensors and layers to show.")] = 10,
+    atol: Annotated[float, typer.Option("--atol", metavar="TOL", min=0, help="Absolute tolerance for --values.")] = 0.0,
+    rtol: Annotated[float, typer.Option("--rtol", metavar="TOL", min=0, help="Relative tolerance for --values (|a-b| <= atol + rtol*|b|).")] = 0.0,
+    top: Annotated[int, typer.Option("--top", metavar="N", min=1, help="How many most-changed tensors and layers to show.")] = 10,
     ignore: Annotated[
         Optional[list[str]],
         typer.Option("--ignore", metavar="KEY", help="Show differences at this dotted key path (and below) as "

@@ -20,7 +20,7 @@ def demo_command(
     force: Annotated[
         bool, typer.Option("--force", help="Use DIR even if it is not empty and was not made by the demo.")
     ] = False,
-    steps: Annotated[int, typer.Option("--steps", min=30, help="Training steps (3 epochs; Ctrl+C itself at 90%).")] = 300,
+    steps: Annotated[int, typer.Option("--steps", metavar="N", min=30, help="Training steps (3 epochs; Ctrl+C itself at 90%).")] = 300,
     json_output: JsonOpt = False,
 ) -> None:
     """Train a tiny model for a few hundred steps with rolling, best, epoch and emergency saves, then list DIR."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from ..errors import EXIT_OK
-from .options import DryRunOpt, JsonOpt
+from .options import DryRunOpt, JsonOpt, complete_choices
 from .output import handle_errors, out_console, print_json, print_line, print_table, stderr_is_terminal, stdout_is_terminal, warn
 
 if TYPE_CHECKING:
@@ -26,14 +26,14 @@ def export_command(
                   help="A .safetensors file, or a directory for Hugging Face-style shards.")],  # fmt: skip
     directory: Annotated[Optional[str], typer.Option("--dir", metavar="DIR",
                          help="Where latest / best / newest are looked up (default: the current directory).")] = None,  # fmt: skip
-    key: Annotated[Optional[str], typer.Option("--key", metavar="PATH",
+    key: Annotated[Optional[str], typer.Option("--key", metavar="KEY",
                    help="Export this dotted sub-tree instead of the model weights (e.g. ema.model).")] = None,  # fmt: skip
-    strip_prefix: Annotated[Optional[str], typer.Option("--strip-prefix", metavar="TEXT",
+    strip_prefix: Annotated[Optional[str], typer.Option("--strip-prefix", metavar="PREFIX",
                             help="Remove this prefix from tensor names (Lightning's 'model.', DDP's 'module.').")] = None,  # fmt: skip
-    add_prefix: Annotated[Optional[str], typer.Option("--add-prefix", metavar="TEXT", help="Put this prefix before tensor names.")] = None,
+    add_prefix: Annotated[Optional[str], typer.Option("--add-prefix", metavar="PREFIX", help="Put this prefix before tensor names.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", metavar="bf16|fp16|fp32",
                      help="Convert floating tensors to this dtype (others are kept).",
-                     autocompletion=lambda: ["bf16", "fp16", "fp32"])] = None,  # fmt: skip
+                     autocompletion=complete_choices("bf16", "fp16", "fp32"))] = None,  # fmt: skip
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", metavar="SIZE",
                               help="Largest shard when OUT is a directory (5GB, 500MB, 2GiB).")] = "5GB",  # fmt: skip
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists (kept until the new one is verified).")] = False,

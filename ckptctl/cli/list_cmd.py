@@ -44,13 +44,14 @@ def list_command(
         typer.Option(
             "--kind",
             "-k",
+            metavar="KIND",
             help="Only this kind or group (latest, best, rolling, emergency, epoch, ...); repeatable.",
             autocompletion=_complete_kind,
         ),
     ] = None,
     sort: Annotated[
         str,
-        typer.Option("--sort", help="Order: kind (grouped), step, name, size, time, val_loss, or any metric the "
+        typer.Option("--sort", metavar="KEY", help="Order: kind (grouped), step, name, size, time, val_loss, or any metric the "
                      "checkpoints record (eval_loss, eval_accuracy, ...).", autocompletion=_complete_sort),
     ] = "kind",
     json_output: JsonOpt = False,

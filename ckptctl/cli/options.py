@@ -16,3 +16,12 @@ WaitOpt = Annotated[
 ]
 DirArg = Annotated[str, typer.Argument(metavar="DIR", help="A checkpoint directory.", show_default=False)]
 FileArg = Annotated[str, typer.Argument(metavar="FILE", help="A checkpoint file.", show_default=False)]
+
+
+def complete_choices(*values: str):
+    """A shell-completion function offering ``values`` that start with what was typed."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [value for value in values if value.startswith(incomplete)]
+
+    return complete

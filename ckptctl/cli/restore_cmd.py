@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Iterable, Optional, Sequence
 import typer
 
 from ..errors import BadInputError
-from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt
+from .options import DirArg, DryRunOpt, JsonOpt, WaitOpt, YesOpt, complete_choices
 from .output import confirm_or_exit, handle_errors, out_console, print_json, print_line, print_table, stdout_is_terminal
 from .render import plural
 
@@ -22,7 +22,7 @@ def restore_command(
     source: Annotated[
         Optional[str], typer.Option("--from", metavar="FILE", help="Restore from this file, or sharded checkpoint directory (a path or a name in DIR); needs --to.")
     ] = None,
-    to: Annotated[Optional[str], typer.Option("--to", metavar="latest|best", help="What --from replaces.")] = None,
+    to: Annotated[Optional[str], typer.Option("--to", metavar="latest|best", autocompletion=complete_choices("latest", "best"), help="What --from replaces.")] = None,
     rollback_best: Annotated[
         bool, typer.Option("--rollback-best", help="Promote best_model_previous(.pt) to best (the replaced best is kept).")
     ] = False,
@@ -30,7 +30,7 @@ def restore_command(
         bool, typer.Option("--discard", help="Do not keep replaced files as <name>.replaced-<time>.")
     ] = False,
     mode: Annotated[
-        str, typer.Option("--mode", metavar="reflink|copy|link", help="How the content is duplicated (reflink falls back to copy).")
+        str, typer.Option("--mode", metavar="reflink|copy|link", autocompletion=complete_choices("reflink", "copy", "link"), help="How the content is duplicated (reflink falls back to copy).")
     ] = "reflink",  # ckptctl.durable.REFLINK (tests/cli/test_restore.py checks they agree)
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,

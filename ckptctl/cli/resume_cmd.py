@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from . import render
-from .options import JsonOpt
+from .options import JsonOpt, complete_choices
 from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, styled, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
@@ -32,7 +32,7 @@ def resume_command(
         ),
     ],
     directory: Annotated[
-        Optional[str], typer.Option("--dir", "-d", help="Directory that latest / best refer to (default: the current one).")
+        Optional[str], typer.Option("--dir", "-d", metavar="DIR", help="Directory that latest / best refer to (default: the current one).")
     ] = None,
     overrides: Annotated[
         Optional[list[str]],
@@ -43,15 +43,15 @@ def resume_command(
         bool, typer.Option("--compare", "-c", help="Table of each --set: saved value, new value, and what it breaks (stderr).")
     ] = False,
     script: Annotated[
-        Optional[str], typer.Option("--script", help="Training script (default: recorded in args, else a placeholder).")
+        Optional[str], typer.Option("--script", metavar="FILE", help="Training script (default: recorded in args, else a placeholder).")
     ] = None,
     python: Annotated[
-        str, typer.Option("--python", help="Interpreter or launcher, split like a shell would (e.g. 'torchrun --nproc_per_node 4').")
+        str, typer.Option("--python", metavar="COMMAND", help="Interpreter or launcher, split like a shell would (e.g. 'torchrun --nproc_per_node 4').")
     ] = "python",  # ckptctl.ops.resume.DEFAULT_PYTHON (tests/cli/test_resume_cmd.py checks they agree)
-    resume_flag: Annotated[str, typer.Option("--resume-flag", help="Option that takes the checkpoint path.")] = "--resume",
+    resume_flag: Annotated[str, typer.Option("--resume-flag", metavar="FLAG", help="Option that takes the checkpoint path.")] = "--resume",
     bools: Annotated[
         str,
-        typer.Option("--bools", help="flag: True -> --key, False left out (store_true); optional: False -> --no-key."),
+        typer.Option("--bools", metavar="flag|optional", autocompletion=complete_choices("flag", "optional"), help="flag: True -> --key, False left out (store_true); optional: False -> --no-key."),
     ] = "flag",
     json_output: JsonOpt = False,
 ) -> None:

@@ -36,7 +36,7 @@ def validate_command(
         bool, typer.Option("--deep", help="Also torch.load(weights_only=True, mmap=True) and a NaN/Inf scan of every tensor.")
     ] = False,
     jobs: Annotated[
-        Optional[int], typer.Option("--jobs", "-j", min=1, help="Threads for the CRC-32 pass (default: up to 2, one per core).")
+        Optional[int], typer.Option("--jobs", "-j", metavar="N", min=1, help="Threads for the CRC-32 pass (default: up to 2, one per core).")
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
