@@ -151,3 +151,28 @@ def test_documents_that_are_not_objects_are_left_alone(capsys):
     assert json.loads(capsys.readouterr().out) == {"schema_version": 1, "a": 1}
     print_json([1, 2])
     assert json.loads(capsys.readouterr().out) == [1, 2]
+
+
+def test_docs_json_has_a_section_per_command_and_every_checked_word():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "json.md").read_text(encoding="utf-8")
+    for command in COMMANDS:
+        assert f"## `{command}`" in text and f"ckptctl/schemas/{command}.json" in text
+    for word in CHECKED_WORDS:
+        assert f"| `{word}` |" in text
+    from ckptctl.layouts import catalog
+
+    words = {v for k, v in vars(catalog).items() if k.startswith("STATUS_") and isinstance(v, str)}
+    assert words and all(f"`{w}`" in text for w in words), words
+
+
+def test_a_damaged_file_still_prints_a_valid_document(ckpt_dir):
+    (ckpt_dir / "rolling_step_000200.pt").write_bytes(b"PK\x03\x04 truncated")
+    listing = run_json("list", str(ckpt_dir))
+    assert_valid("list", listing)
+    row = next(r for r in listing["checkpoints"] if r["name"] == "rolling_step_000200.pt")
+    assert row["status"] == "unreadable" and row["checked"] == "metadata"
+    report = run_json("validate", str(ckpt_dir))
+    assert_valid("validate", report)
+    result = next(r for r in report["results"] if r["name"] == "rolling_step_000200.pt")
+    assert result["status"] == "invalid" and result["checked"] == "crc"
+    assert_valid("inspect", run_json("inspect", str(ckpt_dir / "rolling_step_000200.pt")))
