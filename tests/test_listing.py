@@ -12,7 +12,7 @@ from ckptctl.ops.listing import SORT_KEYS, list_checkpoints
 from tests import hostile
 from tests.factories import make_state, write_checkpoint
 
-JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error",
+JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "checked", "error",
              "link", "replaced_at", "layout", "complete", "missing", "best", "metrics", "monitor", "protected", "notes"}
 KINDS = {"latest", "latest_backup", "rolling", "rolling_backup", "emergency", "best", "best_backup", "best_previous",
          "epoch", "replaced", "other"}  # fmt: skip
@@ -43,7 +43,7 @@ def mixed(tmp_path_factory):
 
 def test_json_contract(mixed):
     doc = list_checkpoints(mixed).to_json()
-    assert set(doc) == {"directory", "total_bytes", "checkpoints", "layout", "layout_title", "monitor",
+    assert set(doc) == {"directory", "total_bytes", "checked", "checkpoints", "layout", "layout_title", "monitor",
                         "shown_bytes", "shown_apparent_bytes", "size_on_disk"}  # fmt: skip
     assert json.loads(json.dumps(doc)) == doc
     for row in doc["checkpoints"]:

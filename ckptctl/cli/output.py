@@ -134,9 +134,18 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+SCHEMA_VERSION = 1  # every --json document's "schema_version"; bumped only if a key's meaning changes
+
+
 def print_json(document: Any) -> None:
-    """One JSON document on stdout."""
+    """One JSON document on stdout, with ``schema_version`` first (added here so no command forgets it).
+
+    The shapes are described by ``ckptctl/schemas/<command>.json`` and docs/json.md.
+    """
     import json  # only for --json: kept out of the other reports' start-up
+
+    if isinstance(document, dict):
+        document = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in document.items() if k != "schema_version"}}
 
     text = json.dumps(document, indent=2, default=_json_default, ensure_ascii=False)
     if not _can_encode(sys.stdout, text):  # LC_ALL=C: JSON's own \u escapes, never the fallback's

@@ -51,6 +51,7 @@ def inspect_file(path: str | os.PathLike[str], with_tensors: bool = False) -> di
         "format": ckpt.format if ckpt else None,
         "size_bytes": entry.size_bytes,
         "status": error.status if error else "ok",
+        "checked": "metadata",
         "error": error.reason if error else None,
         "unsafe_globals": getattr(error, "globals", []) if error else [],
     }
@@ -109,6 +110,7 @@ def inspect_unit(view: UnitView, with_tensors: bool = False) -> dict[str, Any]:
         "format": weights.format if weights.format != "?" else ("directory" if unit.is_directory else None),
         "size_bytes": unit.size_bytes,
         "status": view.status,
+        "checked": "metadata",
         "error": view.error,
         "unsafe_globals": sorted({g for f in view.files for g in f.unsafe_globals}),
         "layout": unit.layout,

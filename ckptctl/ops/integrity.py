@@ -55,6 +55,10 @@ QUICK = "quick"
 DEFAULT = "default"
 DEEP = "deep"
 LEVELS = (QUICK, DEFAULT, DEEP)
+# What a verdict rests on (the "checked" key of every --json status; docs/json.md): "metadata" is the
+# safe unpickle only (list, inspect: bytes not verified), "structure" adds the container's structure
+# (validate --quick), "crc" every record's CRC-32 (validate), "deep" also torch.load and NaN/Inf.
+CHECKED = {QUICK: "structure", DEFAULT: "crc", DEEP: "deep"}
 NAN_SCAN_ELEMENTS = 1 << 22  # elements per NaN/Inf chunk: bounds the temporary boolean tensors
 USUAL_KEYS = ("step", "epoch", "model")  # what the manager's build_state writes; a missing one is a finding
 REQUIRED_KEYS = USUAL_KEYS  # the old name: nothing is required of a checkpoint's content
@@ -115,6 +119,7 @@ class FileResult:
             "name": self.name,
             "valid": self.valid,
             "status": self.status,
+            "checked": CHECKED.get(self.level, self.level),
             "problems": list(self.problems),
             "findings": list(self.findings),
             "notes": list(self.notes),
@@ -176,6 +181,7 @@ class Report:
             "inaccessible": self.inaccessible,
             "with_findings": self.with_findings,
             "level": self.level,
+            "checked": CHECKED.get(self.level, self.level),
             "skipped": [str(p) for p in self.skipped],
             "bytes_checked": self.bytes_checked,
             "seconds": round(self.seconds, 3),

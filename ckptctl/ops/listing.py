@@ -132,6 +132,7 @@ class Row:
             "size_bytes": self.entry.size_bytes,
             "saved_at": saved_at.isoformat() if saved_at else None,
             "status": self.status,
+            "checked": "metadata",  # the safe unpickle of the metadata; bytes not verified (validate does)
             "error": self.error,
             "link": self.entry.link,
             "replaced_at": replaced_at.isoformat() if replaced_at else None,
@@ -171,6 +172,7 @@ class Listing:
         return {
             "directory": str(self.directory),
             "total_bytes": self.total_bytes,
+            "checked": "metadata",
             "checkpoints": [row.to_json() for row in self.rows],
             "layout": self.layout,
             "layout_title": self.layout_title,

@@ -53,8 +53,8 @@ from typing import Any, Callable
 
 from .. import durable
 from ..layouts.catalog import Entry, check_directory, scan
-from ..errors import BadInputError, CheckpointError
-from .integrity import DEFAULT, FileResult, validate_file
+from ..errors import BadInputError, CheckpointError, CkptctlError
+from .integrity import CHECKED, DEFAULT, FileResult, validate_file
 from ..locking import DirectoryLock
 from ..layouts.naming import FIXED_NAMES, REPLACED_MARK, Kind, format_name, parse
 from .resolve import explain, resume_candidates
@@ -88,10 +88,11 @@ class Check:
     step: int | None = None
     status: str = "valid"  # the integrity verdict: valid / invalid / unsafe / inaccessible
     findings: list[str] = field(default_factory=list)  # content findings: shown, never acted on
+    checked: str = "crc"  # what the verdict rests on (integrity.CHECKED; docs/json.md)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "valid": self.valid, "status": self.status, "problems": self.problems,
-                "findings": self.findings, "step": self.step}  # fmt: skip
+        return {"name": self.name, "valid": self.valid, "status": self.status, "checked": self.checked,
+                "problems": self.problems, "findings": self.findings, "step": self.step}  # fmt: skip
 
 
 @dataclass
@@ -203,8 +204,10 @@ class _Planner:
         if path not in self.verdicts:
             result = self.validator(path)
             self.verdicts[path] = result
+            if step is None and result.valid:  # best_model.pt, --from FILE: the step is in its metadata
+                step = _metadata_step_or_none(path)
             self.plan.checked.append(Check(path.name, result.valid, list(result.problems), step, result.status,
-                                           list(result.findings)))  # fmt: skip
+                                           list(result.findings), _checked(result)))  # fmt: skip
             if result.inaccessible:  # not damage: never replaced, never used as a source; reported once
                 self.plan.inaccessible.append(f"{path.name}: {'; '.join(result.problems)}; fix its permissions "
                                               "(restore neither replaces nor uses a file it cannot read)")  # fmt: skip
@@ -491,6 +494,19 @@ def _metadata_step(path: Path) -> int | None:
     from ..layouts.catalog import entry_for_file
 
     return entry_for_file(path).effective_step
+
+
+def _checked(result: FileResult) -> str:
+    level = getattr(result, "level", DEFAULT)
+    return CHECKED.get(level, level)
+
+
+def _metadata_step_or_none(path: Path) -> int | None:
+    """The step of a file just validated, for the report only: None when it cannot be read again."""
+    try:
+        return _metadata_step(path)
+    except (CkptctlError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------------------- execute

@@ -18,7 +18,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 KINDS = {"latest", "latest_backup", "rolling", "rolling_backup", "emergency", "best", "best_backup", "best_previous",
          "epoch", "replaced", "other"}  # fmt: skip
 STATUSES = {"ok", "unreadable", "unsafe", "partial", "dangling", "loop"}
-JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "error",
+JSON_KEYS = {"name", "path", "kind", "step", "epoch", "val_loss", "train_loss", "size_bytes", "saved_at", "status", "checked", "error",
              "link", "replaced_at", "layout", "complete", "missing", "best", "metrics", "monitor", "protected", "notes"}
 
 
@@ -43,8 +43,8 @@ def test_json_document(ckpt_dir):
     result = invoke(str(ckpt_dir), "--json")
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
-    assert set(doc) == {"directory", "total_bytes", "checkpoints", "layout", "layout_title", "monitor",
-                        "shown_bytes", "shown_apparent_bytes", "size_on_disk"}  # fmt: skip
+    assert set(doc) == {"schema_version", "directory", "total_bytes", "checked", "checkpoints", "layout", "layout_title",
+                        "monitor", "shown_bytes", "shown_apparent_bytes", "size_on_disk"}  # fmt: skip
     assert doc["layout"] is None  # ckptctl's own names
     assert doc["directory"] == str(ckpt_dir)
     assert doc["total_bytes"] == sum(p.stat().st_size for p in ckpt_dir.iterdir())
