@@ -18,7 +18,7 @@ jsonschema = pytest.importorskip("jsonschema")
 
 runner = CliRunner()
 FRAMEWORKS = Path(__file__).resolve().parents[1] / "fixtures" / "frameworks"
-COMMANDS = ["list", "du", "validate", "restore", "prune", "inspect", "compare", "export", "resume-cmd", "demo"]
+COMMANDS = ["list", "du", "validate", "restore", "prune", "inspect", "compare", "export", "resume-cmd", "chart", "demo"]
 CHECKED_WORDS = {"metadata", "structure", "crc", "deep"}
 
 
@@ -69,6 +69,7 @@ def documents(run: dict[str, Path], out: Path) -> dict[str, dict]:
         "compare": run_json("compare", a, b),
         "export": run_json("export", a, "--to", str(out / "model.safetensors"), "--dry-run"),
         "resume-cmd": run_json("resume-cmd", a, "--script", "train.py"),
+        "chart": run_json("chart", d),
     }
 
 
