@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
 
-from ckptctl import durable
+from ckptctl.training import dcp_save
 from ckptctl.errors import SaveError
 from ckptctl.training.manager import CheckpointManager
 
@@ -34,14 +34,14 @@ FAILING_COMMIT = "rolling_step_000004"
 
 
 def _fail_rank0_commit_of_step_4() -> None:
-    real = durable.commit_directory
+    real = dcp_save.commit_directory  # the name DCP saves commit through (imported there from ckptctl.durable)
 
     def commit(tmp, final, previous=None):
         if final.name == FAILING_COMMIT:
             raise SaveError(f"injected: rank 0 cannot commit {FAILING_COMMIT}")
         real(tmp, final, previous)
 
-    durable.commit_directory = commit
+    dcp_save.commit_directory = commit
 
 
 def main() -> None:
