@@ -242,24 +242,19 @@ def _directory_tensors(src: Path, key: str | None) -> tuple[list[ExportTensor], 
 
 
 def _unit_meta(src: Path) -> dict[str, Any]:
-    """Step, epoch and the monitored metric of ``src`` as a unit of its parent's layout, if it is one."""
-    from ..layouts import registry
+    """Step, epoch and the monitored metric of ``src`` as a unit of its parent's layout, if it is one
+    (:func:`ckptctl.ops.units.find_unit`, the lookup ``inspect`` and ``compare`` use)."""
+    from .units import find_unit
 
-    layout = registry.detect(src.parent)
-    if layout is None:
+    found = find_unit(src)
+    if found is None:
         return {}
-    try:
-        units = layout.units(src.parent)
-    except OSError:
-        return {}
-    for unit in units:
-        if unit.path.resolve() == src.resolve():
-            epoch = int(unit.epoch) if unit.epoch is not None and float(unit.epoch).is_integer() else unit.epoch
-            meta: dict[str, Any] = {"step": unit.step, "epoch": epoch, "layout": layout.name}
-            if unit.monitor and unit.monitored_value is not None:
-                meta[unit.monitor] = unit.monitored_value
-            return meta
-    return {}
+    layout, unit = found
+    epoch = int(unit.epoch) if unit.epoch is not None and float(unit.epoch).is_integer() else unit.epoch
+    meta: dict[str, Any] = {"step": unit.step, "epoch": epoch, "layout": layout.name}
+    if unit.monitor and unit.monitored_value is not None:
+        meta[unit.monitor] = unit.monitored_value
+    return meta
 
 
 def _weights_of_directory(src: Path, key: str | None) -> tuple[list[ExportTensor], str, dict[str, Any]]:
@@ -324,26 +319,19 @@ def _select(root: Any, key: str | None, flat_ok: bool) -> tuple[Any, str]:
     return root, "<root>"
 
 
-def _meta_of(root: Any) -> dict[str, Any]:
-    """step / epoch recorded by the source, for the output's ``__metadata__``."""
-    from ..layouts.metadata import as_float, as_int
+def _meta_of(ckpt: CheckpointFile) -> dict[str, Any]:
+    """step / epoch the source records, for the output's ``__metadata__``: the same mapping ``list`` and
+    ``inspect`` use (``step``, ``global_step(s)``, ``train_state.step``, ``epoch``)."""
+    from ..layouts.metadata import summarize
 
-    if not isinstance(root, dict):
-        return {}
-    train_state = root.get("train_state")
-    candidates = [root.get(k) for k in ("step", "global_step", "global_steps")]
-    candidates.append(train_state.get("step") if isinstance(train_state, dict) else None)
-    step = next((as_int(v) for v in candidates if as_int(v) is not None), None)
-    epoch = as_float(root.get("epoch"))
-    if epoch is not None and epoch.is_integer():
-        epoch = int(epoch)
-    return {"step": step, "epoch": epoch}
+    meta = summarize(ckpt)
+    return {"step": meta.step, "epoch": meta.epoch}
 
 
 def _torch_file_tensors(path: Path, key: str | None) -> tuple[list[ExportTensor], str, dict[str, Any]]:
     ckpt = _safe_read(path)
     node, selected = _select(ckpt.root, key, flat_ok=True)
-    return _placeholders(ckpt, node), selected, _meta_of(ckpt.root)
+    return _placeholders(ckpt, node), selected, _meta_of(ckpt)
 
 
 def _torch_files(paths: list[Path], key: str | None) -> tuple[list[ExportTensor], str, dict[str, Any]]:
@@ -489,7 +477,7 @@ def _dcp_tensors(src: Path, key: str | None) -> tuple[list[ExportTensor], str, d
         fqn = ref.storage.key  # DCP's flattened key
         loader.add(fqn, ref)
         out.append(ExportTensor(name, fqn, ref.dtype, ref.dtype, ref.shape, loader.reader(fqn)))
-    return out, selected, _meta_of(ckpt.root)
+    return out, selected, _meta_of(ckpt)
 
 
 class _DcpLoader:
