@@ -350,6 +350,10 @@ def expected_keep(directory: Path, info: dict, policy: Policy) -> set[str]:
 @given(spec=directories, policy=policies)
 @example(spec={"rolling": {}, "emergency": [], "protected": [], "strays": [], "temps": [3600], "pointers": {}},
          policy=Policy(keep_rolling=0, keep_emergency=0, stale_temp_after=timedelta(hours=1)))  # fmt: skip
+@example(spec={"rolling": {}, "emergency": [], "protected": [], "strays": ["rolling_step_12.pt"], "temps": [], "pointers": {}},
+         policy=Policy())  # a lone stray torch file is a loose-files directory, not bad input  # fmt: skip
+@example(spec={"rolling": {}, "emergency": [], "protected": [], "strays": ["notes.txt"], "temps": [], "pointers": {}},
+         policy=Policy())  # fmt: skip
 def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -361,8 +365,8 @@ def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
         keep = expected_keep(directory, info, policy)
         removed = set(info) - keep
         if not info and not protected and not spec["temps"]:
-            with pytest.raises(BadInputError, match="no checkpoints|empty directory"):
-                plan_prune(directory, policy)
+            _assert_nothing_to_prune(directory, spec["strays"], policy)
+            assert {p.name for p in directory.iterdir()} - {".ckptctl.lock"} == before
             return
         if removed and not keep and not live:
             with pytest.raises(BadInputError, match="refusing"):
@@ -376,6 +380,15 @@ def test_property_prune_keeps_exactly_what_the_rules_keep(spec, policy):
         assert after == before - removed - stale
         if after - set(spec["strays"]):
             assert plan_prune(directory, policy).deletions == []  # a second prune is a no-op
-        else:  # only stale temps were there: now nothing checkpoint-like is left, which is bad input
-            with pytest.raises(BadInputError, match="no checkpoints"):
-                plan_prune(directory, policy)
+        else:  # only stale temps were there: now only the strays are left
+            _assert_nothing_to_prune(directory, spec["strays"], policy)
+
+
+def _assert_nothing_to_prune(directory: Path, strays: list[str], policy: Policy) -> None:
+    """Strays alone: a torch file among them makes the directory a loose-files layout, whose files
+    carry no step and are never removed; without one, nothing is checkpoint-like, which is bad input."""
+    if any(name.endswith((".pt", ".pth")) for name in strays):
+        assert plan_prune(directory, policy).deletions == []
+    else:
+        with pytest.raises(BadInputError, match="no checkpoints|empty directory"):
+            plan_prune(directory, policy)
