@@ -12,8 +12,8 @@ from ckptctl import durable
 from ckptctl.errors import BadInputError, LockedError
 from ckptctl.locking import DirectoryLock
 from ckptctl.ops.restore import execute, plan_from, plan_heal, plan_rollback_best
-from tests import write_layouts as fake_layouts
-from tests.write_layouts import copy_fixture, make_dirs_run, make_files_run, truncate
+from tests import fake_layouts
+from tests.fake_layouts import copy_fixture, make_dirs_run, make_files_run, truncate
 
 NOW = datetime(2026, 12, 6, 12, 0, 0)
 STAMP = "20261206_120000"
