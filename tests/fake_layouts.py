@@ -62,6 +62,15 @@ def _broken(path: Path) -> str | None:
     return None
 
 
+class _Named(Layout):
+    """A fake layout recognised by one of its unit names (``pattern``) among the directory's names."""
+
+    pattern: re.Pattern[str]
+
+    def recognise(self, directory, names):
+        return any(self.pattern.fullmatch(n) for n in names)
+
+
 # ---------------------------------------------------------------------- read side
 
 
@@ -103,13 +112,11 @@ class FakeRun(Layout):
         return symlink_pointers(directory, units, "current")
 
 
-class FakeFiles(Layout):
+class FakeFiles(_Named):
     name = "fake-files"
     title = "Fake Lightning"
     resume_flag = "--ckpt_path"
-
-    def recognise(self, directory, names):
-        return any(UNIT_FILE.fullmatch(n) for n in names)
+    pattern = UNIT_FILE
 
     def units(self, directory):
         return _by_step(_file_units(self.name, directory, UNIT_FILE))
@@ -179,13 +186,11 @@ def make_fake_files(directory: Path, steps=(4, 8)) -> Path:
 # ---------------------------------------------------------------------- write side
 
 
-class DirLayout(Layout):
+class DirLayout(_Named):
     name = "fake-dirs"
     title = "Fake Dirs"
     resume_flag = "--resume_from"
-
-    def recognise(self, directory: Path, names: list[str]) -> bool:
-        return any(WRITE_UNIT_DIR.fullmatch(n) for n in names)
+    pattern = WRITE_UNIT_DIR
 
     def units(self, directory: Path) -> list[Unit]:
         units = []
@@ -222,13 +227,11 @@ class DirLayout(Layout):
         return ["--load_dir", str(directory), "--tag", unit.name]
 
 
-class FileLayout(Layout):
+class FileLayout(_Named):
     name = "fake-files"
     title = "Fake Files"
     resume_flag = "--ckpt_path"
-
-    def recognise(self, directory: Path, names: list[str]) -> bool:
-        return any(WRITE_UNIT_FILE.fullmatch(n) for n in names)
+    pattern = WRITE_UNIT_FILE
 
     def units(self, directory: Path) -> list[Unit]:
         units = _file_units(self.name, directory, WRITE_UNIT_FILE)
