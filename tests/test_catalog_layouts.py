@@ -166,6 +166,15 @@ def test_a_hard_linked_copy_and_its_original_are_each_their_own_unit(tmp_path, m
     assert _lookups(directory / "last.ckpt") == ("last.ckpt", "last.ckpt")
 
 
+def test_a_dangling_link_is_a_unit_of_the_listing_but_no_unit_at_its_path(tmp_path):
+    """The loose-files layout lists a dangling ``*.safetensors`` link (a finding of ``list``/``validate``);
+    named alone it is a path with nothing behind it (``inspect`` and ``validate`` say: no such file)."""
+    (tmp_path / "a.safetensors").write_bytes(b"x")
+    os.symlink("gone.safetensors", tmp_path / "b.safetensors")
+    assert catalog.unit_at(tmp_path / "a.safetensors") is not None
+    assert _lookups(tmp_path / "b.safetensors") == (None, None)
+
+
 def test_both_lookups_find_a_unit_by_any_spelling_of_its_path(run, monkeypatch):
     monkeypatch.chdir(run / "ckpt-20")
     assert _lookups(catalog.Path(".")) == ("ckpt-20", "ckpt-20")
