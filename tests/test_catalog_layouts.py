@@ -126,6 +126,62 @@ def test_entry_for_file_recognises_a_unit_directory(run):
         catalog.entry_for_file(run)
 
 
+
+# ----------------------------------------------------------------------- one unit lookup: unit_at
+# ``catalog.unit_at`` and ``ops.units.find_unit`` (inspect, compare, export) were two lookups with
+# different rules for ckptctl's own names; find_unit now asks unit_at. These pin the cases where
+# they used to disagree: the answer is what a scan of the parent shows.
+
+
+def _lookups(path):
+    """(unit_at's answer, find_unit's answer) for ``path``: the unit's name, or None."""
+    from ckptctl.ops.units import find_unit
+
+    entry = catalog.unit_at(path)
+    found = find_unit(path)
+    return (entry.unit.name if entry is not None else None, found[1].name if found is not None else None)
+
+
+def test_a_partial_write_of_ckptctl_makes_the_parent_ckptctl_s_for_both_lookups(run):
+    (run / "rolling_step_000040.pt.tmp").write_bytes(b"half a checkpoint")
+    assert [e.kind for e in catalog.scan(run)] == [Kind.PARTIAL]  # the directory is ckptctl's: no unit
+    assert _lookups(run / "ckpt-10") == (None, None)
+
+
+@pytest.mark.parametrize("make", ["dangling", "fifo"])
+def test_a_native_name_with_nothing_behind_it_does_not_hide_the_units(run, make):
+    if make == "dangling":
+        os.symlink("gone.pt", run / "latest.pt")
+    else:
+        os.mkfifo(run / "latest.pt")
+    assert {e.name for e in catalog.scan(run) if e.unit} == {"ckpt-10", "ckpt-20", "ckpt-30"}
+    assert _lookups(run / "ckpt-10") == ("ckpt-10", "ckpt-10")
+
+
+def test_a_hard_linked_copy_and_its_original_are_each_their_own_unit(tmp_path, monkeypatch):
+    fl.register(monkeypatch, fl.FileLayout())
+    directory = fl.make_files_run(tmp_path / "run", steps=(4, 8), last=None)
+    os.link(directory / "s8.ckpt", directory / "last.ckpt")  # a copy saved as a hard link: one inode, two units
+    assert _lookups(directory / "s8.ckpt") == ("s8.ckpt", "s8.ckpt")
+    assert _lookups(directory / "last.ckpt") == ("last.ckpt", "last.ckpt")
+
+
+def test_a_dangling_link_is_a_unit_of_the_listing_but_no_unit_at_its_path(tmp_path):
+    """The loose-files layout lists a dangling ``*.safetensors`` link (a finding of ``list``/``validate``);
+    named alone it is a path with nothing behind it (``inspect`` and ``validate`` say: no such file)."""
+    (tmp_path / "a.safetensors").write_bytes(b"x")
+    os.symlink("gone.safetensors", tmp_path / "b.safetensors")
+    assert catalog.unit_at(tmp_path / "a.safetensors") is not None
+    assert _lookups(tmp_path / "b.safetensors") == (None, None)
+
+
+def test_both_lookups_find_a_unit_by_any_spelling_of_its_path(run, monkeypatch):
+    monkeypatch.chdir(run / "ckpt-20")
+    assert _lookups(catalog.Path(".")) == ("ckpt-20", "ckpt-20")
+    assert _lookups(run / "ckpt-20" / ".." / "ckpt-10") == ("ckpt-10", "ckpt-10")
+    assert _lookups(run / "ckpt-99") == (None, None)
+
+
 # ------------------------------------------------------------------------------------------ listing
 
 

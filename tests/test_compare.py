@@ -341,3 +341,16 @@ def test_ignore_does_not_hide_a_sibling_key(pair):
     comparison = compare(a, b, ignore=["model.2"])
     assert comparison.equal  # model.2.bias is the only difference
     assert not compare(a, b, ignore=["model.2.bia"]).equal
+
+
+def test_a_run_directory_side_is_its_newest_unit_unless_the_directory_is_ckptctl_s(tmp_path, monkeypatch):
+    """A run directory names its newest complete unit; a directory ``scan`` treats as ckptctl's own
+    (here: a partial write beside the units) is not a run of the layout, as for the unit lookup."""
+    from ckptctl.ops.compare import _newest_unit_of_run
+    from tests import fake_layouts
+
+    fake_layouts.register(monkeypatch)
+    run = fake_layouts.make_fake_run(tmp_path / "run", steps=(10, 20))
+    assert _newest_unit_of_run(run)[1].name == "ckpt-20"
+    (run / "rolling_step_000040.pt.tmp").write_bytes(b"half a checkpoint")
+    assert _newest_unit_of_run(run) is None

@@ -14,8 +14,8 @@ from ckptctl.errors import BadInputError, LockedError
 from ckptctl.locking import DirectoryLock
 from ckptctl.ops.prune import execute, plan_prune
 from ckptctl.ops.retention import Policy
-from tests import write_layouts as fake_layouts
-from tests.write_layouts import make_dirs_run, make_files_run, save
+from tests import fake_layouts
+from tests.fake_layouts import make_dirs_run, make_files_run, save
 
 
 @pytest.fixture

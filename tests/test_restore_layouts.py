@@ -3,17 +3,20 @@ damaged last.ckpt copy, rewrite a DeepSpeed-style latest tag naming a missing or
 
 from __future__ import annotations
 
+import errno
 import os
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from ckptctl import durable
-from ckptctl.errors import BadInputError, LockedError
+from ckptctl.errors import BadInputError, LockedError, SaveError
+from ckptctl.layouts.base import POINTER_OK
 from ckptctl.locking import DirectoryLock
 from ckptctl.ops.restore import execute, plan_from, plan_heal, plan_rollback_best
-from tests import write_layouts as fake_layouts
-from tests.write_layouts import copy_fixture, make_dirs_run, make_files_run, truncate
+from tests import fake_layouts
+from tests.fake_layouts import copy_fixture, make_dirs_run, make_files_run, truncate
 
 NOW = datetime(2026, 12, 6, 12, 0, 0)
 STAMP = "20261206_120000"
@@ -175,6 +178,17 @@ def test_write_text_atomic_leaves_no_temp_on_failure(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- real fixtures
+# The one path that heals a layout's pointers (the layouts only say what a pointer is).
+
+
+def _layout_pointer(run, name):
+    """The pointer ``name`` as the run's layout reads it after the heal."""
+    from ckptctl.layouts import registry
+
+    layout = registry.detect(run)
+    units = layout.units(run)
+    return next(p for p in layout.pointers(run, units) if p.name == name)
+
 
 def test_lightning_dangling_last_ckpt(tmp_path):
     run = copy_fixture("lightning_link", tmp_path)
@@ -183,7 +197,9 @@ def test_lightning_dangling_last_ckpt(tmp_path):
     plan = plan_heal(run, now=NOW)
     (action,) = plan.actions
     execute(plan)
-    assert action.status == "done" and os.readlink(run / "last.ckpt") == "epoch=1-step=8-val_loss=0.57.ckpt"
+    assert action.status == "done" and os.readlink(run / "last.ckpt") == "epoch=1-step=8-val_loss=0.57.ckpt"  # relative
+    assert _layout_pointer(run, "last.ckpt").status == POINTER_OK
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []  # no temp link left behind
 
 
 def test_lightning_self_loop_last_ckpt(tmp_path):
@@ -213,8 +229,61 @@ def test_deepspeed_latest_naming_a_missing_tag(tmp_path):
     plan = plan_heal(run, now=NOW)
     (action,) = plan.actions
     execute(plan)
-    assert action.status == "done" and (run / "latest").read_text() == "global_step10"
+    assert action.status == "done" and (run / "latest").read_bytes() == b"global_step10"  # as DeepSpeed writes it
     assert (run / f"latest.replaced-{STAMP}").read_text() == "global_step15"
+    assert _layout_pointer(run, "latest").status == POINTER_OK
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_deepspeed_missing_latest_is_written(tmp_path):
+    run = copy_fixture("deepspeed", tmp_path)
+    (run / "latest").unlink()
+    plan = plan_heal(run, now=NOW)
+    (action,) = plan.actions
+    assert action.how == "tag" and action.keep_as is None
+    execute(plan)
+    assert (run / "latest").read_text() == "global_step10"
+
+
+def test_deepspeed_dangling_latest_symlink_becomes_a_tag_file(tmp_path):
+    """DeepSpeed reads ``latest`` as a file: a symlink to the tag directory would not load."""
+    run = copy_fixture("deepspeed", tmp_path)
+    (run / "latest").unlink()
+    os.symlink("nowhere", run / "latest")
+    plan = plan_heal(run, now=NOW)
+    (action,) = plan.actions
+    assert action.how == "tag" and "dangling symlink" in action.reason
+    execute(plan)
+    assert not (run / "latest").is_symlink() and (run / "latest").read_text() == "global_step10"
+    assert os.readlink(run / f"latest.replaced-{STAMP}") == "nowhere"  # the link kept as it was
+    assert _layout_pointer(run, "latest").status == POINTER_OK
+
+
+def test_deepspeed_a_failed_rewrite_leaves_the_old_latest_whole(tmp_path, monkeypatch):
+    run = copy_fixture("deepspeed", tmp_path)
+    (run / "latest").write_text("global_step15")
+    plan = plan_heal(run, now=NOW, discard=True)
+
+    def disk_error(fd):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(durable, "_fsync", disk_error)
+    with pytest.raises(SaveError, match="cannot write"):
+        execute(plan)
+    assert (run / "latest").read_bytes() == b"global_step15"
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_deepspeed_latest_rewrite_fsyncs_the_file_then_the_directory(tmp_path, monkeypatch):
+    run = copy_fixture("deepspeed", tmp_path)
+    (run / "latest").write_text("global_step15")
+    plan = plan_heal(run, now=NOW, discard=True)
+    synced = []
+    real = durable._fsync
+    monkeypatch.setattr(durable, "_fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    execute(plan)
+    assert (run / "latest").read_text() == "global_step10"
+    assert [Path(p).name.endswith(".tmp") for p in synced] == [True, False] and Path(synced[1]) == run.resolve()
 
 
 def test_deepspeed_latest_naming_a_damaged_tag(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 from ckptctl.errors import BadInputError, NoCheckpointError, UnreadableCheckpoint
 from ckptctl.ops.foreign import choose_resume, open_run
 from ckptctl.ops.resume import build_resume_command
-from tests import write_layouts as fake_layouts
-from tests.write_layouts import copy_fixture, make_dirs_run, make_files_run, save, truncate
+from tests import fake_layouts
+from tests.fake_layouts import copy_fixture, make_dirs_run, make_files_run, save, truncate
 
 
 @pytest.fixture

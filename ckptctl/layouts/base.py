@@ -99,6 +99,9 @@ class Pointer:
     target: str | None  # the checkpoint name it designates (None when unreadable)
     status: str = POINTER_OK
     detail: str | None = None  # why it is not ok, in words
+    # A small text file naming ``target`` (DeepSpeed's ``latest``), whatever stands at ``path`` now:
+    # ``restore`` heals it by rewriting the file (never by a symlink, which the framework cannot read).
+    tag_file: bool = False
 
 
 class Layout:
@@ -143,10 +146,6 @@ class Layout:
     def resume_args(self, unit: Unit, directory: Path) -> list[str]:
         """The arguments that make the framework's script resume from ``unit`` (``--ckpt_path X``)."""
         return [self.resume_flag, str(unit.path)] if self.resume_flag else [str(unit.path)]
-
-    def heal_pointer(self, pointer: Pointer, unit: Unit) -> None:
-        """Point ``pointer`` at ``unit`` atomically (``restore``). Layouts without pointers never get here."""
-        raise NotImplementedError(f"{self.title} has no pointers to heal")
 
 
 def stat_file(path: Path, content: str = CONTENT_OTHER) -> UnitFile:

@@ -473,20 +473,43 @@ def entry_for_file(path: str | os.PathLike[str] | RemotePath) -> Entry:
     return _file_entry(file_path, info)
 
 
-def unit_at(path: Path) -> Entry | None:
+def unit_at(path: str | os.PathLike[str]) -> Entry | None:
     """The Entry of ``path`` when it is a checkpoint of the layout its parent directory has
-    (``run/checkpoint-500``); None otherwise. The parent is recognised as :func:`scan` would."""
-    parent = path.parent if path.name not in ("", ".", "..") else path.resolve().parent
-    try:
-        if any(_native(e) for e in _local_entries(parent)):
-            return None
-    except BadInputError:
+    (``run/checkpoint-500``, ``run/epoch=3-step=120.ckpt``); None otherwise. The one answer to "which
+    unit is this path" (``list``/``validate`` here, ``inspect``/``compare``/``export`` through
+    :func:`ckptctl.ops.units.find_unit`).
+
+    The rule is :func:`scan`'s, so a path is a unit exactly when ``scan`` of its parent shows it as one
+    and every command sees one layout per directory:
+
+    - the parent is ckptctl's own layout, and its units are not asked for, when :func:`is_native`
+      (any of ckptctl's checkpoint names, a partial write ``*.tmp``, or a native DCP directory among
+      its regular files and directories). A name with nothing behind it (a dangling symlink, a FIFO)
+      does not decide the layout, and the path's own name counts only as an entry of its parent;
+    - ``path`` is matched by its own name first: a copy hard-linked to another unit (a ``last.ckpt``
+      saved as a link) is itself, not the unit it shares an inode with. Another spelling of the same
+      path (``.``, ``a/../b``) matches by identity; a symlink never matches the unit it points at
+      (a ``last.ckpt`` link is a pointer, not the checkpoint).
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
         return None
-    entries = layout_entries(parent) or []
-    for entry in entries:
-        if entry.unit is not None and _same_path(entry.path, path):
-            return entry
-    return None
+    parent = path.parent if path.name not in ("", ".", "..") else path.resolve().parent
+    if is_native(parent):
+        return None
+    entries = [e for e in layout_entries(parent) or [] if e.unit is not None]
+    exact = os.path.abspath(path)
+    return next((e for e in entries if os.path.abspath(e.path) == exact), None) or next(
+        (e for e in entries if _same_path(e.path, path)), None)
+
+
+def is_native(directory: Path) -> bool:
+    """True when :func:`scan` treats ``directory`` as ckptctl's own layout (it holds one of ckptctl's
+    names as a regular file or directory); False too when it cannot be read."""
+    try:
+        return any(_native(e) for e in _local_entries(directory))
+    except BadInputError:
+        return False
 
 
 def _same_path(a: Path, b: Path) -> bool:

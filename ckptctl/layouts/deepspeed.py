@@ -24,7 +24,8 @@ the optimizer state lives in ZeRO files, every ``*_optim_states.pt`` for the rec
 ``latest`` is a pointer: ``engine.load_checkpoint(dir)`` without a tag loads the tag it names, and
 without the file loads nothing at all (it only logs a warning). It is dangling when the tag directory is
 missing, damaged when that checkpoint is incomplete or the file is not a tag, stale when a newer complete
-tag exists. ``restore`` heals it by rewriting the file atomically (:meth:`DeepSpeedLayout.heal_pointer`).
+tag exists. It is a ``tag_file`` pointer: ``restore`` (:mod:`ckptctl.ops.restore`) heals it by rewriting
+the file atomically, a dangling symlink in its place included.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import durable
-from ..errors import CkptctlError, SaveError
+from ..errors import CkptctlError
 from ..formats.reader import read_checkpoint
 from ..formats.safe_open import open_regular
 from ..formats.values import jsonable
@@ -331,40 +331,35 @@ class DeepSpeedLayout(Layout):
         if not os.path.lexists(path):
             if not units:
                 return []
-            return [Pointer(LATEST, path, None, POINTER_DAMAGED,
+            return [_latest(path, None, POINTER_DAMAGED,
                             "missing: engine.load_checkpoint(dir) without a tag loads nothing")]  # fmt: skip
         tag, problem = _read_tag(path)
         if tag is None:
-            return [Pointer(LATEST, path, None, POINTER_DAMAGED, problem)]
+            return [_latest(path, None, POINTER_DAMAGED, problem)]
         by_name = {u.name: u for u in units}
         unit = by_name.get(tag)
         if unit is None:
             if os.path.isdir(directory / tag):
-                return [Pointer(LATEST, path, tag, POINTER_DAMAGED, f"{tag} holds no DeepSpeed model states")]
-            return [Pointer(LATEST, path, tag, POINTER_DANGLING, f"{tag} does not exist")]
+                return [_latest(path, tag, POINTER_DAMAGED, f"{tag} holds no DeepSpeed model states")]
+            return [_latest(path, tag, POINTER_DANGLING, f"{tag} does not exist")]
         if not unit.complete:
-            return [Pointer(LATEST, path, tag, POINTER_DAMAGED,
+            return [_latest(path, tag, POINTER_DAMAGED,
                             f"{tag} is incomplete: missing " + ", ".join(unit.missing[:3]))]  # fmt: skip
         newer = [u for u in units if u.complete and u.step is not None and unit.step is not None and u.step > unit.step]
         if newer:
             newest = max(newer, key=lambda u: (u.step, u.name))
-            return [Pointer(LATEST, path, tag, POINTER_STALE, f"{newest.name} is newer and complete")]
-        return [Pointer(LATEST, path, tag, POINTER_OK)]
+            return [_latest(path, tag, POINTER_STALE, f"{newest.name} is newer and complete")]
+        return [_latest(path, tag, POINTER_OK)]
 
     def resume_args(self, unit: Unit, directory: Path) -> list[str]:
         """The convention of DeepSpeed training scripts: ``engine.load_checkpoint(args.load_checkpoint,
         tag=args.ckpt_id)``. DeepSpeed itself defines no flag; with the tag given, ``latest`` is not read."""
         return ["--load_checkpoint", str(directory), "--ckpt_id", unit.name]
 
-    def heal_pointer(self, pointer: Pointer, unit: Unit) -> None:
-        """Rewrite ``latest`` with ``unit``'s tag: a temp file in the same directory, fsync, rename, fsync
-        the directory. A reader sees the old tag or the new one, never a half-written file."""
-        if "/" in unit.name or unit.name in ("", ".", ".."):
-            raise SaveError(f"{unit.name!r} is not a tag name")
-        try:
-            durable.write_bytes_atomic(pointer.path, unit.name.encode("utf-8"))
-        except OSError as exc:
-            raise SaveError(f"cannot write {pointer.path}: {exc.strerror or exc}") from None
+
+def _latest(path: Path, tag: str | None, status: str = POINTER_OK, detail: str | None = None) -> Pointer:
+    """``latest`` as a pointer: a tag file, rewritten (not re-linked) when ``restore`` heals it."""
+    return Pointer(LATEST, path, tag, status, detail, tag_file=True)
 
 
 def _read_tag(path: Path) -> tuple[str | None, str | None]:

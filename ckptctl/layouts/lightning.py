@@ -45,8 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import durable
-from ..errors import CheckpointError, SaveError
+from ..errors import CheckpointError
 from ..formats.reader import CheckpointFile, read_checkpoint
 from ..formats.scalars import read_scalars
 from .base import (
@@ -54,7 +53,6 @@ from .base import (
     POINTER_DAMAGED,
     POINTER_DANGLING,
     POINTER_LOOP,
-    POINTER_OK,
     POINTER_STALE,
     Layout,
     Pointer,
@@ -258,7 +256,7 @@ class LightningLayout(Layout):
         found.sort(key=lambda p: p.name)
         return found
 
-    # ------------------------------------------------------------------ protection, resume, healing
+    # ------------------------------------------------------------------ protection, resume
 
     def protect(self, units: list[Unit], pointers: list[Pointer]) -> None:
         """Best, then ``last`` copies, then the newest complete checkpoint that is not a last copy,
@@ -279,19 +277,6 @@ class LightningLayout(Layout):
 
     def resume_args(self, unit: Unit, directory: Path) -> list[str]:
         return [self.resume_flag, str(unit.path)]
-
-    def heal_pointer(self, pointer: Pointer, unit: Unit) -> None:
-        """Point the ``last.ckpt`` symlink at ``unit`` (a relative target, as Lightning writes it),
-        atomically: a new symlink under a ``.tmp`` name renamed over the old one, then the directory
-        fsynced. A pointer that is a regular file (a ``last.ckpt`` copy) is refused: replacing a
-        file is ``restore``'s staged copy, not a re-point."""
-        link = pointer.path
-        if os.path.lexists(link) and not os.path.islink(link):
-            raise SaveError(f"{link.name} is a file, not a symlink: not re-pointing it")
-        target = os.path.relpath(unit.path, link.parent)
-        durable.replace_symlink(link, target)  # a new link under a temp name renamed over the old one
-        durable.fsync_directory(link.parent)
-        pointer.target, pointer.status, pointer.detail = unit.name, POINTER_OK, None
 
 
 # ---------------------------------------------------------------------- helpers

@@ -395,10 +395,10 @@ def _newest_unit_of_run(target: str | os.PathLike[str]) -> Any:
     as a directory argument means for ckptctl's own layout (where to resume). None otherwise."""
     from ..formats.dcp import looks_like_dcp
     from ..layouts import registry
-    from .units import _native_names
+    from ..layouts.catalog import is_native
 
     path = Path(target)
-    if not path.is_dir() or looks_like_dcp(path) or _native_names(path, ""):
+    if not path.is_dir() or looks_like_dcp(path) or is_native(path):
         return None
     layout = registry.detect(path)
     if layout is None:

@@ -41,7 +41,7 @@ def inspect_file(path: str | os.PathLike[str], with_tensors: bool = False) -> di
     """Read ``path`` safely and describe it. ``status`` is ok / unreadable / unsafe."""
     entry = entry_for_file(path)
     unit = getattr(entry, "unit", None)
-    if unit is not None and unit.layout != LOOSE_LAYOUT:  # a unit the catalog found (find_unit did not)
+    if unit is not None and unit.layout != LOOSE_LAYOUT:  # a unit directory named to inspect_file itself
         return inspect_unit(view_of(None, unit), with_tensors)
     ckpt, meta, error = entry.read()
     report: dict[str, Any] = {

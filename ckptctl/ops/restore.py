@@ -19,9 +19,10 @@ Another framework's layout (:mod:`ckptctl.ops.foreign`): :func:`plan_heal` heals
 pointers. A Lightning ``last.ckpt`` symlink that is dangling, looping or stale is re-pointed
 (atomically) at the newest complete, valid checkpoint; a ``last.ckpt`` that is a copy and damaged is
 replaced by a staged copy of it, like a damaged ``latest.pt`` (the old file kept as
-``last.ckpt.replaced-<stamp>``); a DeepSpeed ``latest`` tag file naming a missing or damaged tag is
-rewritten atomically (:func:`ckptctl.durable.write_text_atomic`) to the newest complete, valid tag,
-the old one kept. A stale copy or tag file is reported, not changed (restore heals damage only).
+``last.ckpt.replaced-<stamp>``); a DeepSpeed ``latest`` tag file (``Pointer.tag_file``) naming a missing
+or damaged tag, or missing, or a dangling symlink, is rewritten atomically as a file
+(:func:`ckptctl.durable.write_text_atomic`) to the newest complete, valid tag, the old one kept. This
+is the only place a layout's pointer is healed: the layouts say what a pointer is, restore writes it. A stale copy or tag file is reported, not changed (restore heals damage only).
 ``--from``/``--to`` and ``--rollback-best`` are about ckptctl's own names: bad input there.
 
 "Valid" is :func:`ckptctl.ops.integrity.validate_file`'s integrity verdict at the default level
@@ -53,7 +54,7 @@ from typing import Any, Callable
 
 from .. import durable
 from ..layouts.catalog import Entry, check_directory, scan
-from ..errors import BadInputError, CheckpointError, CkptctlError
+from ..errors import BadInputError, CheckpointError, CkptctlError, SaveError
 from .integrity import CHECKED, DEFAULT, FileResult, validate_file
 from ..locking import DirectoryLock
 from ..layouts.naming import FIXED_NAMES, REPLACED_MARK, Kind, format_name, parse
@@ -536,15 +537,15 @@ def _execute_action(plan: RestorePlan, action: Action) -> None:
         action.status, action.note = "skipped", "changed since the plan was made (a save ran meanwhile?); run restore again"
         return
     kept = plan.directory / action.keep_as if action.keep_as is not None else None
-    if action.how == POINTER:
-        repoint(target, os.path.relpath(action.source, target.parent), kept)
-        action.status, action.mode_used = "done", "symlink"
-        return
-    if action.how == TAG:
-        if kept is not None:
-            _keep(target, kept)
-        durable.write_text_atomic(target, action.source.name)
-        action.status, action.mode_used = "done", "tag"
+    if action.how in (POINTER, TAG):
+        try:
+            if action.how == POINTER:
+                repoint(target, os.path.relpath(action.source, target.parent), kept)
+            else:
+                _rewrite_tag(target, action.source.name, kept)
+        except OSError as exc:
+            raise SaveError(f"cannot write {target}: {exc.strerror or exc}") from None
+        action.status, action.mode_used = "done", "symlink" if action.how == POINTER else "tag"
         return
     if action.how == DIRECTORY:
         staged_dir, action.mode_used = durable.stage_copy_directory(action.source, plan.directory, action.target, plan.mode)
@@ -558,6 +559,21 @@ def _execute_action(plan: RestorePlan, action: Action) -> None:
             _keep(target, kept)
         staged.commit()
     action.status = "done"
+
+
+def _rewrite_tag(target: Path, tag: str, kept: Path | None) -> None:
+    """A tag file (DeepSpeed's ``latest``) now names ``tag``: written whole to a temp file, fsynced,
+    renamed over ``target`` (a symlink there, dangling or not, is replaced by the file: the framework
+    reads the file), the directory fsynced. What stood there is kept first as ``kept``: a link as
+    the same link, a file under a second name."""
+    if kept is not None:
+        if os.path.islink(target):
+            if os.path.lexists(kept):
+                raise CheckpointError(f"{kept.name} exists already; refusing to overwrite it")
+            os.symlink(os.readlink(target), kept)
+        else:
+            _keep(target, kept)
+    durable.write_text_atomic(target, tag)
 
 
 def _keep(target: Path, kept: Path) -> None:
@@ -614,7 +630,10 @@ def _plan_heal_run(run: Run, *, discard: bool, mode: str, now: datetime | None, 
 
 
 def _pointer_kind(run: Run, pointer: Pointer) -> str:
-    """POINTER (a symlink), FILE (a copy of a checkpoint: ``last.ckpt`` saved in full) or TAG (a text file)."""
+    """TAG (a text file, whatever stands there now: the layout says so), POINTER (a symlink), or FILE
+    (a copy of a checkpoint: ``last.ckpt`` saved in full)."""
+    if pointer.tag_file:
+        return TAG
     if os.path.islink(pointer.path):
         return POINTER
     if any(run.is_pointer_path(u) is pointer for u in run.units) or pointer.path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
@@ -628,7 +647,7 @@ def _heal_run_pointer(planner: _Planner, run: Run, pointer: Pointer, chosen: Uni
     plan = planner.plan
     how = _pointer_kind(run, pointer)
     name = os.path.relpath(pointer.path, run.directory)
-    broken = _broken_link(pointer.path) if how == POINTER else None
+    broken = _broken_link(pointer.path) if how in (POINTER, TAG) else None  # a tag file's place may hold a link
     own = next((u for u in run.units if run.is_pointer_path(u) is pointer), None)
     target = run.unit(pointer.target)
     state: str | None = None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, CheckpointError
+from ..errors import CheckpointError
 from ..formats.bounded import bounded_str
 from ..formats.checkpoint import CheckpointFile, iter_tensors
 from ..formats.dcp import METADATA_FILE, looks_like_dcp, read_directory
@@ -124,63 +124,23 @@ LOOSE_LAYOUT = "loose"
 
 
 def find_unit(path: str | os.PathLike[str], *, loose_torch_files: bool = False) -> tuple[Layout, Unit] | None:
-    """The unit of a registered layout that ``path`` is (a file or a directory), else None.
+    """The unit of a registered layout that ``path`` is (a file or a directory), with its layout; else None.
 
-    The parent directory's layout is asked for its units; ``path`` matches a unit by its own path
-    (a Lightning ``last.ckpt`` copy or link is a unit of its own when the layout says so). A torch
-    file of the loose-files layout (``model.pt``, ``a.pt``) is not returned unless
+    The lookup is :func:`ckptctl.layouts.catalog.unit_at` (one rule for every command; see why there).
+    A torch file of the loose-files layout (``model.pt``, ``a.pt``) is not returned unless
     ``loose_torch_files``: the safe reader's own view of one file (every key, every tensor) says
     more than a loose unit does, and ``compare``/``inspect`` of two plain files stay as they were.
     """
     from ..layouts import registry
+    from ..layouts.catalog import unit_at
 
-    target = Path(path)
-    try:
-        target_abs = Path(os.path.abspath(target))
-        if not target.exists() and not target.is_symlink():
-            return None
-    except OSError:
+    entry = unit_at(path)
+    if entry is None or entry.unit is None:
         return None
-    parent = target_abs.parent
-    if _native_names(parent, target_abs.name):
-        return None  # ckptctl's own layout: read through the catalog, as before
-    layout = registry.detect(parent)
-    if layout is None:
+    unit = entry.unit
+    if unit.layout == LOOSE_LAYOUT and not loose_torch_files and not unit.path.name.lower().endswith(".safetensors"):
         return None
-    try:
-        units = layout.units(parent)
-    except OSError as exc:
-        raise BadInputError(f"cannot read {parent}: {exc.strerror or exc}") from None
-    for unit in units:
-        if Path(os.path.abspath(unit.path)) == target_abs:
-            if unit.layout == LOOSE_LAYOUT and not loose_torch_files and not unit.path.name.lower().endswith(".safetensors"):
-                return None
-            try:
-                layout.protect(units, layout.pointers(parent, units))
-            except OSError:
-                pass
-            return layout, unit
-    return None
-
-
-def _native_names(directory: Path, name: str) -> bool:
-    """True when ``directory`` holds ckptctl's own checkpoint names (the catalog's layout, asked first)."""
-    from ..layouts import naming
-
-    if name and (naming.parse(name).is_checkpoint or naming.parse(name, directory=True).is_checkpoint):
-        return True
-    try:
-        with os.scandir(directory) as it:
-            for index, dirent in enumerate(it):
-                if index > 100_000:
-                    break
-                if naming.parse(dirent.name).is_checkpoint:
-                    return True
-                if naming.parse(dirent.name, directory=True).is_checkpoint and dirent.is_dir():
-                    return True
-    except OSError:
-        return False
-    return False
+    return registry.by_name(unit.layout), unit
 
 
 def view_of(layout: Layout | None, unit: Unit) -> UnitView:

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from ckptctl.cli.app import app
 from ckptctl.locking import DirectoryLock
-from tests import write_layouts
+from tests import fake_layouts
 from tests.test_startup import _run as run_fresh_interpreter
-from tests.write_layouts import copy_fixture, make_dirs_run, make_files_run, save, truncate
+from tests.fake_layouts import copy_fixture, make_dirs_run, make_files_run, save, truncate
 
 runner = CliRunner()
 
@@ -26,7 +26,7 @@ RESTORE_KEYS = {"directory", "plan", "executed", "ok", "mode", "actions", "check
 
 @pytest.fixture
 def fake(monkeypatch):
-    write_layouts.use(monkeypatch)
+    fake_layouts.use(monkeypatch)
 
 
 def run_cli(*args: str):

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from ckptctl import durable
-
-from ckptctl.errors import SaveError
 from ckptctl.layouts import deepspeed as ds
 from ckptctl.layouts import registry
 from ckptctl.layouts.base import (
@@ -316,68 +312,6 @@ def test_newest_complete_skips_an_incomplete_newer_tag(run):
 def test_resume_args(run):
     ten = _units(run)["global_step10"]
     assert _layout().resume_args(ten, run) == ["--load_checkpoint", str(run), "--ckpt_id", "global_step10"]
-
-
-# --- heal_pointer ---------------------------------------------------------------------------------
-
-
-def test_heal_pointer_rewrites_latest(run):
-    (run / "latest").write_text("global_step5")
-    layout = _layout()
-    units = layout.units(run)
-    (pointer,) = layout.pointers(run, units)
-    layout.heal_pointer(pointer, {u.name: u for u in units}["global_step10"])
-    assert (run / "latest").read_bytes() == b"global_step10"  # as DeepSpeed writes it: no newline
-    assert _pointer(run).status == POINTER_OK
-    assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []
-
-
-def test_heal_pointer_creates_a_missing_latest(run):
-    (run / "latest").unlink()
-    layout = _layout()
-    units = layout.units(run)
-    (pointer,) = layout.pointers(run, units)
-    layout.heal_pointer(pointer, units[-1])
-    assert (run / "latest").read_text() == "global_step10"
-
-
-def test_heal_pointer_replaces_a_dangling_symlink_by_a_file(run):
-    (run / "latest").unlink()
-    os.symlink("nowhere", run / "latest")
-    layout = _layout()
-    units = layout.units(run)
-    (pointer,) = layout.pointers(run, units)
-    layout.heal_pointer(pointer, units[-1])
-    assert not (run / "latest").is_symlink() and (run / "latest").read_text() == "global_step10"
-
-
-def test_a_failed_heal_leaves_the_old_latest_whole(run, monkeypatch):
-    (run / "latest").write_text("global_step5")
-    layout = _layout()
-    units = layout.units(run)
-    (pointer,) = layout.pointers(run, units)
-
-    def disk_error(fd):
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(durable, "_fsync", disk_error)
-    with pytest.raises(SaveError):
-        layout.heal_pointer(pointer, units[-1])
-    assert (run / "latest").read_bytes() == b"global_step5"
-    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
-
-
-def test_heal_pointer_fsyncs_the_file_and_the_directory(run, monkeypatch):
-    synced = []
-    real = durable._fsync
-    monkeypatch.setattr(durable, "_fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
-    layout = _layout()
-    units = layout.units(run)
-    (pointer,) = layout.pointers(run, units)
-    layout.heal_pointer(pointer, units[0])
-    assert len(synced) == 2
-    assert synced[0].endswith(".tmp") and Path(synced[1]) == run.resolve()
-    assert (run / "latest").read_text() == "global_step5"
 
 
 # --- hostile files --------------------------------------------------------------------------------

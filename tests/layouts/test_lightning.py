@@ -173,23 +173,19 @@ def test_last_link_is_a_pointer_not_a_unit(tmp_path):
     assert layout.resume_args(units[E1], directory) == ["--ckpt_path", str(directory / E1)]
 
 
-# ---------------------------------------------------------------------- pointers: damage and healing
+# ---------------------------------------------------------------------- pointers: damage (healed by restore: tests/test_restore_layouts.py)
 
 
-def test_dangling_link_and_heal(tmp_path):
+def test_dangling_link(tmp_path):
     directory = _copy("lightning_link", tmp_path)
     (directory / E1).unlink()
     layout, units, pointers, _ = _read(directory)
     link = pointers["last.ckpt"]
     assert link.status == POINTER_DANGLING and E1 in link.detail
     assert units[E0].protected == "protected: best"
-    layout.heal_pointer(link, units[E0])
-    assert os.readlink(directory / "last.ckpt") == E0  # relative, like Lightning's
-    assert _read(directory)[2]["last.ckpt"].status == POINTER_OK
-    assert sorted(os.listdir(directory)) == sorted([E0, "last.ckpt"])  # no temp link left behind
 
 
-def test_self_loop_link_and_heal(tmp_path):
+def test_self_loop_link(tmp_path):
     directory = _copy("lightning_link", tmp_path)
     (directory / "last.ckpt").unlink()
     os.symlink("last.ckpt", directory / "last.ckpt")  # Lightning #21110
@@ -197,9 +193,6 @@ def test_self_loop_link_and_heal(tmp_path):
     link = pointers["last.ckpt"]
     assert link.status == POINTER_LOOP and "itself" in link.detail
     assert sorted(units) == [E0, E1]
-    layout.heal_pointer(link, units[E1])
-    assert os.readlink(directory / "last.ckpt") == E1
-    assert _read(directory)[2]["last.ckpt"].target == E1
 
 
 def test_two_link_loop(tmp_path):
@@ -211,7 +204,7 @@ def test_two_link_loop(tmp_path):
     assert pointers["last.ckpt"].status == pointers["last-v1.ckpt"].status == POINTER_LOOP
 
 
-def test_stale_link_and_heal(tmp_path):
+def test_stale_link(tmp_path):
     directory = _copy("lightning_link", tmp_path)
     newer = _lightning_file(directory / "epoch=3-step=16-val_loss=0.60.ckpt", epoch=3, step=16, score=0.6, best=E0)
     layout, units, pointers, _ = _read(directory)
@@ -220,9 +213,6 @@ def test_stale_link_and_heal(tmp_path):
     assert (link.status, link.target) == (POINTER_STALE, E1) and "16" in link.detail
     assert units[newer.name].protected == "protected: newest complete"
     assert units[E1].protected == "protected: pointer target"
-    layout.heal_pointer(link, units[newer.name])
-    assert os.readlink(directory / "last.ckpt") == newer.name
-    assert _read(directory)[2]["last.ckpt"].status == POINTER_OK
 
 
 def test_a_newer_incomplete_checkpoint_does_not_make_the_link_stale(tmp_path):
@@ -241,8 +231,6 @@ def test_link_to_a_truncated_checkpoint_is_damaged(tmp_path):
     assert not units[E1].complete and units[E1].missing[0].startswith("unreadable")
     assert pointers["last.ckpt"].status == POINTER_DAMAGED and E1 in pointers["last.ckpt"].detail
     assert units[E0].protected == "protected: best"  # also the newest complete now
-    layout.heal_pointer(pointers["last.ckpt"], units[E0])
-    assert _read(directory)[2]["last.ckpt"].status == POINTER_OK
 
 
 def test_absolute_link_inside_the_directory_names_the_unit(tmp_path):
@@ -269,11 +257,6 @@ def test_damaged_last_copy_is_a_damaged_pointer_and_stays_protected(tmp_path):
     assert not units["last.ckpt"].complete
     assert pointers["last.ckpt"].status == POINTER_DAMAGED
     assert units["last.ckpt"].protected == "protected: last"
-    from ckptctl.errors import SaveError
-
-    with pytest.raises(SaveError, match="not a symlink"):
-        layout.heal_pointer(pointers["last.ckpt"], units[E1])
-    assert last.is_file() and not last.is_symlink()
 
 
 def test_stale_last_copy(tmp_path):
