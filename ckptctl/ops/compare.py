@@ -648,8 +648,8 @@ def compare_values(
     result = ValuesDiff(atol, rtol, [], {n: "dtype or shape differs" for n in comparison.tensors.changed})
     result.not_compared.update({n: "ignored" for n in shared if n not in wanted})
     reader_a, reader_b = _ValueReader(comparison.a), _ValueReader(comparison.b)
-    meter = _Meter(progress, sum(in_a[n].nbytes + in_b[n].nbytes for n in wanted))
     with _one_torch_thread():
+        meter = _Meter(progress, sum(in_a[n].nbytes + in_b[n].nbytes for n in wanted))
         for group in _groups(wanted, in_b, DCP_GROUP_BYTES):
             reader_a.prepare(group, in_a, result)
             reader_b.prepare(group, in_b, result)
