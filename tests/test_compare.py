@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from ckptctl.ops.compare import _LoadedFile, _torch_load, compare, compare_values, open_side, tensor_values
+from ckptctl.ops.compare import _LoadedFile, _torch_load, compare, compare_values, open_side, tensor_values, value_bytes
 from ckptctl.errors import BadInputError, CheckpointError
 from tests.factories import make_state, write_checkpoint, write_hostile_checkpoint
 
@@ -160,10 +160,63 @@ def test_legacy_format_is_compared_without_mmap(tmp_path):
 
 def test_progress_reports_bytes_up_to_the_total(pair):
     calls = []
-    compare_values(compare(*pair), progress=lambda done, total, name: calls.append((done, total, name)))
-    assert len(calls) == 17
+    comparison = compare(*pair)
+    compare_values(comparison, progress=lambda done, total, name: calls.append((done, total, name)))
+    assert len(calls) > 17
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    assert calls[0] == (0, value_bytes(comparison), "")
+    assert {c[1] for c in calls} == {value_bytes(comparison)}
     assert calls[-1][0] == calls[-1][1] > 0
+
+
+def _mb_pair(tmp_path):
+    """Two multi-MB checkpoints: one tensor of 3 MiB (several chunks), two small ones, an integer one."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    model = {"big": torch.randn(3 << 18, generator=gen), "small": torch.randn(1000, generator=gen),
+             "ints": torch.arange(5000), "bf": torch.randn(1 << 17, generator=gen).bfloat16()}  # fmt: skip
+    a = write_checkpoint(tmp_path / "a.pt", {"step": 1, "model": model})
+    model["big"][7] += 1
+    b = write_checkpoint(tmp_path / "b.pt", {"step": 2, "model": model})
+    return a, b, 2 * sum(t.numel() * t.element_size() for t in model.values())
+
+
+def test_value_progress_total_comes_first_and_bytes_move_within_a_tensor(tmp_path, monkeypatch):
+    from ckptctl.ops import compare as compare_module
+
+    a, b, tensor_bytes = _mb_pair(tmp_path)
+    events: list = []
+    original_load = compare_module._torch_load
+    monkeypatch.setattr(compare_module, "_torch_load", lambda *args: (events.append("load"), original_load(*args))[1])
+    comparison = compare(a, b)
+    assert value_bytes(comparison) == tensor_bytes  # from the inventories, before anything is loaded
+    compare_values(comparison, progress=lambda done, total, name: events.append((done, total, name)),
+                   chunk_elements=1 << 16)  # fmt: skip
+    calls = [e for e in events if e != "load"]
+    assert events[0] == (0, tensor_bytes, "") and events[1] == "load"  # the total before the first byte
+    assert {total for _d, total, _n in calls} == {tensor_bytes}
+    done = [d for d, _t, _n in calls]
+    assert all(x < y for x, y in zip(done, done[1:]))  # strictly increasing, no repeats
+    assert done[-1] == tensor_bytes
+    big = [d for d, _t, name in calls if name == "model.big"]
+    assert len(big) >= 12  # 3 MiB per side in 256 KiB chunks: the bar moves inside one tensor
+
+
+def test_value_progress_counts_tensors_not_compared(tmp_path, monkeypatch):
+    from ckptctl.ops import compare as compare_module
+
+    a, b, tensor_bytes = _mb_pair(tmp_path)
+
+    def refuse(*_args, **_kwargs):
+        raise compare_module._NotCompared("refused for the test")
+
+    monkeypatch.setattr(compare_module._ValueReader, "chunks", refuse)
+    calls = []
+    values = compare_values(compare(a, b), progress=lambda done, total, name: calls.append((done, total)))
+    assert len(values.not_compared) == 4
+    assert calls[0] == (0, tensor_bytes) and calls[-1] == (tensor_bytes, tensor_bytes)
+    assert [d for d, _t in calls] == sorted(d for d, _t in calls)
 
 
 def test_tensor_values_edge_cases():

@@ -469,3 +469,77 @@ def test_a_symlink_loop_is_damage(tmp_path):
     (tmp_path / "latest.pt").symlink_to("latest.pt")
     result = validate_file(tmp_path / "latest.pt")
     assert result.status == "invalid" and result.problems == ["a symlink loop: the name points at itself through links"]
+
+
+# ------------------------------------------------------------------ progress: a fixed total, bytes as read (#14)
+
+
+def _mb_checkpoint(path: Path, legacy: bool = False) -> Path:
+    """A few MB of float tensors (one of 3 MiB), an integer tensor and the usual keys."""
+    import torch
+
+    gen = torch.Generator().manual_seed(3)
+    model = {"big": torch.randn(3 << 18, generator=gen), "mid": torch.randn(1 << 18, generator=gen),
+             "ints": torch.arange(4000)}  # fmt: skip
+    torch.save({"step": 1, "epoch": 0, "model": model}, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def _recorded(monkeypatch) -> list:
+    """Progress calls and the boundaries of the deep level's torch.load, in the order they happen."""
+    import torch
+
+    events: list = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (events.append("load"), load(*a, **k), events.append("loaded"))[1])
+    original_values = integrity._check_values
+    monkeypatch.setattr(integrity, "_check_values", lambda *a: (events.append("deep"), original_values(*a), events.append("scanned")))
+    return events
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_deep_progress_reports_the_planned_total_and_moves_during_the_values_pass(tmp_path, monkeypatch, legacy):
+    path = _mb_checkpoint(tmp_path / "latest.pt", legacy)
+    total = integrity.planned_bytes([path], DEEP)
+    assert total == 2 * path.stat().st_size  # the CRC pass, then the values: fixed before the first read
+    events = _recorded(monkeypatch)
+    result = validate_file(path, DEEP, progress=events.append)
+    assert result.valid and result.finite is True
+    sizes = [e for e in events if isinstance(e, int)]
+    assert all(n > 0 for n in sizes) and sum(sizes) == total
+    deep = events[events.index("deep") + 1 : events.index("scanned")]
+    during = deep[deep.index("load") + 1 : deep.index("loaded")] if legacy else deep[deep.index("loaded") + 1 :]
+    # legacy: torch.load reads the whole file through the counting reader; zip: mapped, read as scanned
+    assert len(during) > 1
+    tensors = (4 << 20) if not legacy else path.stat().st_size - 1024
+    assert sum(during) >= tensors
+
+
+def test_deep_progress_moves_within_one_large_tensor(tmp_path, monkeypatch):
+    path = _mb_checkpoint(tmp_path / "latest.pt")
+    monkeypatch.setattr(integrity, "NAN_SCAN_ELEMENTS", 1 << 16)  # 256 KiB of float32 per chunk
+    events = _recorded(monkeypatch)
+    validate_file(path, DEEP, progress=events.append)
+    scan = events[events.index("loaded") + 1 : events.index("scanned")]
+    assert len(scan) == 16 and set(scan) == {1 << 18}  # 3 MiB + 1 MiB of floats; the ints are not scanned
+
+
+def test_progress_ends_at_the_total_when_the_deep_pass_is_skipped(tmp_path):
+    path = _mb_checkpoint(tmp_path / "latest.pt")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a CRC mismatch: no torch.load
+    path.write_bytes(bytes(data))
+    sizes: list[int] = []
+    result = validate_file(path, DEEP, progress=sizes.append)
+    assert not result.valid
+    assert sum(sizes) == integrity.planned_bytes([path], DEEP) and all(n > 0 for n in sizes)
+
+
+def test_every_level_reports_exactly_its_planned_bytes(ckpt_dir):
+    targets, _skipped = integrity.collect_targets([ckpt_dir])
+    for level in LEVELS:
+        sizes: list[int] = []
+        integrity.validate_targets(targets, level, progress=sizes.append)
+        assert sum(sizes) == integrity.planned_bytes(targets, level), level
+    assert integrity.planned_bytes(targets, QUICK) == 0
+    assert integrity.planned_bytes(targets, DEEP) == 2 * integrity.planned_bytes(targets, DEFAULT) > 0

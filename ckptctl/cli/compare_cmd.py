@@ -13,12 +13,12 @@ import typer
 from ..errors import EXIT_FINDINGS, EXIT_OK
 from . import render
 from .options import JsonOpt
-from .output import handle_errors, out_console, print_json, print_line, print_table, stderr_is_terminal, stdout_is_terminal, warn
+from .output import handle_errors, out_console, print_json, print_line, print_table, stdout_is_terminal, warn
+from .progress import ByteProgress
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
     from ..ops.compare import Comparison
 
-PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 LIST_LIMIT = 20
 
 _PATH_HELP = ("A checkpoint: a file, a DCP directory, or one checkpoint of any layout (checkpoint-500/, x.ckpt, "
@@ -50,49 +50,20 @@ def compare_command(
 
     Exit 0 when equal, 1 when different; volatile metadata (save time, paths) never decides.
     """
-    from ..ops.compare import compare, compare_values
+    from ..ops.compare import compare, compare_values, value_bytes
     from ..formats.storage import refuse_url
 
     refuse_url(a, "compare")
     refuse_url(b, "compare")
     comparison = compare(a, b, ignore=ignore or ())
     if values:
-        with _ProgressBar(comparison) as progress:
-            compare_values(comparison, atol=atol, rtol=rtol, progress=progress)
+        with ByteProgress("comparing values", value_bytes(comparison), show=not json_output) as bar:
+            compare_values(comparison, atol=atol, rtol=rtol, progress=bar.update if bar else None)
     if json_output:
         print_json(comparison.to_json())
     else:
         _Report(comparison, top).print()
     raise typer.Exit(EXIT_OK if comparison.equal else EXIT_FINDINGS)
-
-
-class _ProgressBar:
-    """A Rich progress bar on stderr for long value comparisons on a terminal; otherwise nothing."""
-
-    def __init__(self, comparison: Comparison):
-        total = sum(t.nbytes for _n, t in comparison.b.ckpt.tensors())
-        self.enabled = stderr_is_terminal() and total >= PROGRESS_MIN_BYTES
-        self.bar: Any = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from .output import err_console
-
-        self.bar = Progress(TextColumn("comparing values"), BarColumn(), DownloadColumn(binary_units=True),
-                            TimeRemainingColumn(), console=err_console(), transient=True)  # fmt: skip
-        self.bar.start()
-        self.task = self.bar.add_task("values", total=None)
-        return self.update
-
-    def update(self, done: int, total: int, _name: str) -> None:
-        self.bar.update(self.task, completed=done, total=total)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 class _Report:

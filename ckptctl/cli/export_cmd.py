@@ -3,18 +3,18 @@ or unsafe source (nothing written), 2 bad input, 130 interrupted (nothing left b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..errors import EXIT_OK
 from .options import DryRunOpt, JsonOpt, complete_choices
-from .output import handle_errors, out_console, print_json, print_line, print_table, stderr_is_terminal, stdout_is_terminal, warn
+from .output import handle_errors, out_console, print_json, print_line, print_table, stdout_is_terminal, warn
+from .progress import ByteProgress
 
 if TYPE_CHECKING:
     from ..ops.export import ExportPlan
 
-PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 SYMBOLIC = ("latest", "best", "newest")
 
 
@@ -51,8 +51,8 @@ def export_command(
     plan = plan_export(source, to, key=key, strip_prefix=strip_prefix, add_prefix=add_prefix, dtype=dtype,
                        max_shard_size=parse_size(max_shard_size), force=force)  # fmt: skip
     if not dry_run:
-        with _Progress(plan) as progress:
-            execute(plan, progress)
+        with ByteProgress("exporting", plan.nbytes, show=not json_output) as bar:
+            execute(plan, bar.advance if bar else None)
     if json_output:
         print_json({**plan.to_json(), "dry_run": dry_run})
     else:
@@ -83,29 +83,3 @@ def _report(plan: ExportPlan, dry_run: bool) -> None:
     print_line(f"{verb} {len(plan.tensors)} tensors ({size(plan.nbytes)}) of {display_text(plan.selected)} "
                f"from {display_text(str(plan.source))} to {display_text(str(plan.output))}"
                + ("" if dry_run else ", verified"), console)  # fmt: skip
-
-
-class _Progress:
-    """A byte progress bar on stderr for large exports on a terminal; otherwise nothing."""
-
-    def __init__(self, plan: ExportPlan):
-        self.total = plan.nbytes
-        self.enabled = stderr_is_terminal() and self.total >= PROGRESS_MIN_BYTES
-        self.bar: Any = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from .output import err_console
-
-        self.bar = Progress(TextColumn("exporting"), BarColumn(), DownloadColumn(binary_units=True),
-                            TimeRemainingColumn(), console=err_console(), transient=True)  # fmt: skip
-        self.bar.start()
-        self.task = self.bar.add_task("export", total=self.total)
-        return lambda n: self.bar.advance(self.task, n)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()

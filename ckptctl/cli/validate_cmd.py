@@ -15,12 +15,12 @@ import typer
 from ..errors import BadInputError
 from . import render
 from .options import JsonOpt
-from .output import err_console, handle_errors, out_console, plain_table, print_json, stderr_is_terminal, stdout_is_terminal
+from .output import handle_errors, out_console, plain_table, print_json, stdout_is_terminal
+from .progress import ByteProgress
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
     from ..ops.integrity import FileResult, Report
 
-PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 STYLES = {"valid": "green", "invalid": "red", "unsafe": "bold red", "inaccessible": "yellow", "non-finite": "red"}
 
 PathsArg = Annotated[
@@ -53,11 +53,11 @@ def validate_command(
     level = QUICK if quick else DEEP if deep else DEFAULT
     targets, skipped = collect_targets(paths)
     workers = jobs or default_jobs()
-    bar = _ProgressBar(planned_bytes(targets, level))
+    meter = ByteProgress("validating", planned_bytes(targets, level), show=not json_output)
     units: list[dict[str, Any]] = []
-    with bar as progress:
-        results = validate_targets(targets, level, jobs=workers, progress=progress, unit_summaries=units)
-    report = Report(level, results, skipped, bar.seconds, units)
+    with meter as bar:
+        results = validate_targets(targets, level, jobs=workers, progress=bar.advance if bar else None, unit_summaries=units)
+    report = Report(level, results, skipped, meter.seconds, units)
     if json_output:
         print_json(report.to_json())
     elif stdout_is_terminal():
@@ -70,40 +70,6 @@ def validate_command(
 def default_jobs() -> int:
     """Two CRC threads where there are two cores: reading and checksumming overlap (see bench/)."""
     return max(1, min(2, os.cpu_count() or 1))
-
-
-class _ProgressBar:
-    """Bytes checked, on stderr, for long runs on a terminal; a no-op callback otherwise."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.enabled = stderr_is_terminal() and total >= PROGRESS_MIN_BYTES
-        self.bar: Any = None
-        self.seconds = 0.0
-
-    def __enter__(self) -> Any:
-        import time
-
-        self._started = time.perf_counter()
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-        self.bar = Progress(TextColumn("validating"), BarColumn(), DownloadColumn(binary_units=True),
-                            TransferSpeedColumn(), TimeRemainingColumn(), console=err_console(), transient=True)  # fmt: skip
-        self.bar.start()
-        self.task = self.bar.add_task("validate", total=self.total)
-        return self.advance
-
-    def advance(self, nbytes: int) -> None:
-        self.bar.advance(self.task, nbytes)
-
-    def __exit__(self, *exc: Any) -> None:
-        import time
-
-        self.seconds = time.perf_counter() - self._started
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _details(result: FileResult) -> list[str]:

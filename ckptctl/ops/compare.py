@@ -638,32 +638,73 @@ def compare_values(
     ``torch.distributed.checkpoint.load`` (one process, no process group) into tensors built from
     the safe ``.metadata`` inventory, a group of at most :data:`DCP_GROUP_BYTES` per side at a time
     (one tensor when it is larger), with ``.metadata`` unpickled under an exact allowlist.
+
+    ``progress(done, total, name)`` gets the total (:func:`value_bytes`) before anything is read, then
+    the running count of bytes read from both sides, per chunk pair (see :class:`_Meter`).
     """
     if atol < 0 or rtol < 0 or not (math.isfinite(atol) and math.isfinite(rtol)):
         raise BadInputError("--atol and --rtol must be finite and >= 0")
-    in_a, in_b = dict(comparison.a.ckpt.tensors()), dict(comparison.b.ckpt.tensors())
-    shared = [n for n in in_a if n in in_b and n not in comparison.tensors.changed]
-    wanted = [n for n in shared if not covered(n, comparison.ignore)]
+    in_a, in_b, shared, wanted = _value_plan(comparison)
     result = ValuesDiff(atol, rtol, [], {n: "dtype or shape differs" for n in comparison.tensors.changed})
     result.not_compared.update({n: "ignored" for n in shared if n not in wanted})
     reader_a, reader_b = _ValueReader(comparison.a), _ValueReader(comparison.b)
-    total = sum(in_b[n].nbytes for n in wanted)
-    done = 0
     with _one_torch_thread():
+        meter = _Meter(progress, sum(in_a[n].nbytes + in_b[n].nbytes for n in wanted))
         for group in _groups(wanted, in_b, DCP_GROUP_BYTES):
             reader_a.prepare(group, in_a, result)
             reader_b.prepare(group, in_b, result)
             for name in group:
+                meter.start(name, in_a[name].nbytes + in_b[name].nbytes)
                 if name not in result.not_compared:
-                    _compare_one(name, reader_a, reader_b, in_a[name], in_b[name], result, chunk_elements)
-                done += in_b[name].nbytes
-                if progress is not None:
-                    progress(done, total, name)
+                    _compare_one(name, reader_a, reader_b, in_a[name], in_b[name], result, chunk_elements, meter)
+                meter.finish()
             reader_a.drop()
             reader_b.drop()
     result.notes += reader_a.notes + reader_b.notes
     comparison.values = result
     return result
+
+
+def value_bytes(comparison: Comparison) -> int:
+    """The tensor bytes ``compare_values`` will read, both sides: its progress total, known from the
+    safe readers' inventories before any value is loaded."""
+    in_a, in_b, _shared, wanted = _value_plan(comparison)
+    return sum(in_a[n].nbytes + in_b[n].nbytes for n in wanted)
+
+
+def _value_plan(comparison: Comparison) -> tuple[dict[str, TensorRef], dict[str, TensorRef], list[str], list[str]]:
+    """Both inventories, the tensors in both with one dtype and shape, and those not ignored."""
+    in_a, in_b = dict(comparison.a.ckpt.tensors()), dict(comparison.b.ckpt.tensors())
+    shared = [n for n in in_a if n in in_b and n not in comparison.tensors.changed]
+    return in_a, in_b, shared, [n for n in shared if not covered(n, comparison.ignore)]
+
+
+class _Meter:
+    """``progress(done, total, name)`` as bytes are compared: once with ``done = 0`` before anything is
+    read, then per chunk pair (the bytes just read from both sides), then at the end of each tensor
+    (a tensor not compared counts as done). ``done`` never decreases and ends exactly at ``total``:
+    each tensor's chunks are capped at its own bytes."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total = progress, total
+        self.done = self.base = self.end = 0
+        self.name = ""
+        if progress is not None:
+            progress(0, total, "")
+
+    def start(self, name: str, nbytes: int) -> None:
+        self.name, self.base, self.end = name, self.done, self.done + nbytes
+
+    def chunk(self, nbytes: int) -> None:
+        if self.progress is not None and nbytes > 0 and self.done < self.end:
+            self.done = min(self.end, self.done + nbytes)
+            self.progress(self.done, self.total, self.name)
+
+    def finish(self) -> None:
+        if self.done < self.end:
+            self.done = self.end
+            if self.progress is not None:
+                self.progress(self.done, self.total, self.name)
 
 
 DCP_GROUP_BYTES = 64 * 1024 * 1024  # tensors loaded from a DCP directory at once, per side
@@ -688,11 +729,16 @@ class _NotCompared(Exception):
 
 
 def _compare_one(name: str, reader_a: "_ValueReader", reader_b: "_ValueReader", ref_a: TensorRef, ref_b: TensorRef,
-                 result: ValuesDiff, chunk_elements: int) -> None:  # fmt: skip
-    """Compare one tensor into ``result``, chunk by chunk from both readers."""
+                 result: ValuesDiff, chunk_elements: int, meter: _Meter) -> None:  # fmt: skip
+    """Compare one tensor into ``result``, chunk by chunk from both readers (each pair's bytes to ``meter``)."""
+
+    def done_with(xa: Any, xb: Any) -> None:
+        reader_a.release(name, xa)
+        reader_b.release(name, xb)
+        meter.chunk(xa.numel() * xa.element_size() + xb.numel() * xb.element_size())
+
     try:
         pairs = zip(reader_a.chunks(name, ref_a, chunk_elements), reader_b.chunks(name, ref_b, chunk_elements))
-        done_with = lambda xa, xb: (reader_a.release(name, xa), reader_b.release(name, xb))  # noqa: E731
         result.tensors.append(chunked_values(name, ref_a.dtype, tuple(ref_a.shape), pairs, result.atol, result.rtol, done_with))
     except _NotCompared as exc:
         result.not_compared[name] = str(exc)

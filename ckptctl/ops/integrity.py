@@ -266,25 +266,56 @@ def validate_paths(
     return Report(level, results, skipped, time.perf_counter() - started)
 
 
-def planned_bytes(paths: Iterable[Path], level: str) -> int:
-    """How many bytes a run will read (for a progress bar): the file sizes, each inode once,
-    except at ``quick``."""
-    if level == QUICK:
-        return 0
-    total = 0
+def planned_bytes(paths: Iterable[Any], level: str) -> int:
+    """How many bytes a run will read (the progress total, known before the first read): the file
+    sizes, each inode once; twice at ``deep`` (the CRC pass, then the values: ``torch.load`` and the
+    NaN/Inf scan); none at ``quick``. :func:`validate_targets` reports exactly this many."""
+    return sum(_planned_per_target(list(paths), level))
+
+
+def _planned_per_target(targets: list[Any], level: str) -> list[int]:
+    """:func:`planned_bytes` target by target (an inode counted at its first target only)."""
+    passes = {QUICK: 0, DEFAULT: 1, DEEP: 2}[level]
     seen: set[tuple[int, int]] = set()
-    for path in _files_of(paths):
-        try:
-            if is_url(path):
-                total += path.size or 0  # type: ignore[attr-defined]
+    planned = []
+    for target in targets:
+        total = 0
+        for path in _files_of([target]) if passes else ():
+            try:
+                if is_url(path):
+                    total += path.size or 0  # type: ignore[attr-defined]
+                    continue
+                info = path.stat()
+            except OSError:
                 continue
-            info = path.stat()
-        except OSError:
-            continue
-        if (info.st_dev, info.st_ino) not in seen:
-            seen.add((info.st_dev, info.st_ino))
-            total += info.st_size
-    return total
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+        planned.append(total * passes)
+    return planned
+
+
+class _Budget:
+    """One target's share of the progress total: bytes reported by its readers are passed on up to
+    ``planned`` (a file that changed size, or read twice, never overshoots), and :meth:`close` reports
+    what is left (bytes not read: a skipped or failed check), so the run ends exactly at the total
+    and the count never goes back. Called from CRC worker threads, hence the lock."""
+
+    def __init__(self, progress: Progress, planned: int):
+        import threading
+
+        self.progress, self.left = progress, planned
+        self.lock = threading.Lock()
+
+    def __call__(self, nbytes: int) -> None:
+        with self.lock:
+            nbytes = min(nbytes, self.left)
+            self.left -= nbytes
+        if nbytes > 0:
+            self.progress(nbytes)
+
+    def close(self) -> None:
+        self(self.left)
 
 
 def _files_of(targets: Iterable[Any]) -> Iterable[Path]:
@@ -310,33 +341,45 @@ def validate_targets(paths: Iterable[Any], level: str = DEFAULT, *, jobs: int = 
     :class:`FileResult` (a broken pointer found while collecting) is passed through.
     """
     _check_level(level)
+    paths = list(paths)
+    budgets = _planned_per_target(paths, level) if progress is not None else [0] * len(paths)
     first: dict[tuple[int, int], tuple[FileResult, CheckpointFile | None]] = {}
     results: list[FileResult] = []
-    for path in paths:
-        if isinstance(path, FileResult):
-            results.append(path)
-            continue
-        if isinstance(path, Unit):
-            unit_results = validate_unit(path, level, jobs=jobs, progress=progress)
-            results += unit_results
-            if unit_summaries is not None:
-                unit_summaries.append(unit_summary(path, unit_results))
-            continue
-        key = _inode(path)
-        if key is not None and key in first:
-            base, ckpt = first[key]
-            result = _same_file(base, Path(path))  # type: ignore[arg-type]
-        elif _by_format(path):
-            result, ckpt = validate_unit_file(path, level, jobs=jobs, progress=progress), None
-        else:
-            result, ckpt = _check_file(path, level, jobs, progress)
-            if key is not None:
-                first[key] = (dataclasses.replace(result, problems=list(result.problems), notes=list(result.notes),
-                                                  findings=list(result.findings)), ckpt)  # fmt: skip
-        if ckpt is not None and level != QUICK:
-            _check_layout(result, ckpt)
-        results.append(result)
+    for path, planned in zip(paths, budgets):
+        budget = _Budget(progress, planned) if progress is not None else None
+        _validate_target(path, level, jobs, budget, first, results, unit_summaries)
+        if budget is not None:
+            budget.close()
     return results
+
+
+def _validate_target(path: Any, level: str, jobs: int, progress: Progress | None,
+                     first: dict[tuple[int, int], tuple[FileResult, CheckpointFile | None]],
+                     results: list[FileResult], unit_summaries: list[dict[str, Any]] | None) -> None:  # fmt: skip
+    """One target of :func:`validate_targets` into ``results``."""
+    if isinstance(path, FileResult):
+        results.append(path)
+        return
+    if isinstance(path, Unit):
+        unit_results = validate_unit(path, level, jobs=jobs, progress=progress)
+        results += unit_results
+        if unit_summaries is not None:
+            unit_summaries.append(unit_summary(path, unit_results))
+        return
+    key = _inode(path)
+    if key is not None and key in first:
+        base, ckpt = first[key]
+        result = _same_file(base, Path(path))  # type: ignore[arg-type]
+    elif _by_format(path):
+        result, ckpt = validate_unit_file(path, level, jobs=jobs, progress=progress), None
+    else:
+        result, ckpt = _check_file(path, level, jobs, progress)
+        if key is not None:
+            first[key] = (dataclasses.replace(result, problems=list(result.problems), notes=list(result.notes),
+                                              findings=list(result.findings)), ckpt)  # fmt: skip
+    if ckpt is not None and level != QUICK:
+        _check_layout(result, ckpt)
+    results.append(result)
 
 
 def validate_file(path: str | os.PathLike[str], level: str = DEFAULT, *, jobs: int = 1,
@@ -390,7 +433,7 @@ def _check_file(path: str | os.PathLike[str], level: str, jobs: int,
             return result, None
     ckpt = _safe_read(result)
     if ckpt is not None and level == DEEP and result.valid:
-        _check_values(result, ckpt)
+        _check_values(result, ckpt, progress)
     return result, ckpt
 
 
@@ -555,7 +598,7 @@ def _find(result: FileResult, finding: str) -> None:
 BOOKKEEPING_KEYS = ("callbacks",)  # top-level keys whose tensors are not model/optimizer values
 
 
-def _check_values(result: FileResult, ckpt: CheckpointFile) -> None:
+def _check_values(result: FileResult, ckpt: CheckpointFile, progress: Progress | None = None) -> None:
     """``torch.load(weights_only=True)`` (memory-mapped for zip files), then NaN/Inf per tensor.
 
     The model's and the optimizer's tensors (everything but :data:`BOOKKEEPING_KEYS`): Lightning
@@ -563,20 +606,33 @@ def _check_values(result: FileResult, ckpt: CheckpointFile) -> None:
     yet), and ``EarlyStopping`` a ``best_score`` of ``inf``; those are not damaged values. Known
     framework classes (``TrainingArguments``, DeepSpeed's ZeRO state) load as the same inert
     records the safe reader builds (:func:`ckptctl.formats.torch_load.safe_globals`).
+
+    ``progress(n)`` follows the bytes as they are read. A zip file is memory-mapped: ``torch.load``
+    reads only ``data.pkl`` (milliseconds) and the storages' bytes come off the disk as the scan
+    touches them, so each scanned chunk is reported. A legacy file cannot be mapped and is read
+    whole by ``torch.load``, through a :class:`~ckptctl.formats.progress_io.ProgressReader`.
     """
     import torch
 
     from ..formats.torch_load import safe_globals
 
+    mmap = ckpt.format == "zip"
     try:
         with safe_globals():
-            root = torch.load(result.path, map_location="cpu", weights_only=True, mmap=ckpt.format == "zip")
+            if mmap or progress is None:
+                root = torch.load(result.path, map_location="cpu", weights_only=True, mmap=mmap)
+            else:
+                from ..formats.progress_io import ProgressReader
+
+                with open_regular(result.path) as fh:
+                    root = torch.load(ProgressReader(fh, progress), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch reports damage as many exception types
         _add(result, f"torch.load failed: {_first_line(exc)}")
         return
     result.finite = True
+    scanned = progress if mmap else None
     for name, tensor in _value_tensors(root, torch.is_tensor):
-        nan, inf = count_non_finite(tensor)
+        nan, inf = count_non_finite(tensor, scanned)
         if nan or inf:
             result.finite = False  # the file is intact; its values are not (validate exits 1)
             _find(result, f"tensor {name}: {nan} NaN, {inf} Inf")
@@ -595,8 +651,9 @@ def _value_tensors(root: Any, is_tensor: Callable[[Any], bool]) -> Iterable[tupl
             yield (f"{prefix}.{name}" if name else prefix), tensor
 
 
-def count_non_finite(tensor: Any) -> tuple[int, int]:
-    """(NaN count, ±Inf count) of a floating or complex tensor, in bounded chunks; (0, 0) otherwise."""
+def count_non_finite(tensor: Any, progress: Progress | None = None) -> tuple[int, int]:
+    """(NaN count, ±Inf count) of a floating or complex tensor, in bounded chunks; (0, 0) otherwise.
+    ``progress(n)`` gets each scanned chunk's bytes (nothing for a tensor that is not scanned)."""
     import torch
 
     if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
@@ -605,10 +662,13 @@ def count_non_finite(tensor: Any) -> tuple[int, int]:
     nan = inf = 0
     for start in range(0, flat.numel(), NAN_SCAN_ELEMENTS):
         chunk = flat[start : start + NAN_SCAN_ELEMENTS]
+        nbytes = chunk.numel() * chunk.element_size()
         if chunk.element_size() == 1:  # float8 kinds lack isnan/isinf on CPU
             chunk = chunk.float()
         nan += int(torch.isnan(chunk).sum())
         inf += int(torch.isinf(chunk).sum())
+        if progress is not None:
+            progress(nbytes)
     return nan, inf
 
 

@@ -131,22 +131,25 @@ def test_flipped_files_never_produce_a_traceback(tmp_path):
         assert result.exit_code in (0, 1) and "Traceback" not in result.stderr + result.stdout, at
 
 
-def test_progress_bar_counts_every_checked_byte_on_a_terminal(ckpt_dir, monkeypatch):
-    from ckptctl.cli import validate_cmd
+def test_progress_bar_counts_every_planned_byte_on_a_terminal(ckpt_dir, monkeypatch):
+    from ckptctl.cli import progress
+    from ckptctl.cli.progress import ByteProgress
+    from ckptctl.ops.integrity import DEFAULT, collect_targets, planned_bytes
 
     advanced: list[int] = []
-    original = validate_cmd._ProgressBar.advance
+    original = ByteProgress.advance
 
     def spy(self, nbytes):
         advanced.append(nbytes)
         original(self, nbytes)
 
-    monkeypatch.setattr(validate_cmd, "stderr_is_terminal", lambda: True)
-    monkeypatch.setattr(validate_cmd, "PROGRESS_MIN_BYTES", 0)
-    monkeypatch.setattr(validate_cmd._ProgressBar, "advance", spy)
-    result = invoke(str(ckpt_dir), "--json")
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(progress, "MIN_BYTES", 0)
+    monkeypatch.setattr(ByteProgress, "advance", spy)
+    result = invoke(str(ckpt_dir))
     assert result.exit_code == 0
-    assert sum(advanced) == json.loads(result.stdout)["bytes_checked"] > 0
+    assert sum(advanced) == planned_bytes(collect_targets([str(ckpt_dir)])[0], DEFAULT) > 0
+    assert all(n > 0 for n in advanced)
 
 
 # ------------------------------------------------- integrity vs content, access, hard links (#13)
