@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import random
+import re
 from collections import namedtuple
 
 import pytest
@@ -240,7 +241,9 @@ def test_storage_line_every_n_saves(tmp_path, caplog):
         mgr.save_emergency(make_state(step=7), step=7)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Checkpoint storage:")]
     assert len(lines) == 2
-    assert "(3 rolling, 0 emergency, 0 epoch)" in lines[0] and " free" in lines[0] and "—" in lines[0]
+    # du's words and numbers: the size on disk and the file count of each kind with files (as du's table)
+    assert lines[0].startswith("Checkpoint storage: ") and " on disk (allocated, hard links once), " in lines[0]
+    assert re.search(r", \d+ files \(\d+ latest, \d+ rolling\) — .+ free$", lines[0]), lines[0]
     summary = mgr.storage_summary()
     assert {k: summary.counts.get(k) for k in ("rolling", "epoch", "emergency")} == {"rolling": 6, "epoch": 1, "emergency": 1}
     unique = {os.stat(p).st_ino: os.stat(p).st_blocks * 512 for p in tmp_path.glob("*.pt")}

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from collections import namedtuple
+from pathlib import Path
+
+import humanize
 
 import pytest
 
@@ -13,6 +18,7 @@ from ckptctl.ops.usage import FilesystemUsage, measure, parse_free_threshold, pa
 from tests.factories import touch_files
 
 KiB = 1024
+HF_FIXTURE = Path(__file__).parent / "fixtures" / "frameworks" / "hf_trainer"
 StatVfs = namedtuple("StatVfs", "f_blocks f_bfree f_bavail f_frsize")
 
 
@@ -119,10 +125,39 @@ def test_projection_empty_directory(tmp_path):
 def test_summary_line_format(tmp_path, monkeypatch):
     fake_statvfs(monkeypatch, total_blocks=10**6, free_blocks=5 * 2**18, avail_blocks=5 * 2**18, frsize=4096)
     make_layout(tmp_path)
-    line = summary_line(measure(tmp_path))
-    assert line.startswith("Checkpoint storage: ")
-    assert "(3 rolling, 1 emergency, 2 epoch) — 5.0 GiB free" in line
+    usage = measure(tmp_path)
+    line = summary_line(usage)
+    size = humanize.naturalsize(usage.total.allocated_bytes, binary=True)
+    assert line == (f"Checkpoint storage: {size} on disk (allocated, hard links once), "
+                    "11 files (2 latest, 4 rolling, 1 emergency, 2 epoch, 1 partial, 1 other) — 5.0 GiB free")  # fmt: skip
     assert storage_summary(tmp_path) == line
+
+
+def test_summary_line_counts_are_the_per_kind_file_counts(tmp_path):
+    """The line says what du's table says: one count per kind with files, adding up to the file total."""
+    make_layout(tmp_path)
+    usage = measure(tmp_path)
+    line = summary_line(usage)
+    counts = re.search(r", ([\d,]+) files \((.*)\) — ", line)
+    parts = dict(reversed(part.split(" ")) for part in counts.group(2).split(", "))
+    assert parts == {k.kind: str(k.files) for k in usage.kinds.values() if k.files}
+    assert sum(map(int, parts.values())) == int(counts.group(1)) == usage.total.files
+    assert humanize.naturalsize(usage.total.allocated_bytes, binary=True) + " on disk" in line
+
+
+def test_summary_line_of_a_layout_says_checkpoints_and_files(tmp_path, monkeypatch):
+    fake_statvfs(monkeypatch, total_blocks=10**6, free_blocks=2**18, avail_blocks=2**18, frsize=4096)
+    shutil.copytree(HF_FIXTURE, tmp_path / "run")
+    (tmp_path / "run" / "README.md").write_text("notes")
+    usage = measure(tmp_path / "run")
+    line = summary_line(usage)
+    files = usage.kinds["checkpoint"].files
+    assert line.endswith(f", 3 hf-trainer checkpoints ({files} files), 1 other file — 1.0 GiB free")
+
+
+def test_counts_use_thousands_separators():
+    assert usage_module.count(3067300, "more rolling save") == "3,067,300 more rolling saves"
+    assert usage_module.count(1, "file") == "1 file" and usage_module.count(0, "file") == "0 files"
 
 
 def test_measure_bad_directory(tmp_path):

@@ -5,7 +5,12 @@ The series come from :mod:`ckptctl.ops.metrics` (for a Hugging Face Trainer run,
 command, so ``ckptctl --help`` and the other commands never load it. Piped output or ``NO_COLOR``:
 the same plot without colour codes, then the series as a table. Exit 1 when the directory's
 checkpoints record no metric at all (nothing to draw); 2 for bad input (no directory, an unknown
-``--metric``, ``--png`` without matplotlib).
+``--metric``, ``--png`` without matplotlib, a ``--png`` path that cannot be written).
+
+``--png OUT.png`` draws the same groups with matplotlib (an optional extra: ``pip install
+'ckptctl[png]'``), imported only then. The path is checked before anything is read; the image is
+rendered in memory and then written atomically (``durable.write_bytes_atomic``), so a failure leaves
+no partial file and an existing OUT as it was. :func:`png_figure` builds the Figure (a seam for tests).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -23,6 +29,8 @@ from .options import DirArg, JsonOpt
 from .output import fail, handle_errors, plain_table, print_json, stdout_is_terminal, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
+    from matplotlib.figure import Figure
+
     from ..ops.metrics import Chart
 
 PLOT_HEIGHT = 20
@@ -43,15 +51,17 @@ def chart_command(
     ] = None,
     png: Annotated[
         Optional[str],
-        typer.Option("--png", metavar="OUT.png", help="Also write the chart as a PNG (needs matplotlib)."),
+        typer.Option("--png", metavar="OUT.png", help="Also write the chart as a PNG (needs pip install 'ckptctl[png]')."),
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Metrics of DIR's checkpoints by step (loss, val_loss, eval_loss, ...), drawn in the terminal."""
     from ..ops.metrics import metric_series
 
-    if png is not None:
+    out = None
+    if png is not None:  # before anything is read: a missing extra or a bad path is one line, exit 2
         _require_matplotlib()
+        out = _png_path(png)
     chart = metric_series(directory)
     selected = chart.select(metric)  # an unknown --metric: one line, exit 2
     if json_output:
@@ -65,8 +75,8 @@ def chart_command(
             print(_table(selected))
         for note in chart.notes:
             warn(render.display_text(note))
-    if png is not None and selected:
-        _write_png(chart, selected, png)
+    if out is not None and selected:
+        _write_png(chart, selected, out)
     if not selected:
         raise typer.Exit(EXIT_FINDINGS)
 
@@ -75,15 +85,10 @@ def _plot(chart: Chart, series: dict[str, list[tuple[int, float]]], *, colour: b
     """One plot per group: the losses share their axes; every other metric has its own."""
     import plotext as plt
 
-    groups: list[list[str]] = []
-    losses = [n for n in series if "loss" in n.lower()]
-    if losses:
-        groups.append(losses)
-    groups.extend([n] for n in series if n not in losses)
     width = min(shutil.get_terminal_size((100, 24)).columns, MAX_PLOT_WIDTH)
-    source = "trainer_state.json log_history" if chart.source == "log_history" else "checkpoints"
+    source = _source(chart)
     pieces = []
-    for names in groups:
+    for names in _groups(series):
         plt.clear_figure()
         plt.plot_size(width, PLOT_HEIGHT)
         plt.theme("pro" if colour else "clear")
@@ -98,6 +103,16 @@ def _plot(chart: Chart, series: dict[str, list[tuple[int, float]]], *, colour: b
     plt.clear_figure()
     text = "\n".join(pieces)
     return text if colour or _encodes(text) else text.translate(ASCII_PLOT)
+
+
+def _groups(series: dict[str, list[tuple[int, float]]]) -> list[list[str]]:
+    """The losses share one plot (their scales agree); every other metric gets its own."""
+    losses = [n for n in series if "loss" in n.lower()]
+    return ([losses] if losses else []) + [[n] for n in series if n not in losses]
+
+
+def _source(chart: Chart) -> str:
+    return "trainer_state.json log_history" if chart.source == "log_history" else "checkpoints"
 
 
 def _encodes(text: str) -> bool:
@@ -126,25 +141,66 @@ def _require_matplotlib() -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise fail("--png needs matplotlib, which is not installed (pip install matplotlib); the terminal chart needs nothing")
+        raise fail("--png needs matplotlib, which is not installed: pip install 'ckptctl[png]' (the terminal chart needs nothing)")
 
 
-def _write_png(chart: Chart, series: dict[str, list[tuple[int, float]]], out: str) -> None:
-    import matplotlib
+def _png_path(out: str) -> Path:
+    """``--png``'s path, checked before any work: its directory exists and is writable, it is no directory."""
+    path = Path(out)
+    shown = render.display_text(out)
+    if path.is_dir():
+        raise fail(f"cannot write --png {shown}: it is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        reason = "not a directory" if parent.exists() else "no such directory"
+        raise fail(f"cannot write --png {shown}: {reason}: {render.display_text(str(parent))}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise fail(f"cannot write --png {shown}: permission denied on {render.display_text(str(parent))}")
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
 
-    figure, axes = pyplot.subplots(figsize=(9, 5))
-    for name, points in series.items():
-        axes.plot([s for s, _ in points], [v for _, v in points], label=name)
-    axes.set_xlabel("step")
-    axes.set_title(chart.directory)
-    axes.legend()
+def _mathtext_safe(text: str) -> str:
+    """A file's metric name as matplotlib text: escaped for a terminal, ``$`` not taken as math."""
+    return render.display_text(text).replace("$", r"\$")
+
+
+def png_figure(chart: Chart, series: dict[str, list[tuple[int, float]]]) -> Figure:
+    """The PNG's Figure: one axes per group of :func:`_groups`, each titled with its metric names."""
+    from matplotlib.figure import Figure
+
+    groups = _groups(series)
+    figure = Figure(figsize=(9, 1 + 3.5 * len(groups)), layout="constrained")
+    for axes, names in zip(figure.subplots(len(groups), 1, squeeze=False)[:, 0], groups):
+        for name in names:
+            points = series[name]
+            axes.plot([s for s, _ in points], [v for _, v in points], label=_mathtext_safe(name),
+                      marker="." if len(points) <= 100 else None)  # fmt: skip
+        axes.set_title(f"{', '.join(_mathtext_safe(n) for n in names)} by step")
+        axes.set_xlabel("step")
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+    figure.suptitle(f"{_mathtext_safe(chart.directory)} ({_source(chart)})")
+    return figure
+
+
+def _render_png(figure: Figure) -> bytes:
+    """The Figure as PNG bytes, in memory: nothing touches the output path until it is complete."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _write_png(chart: Chart, series: dict[str, list[tuple[int, float]]], out: Path) -> None:
+    from .. import durable
+
+    data = _render_png(png_figure(chart, series))
     try:
-        figure.savefig(out)
+        durable.write_bytes_atomic(out, data)  # a temp file, fsynced, renamed over OUT; removed on failure
     except OSError as exc:
-        raise fail(f"cannot write {render.display_text(out)}: {exc.strerror or exc}")
-    finally:
-        pyplot.close(figure)
-    warn(f"wrote {render.display_text(out)}")
+        raise fail(f"cannot write --png {render.display_text(str(out))}: {exc.strerror or exc}")
+    warn(f"wrote {render.display_text(str(out))}")

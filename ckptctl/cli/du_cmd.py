@@ -4,9 +4,13 @@ Names and ``stat`` only: no checkpoint file is opened. ``--warn-free`` turns it 
 (exit 1 when free space is below the threshold).
 
 The headline total is the size on disk as ``list`` defines it too (``ops.usage.ON_DISK_LABEL``):
-allocated blocks, hard links once; the apparent size stays a secondary figure. ckptctl's own files
-(the directory lock, the demo's marker) are neither rows nor bytes of that total unless ``--all``;
-a note says what they take (``own_files`` in JSON). On a narrow terminal the share bar goes first.
+allocated blocks, hard links once; the apparent size stays a secondary figure. When the directory
+holds files ``list`` does not show (logs, configs), a note gives the part ``list`` totals, so the
+two commands never print different figures for the same thing. ckptctl's own files (the directory
+lock, the demo's marker) are neither rows nor bytes of that total unless ``--all``; a note says
+what they take (``own_files`` in JSON). Each figure is printed once: the manager's storage line
+(``ops.usage.summary_line``, the same size and counts) is in ``--json`` as ``summary``, not repeated
+under the table. On a narrow terminal the share bar goes first.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def du_command(
 
 def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dict:
     """The ``--json`` document (stable keys; new keys may be added)."""
-    from ..ops.usage import ON_DISK_LABEL, summary_line
+    from ..ops.usage import ON_DISK_LABEL, on_disk_total, summary_line
 
     fs, projection = usage.filesystem, usage.projection
     return {
@@ -85,9 +89,12 @@ def to_json(usage: Usage, threshold: FreeThreshold | None, crossed: bool) -> dic
                    **{k: v for k, v in _kind_json(u.usage).items() if k != "kind"},
                    "contents": {c: _kind_json(k) for c, k in u.contents.items()}} for u in usage.units],  # fmt: skip
         "contents": [_kind_json(k) for k in usage.contents.values()],
-        "on_disk_bytes": usage.total.allocated_bytes or usage.total.apparent_bytes,
+        "on_disk_bytes": on_disk_total(usage),
         "size_on_disk": ON_DISK_LABEL,
         "own_files": None if usage.own is None else {**_kind_json(usage.own), "counted": usage.own_included},
+        "listed": None if usage.listed is None else {"files": usage.listed.files,
+                                                     "on_disk_bytes": usage.listed.allocated_bytes,
+                                                     "apparent_bytes": usage.listed.apparent_bytes},  # fmt: skip
     }
 
 
@@ -120,52 +127,61 @@ def _content_line(usage: Usage) -> str:
 
 
 def _cells(kind: KindUsage) -> list[str]:
-    return [kind.kind, str(kind.files), render.size(kind.apparent_bytes), render.size(kind.allocated_bytes),
+    return [kind.kind, f"{kind.files:,}", render.size(kind.apparent_bytes), render.size(kind.allocated_bytes),
             str(kind.linked_files) if kind.linked_files else "-"]  # fmt: skip
 
 
-def _notes(usage: Usage) -> list[str]:
-    from ..ops.usage import summary_line
-
-    from ..ops.usage import ON_DISK_LABEL
+def _notes(usage: Usage, filesystem: bool = True) -> list[str]:
+    """The lines under the tables; ``filesystem=False`` when the terminal's disk bar already said it."""
+    from ..ops.usage import ON_DISK_LABEL, count, on_disk_total
 
     fs = usage.filesystem
     total = usage.total
-    notes = [f"Total: {render.size(total.allocated_bytes or total.apparent_bytes)} {ON_DISK_LABEL}; "
+    notes = [f"Total: {render.size(on_disk_total(usage))} {ON_DISK_LABEL} in {count(total.files, 'file')}; "
              f"{render.size(total.apparent_bytes)} apparent."]  # fmt: skip
+    listed = usage.listed
+    rest_files = usage.kinds["other"].files if usage.layout is not None else total.files - (listed.files if listed else 0)
+    if listed is not None and (listed.allocated_bytes != on_disk_total(usage) or (usage.layout is None and rest_files)):
+        rows = count(listed.files, "checkpoint" if usage.layout is not None else "file")
+        rest = max(0, on_disk_total(usage) - listed.allocated_bytes)
+        notes.append(f"Listed by `ckptctl list`: {rows}, {render.size(listed.allocated_bytes)} on disk; "
+                     f"not listed: {count(rest_files, 'other file')}, {render.size(rest)}.")  # fmt: skip
     own = usage.own
     if own is not None and own.files and not usage.own_included:
-        notes.append(f"Not counted: {render.plural(own.files, 'file')} of ckptctl's own (lock, demo marker), "
+        notes.append(f"Not counted: {count(own.files, 'file')} of ckptctl's own (lock, demo marker), "
                      f"{render.size(own.allocated_bytes or own.apparent_bytes)}; --all counts them.")  # fmt: skip
-    if usage.total.linked_files:
-        notes.append(f"Hard links counted once: {render.plural(usage.total.linked_files, 'name')} "
-                     f"{'shares its' if usage.total.linked_files == 1 else 'share their'} data with another file "
-                     "(counted under the kind that owns the data).")  # fmt: skip
-    if fs is None:
+    if total.linked_files:
+        notes.append(f"Hard links: {count(total.linked_files, 'name')} "
+                     f"{'shares its' if total.linked_files == 1 else 'share their'} data with another file "
+                     "(counted once, under the kind that owns the data).")  # fmt: skip
+    if not filesystem:
+        pass
+    elif fs is None:
         notes.append("File system: n/a (object storage has no capacity or free space to report).")
     else:
         notes.append(f"File system: {render.size(fs.total_bytes)} total, {render.size(fs.used_bytes)} used, "
                      f"{render.size(fs.free_bytes)} free ({fs.free_percent:.1f}%).")  # fmt: skip
     notes.append(_projection_note(usage))
-    notes.append(summary_line(usage))
     return notes
 
 
 def _projection_note(usage: Usage) -> str:
+    from ..ops.usage import count
+
     p = usage.projection
     if usage.layout is not None:
         if p.rolling_saves_fit is None:
             return "No complete checkpoint yet to project from." if usage.filesystem is not None else \
                 "Object storage: no free space to project into."
-        return (f"Room for {render.plural(p.rolling_saves_fit, 'more checkpoint')} ({render.size(p.checkpoint_bytes)} "
+        return (f"Room for {count(p.rolling_saves_fit, 'more checkpoint')} ({render.size(p.checkpoint_bytes)} "
                 "each, the newest complete one) before the disk is full.")  # fmt: skip
     if usage.filesystem is None and p.rolling_save_bytes:
         return f"One rolling save takes {render.size(p.rolling_save_bytes)} (object storage: no free space to project into)."
     if p.rolling_saves_fit is None:
         return "No checkpoint yet to project from."
-    text = f"Room for {render.plural(p.rolling_saves_fit, 'more rolling save')} ({render.size(p.rolling_save_bytes)} each"
+    text = f"Room for {count(p.rolling_saves_fit, 'more rolling save')} ({render.size(p.rolling_save_bytes)} each"
     text += ", file and backup copy)" if p.rolling_save_bytes != p.checkpoint_bytes else ")"
-    return text + f" or {render.plural(p.epochs_fit, 'more epoch')} ({render.size(p.epoch_bytes)} each) before the disk is full."
+    return text + f" or {count(p.epochs_fit, 'more epoch')} ({render.size(p.epoch_bytes)} each) before the disk is full."
 
 
 def _plain_report(usage: Usage) -> str:
@@ -217,7 +233,8 @@ def _rich_report(usage: Usage) -> None:
         console.print(Text(_content_line(usage)))
     fs = usage.filesystem
     if fs is not None:  # an object store has no disk to fill
-        tail = f" {100 - fs.free_percent:.0f}% full, {render.size(fs.free_bytes)} free"
+        tail = (f" {100 - fs.free_percent:.0f}% full: {render.size(fs.used_bytes)} used, "
+                f"{render.size(fs.free_bytes)} free of {render.size(fs.total_bytes)}")  # fmt: skip
         width = min(2 * BAR_WIDTH, console.width - len("disk ") - len(tail) - 1)
         bar = Text("disk")  # filled: everything that is not free for us (used, and blocks reserved for root)
         if width >= 10:  # narrower than that, the bar says nothing the percentage does not
@@ -225,5 +242,5 @@ def _rich_report(usage: Usage) -> None:
             bar.append(_bar(fs.total_bytes - fs.free_bytes, fs.total_bytes, width), style="red" if fs.free_percent < 10 else "green")
         bar.append(tail)
         console.print(bar)
-    for note in _notes(usage):
+    for note in _notes(usage, filesystem=fs is None):  # the disk bar says what the File system note would
         console.print(Text(note))

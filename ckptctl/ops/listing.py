@@ -15,12 +15,12 @@ from pathlib import Path
 from ..layouts.catalog import STATUS_OK, STATUS_PARTIAL, Entry, layout_of, scan
 from ..errors import BadInputError
 from .listing_cache import Facts, ListingCache
-from .usage import ON_DISK_LABEL, is_own, on_disk_bytes
+from .usage import LISTED_SUFFIXES, ON_DISK_LABEL, is_listed, is_own, on_disk_bytes
 from ..layouts.naming import GROUP_OF, Kind
 from ..formats.storage import is_url, location
 
-# Foreign files are listed only when they look like a checkpoint; logs and configs are not.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+# Foreign files are listed only when they look like a checkpoint; logs and configs are not (usage.is_listed).
+CHECKPOINT_SUFFIXES = LISTED_SUFFIXES
 SORT_KEYS = ("kind", "step", "name", "size", "time", "val_loss")
 JSON_KIND = {Kind.PARTIAL: "other"}
 STATUS_OWN = "ckptctl's own file"  # the lock, the demo's marker (shown with --all)
@@ -211,9 +211,8 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
     cache = ListingCache(local, enabled=use_cache)
     listed = []
     for entry in entries:
-        if entry.kind is Kind.OTHER and not entry.name.endswith(CHECKPOINT_SUFFIXES):
-            if not (include_own and is_own(entry)):
-                continue
+        if not is_listed(entry, include_own):  # the rows du's "listed" figure counts too
+            continue
         if wanted and entry.kind not in wanted:
             cache.get(entry)  # kept in the cache for the next, unfiltered, listing
             continue

@@ -16,7 +16,9 @@ rolling file before the ``latest.pt`` that links to it), so the per-kind bytes a
 and the names that share data are counted as ``linked_files``.
 
 API for other modules: ``measure(directory) -> Usage``, ``summary_line(usage) -> str`` and the
-shortcut ``storage_summary(directory) -> str`` for the manager's periodic log line.
+shortcut ``storage_summary(directory) -> str`` for the manager's periodic log line (the same size
+and counts ``du`` prints), and ``is_listed``/``on_disk_bytes``, which ``list`` totals its rows with:
+"size on disk" has one definition (:data:`ON_DISK_LABEL`) in both commands.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ GROUPS = ("latest", "rolling", "emergency", "best", "epoch", "replaced", "partia
 # under replaced only when no checkpoint name holds it any more.
 OWNER_ORDER = ("rolling", "emergency", "epoch", "best", "latest", "replaced", "partial", "other")
 _OWNER_RANK = {group: rank for rank, group in enumerate(OWNER_ORDER)}
-SUMMARY_KINDS = (Kind.ROLLING, Kind.EMERGENCY, Kind.EPOCH)
 # ckptctl's own files in a checkpoint directory: the directory lock (locking.LOCK_NAME) and the
 # demo's marker (training.demo.MARKER; spelled here, ops sits below training). ``list`` and ``du``
 # show them, and ``du`` counts them, only with ``--all``. (The listing cache lives outside.)
@@ -48,6 +49,9 @@ OWN_NAMES = frozenset({".ckptctl.lock", ".ckptctl-demo"})
 # The one definition of "size on disk" of ``list`` and ``du`` (their headline totals): allocated
 # blocks (``st_blocks``; the size for an object store), each inode once.
 ON_DISK_LABEL = "on disk (allocated, hard links once)"
+# Files that are not checkpoint names are rows of ``list`` only when they look like a checkpoint;
+# logs and configs are not (``du`` counts them all, as ``other``).
+LISTED_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 def is_own(entry: Entry) -> bool:
@@ -55,18 +59,29 @@ def is_own(entry: Entry) -> bool:
     return entry.name in OWN_NAMES and entry.kind is Kind.OTHER
 
 
+def is_listed(entry: Entry, include_own: bool = False) -> bool:
+    """Whether ``entry`` is a row of ``list`` (unfiltered): the files whose size on disk is its total."""
+    if entry.kind is Kind.OTHER and not entry.name.endswith(LISTED_SUFFIXES):
+        return include_own and is_own(entry)
+    return True
+
+
 def on_disk_bytes(entries) -> tuple[int, int]:
-    """(allocated, apparent) bytes of ``entries``, each inode once: the headline "size on disk"
-    (allocated; an object has no blocks, so its size) and the apparent size as a secondary figure."""
+    """(allocated, apparent) bytes of ``entries``, each inode once: the headline "size on disk" and the
+    apparent size as a secondary figure. Allocated is ``st_blocks`` per file (an object's size: it has
+    no blocks), so a sparse file counts what it occupies, as in ``du``'s total; only when nothing has
+    blocks at all (a file system that reports none) is the apparent size the figure, as in
+    :func:`on_disk_total`."""
     seen: set[int] = set()
     allocated = apparent = 0
     for entry in entries:
         if entry.inode in seen:
             continue
         seen.add(entry.inode)
-        allocated += entry.allocated_bytes or entry.size_bytes
+        allocated += entry.allocated_bytes
         apparent += entry.size_bytes
-    return allocated, apparent
+    return allocated or apparent, apparent
+
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
@@ -141,6 +156,7 @@ class Usage:
     total: KindUsage = field(init=False)
     own: KindUsage | None = None  # ckptctl's own files (lock, demo marker): rows and total only with --all
     own_included: bool = False  # whether ``own`` is also counted in ``kinds["other"]`` and the total
+    listed: KindUsage | None = None  # the rows ``list`` shows (:func:`is_listed`): files, bytes inodes once
 
     def __post_init__(self) -> None:
         self.total = KindUsage("total")
@@ -165,6 +181,9 @@ def measure(directory: str | os.PathLike[str], *, include_own: bool = False) -> 
         entries = [entry for entry in entries if not is_own(entry)]
     usage = _measure(directory, entries, include_own)
     usage.own, usage.own_included = own, include_own
+    listed = [entry for entry in entries if is_listed(entry, include_own)]
+    usage.listed = KindUsage("listed", len(listed))
+    usage.listed.allocated_bytes, usage.listed.apparent_bytes = on_disk_bytes(listed)
     return usage
 
 
@@ -357,16 +376,38 @@ def _newest(entries: list[Entry], kind: Kind) -> Entry | None:
     return matching[-1] if matching else None
 
 
+def on_disk_total(usage: Usage) -> int:
+    """The headline size of ``du`` (and ``list``'s footer): allocated bytes, hard links once."""
+    return usage.total.allocated_bytes or usage.total.apparent_bytes
+
+
+def file_counts(usage: Usage) -> str:
+    """What the directory holds, in the words and numbers of ``du``'s table: ``14 files (2 latest,
+    6 rolling, ...)``, or for another framework's layout ``3 hf-trainer checkpoints (24 files)``."""
+    other = usage.kinds.get("other")
+    if usage.layout is not None:
+        checkpoints = usage.kinds["checkpoint"].files
+        text = (f"{count(usage.counts.get('checkpoint', 0), f'{usage.layout} checkpoint')} "
+                f"({count(checkpoints, 'file')})")  # fmt: skip
+        return text + (f", {count(other.files, 'other file')}" if other is not None and other.files else "")
+    parts = [f"{kind.files:,} {kind.kind}" for kind in usage.kinds.values() if kind.files]
+    return count(usage.total.files, "file") + (f" ({', '.join(parts)})" if parts else "")
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` (with thousands separators) and ``noun``, plural unless ``n`` is one: ``3,067,300 files``."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"
+
+
 def summary_line(usage: Usage) -> str:
-    """``Checkpoint storage: 45.2 GiB (10 rolling, 3 emergency, 5 epoch) — 120 GiB free``."""
+    """The manager's storage log line (and ``du --json``'s ``summary``), in ``du``'s definitions:
+    ``Checkpoint storage: 280.0 KiB on disk (allocated, hard links once), 14 files (2 latest,
+    6 rolling, 1 emergency, 3 best, 2 epoch) — 68.1 GiB free``."""
     import humanize
 
-    if usage.layout is not None:
-        kinds = f"{usage.counts.get('checkpoint', 0)} {usage.layout} checkpoint{'s' if usage.counts.get('checkpoint', 0) != 1 else ''}"
-    else:
-        kinds = ", ".join(f"{usage.counts.get(kind.value, 0)} {kind.value}" for kind in SUMMARY_KINDS)
     free = "n/a" if usage.filesystem is None else humanize.naturalsize(usage.filesystem.free_bytes, binary=True)
-    return f"Checkpoint storage: {humanize.naturalsize(usage.checkpoint_bytes, binary=True)} ({kinds}) — {free} free"
+    size = humanize.naturalsize(on_disk_total(usage), binary=True)
+    return f"Checkpoint storage: {size} {ON_DISK_LABEL}, {file_counts(usage)} — {free} free"
 
 
 def storage_summary(directory: str | os.PathLike[str]) -> str:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,3 +195,162 @@ def test_lightning_points_are_the_listed_metrics():
     document = json.loads(invoke(str(lightning), "--json").stdout)
     assert document["source"] == "checkpoints" and expected
     assert document["metrics"]["val_loss"] == [list(p) for p in expected]
+
+
+# ------------------------------------------------------------------ --png (matplotlib, the [png] extra)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def matplotlib_installed():
+    return pytest.importorskip("matplotlib")
+
+
+def test_png_is_written_and_decodes_to_the_chart(tmp_path, matplotlib_installed, monkeypatch):
+    from matplotlib.image import imread
+
+    from ckptctl.cli import chart_cmd
+
+    figures = []
+    real = chart_cmd.png_figure
+    monkeypatch.setattr(chart_cmd, "png_figure", lambda chart, series: figures.append(real(chart, series)) or figures[-1])
+    out = tmp_path / "out.png"
+    result = invoke(str(HF), "--metric", "loss", "--metric", "eval_loss", "--metric", "learning_rate", "--png", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines()[-1] == f"ckptctl: wrote {out}"
+    data = out.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    image = imread(out)
+    height, width = image.shape[:2]
+    assert image.ndim == 3 and image.shape[2] in (3, 4) and width >= 400 and height >= 300
+    assert image[..., :3].std() > 0.05  # lines and text on white, not a blank canvas
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temp file left beside it
+    # the figure names what it draws: the losses share axes, the learning rate has its own
+    (figure,) = figures
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles == ["loss, eval_loss by step", "learning_rate by step"]
+    labels = [line.get_label() for axes in figure.axes for line in axes.get_lines()]
+    assert labels == ["loss", "eval_loss", "learning_rate"]
+    assert "trainer_state.json log_history" in figure.get_suptitle()
+    loss = figure.axes[0].get_lines()[0]
+    assert [list(p) for p in zip(loss.get_xdata(), loss.get_ydata())] == [list(p) for p in metric_series(HF).series["loss"]]
+
+
+def test_png_figure_of_native_checkpoints_names_val_loss(native, matplotlib_installed):
+    from ckptctl.cli import chart_cmd
+
+    chart = metric_series(native)
+    figure = chart_cmd.png_figure(chart, chart.select(None))
+    assert any("val_loss" in axes.get_title() for axes in figure.axes)
+    assert chart_cmd._render_png(figure).startswith(PNG_SIGNATURE)
+
+
+def test_png_replaces_an_existing_file_atomically(tmp_path, matplotlib_installed):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"old")
+    inode = out.stat().st_ino
+    assert invoke(str(HF), "--png", str(out)).exit_code == 0
+    assert out.read_bytes().startswith(PNG_SIGNATURE) and out.stat().st_ino != inode  # renamed over, not rewritten
+
+
+def test_a_failed_rendering_leaves_the_old_file(tmp_path, matplotlib_installed, monkeypatch):
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "out.png"
+    out.write_bytes(b"old chart")
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("renderer exploded")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    result = invoke(str(HF), "--png", str(out))
+    assert result.exit_code == 70 and "Traceback" not in result.output  # a bug: one line, like any other
+    assert len(result.stderr.strip().splitlines()) == 1 and "renderer exploded" in result.stderr
+    assert out.read_bytes() == b"old chart" and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, matplotlib_installed, monkeypatch):
+    import errno
+
+    from ckptctl import durable
+
+    out = tmp_path / "out.png"
+    out.write_bytes(b"old chart")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(durable, "_fsync", disk_full)
+    result = invoke(str(HF), "--png", str(out))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"ckptctl: error: cannot write --png {out}: No space left on device"]
+    assert out.read_bytes() == b"old chart" and [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+@pytest.mark.parametrize("case", ["missing directory", "a directory", "parent is a file"])
+def test_bad_png_paths_are_one_line_and_exit_2(tmp_path, case, monkeypatch):
+    from ckptctl.ops import metrics
+
+    read = []
+    monkeypatch.setattr(metrics, "metric_series", lambda *a, **k: read.append(a))  # checked before reading
+    (tmp_path / "file").write_text("x")
+    out, expected = {
+        "missing directory": (tmp_path / "nope" / "out.png", f"no such directory: {tmp_path / 'nope'}"),
+        "a directory": (tmp_path, "it is a directory"),
+        "parent is a file": (tmp_path / "file" / "out.png", f"not a directory: {tmp_path / 'file'}"),
+    }[case]
+    result = invoke(str(HF), "--png", str(out))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"ckptctl: error: cannot write --png {out}: {expected}"]
+    assert read == [] and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: a read-only directory cannot be tested as root")
+def test_png_in_a_read_only_directory_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = invoke(str(HF), "--png", str(locked / "out.png"))
+    finally:
+        locked.chmod(0o755)
+    assert result.exit_code == 2 and "permission denied" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (locked / "out.png").exists()
+
+
+def test_unwritable_directory_is_refused_before_reading(tmp_path, monkeypatch):
+    """Root passes any permission check, so os.access is what the refusal is tested through."""
+    from ckptctl.cli import chart_cmd
+
+    monkeypatch.setattr(chart_cmd.os, "access", lambda path, mode: False)
+    result = invoke(str(HF), "--png", str(tmp_path / "out.png"))
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"ckptctl: error: cannot write --png {tmp_path / 'out.png'}: permission denied on {tmp_path}"]
+
+
+PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from ckptctl.cli.app import app
+result = CliRunner().invoke(app, json.loads(sys.argv[1]))
+print(json.dumps({"code": result.exit_code, "matplotlib": sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")[:1]}))
+"""
+
+
+@pytest.mark.parametrize("png", [False, True], ids=["terminal", "png"])
+def test_matplotlib_is_imported_only_with_png(tmp_path, png, matplotlib_installed):
+    args = ["chart", str(HF), *(["--png", str(tmp_path / "out.png")] if png else [])]
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True, timeout=120)
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe == {"code": 0, "matplotlib": ["matplotlib"] if png else []}
+
+
+def test_missing_extra_names_the_install_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = invoke(str(HF), "--png", str(tmp_path / "out.png"))
+    assert result.stderr.strip().splitlines() == [
+        "ckptctl: error: --png needs matplotlib, which is not installed: pip install 'ckptctl[png]' (the terminal chart needs nothing)"]
