@@ -115,6 +115,13 @@ def _footer(listing: Listing) -> str:
     return line
 
 
+def _fit_footer(footer: str, width: int) -> str:
+    """A footer line too wide for the terminal breaks at its ``; `` (a figure is never split by a wrap)."""
+    from rich.cells import cell_len
+
+    return "\n".join(line.replace("; ", "\n") if cell_len(line) > width else line for line in footer.split("\n"))
+
+
 def _rich_report(listing: Listing, grouped: bool) -> None:
     """One table: a ``kind`` column names each group on its first row, and a rule separates the groups."""
     from ..layouts.naming import GROUP_OF
@@ -139,7 +146,7 @@ def _rich_report(listing: Listing, grouped: bool) -> None:
             cells.insert(0, "" if group in shown else group)
             shown.add(group)
     _print_table(console, headers, rows, sections, styles, right=("step", "epoch", "val_loss", "size"))
-    console.print(render.styled_line(_footer(listing)))
+    console.print(render.styled_line(_fit_footer(_footer(listing), console.width)))
 
 
 def _status_style(status: str) -> str:
@@ -249,4 +256,4 @@ def _layout_report(listing: Listing, *, rich: bool) -> None:
     styles = ["green" if row.status == "ok" else "yellow" if row.status in ("incomplete", "stale") else "red"
               for row in listing.rows]  # fmt: skip
     _print_table(console, headers, rows, [False] * len(rows), styles, right=("step", "epoch", metric, "size"))
-    console.print(render.styled_line(footer))
+    console.print(render.styled_line(_fit_footer(footer, console.width)))

@@ -287,3 +287,11 @@ def test_own_names_match_the_lock_and_the_demo_marker():
     from ckptctl.training.demo import MARKER
 
     assert OWN_NAMES == {LOCK_NAME, MARKER}
+
+
+def test_a_footer_too_wide_for_the_terminal_breaks_between_its_figures(ckpt_dir, monkeypatch):
+    lines = _rich(monkeypatch, 60, "list", str(ckpt_dir))
+    assert re.fullmatch(r"12 files, [\d.]+ \w+ on disk \(allocated, hard links once\)", lines[-3]), lines[-3:]
+    assert re.fullmatch(r"[\d.]+ \w+ apparent", lines[-2]), lines[-3:]
+    wide = _rich(monkeypatch, 120, "list", str(ckpt_dir))
+    assert re.fullmatch(r"12 files, .*once\); [\d.]+ \w+ apparent", wide[-2]), wide[-3:]
