@@ -97,3 +97,16 @@ def test_the_readme_tour_runs_as_written(ckpt_dir, tmp_path, monkeypatch):
         assert result.exit_code in expected, (line, result.output)
         ran.append(words[1])
     assert set(ran) >= {c.name for c in app.registered_commands} - {"demo"}  # the tour shows every command
+
+
+def test_the_install_facts_the_readme_states_are_the_packages():
+    """Issue #14: Python >= 3.10 stated, numpy a dependency (no "Failed to initialize NumPy"), CPU torch explained."""
+    project = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^requires-python = ">=3\.10"', project, re.M)
+    dependencies = project[project.index("dependencies = [") : project.index("]", project.index("dependencies = ["))]
+    assert re.search(r'^\s*"numpy>=', dependencies, re.M) and re.search(r'^\s*"torch>=2\.4"', dependencies, re.M)
+    readme = (ROOT / "README.md").read_text()
+    assert "Python ≥ 3.10" in readme and "`torch>=2.4`" in readme
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
+    pinned = re.search(r"^torch==([\d.]+)", (ROOT / "constraints.txt").read_text(), re.M)
+    assert pinned and f"torch ({pinned.group(1)}, CPU)" in readme  # the README names the pinned version
