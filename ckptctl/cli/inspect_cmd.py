@@ -41,8 +41,17 @@ def inspect_command(
         _print_report(report)
     if report["status"] != "ok":
         if not json_output:
-            raise fail(f"{report['name']}: {report['status']}: {report['error']}", EXIT_FINDINGS)
+            raise fail(_error_line(file, report["status"], report["error"]), EXIT_FINDINGS)
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def _error_line(path: str, status: str, error: str | None) -> str:
+    """``d/x.pt: unreadable: truncated ...`` with the path as given (like compare, export, resume-cmd),
+    and the status word once: ``run/checkpoint-2: optimizer.pt: unreadable: ...``."""
+    error = error or ""
+    if error.startswith(f"{status}:") or f": {status}:" in error:
+        return f"{path}: {error}"
+    return f"{path}: {status}: {error}" if error else f"{path}: {status}"
 
 
 def bounded_str(value: object, limit: int) -> str:

@@ -115,6 +115,13 @@ def _footer(listing: Listing) -> str:
     return line
 
 
+def _fit_footer(footer: str, width: int) -> str:
+    """A footer line too wide for the terminal breaks at its ``; `` (a figure is never split by a wrap)."""
+    from rich.cells import cell_len
+
+    return "\n".join(line.replace("; ", "\n") if cell_len(line) > width else line for line in footer.split("\n"))
+
+
 def _rich_report(listing: Listing, grouped: bool) -> None:
     """One table: a ``kind`` column names each group on its first row, and a rule separates the groups."""
     from ..layouts.naming import GROUP_OF
@@ -139,7 +146,7 @@ def _rich_report(listing: Listing, grouped: bool) -> None:
             cells.insert(0, "" if group in shown else group)
             shown.add(group)
     _print_table(console, headers, rows, sections, styles, right=("step", "epoch", "val_loss", "size"))
-    console.print(render.styled_line(_footer(listing)))
+    console.print(render.styled_line(_fit_footer(_footer(listing), console.width)))
 
 
 def _status_style(status: str) -> str:
@@ -148,29 +155,46 @@ def _status_style(status: str) -> str:
     return {"ok": "green", "partial": "yellow", STATUS_OWN: "dim"}.get(status, "red")
 
 
-# Narrow terminals: these columns give way first (in this order), then the status and name shrink.
+# Narrow terminals (render.fit_table): these columns give way first, in this order, then the status
+# wraps, then the box goes, then the late columns give way while the name would be cut below
+# NAME_FLOOR characters; the name is cut last, in the middle (``rolli…_000220.pt``).
 DROP_ORDER = ("kind", "saved", "epoch", "complete", "best")  # kind: the rules show the groups already
 SHRINK_ORDER = ("status", "complete", "name")
+LATE_DROP_ORDER = ("size", "val_loss", "step")  # a layout's metric column gives way where val_loss does
+NAME_FLOOR = 16
+
+# The table without its box: no verticals, two spaces between columns, a rule under the header and
+# between groups (Rich's box lines: top, head, head rule, mid, row rule, foot rule, foot, bottom).
+_RULES_ONLY = "    \n    \n ── \n    \n ── \n ── \n    \n    \n"
 
 
 def _print_table(console, headers: list[str], rows: list[list[str]], sections: list[bool], styles: list[str],
                  right: tuple[str, ...]) -> None:  # fmt: skip
-    """A Rich table fitted to the console's width (:func:`render.fit_columns`)."""
+    """A Rich table fitted to the console's width (:func:`render.fit_table`); the name and the
+    status never give way."""
+    from rich.box import Box
     from rich.table import Table
     from rich.text import Text
 
-    kept, limits = render.fit_columns(console.width, headers, rows, DROP_ORDER, SHRINK_ORDER)
-    table = Table(header_style="bold")
+    metric = next((h for h in right if h not in ("step", "epoch", "size")), "val_loss")
+    late = tuple(metric if c == "val_loss" else c for c in LATE_DROP_ORDER)
+    kept, limits, boxed = render.fit_table(console.width, headers, rows, DROP_ORDER, SHRINK_ORDER, late,
+                                           name_floor=NAME_FLOOR)  # fmt: skip
+    if boxed:
+        table = Table(header_style="bold")
+    else:  # decorations go before names
+        table = Table(header_style="bold", box=Box(_RULES_ONLY), show_edge=False, padding=(0, 1, 0, 0), pad_edge=False)
+    name, status = headers.index("name"), headers.index("status")
     for i in kept:
         header = headers[i]
-        wraps = header == "status"  # an error message wraps; a name is cut with an ellipsis, numbers never
+        wraps = header == "status"  # an error message wraps; a name is cut in the middle, numbers never
         table.add_column(header, justify="right" if header in right else "left", max_width=limits.get(i),
                          no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")  # fmt: skip
-    status = headers.index("status")
     for cells, section, style in zip(rows, sections, styles):
         if section:
             table.add_section()
-        table.add_row(*(Text(cells[i], style=style) if i == status else cells[i] for i in kept))
+        shown = [render.middle_cut(cells[i], limits[i]) if i == name and i in limits else cells[i] for i in kept]
+        table.add_row(*(Text(text, style=style) if i == status else text for i, text in zip(kept, shown)))
     console.print(table)
 
 
@@ -232,4 +256,4 @@ def _layout_report(listing: Listing, *, rich: bool) -> None:
     styles = ["green" if row.status == "ok" else "yellow" if row.status in ("incomplete", "stale") else "red"
               for row in listing.rows]  # fmt: skip
     _print_table(console, headers, rows, [False] * len(rows), styles, right=("step", "epoch", metric, "size"))
-    console.print(render.styled_line(footer))
+    console.print(render.styled_line(_fit_footer(footer, console.width)))

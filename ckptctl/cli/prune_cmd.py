@@ -177,7 +177,10 @@ _size = functools.lru_cache(maxsize=1024)(render.size)
 
 def _sections(plan: PrunePlan) -> list[tuple[str, tuple[str, ...], list[list[str]]]]:
     """(title, headers, rows) for each non-empty part of the plan."""
+    from ..ops.usage import is_own
+
     retention, now = plan.retention, time.time()
+    ignored = [e for e in retention.ignored if not is_own(e)]  # the lock, the demo's marker: the tool's own (JSON keeps them)
     remove_headers, remove_rows = ("name", "step", "size"), [[_name(d.entry), _step(d.entry.step), _size(d.entry.size_bytes)]
                                                              for d in retention.remove]  # fmt: skip
     if any(d.notes for d in retention.remove):
@@ -189,8 +192,7 @@ def _sections(plan: PrunePlan) -> list[tuple[str, tuple[str, ...], list[list[str
         (f"Remove ({len(retention.remove)})", remove_headers, remove_rows),
         (f"Stale partial writes, removed ({len(retention.stale_temp)})", ("name", "age", "size"),
          [[e.name, _age(now - e.mtime), _size(e.size_bytes)] for e in retention.stale_temp]),
-        (f"Ignored, never removed ({len(retention.ignored)})", ("name", "why"),
-         [[_name(e), _ignored_why(e)] for e in retention.ignored]),
+        (f"Ignored, never removed ({len(ignored)})", ("name", "why"), [[_name(e), _ignored_why(e)] for e in ignored]),
     ]  # fmt: skip
     if plan.run is not None and plan.run.pointers:
         sections.append((f"Pointers, never removed ({len(plan.run.pointers)})", ("name", "points at", "state"),

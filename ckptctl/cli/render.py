@@ -159,6 +159,78 @@ def fit_columns(width: int, headers: list[str], rows: list[list[str]], drop: tup
     return kept, limits
 
 
+def fit_table(width: int, headers: list[str], rows: list[list[str]], drop: tuple[str, ...] = (),
+              shrink: tuple[str, ...] = (), late_drop: tuple[str, ...] = (), *, name: str = "name",
+              name_floor: int = 16, minimum: int = 16) -> tuple[list[int], dict[int, int], bool]:  # fmt: skip
+    """Fit a table with a ``name`` column to ``width``: columns by priority, decorations before names.
+
+    In order, each step only while the table is still too wide: the columns in ``drop`` give way
+    (the boxed table: ``3 n + 1`` characters around n columns); the box goes (two spaces between
+    columns, the group rules kept: ``2 (n - 1)``); the ``shrink`` columns other than the name are
+    narrowed (they wrap) down to ``minimum`` (an error message stays readable); the columns in ``late_drop`` give way while the name would
+    otherwise be cut below ``name_floor``; last, the name is cut (:func:`middle_cut`).
+    Returns (indices of the columns kept, {index: max width}, whether the table keeps its box).
+    """
+    from rich.cells import cell_len
+
+    natural = [max([cell_len(h), *(cell_len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    kept = list(range(len(headers)))
+    limits: dict[int, int] = {}
+
+    def total(boxed: bool) -> int:
+        cells = sum(limits.get(i, natural[i]) for i in kept)
+        return cells + (3 * len(kept) + 1 if boxed else 2 * max(0, len(kept) - 1))
+
+    def index(column: str) -> int | None:
+        return headers.index(column) if column in headers and headers.index(column) in kept else None
+
+    for column in drop:
+        if total(True) <= width:
+            return kept, limits, True
+        if (i := index(column)) is not None:
+            kept.remove(i)
+    if total(True) <= width:
+        return kept, limits, True
+    for column in shrink:
+        excess = total(False) - width
+        if column == name or excess <= 0 or (i := index(column)) is None:
+            continue
+        new = max(max(minimum, cell_len(headers[i])), natural[i] - excess)
+        if new < natural[i]:
+            limits[i] = new
+    i = index(name)
+    if i is None:
+        return kept, limits, False
+    floor = min(natural[i], max(name_floor, minimum))
+    for column in late_drop:
+        if width - (total(False) - natural[i]) >= floor:
+            break
+        if (j := index(column)) is not None:
+            kept.remove(j)
+    room = width - (total(False) - natural[i])
+    if room < natural[i]:
+        limits[i] = max(room, min(8, natural[i]))
+    return kept, limits, False
+
+
+def middle_cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` cells, cut in the middle: ``rolli…_000220.pt``, so names that
+    share a prefix (every rolling checkpoint's) stay apart by their ends."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head = max(1, (width - 1) // 3)
+    tail = width - 1 - head
+    cut = text[:head] + "…" + text[len(text) - tail :]
+    while cell_len(cut) > width and tail > 0:  # wide characters: trim until it fits
+        tail -= 1
+        cut = text[:head] + "…" + text[len(text) - tail :]
+    return cut
+
+
 def styled_line(text: str, style: str = ""):
     """A Rich ``Text`` of ``text`` (already escaped), never parsed as markup."""
     from rich.text import Text

@@ -141,8 +141,8 @@ class _Report:
             self.line(f"not readable: {problem}")
         for note in plan.notes:
             self.line(f"note: {note}")
-        if plan.resume_from is not None and plan.kind == "heal":
-            self.line(f"resume from: {plan.resume_reason}")
+        if plan.resume_from is not None and plan.kind == "heal" and not any(plan.resume_reason in n for n in plan.notes):
+            self.line(f"resume from: {plan.resume_reason}")  # unless a note said it already
 
     def outcome(self, plan: RestorePlan, dry_run: bool) -> None:
         if not plan.actions:

@@ -13,7 +13,7 @@ import typer
 
 from . import render
 from .options import JsonOpt, complete_choices
-from .output import err_console, handle_errors, plain_table, print_json, stderr_is_terminal, styled, warn
+from .output import err_console, fail, handle_errors, plain_table, print_json, stderr_is_terminal, styled, warn
 
 if TYPE_CHECKING:  # the core is imported when the command runs, not when the app starts
     from ..ops.resume import ResumeCommand
@@ -67,18 +67,23 @@ def resume_command(
     from ..ops.resume import build_resume_command
     from ..formats.storage import refuse_url
 
+    from ..errors import CheckpointError
+
     refuse_url(checkpoint, "resume-cmd")
     refuse_url(directory, "resume-cmd")
-    result = build_resume_command(
-        checkpoint,
-        directory=directory,
-        overrides=overrides,
-        allow_new=allow_new,
-        script=script,
-        python=python,
-        resume_flag=resume_flag,
-        bool_style=bools,
-    )
+    try:
+        result = build_resume_command(
+            checkpoint,
+            directory=directory,
+            overrides=overrides,
+            allow_new=allow_new,
+            script=script,
+            python=python,
+            resume_flag=resume_flag,
+            bool_style=bools,
+        )
+    except CheckpointError as exc:  # the file it could not read: named, like inspect and compare do
+        raise fail(_naming(checkpoint, directory, exc), exc.exit_code) from None
     if json_output:
         doc = result.to_json()
         doc["reason"] = result.resolution.reason  # a directory: why this checkpoint is where to resume
@@ -91,6 +96,18 @@ def resume_command(
     if result.resolution.reason:
         warn(f"where to resume: {result.resolution.reason}")
     print(result.command)
+
+
+def _naming(checkpoint: str, directory: str | None, exc: Exception) -> str:
+    """``d/x.pt: unreadable: truncated ...``: the error with the file it is about, once."""
+    from pathlib import Path
+
+    message = str(exc)
+    path = Path(directory or ".") / checkpoint if checkpoint in ("latest", "best") and directory else Path(checkpoint)
+    if str(path) in message or path.name in message.split(":", 1)[0]:
+        return message
+    status = getattr(exc, "status", "unreadable")
+    return f"{path}: {message}" if message.startswith(f"{status}:") else f"{path}: {status}: {message}"
 
 
 def _cells(result: ResumeCommand) -> list[list[str]]:

@@ -27,6 +27,9 @@ COMMANDS = {
     "resume-cmd": ["resume-cmd", "{d}"],
     "compare": ["compare", "{d}/latest.pt", "{d}/best_model.pt"],
     "du": ["du", "{d}"],
+    "export": ["export", "{d}/café.pt", "--to", "{d}/out.safetensors", "--dry-run"],
+    "chart": ["chart", "{d}"],
+    "demo": ["demo", "{d}/../demo_checkpoints", "--steps", "30"],  # its training log too (the manager's em dash)
     "list --json": ["list", "{d}", "--json"],
 }
 
@@ -60,6 +63,12 @@ def test_every_command_survives_an_ascii_terminal(layout, command, env):
     assert result.returncode == 0, stderr
     assert "Traceback" not in stderr and "internal error" not in stderr
     result.stdout.decode("ascii")
+
+
+def test_every_command_is_in_the_encoding_matrix():
+    from ckptctl.cli.app import app
+
+    assert {args[0] for args in COMMANDS.values()} == {command.name for command in app.registered_commands}
 
 
 def test_decorations_become_look_alikes_and_names_escapes(layout, tmp_path):

@@ -254,3 +254,32 @@ def test_every_option_is_documented_on_the_command_page(name):
         for option in param.opts + param.secondary_opts:
             if option.startswith("--"):
                 assert re.search(rf"{re.escape(option)}(?![\w-])", text), f"docs/commands/{name}.md does not mention {option}"
+
+
+def _usage(name: str) -> str:
+    text = runner.invoke(app, [name, "--help"], prog_name="ckptctl").stdout
+    return text.splitlines()[0].removeprefix("Usage: ").strip()
+
+
+OTHER_HELPERS_PAGES = {"du", "chart"}  # docs/commands/{du,chart}.md are kept with their commands' code
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_short_option_and_argument_is_on_the_command_page(name):
+    """Issue #14: every command and option appears in the docs: -n as well as --dry-run, and the usage line."""
+    text = (DOCS / f"{name}.md").read_text()
+    for param in _options(name):
+        for option in param.opts + param.secondary_opts:
+            if re.fullmatch(r"-[a-zA-Z]", option) and option != "-h":
+                assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), f"docs/commands/{name}.md does not mention {option}"
+    if name not in OTHER_HELPERS_PAGES:
+        assert f"`{_usage(name)}`" in text, f"docs/commands/{name}.md lacks its usage line `{_usage(name)}`"
+
+
+def test_top_level_options_are_documented():
+    group, _ctx = _click_command()
+    pages = README.read_text() + "".join(p.read_text() for p in DOCS.parent.glob("*.md"))
+    for param in group.params:
+        for option in param.opts:
+            if option.startswith("--") and option != "--help":
+                assert re.search(rf"ckptctl {re.escape(option)}(?![\w-])", pages), f"ckptctl {option} is not in README.md or docs/"

@@ -133,3 +133,29 @@ def test_permission_denied_exit_2(seed, monkeypatch):
     monkeypatch.setattr(catalog.os, "access", lambda *a, **k: False)
     result = invoke(str(seed))
     assert result.exit_code == 2 and "permission denied" in result.stderr
+
+
+def test_an_unreadable_file_is_named_by_the_path_given(tmp_path):
+    bad = tmp_path / "sub" / "bad.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(b"PK\x03\x04" + b"\0" * 60)
+    result = invoke(str(bad))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"ckptctl: error: {bad}: unreadable: truncated"), result.stderr
+
+
+def test_a_damaged_file_of_a_checkpoint_directory_says_unreadable_once(tmp_path):
+    """An HF Trainer checkpoint whose optimizer.pt is cut: the directory, the file, the verdict, once each."""
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "frameworks" / "hf_trainer" / "checkpoint-2"
+    run = tmp_path / "run"
+    shutil.copytree(fixture, run / "checkpoint-2")
+    optimizer = run / "checkpoint-2" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    result = invoke(str(run / "checkpoint-2"))
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert line.startswith(f"ckptctl: error: {run / 'checkpoint-2'}: optimizer.pt: unreadable: "), line
+    assert line.count("unreadable") == 1

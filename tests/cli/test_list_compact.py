@@ -88,14 +88,57 @@ def test_plain_report_stays_one_aligned_table(ckpt_dir):
 # ------------------------------------------------------------------ narrow terminals
 
 
-def test_at_60_columns_saved_and_epoch_give_way_and_names_are_cut_last(ckpt_dir, monkeypatch):
+def _borderless(lines: list[str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a table without its box: columns two spaces apart, rules of ``─``."""
+    start = next(i for i, line in enumerate(lines) if line.startswith("name "))
+    body = []
+    for line in lines[start + 1 :]:
+        if set(line) <= {"─", " "}:
+            continue
+        if not line.startswith(" ") and "  " not in line:  # the footer
+            break
+        body.append(line)
+    split = re.compile(r"\s{2,}")
+    return split.split(lines[start].strip()), [split.split(line.strip()) for line in body if not line.startswith(" ")]
+
+
+def test_at_60_columns_saved_and_epoch_give_way_then_the_box_then_names_are_cut_in_the_middle(ckpt_dir, monkeypatch):
     lines = _rich(monkeypatch, 60, "list", str(ckpt_dir))
     assert all(cell_len(line) <= 60 for line in lines), lines
-    assert _header(lines) == ["name", "step", "val_loss", "size", "status"]
-    names = [line.strip("│").split("│")[0].strip() for line in lines if line.startswith("│")]
-    assert "latest.pt" in names and "best_model.pt" in names  # short names are whole
-    assert any(name.endswith("…") for name in names)  # the long emergency name is cut
-    assert any(name.startswith("emergency_step_") for name in names)
+    assert not any(line[:1] in ("┏", "┃", "│") for line in lines)  # decorations go before names
+    header, rows = _borderless(lines)
+    assert header == ["name", "step", "val_loss", "size", "status"]
+    names = [row[0] for row in rows]
+    assert len(names) == 12 and len(set(names)) == 12  # every row still tells which file it is
+    assert "rolling_step_000300.pt" in names and "best_model_previous.pt" in names  # whole
+    cut = [name for name in names if "…" in name]
+    assert len(cut) == 1 and cut[0].startswith("emerg") and cut[0].endswith("120000.pt")  # its end is kept
+    assert sum(set(line) <= {"─", " "} for line in lines) == 1 + len(GROUPS) - 1  # header rule + group rules
+
+
+def test_at_40_columns_the_status_stays_and_names_stay_apart(ckpt_dir, monkeypatch):
+    """Was: the status column squeezed to nothing and every rolling name cut to ``rolling…``."""
+    lines = _rich(monkeypatch, 40, "list", str(ckpt_dir))
+    assert all(cell_len(line) <= 40 for line in lines), lines
+    header, rows = _borderless(lines)
+    assert header[0] == "name" and header[-1] == "status" and "step" in header
+    assert "size" not in header  # size gives way before the names are cut below 16 characters
+    assert all(row[-1] == "ok" for row in rows)
+    names = [row[0] for row in rows]
+    assert len(set(names)) == len(names) == 12 and all(cell_len(name) >= 16 or "…" not in name for name in names)
+
+
+def test_a_long_error_wraps_readably_on_a_narrow_terminal(ckpt_dir, monkeypatch, tmp_path):
+    d = tmp_path / "bad"
+    shutil.copytree(ckpt_dir, d, symlinks=True)
+    (d / "rolling_step_000200.pt").write_bytes(b"PK" + b"\0" * 100)
+    lines = _rich(monkeypatch, 60, "list", str(d))
+    assert all(cell_len(line) <= 60 for line in lines), lines
+    row = next(i for i, line in enumerate(lines) if "000200" in line)
+    assert "unreadable:" in lines[row]  # not "unreadab" / "le:" in an 8-column status
+    words = " ".join(line[line.index("unreadable:") if i == 0 else 0 :].strip() for i, line in
+                     enumerate(lines[row : row + 6]) if i == 0 or line.startswith(" "))  # fmt: skip
+    assert "unreadable:" in words and "truncated" in words or "not a" in words
 
 
 def test_at_120_columns_everything_is_shown_whole(ckpt_dir, monkeypatch):
@@ -118,6 +161,47 @@ def test_fit_columns_drops_in_order_then_shrinks_the_name_last():
     assert kept == [0, 1, 3] and limits[3] == 8 and limits[0] < 30  # the name is cut only after the status
 
 
+def test_fit_table_drops_columns_then_the_box_then_late_columns_then_cuts_the_name():
+    headers = ["kind", "name", "step", "size", "status"]
+    rows = [["rolling", "rolling_step_000220.pt", "220", "25.0 KiB", "ok"]]
+    late = ("size", "step")
+    assert render.fit_table(200, headers, rows, ("kind",), ("status", "name"), late) == ([0, 1, 2, 3, 4], {}, True)
+    # 63 boxed with kind; 53 without it; 46 without the box
+    assert render.fit_table(63, headers, rows, ("kind",), ("status", "name"), late) == ([0, 1, 2, 3, 4], {}, True)
+    assert render.fit_table(53, headers, rows, ("kind",), ("status", "name"), late) == ([1, 2, 3, 4], {}, True)
+    assert render.fit_table(52, headers, rows, ("kind",), ("status", "name"), late) == ([1, 2, 3, 4], {}, False)
+    assert render.fit_table(46, headers, rows, ("kind",), ("status", "name"), late) == ([1, 2, 3, 4], {}, False)
+    # the name could keep 16 of its 22 characters with every column: it is cut, nothing else goes
+    assert render.fit_table(40, headers, rows, ("kind",), ("status", "name"), late) == ([1, 2, 3, 4], {1: 16}, False)
+    # below that, size gives way before the name is cut under 16
+    assert render.fit_table(30, headers, rows, ("kind",), ("status", "name"), late) == ([1, 2, 4], {1: 16}, False)
+
+
+def test_fit_table_wraps_a_long_status_to_16_columns_before_cutting_the_name():
+    headers = ["name", "step", "status"]
+    rows = [["rolling_step_000200.pt", "200", "unreadable: truncated or not a zip: central directory missing"]]
+    kept, limits, boxed = render.fit_table(60, headers, rows, (), ("status", "name"), ("step",))
+    assert (kept, boxed) == ([0, 1, 2], False) and limits == {2: 30}
+    kept, limits, boxed = render.fit_table(40, headers, rows, (), ("status", "name"), ("step",))
+    assert limits == {2: 16, 0: 16} and kept == [0, 1, 2]  # step stays: the name keeps 16
+
+
+@pytest.mark.parametrize(("name", "width", "expected"), [
+    ("rolling_step_000220.pt", 30, "rolling_step_000220.pt"),
+    ("rolling_step_000220.pt", 16, "rolli…_000220.pt"),
+    ("emergency_step_000270_20261206_234550.pt", 26, "emergenc…0261206_234550.pt"),
+    ("abc", 1, "…"),
+])  # fmt: skip
+def test_middle_cut_keeps_the_distinguishing_end(name, width, expected):
+    assert render.middle_cut(name, width) == expected
+    assert cell_len(render.middle_cut(name, width)) <= width
+
+
+def test_middle_cut_counts_wide_characters():
+    cut = render.middle_cut("模型" * 10 + ".pt", 12)
+    assert cell_len(cut) <= 12 and cut.endswith(".pt") and "…" in cut
+
+
 def test_du_share_bar_gives_way_first_at_60_columns(ckpt_dir, monkeypatch):
     wide = _rich(monkeypatch, 120, "du", str(ckpt_dir))
     assert _header(wide) == ["kind", "files", "size", "allocated", "linked", "share"]
@@ -135,7 +219,7 @@ def test_list_on_a_real_pseudo_terminal_at_60_columns(ckpt_dir):
     assert code == 0
     text = ANSI.sub("", out.decode()).replace("\r\n", "\n")
     assert all(cell_len(line) <= 60 for line in text.splitlines()), text
-    assert "┏" in text and "saved" not in text.split("\n", 3)[2]
+    assert "saved" not in text and "─" * 20 in text  # saved gave way; the group rules are still drawn
 
 
 # ------------------------------------------------------------------ one size on disk
@@ -203,3 +287,11 @@ def test_own_names_match_the_lock_and_the_demo_marker():
     from ckptctl.training.demo import MARKER
 
     assert OWN_NAMES == {LOCK_NAME, MARKER}
+
+
+def test_a_footer_too_wide_for_the_terminal_breaks_between_its_figures(ckpt_dir, monkeypatch):
+    lines = _rich(monkeypatch, 60, "list", str(ckpt_dir))
+    assert re.fullmatch(r"12 files, [\d.]+ \w+ on disk \(allocated, hard links once\)", lines[-3]), lines[-3:]
+    assert re.fullmatch(r"[\d.]+ \w+ apparent", lines[-2]), lines[-3:]
+    wide = _rich(monkeypatch, 120, "list", str(ckpt_dir))
+    assert re.fullmatch(r"12 files, .*once\); [\d.]+ \w+ apparent", wide[-2]), wide[-3:]

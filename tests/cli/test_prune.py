@@ -277,3 +277,15 @@ def test_replaced_records_go_past_keep_replaced_within(tmp_path):
     assert doc["remove"] == []
     bad = invoke(str(directory), "--dry-run", "--keep-replaced-within", "soon")
     assert bad.exit_code == 2 and "bad duration" in bad.output
+
+
+def test_the_tools_own_files_are_not_listed_as_ignored(layout):
+    """Issue #14: the directory lock and the demo's marker showed up as "Ignored, not a checkpoint name"."""
+    (layout / ".ckptctl.lock").write_text("")
+    (layout / ".ckptctl-demo").write_text("made by ckptctl demo\n")
+    result = invoke(str(layout), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert ".ckptctl" not in result.stdout
+    assert "Ignored, never removed (1):" in result.stdout and "notes.txt" in result.stdout
+    doc = json.loads(invoke(str(layout), "--dry-run", "--json").stdout)
+    assert {".ckptctl.lock", ".ckptctl-demo", "notes.txt"} == set(doc["ignored"])  # JSON keeps every name

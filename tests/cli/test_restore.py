@@ -247,3 +247,14 @@ def test_unreadable_latest_is_reported_once_left_alone_exit_2(ckpt_dir):
     assert result.stdout.count("permission denied") == 1 and "fix its permissions" in result.stdout
     (ckpt_dir / "latest.pt").chmod(0o644)
     assert digests(ckpt_dir) == before
+
+
+def test_where_to_resume_is_said_once(ckpt_dir):
+    """An emergency save newer than latest.pt: the note says where to resume; no second line repeats it."""
+    from tests.factories import write_checkpoint
+
+    write_checkpoint(ckpt_dir / "emergency_step_000400_20261102_120000.pt", step=400, epoch=2, val_loss=0.7)
+    result = invoke(str(ckpt_dir), "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if "emergency_step_000400" in line and "newer than" in line]
+    assert len(lines) == 1 and lines[0].startswith("note: resume from emergency_step_000400"), result.stdout

@@ -254,3 +254,24 @@ def test_bad_user_input_is_exit_2(ckpt_dir, option, message):
 def test_a_launcher_with_options_is_fine(ckpt_dir):
     result = invoke(str(ckpt_dir / "latest.pt"), "--script", "t.py", "--python", "torchrun --nproc_per_node 4")
     assert result.exit_code == 0 and shlex.split(result.stdout)[:5] == ["torchrun", "--nproc_per_node", "4", "t.py", "--lr=0.0003"]
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"PK\x03\x04" + b"\0" * 60, "unreadable: truncated"),
+    (b"not a checkpoint at all\n", "unreadable: not a checkpoint"),
+])  # fmt: skip
+def test_an_unreadable_checkpoint_is_named_in_the_error(tmp_path, content, reason):
+    """Issue #14: resume-cmd's errors said what was wrong but not with which file."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    result = invoke(str(bad))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"ckptctl: error: {bad}: {reason}"), result.stderr
+
+
+def test_an_error_that_names_its_file_already_is_not_prefixed_twice(tmp_path):
+    write_checkpoint(tmp_path / "x.pt", {"step": 1, "args": {"script": "-rf"}})
+    result = invoke(str(tmp_path / "x.pt"))
+    assert result.exit_code == 1
+    assert result.stderr.count(str(tmp_path / "x.pt")) == 1 and "unsafe" in result.stderr
