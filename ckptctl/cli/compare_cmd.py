@@ -175,7 +175,7 @@ class _Report:
     def _values(self) -> None:
         v = self.c.values
         assert v is not None
-        self.line(f"values (atol={v.atol:g}, rtol={v.rtol:g}): {len(v.differing)} of {render.plural(len(v.tensors), 'tensor')} differ")
+        self.line(f"values (atol={v.atol:g}, rtol={v.rtol:g}): {len(v.differing)} of {render.plural(len(v.tensors), 'tensor')} {'differs' if len(v.differing) == 1 else 'differ'}")
         ranked = v.most_changed_tensors()
         rows = [[t.name, t.dtype, list(t.shape), render.number(t.max_abs), render.number(t.rel_l2)] for t in ranked]
         if rows:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from ..errors import EXIT_OK
+from ..wording import plural
 from .options import DryRunOpt, JsonOpt, complete_choices
 from .output import handle_errors, out_console, print_json, print_line, print_table, stdout_is_terminal, warn
 from .progress import ByteProgress
@@ -80,6 +81,6 @@ def _report(plan: ExportPlan, dry_run: bool) -> None:
     rows = [(s.file, str(len(s.tensors)), size(s.nbytes)) for s in plan.shards]
     print_table(console, None, ("file", "tensors", "size"), rows)
     verb = "would export" if dry_run else "exported"
-    print_line(f"{verb} {len(plan.tensors)} tensors ({size(plan.nbytes)}) of {display_text(plan.selected)} "
+    print_line(f"{verb} {plural(len(plan.tensors), 'tensor')} ({size(plan.nbytes)}) of {display_text(plan.selected)} "
                f"from {display_text(str(plan.source))} to {display_text(str(plan.output))}"
                + ("" if dry_run else ", verified"), console)  # fmt: skip

@@ -40,7 +40,7 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class DcpBudget:
-    """The work reading one DCP directory may do (DESIGN.md: every reader has a budget).
+    """The work reading one DCP directory may do (docs/architecture.md: every reader has a budget).
 
     The unpickler bounds each pickle (``.metadata``, every value blob); these limits bound what
     DCP's structure multiplies: entries, chunks, dimensions, and the value bytes read and

@@ -2,7 +2,7 @@
 
 A safetensors file is 8 bytes of little-endian header length N, N bytes of UTF-8 JSON naming
 each tensor's dtype, shape and ``data_offsets`` (relative to the data region), then the data.
-The header is untrusted, so it gets the same budgets as every other reader (DESIGN.md, "Every
+The header is untrusted, so it gets the same budgets as every other reader (docs/architecture.md, "Every
 reader has a budget"): N is at most 100 MB (the ``safetensors`` library's own ``MAX_HEADER_SIZE``)
 and at most what the file holds; nesting is bounded *before* ``json`` recurses; numbers are
 bounded before ``int()`` works on them; only the 8 + N header bytes are read.

@@ -42,6 +42,8 @@ from ..layouts.catalog import entry_for_file, layout_of, scan, unit_at
 from ..formats.container import (Container, Record, data_descriptor_problem, end_record_problems, open_container,
                         sniff_format)  # fmt: skip
 from ..errors import BadInputError, CheckpointError, UnsafeCheckpoint
+from ..wording import plural
+from .usage import is_own
 from ..layouts.metadata import summarize
 from ..layouts.naming import Kind, ParsedName, parse
 from ..formats.reader import CheckpointFile, iter_tensors, read_checkpoint
@@ -225,7 +227,7 @@ def collect_targets(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Any],
             if not chosen:
                 raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
             targets += chosen
-            skipped += [e.path for e in entries if not _worth_checking(e.parsed)]
+            skipped += [e.path for e in entries if not _worth_checking(e.parsed) and not is_own(e)]  # the lock, the demo marker: the tool's own
         else:
             targets.append(entry_for_file(path).path)  # raises BadInputError for missing/unreadable
     return targets, skipped
@@ -936,7 +938,7 @@ def _check_safetensors(result: FileResult) -> None:
     elif end > result.size_bytes:
         _add(result, f"truncated: tensors need {end} bytes, file has {result.size_bytes}")
     result.checksums = False
-    result.notes.append(f"safetensors: {len(header.tensors)} tensors, header checked; no checksums to verify")
+    result.notes.append(f"safetensors: {plural(len(header.tensors), 'tensor')}, header checked; no checksums to verify")
     if result.level == DEEP:
         result.notes.append("deep: safetensors values not scanned")
 

@@ -7,7 +7,7 @@ device, inode, size, mtime and ctime to the nanosecond — has the same bytes, s
 be reused. ctime cannot be set by a user (``utime`` moves it to *now*), so a rewritten file
 always misses.
 
-Rules that keep it an accelerator (DESIGN.md: "can be deleted without losing anything"):
+Rules that keep it an accelerator (docs/architecture.md: a cache "can be deleted without losing anything"):
 
 - It lives outside the checkpoint directory, in ``$CKPTCTL_CACHE_DIR`` or
   ``$XDG_CACHE_HOME/ckptctl`` (``~/.cache/ckptctl``): ``list`` never writes into the directory

@@ -133,7 +133,7 @@ def explain(chosen: Entry, entries: list[Entry], unusable: dict[str, str] | None
         where = "" if latest is not None else f" (there is no {_latest_name(entries)})"
         return f"{this} is the newest valid checkpoint{where}"
     if latest.name in unusable:
-        return f"{this} is the newest valid checkpoint; {latest.name} is unusable ({unusable[latest.name]})"
+        return f"{this} is the newest valid checkpoint; {latest.name} is unusable: {unusable[latest.name]}"
     latest_step = latest.effective_step
     if latest_step is None:
         return f"{this} is the newest valid checkpoint; {latest.name} records no step"

@@ -152,3 +152,13 @@ def test_bad_ignore_path_exits_2(ckpt_dir):
     path = str(ckpt_dir / "latest.pt")
     result = invoke(path, path, "--ignore", "args..lr")
     assert result.exit_code == 2 and "not a dotted key path" in result.stderr and "Traceback" not in result.output
+
+
+def test_one_differing_tensor_of_one_reads_in_the_singular(tmp_path):
+    import torch
+
+    torch.save({"step": 1, "model": {"w": torch.zeros(3)}}, tmp_path / "a.pt")
+    torch.save({"step": 1, "model": {"w": torch.ones(3)}}, tmp_path / "b.pt")
+    result = invoke(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--values")
+    assert result.exit_code == 1
+    assert "values (atol=0, rtol=0): 1 of 1 tensor differs" in result.stdout

@@ -26,7 +26,7 @@ from tests.procs import Job
 
 runner = CliRunner()
 
-COMMANDS = ["list", "inspect", "validate", "restore", "prune", "du", "resume-cmd", "compare", "export", "demo"]
+COMMANDS = ["list", "inspect", "validate", "restore", "prune", "du", "resume-cmd", "compare", "export", "chart", "demo"]
 CASES = ["ok", "finding", "bad_input", "unreadable", "locked", "declined", "interrupted"]
 
 NOT_APPLICABLE = {
@@ -38,9 +38,10 @@ NOT_APPLICABLE = {
     ("restore", "unreadable"): "a damaged latest.pt is what restore heals: see its ok cell",
     ("demo", "finding"): "the demo writes its own checkpoints; there is nothing to find",
     ("demo", "unreadable"): "takes no checkpoint file",
+    ("chart", "unreadable"): "takes a directory; a damaged file in it records no metric (its finding cell)",
     ("compare", "locked"): "read-only commands never take the directory lock",
     **{(c, "locked"): "read-only: never takes the directory lock"
-       for c in ("list", "inspect", "validate", "du", "resume-cmd", "export")},  # fmt: skip
+       for c in ("list", "inspect", "validate", "du", "resume-cmd", "export", "chart")},  # fmt: skip
     ("demo", "locked"): "demo refuses a non-empty directory before its lock matters (bad input)",
     **{(c, "declined"): "never prompts" for c in COMMANDS if c not in ("prune", "restore")},
 }
@@ -56,6 +57,7 @@ CORE = {
     "resume-cmd": ("ckptctl.ops.resume", "build_resume_command"),
     "compare": ("ckptctl.ops.compare", "compare"),
     "export": ("ckptctl.ops.export", "plan_export"),
+    "chart": ("ckptctl.ops.metrics", "metric_series"),
     "demo": ("ckptctl.training.demo", "run_demo"),
 }
 
@@ -118,6 +120,8 @@ def args_for(command: str, case: str, w: Path) -> list[str]:
         ("export", "finding"): [str(w / "evil.pt"), "--to", str(w / "out.safetensors")],
         ("export", "bad_input"): [latest, "--to", str(w / "out.safetensors"), "--dtype", "int3"],
         ("export", "unreadable"): [str(w / "garbage.pt"), "--to", str(w / "out.safetensors")],
+        ("chart", "ok"): [run],
+        ("chart", "bad_input"): [str(w / "missing")],
         ("demo", "ok"): [str(w / "demo"), "--steps", "30", "--json"],
         ("demo", "bad_input"): [str(w / "run")],
     }
@@ -128,7 +132,7 @@ def args_for(command: str, case: str, w: Path) -> list[str]:
         return [run] if case == "declined" else [run, "--yes"]
     if command == "restore" and case == "finding":
         return [str(damaged_run(w)), "--yes"]
-    if command == "resume-cmd" and case == "finding":
+    if command in ("resume-cmd", "chart") and case == "finding":  # chart: no checkpoint records a metric
         return [str(damaged_run(w))]
     if command == "prune" and case in ("locked", "declined", "interrupted"):
         return [run, "--keep-rolling", "1"] + ([] if case == "declined" else ["--yes"])

@@ -74,3 +74,10 @@ def test_a_hostile_source_exits_1_and_writes_nothing(tmp_path):
     result = _run(str(tmp_path / "evil.pt"), "--to", str(tmp_path / "o.safetensors"))
     assert result.exit_code == 1, result.output
     assert "unsafe" in result.stderr and not (tmp_path / "pwned").exists() and not (tmp_path / "o.safetensors").exists()
+
+
+def test_one_tensor_reads_in_the_singular(tmp_path):
+    torch.save({"step": 1, "model": {"w": torch.ones(2)}}, tmp_path / "a.pt")
+    result = _run(str(tmp_path / "a.pt"), "--to", str(tmp_path / "o.safetensors"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "would export 1 tensor (" in result.stdout

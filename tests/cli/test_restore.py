@@ -258,3 +258,18 @@ def test_where_to_resume_is_said_once(ckpt_dir):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if "emergency_step_000400" in line and "newer than" in line]
     assert len(lines) == 1 and lines[0].startswith("note: resume from emergency_step_000400"), result.stdout
+
+
+def test_an_unusable_latest_is_named_with_its_verdict_once(tmp_path):
+    """'latest.pt is unusable: invalid (truncated ...)', not nested '(invalid (truncated ...))'."""
+    from tests.factories import make_state, write_checkpoint
+
+    write_checkpoint(tmp_path / "rolling_step_000010.pt", make_state(step=10))
+    latest = write_checkpoint(tmp_path / "latest.pt", make_state(step=20))
+    latest.write_bytes(latest.read_bytes()[:100])
+    result = CliRunner().invoke(app, ["restore", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("resume from: ")]
+    assert line.startswith("resume from: rolling_step_000010.pt (step 10) is the newest valid checkpoint; "
+                           "latest.pt is unusable: invalid (truncated")  # fmt: skip
+    assert "((" not in line

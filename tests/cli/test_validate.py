@@ -54,6 +54,18 @@ def test_summary_counts_skipped_files_in_good_english(ckpt_dir, strays, words):
     assert result.stdout.splitlines()[-1].endswith(f", {words})")
 
 
+def test_the_tools_own_files_are_not_skipped_files(ckpt_dir):
+    """The lock and the demo's marker are ckptctl's bookkeeping, not files a user expects checked."""
+    for name in (".ckptctl.lock", ".ckptctl-demo"):
+        (ckpt_dir / name).write_text("")
+    (ckpt_dir / "notes.txt").write_text("not a checkpoint")
+    result = invoke(str(ckpt_dir))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[-1].endswith(", 1 other file skipped)")
+    doc = json.loads(invoke(str(ckpt_dir), "--json").stdout)
+    assert [Path(p).name for p in doc["skipped"]] == ["notes.txt"]
+
+
 def test_damaged_file_exits_1_and_names_record_and_file(ckpt_dir):
     key = damage_tensor(ckpt_dir / "rolling_step_000200.pt")
     result = invoke(str(ckpt_dir))
@@ -235,3 +247,13 @@ def test_a_file_without_read_permission_is_inaccessible_once_and_exit_2(ckpt_dir
     assert line.startswith("inaccessible ") and "permission denied" in line
     assert result.stdout.count("permission denied") == 1 and "invalid" not in line
     assert "12 checked: 11 valid, 0 invalid, 1 not readable (permission)" in result.stdout
+
+
+def test_a_one_tensor_safetensors_file_reads_in_the_singular(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, str(tmp_path / "one.safetensors"))
+    result = invoke(str(tmp_path / "one.safetensors"))
+    assert result.exit_code == 0, result.stderr
+    assert "safetensors: 1 tensor, header checked" in result.stdout
