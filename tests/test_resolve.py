@@ -183,4 +183,3 @@ def test_newest_skips_a_damaged_newer_file_and_says_why(tmp_path):
     point = resolve_target(str(directory))
     assert point.path.name == "latest.pt" and point.skipped[0][0].path == emergency
     assert point.reason == "latest.pt (step 30) is the newest valid checkpoint"
-
