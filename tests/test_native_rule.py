@@ -1,0 +1,272 @@
+"""One rule for "is this directory ckptctl's own?" (:func:`ckptctl.layouts.catalog.is_native`).
+
+Every predicate and every command's view is asked, over a table of edge-case directories, which
+layout the directory is; they must all give the same answer, the one the rule gives. The plans of
+``prune`` are then pinned case by case (what is kept, what would be removed), next to what prune
+planned before the rule was unified (recorded from the code before it): prune never removes more
+in any of these cases, except where the directory is now seen as the framework run it is (an HF
+or Lightning run beside a dangling ``latest.pt``) and its plan is the one prune makes for that run
+without the dangling link.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from ckptctl.errors import BadInputError, CheckpointError
+from ckptctl.layouts import catalog
+from ckptctl.layouts.loose import LooseFilesLayout
+from ckptctl.ops import foreign
+from ckptctl.ops.retention import Policy
+from tests.factories import plausible_bytes
+from tests.fake_layouts import FIXTURES
+
+OLD = 1_000_000.0  # an mtime far in the past: a partial write this old is stale
+NATIVE = "ckptctl"
+
+
+# ------------------------------------------------------------------------------------ directories
+
+
+def _fixture(name: str) -> Callable[[Path], None]:
+    def build(run: Path) -> None:
+        shutil.copytree(FIXTURES / name, run, symlinks=True, dirs_exist_ok=True)
+
+    return build
+
+
+def _native_files(run: Path) -> None:
+    run.mkdir(exist_ok=True)
+    for name in ("rolling_step_000100.pt", "rolling_step_000200.pt", "rolling_step_000300.pt"):
+        (run / name).write_bytes(plausible_bytes(200))
+
+
+def _dangling(run: Path) -> None:
+    run.mkdir(exist_ok=True)
+    os.symlink("rolling_step_000900.pt", run / "latest.pt")
+
+
+def _loop(run: Path) -> None:
+    run.mkdir(exist_ok=True)
+    os.symlink("latest.pt", run / "latest.pt")
+
+
+def _fifo(run: Path) -> None:
+    run.mkdir(exist_ok=True)
+    os.mkfifo(run / "latest.pt")
+
+
+def _own_tmp(run: Path) -> None:
+    """What a killed ckptctl writer leaves: ``<name>.<pid>.<random>.tmp`` (ckptctl.durable)."""
+    run.mkdir(exist_ok=True)
+    path = run / "rolling_step_000400.pt.77.ab12cd34.tmp"
+    path.write_bytes(b"\0" * 64)
+    os.utime(path, (OLD, OLD))
+
+
+def _other_tmp(run: Path) -> None:
+    """A ``*.tmp`` that is not one of ckptctl's names (an editor's, a copy tool's)."""
+    run.mkdir(exist_ok=True)
+    path = run / "notes.tmp"
+    path.write_bytes(b"draft")
+    os.utime(path, (OLD, OLD))
+
+
+def _dcp(run: Path) -> None:
+    from tests.factories import write_dcp
+
+    run.mkdir(exist_ok=True)
+    write_dcp(run / "rolling_step_000100", step=100)
+
+
+def _file_name_on_a_directory(run: Path) -> None:
+    (run / "latest.pt").mkdir(parents=True)
+
+
+def _native_latest(run: Path) -> None:
+    run.mkdir(exist_ok=True)
+    (run / "latest.pt").write_bytes(plausible_bytes(200))
+
+
+def _empty_latest(run: Path) -> None:
+    run.mkdir(exist_ok=True)
+    (run / "latest.pt").write_bytes(b"")
+
+
+def _replaced_dir(run: Path) -> None:
+    """What ``restore`` keeps of a directory it replaced: a record, nobody's checkpoint."""
+    (run / "checkpoint-2.replaced-20261206_120000").mkdir(parents=True)
+
+
+def _all(*builders: Callable[[Path], None]) -> Callable[[Path], None]:
+    def build(run: Path) -> None:
+        for builder in builders:
+            builder(run)
+
+    return build
+
+
+HF, LIGHTNING, LOOSE, DEEPSPEED = "hf-trainer", "lightning", "loose", "deepspeed"
+
+# case -> (how to build it, the layout every view must see)
+CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "dangling latest.pt alone": (_dangling, NATIVE),
+    "dangling latest.pt + native files": (_all(_native_files, _dangling), NATIVE),
+    "dangling latest.pt + HF": (_all(_fixture("hf_trainer"), _dangling), HF),
+    "dangling latest.pt + Lightning": (_all(_fixture("lightning_link"), _dangling), LIGHTNING),
+    "dangling latest.pt + loose": (_all(_fixture("loose"), _dangling), NATIVE),
+    "looping latest.pt alone": (_loop, NATIVE),
+    "looping latest.pt + HF": (_all(_fixture("hf_trainer"), _loop), HF),
+    "FIFO latest.pt alone": (_fifo, NATIVE),
+    "FIFO latest.pt + HF": (_all(_fixture("hf_trainer"), _fifo), HF),
+    "FIFO latest.pt + loose": (_all(_fixture("loose"), _fifo), NATIVE),
+    "own *.tmp alone": (_own_tmp, NATIVE),
+    "own *.tmp + HF": (_all(_fixture("hf_trainer"), _own_tmp), HF),
+    "own *.tmp + loose": (_all(_fixture("loose"), _own_tmp), NATIVE),
+    "other *.tmp + HF": (_all(_fixture("hf_trainer"), _other_tmp), HF),
+    "other *.tmp + loose": (_all(_fixture("loose"), _other_tmp), LOOSE),
+    "native DCP directory alone": (_dcp, NATIVE),
+    "latest.pt/ directory alone": (_file_name_on_a_directory, NATIVE),
+    "latest.pt/ directory + loose": (_all(_fixture("loose"), _file_name_on_a_directory), NATIVE),
+    "latest.pt file + HF": (_all(_fixture("hf_trainer"), _native_latest), NATIVE),
+    "latest.pt file + Lightning": (_all(_fixture("lightning_link"), _native_latest), NATIVE),
+    "latest.pt file + loose": (_all(_fixture("loose"), _native_latest), NATIVE),
+    "empty latest.pt alone": (_empty_latest, NATIVE),
+    "empty latest.pt + HF": (_all(_fixture("hf_trainer"), _empty_latest), NATIVE),
+    "replaced directory + HF": (_all(_fixture("hf_trainer"), _replaced_dir), HF),
+    "DeepSpeed (a 'latest' file)": (_fixture("deepspeed"), DEEPSPEED),
+}
+
+
+def build(case: str, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    CASES[case][0](run)
+    return run
+
+
+# ------------------------------------------------------------------------------------------ views
+
+
+def _layout_or_native(call: Callable[[], str | None]) -> str:
+    """The layout a view acted on; ckptctl's own path when it says no checkpoints (nothing of its own)."""
+    try:
+        return call() or NATIVE
+    except (BadInputError, CheckpointError) as exc:
+        text = str(exc)
+        if "no checkpoints" in text or "empty directory" in text or "no complete, valid" in text:
+            return NATIVE if "no checkpoints" in text or "empty directory" in text else "error: " + text
+        return "error: " + text
+
+
+def _unit_at_view(run: Path) -> str:
+    for name in sorted(os.listdir(run)):
+        entry = catalog.unit_at(run / name)
+        if entry is not None and entry.unit is not None:
+            return entry.unit.layout
+    return NATIVE
+
+
+def _validate_view(run: Path) -> str | None:
+    from ckptctl.ops.integrity import collect_targets
+
+    targets, _skipped = collect_targets([run])
+    return next((t.layout for t in targets if hasattr(t, "layout") and isinstance(t.layout, str)), None)
+
+
+def _du_view(run: Path) -> str | None:
+    from ckptctl.ops.usage import measure
+
+    return measure(run).layout
+
+
+def _list_view(run: Path) -> str | None:
+    from ckptctl.ops.listing import list_checkpoints
+
+    return list_checkpoints(run).layout
+
+
+def _restore_view(run: Path) -> str | None:
+    from ckptctl.ops.restore import plan_heal
+
+    layout = plan_heal(run).layout
+    return None if layout == NATIVE else layout
+
+
+def _prune_view(run: Path) -> str | None:
+    from ckptctl.ops.prune import plan_prune
+
+    return plan_prune(run, POLICY).layout
+
+
+def _open_run_view(run: Path) -> str | None:
+    found = foreign.open_run(run)
+    return found.layout.name if found is not None else None
+
+
+def views(run: Path) -> dict[str, str]:
+    """Which layout each predicate and each command sees ``run`` as (``ckptctl``: its own)."""
+    names = sorted(os.listdir(run))
+    return {
+        "is_native": NATIVE if catalog.is_native(run) else "-",
+        "has_native_names": NATIVE if foreign.has_native_names(run) else "-",
+        "loose.recognise": LOOSE if LooseFilesLayout().recognise(run, names) else "-",
+        "scan": catalog.layout_of(catalog.scan(run)) or NATIVE,
+        "scan(broken_links)": catalog.layout_of(catalog.scan(run, broken_links=True)) or NATIVE,
+        "unit_at": _unit_at_view(run),
+        "list": _layout_or_native(lambda: _list_view(run)),
+        "du": _layout_or_native(lambda: _du_view(run)),
+        "validate": _layout_or_native(lambda: _validate_view(run)),
+        "prune": _layout_or_native(lambda: _prune_view(run)),
+        "restore": _layout_or_native(lambda: _restore_view(run)),
+        "resume-cmd (open_run)": _open_run_view(run) or NATIVE,
+    }
+
+
+def _agrees(view: str, seen: str, expected: str) -> bool:
+    if view == "is_native" or view == "has_native_names":
+        return (seen == NATIVE) == (expected == NATIVE)
+    if view == "loose.recognise":
+        return (seen == LOOSE) == (expected == LOOSE)
+    return seen == expected
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_view_sees_one_layout(case, tmp_path):
+    run = build(case, tmp_path)
+    expected = CASES[case][1]
+    seen = views(run)
+    disagree = {view: got for view, got in seen.items() if not _agrees(view, got, expected)}
+    assert not disagree, f"{case}: expected {expected}, these views disagree: {disagree}"
+
+
+# ------------------------------------------------------------------------------------------ prune
+
+POLICY = Policy(keep_rolling=1, keep_emergency=1, keep_last=1, stale_temp_after=timedelta(hours=1))
+
+# What ``prune --keep-last 1 --keep-rolling 1 --stale-after 1h --dry-run`` removed before the rule was
+# one (recorded at integ 807daf2): case -> names removed (None: prune refused, bad input).
+BEFORE_REMOVED: dict[str, set[str] | None] = {}
+
+# The plans now: case -> (kept, removed); None: bad input (nothing of ckptctl's own, nobody else's).
+AFTER_PLANS: dict[str, tuple[set[str], set[str]] | None] = {}
+
+# Cases where the directory is now the framework run it is; the plan is that run's own (checked below).
+NOW_A_RUN = {"dangling latest.pt + HF", "dangling latest.pt + Lightning", "looping latest.pt + HF", "FIFO latest.pt + HF"}
+
+
+def prune_plan(run: Path) -> tuple[set[str], set[str]] | None:
+    from ckptctl.ops.prune import plan_prune
+
+    try:
+        plan = plan_prune(run, POLICY)
+    except BadInputError:
+        return None
+    kept = {d.entry.name for d in plan.retention.keep}
+    removed = {e.name for e in plan.deletions}
+    return kept, removed
