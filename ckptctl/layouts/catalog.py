@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat as stat_module
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import naming
 from ..errors import BadInputError, CheckpointError, UnreadableCheckpoint
-from .base import POINTER_DANGLING, POINTER_LOOP, POINTER_OK, Pointer, Unit
+from .base import POINTER_DANGLING, POINTER_LOOP, POINTER_OK, Layout, Pointer, Unit
 from .metadata import Metadata, summarize
 from .naming import Kind, ParsedName
 from ..formats.reader import CheckpointFile, read_checkpoint
@@ -195,7 +196,8 @@ def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints:
     for ``list`` and ``prune`` to report; other callers never see one.
     A URL (``s3://bucket/run``) is listed through :mod:`ckptctl.formats.storage` instead.
 
-    A local directory with none of ckptctl's own names is offered to the layouts of
+    A local directory that is not ckptctl's own (:func:`is_native`, the one rule every command
+    follows; ``broken_links`` does not change it) is offered to the layouts of
     :mod:`ckptctl.layouts.registry` (unless ``layouts`` is False: the training-side writer asks
     about its own names only): when one recognises it, the entries are that layout's checkpoints
     (``Kind.CHECKPOINT``, ``entry.unit`` set) and its pointers (``Kind.LATEST``, ``entry.pointer``
@@ -203,11 +205,11 @@ def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints:
     are not entries (``du`` walks the whole tree itself).
     """
     path = storage.location(directory) if is_url(directory) else check_directory(directory)  # type: ignore[arg-type]
-    entries = _remote_entries(path) if isinstance(path, RemotePath) else _local_entries(path, broken_links)
-    if layouts and not isinstance(path, RemotePath) and not any(_native(e) for e in entries):
-        found = layout_entries(path, broken_links=broken_links)
-        if found is not None:
-            entries = found
+    if isinstance(path, RemotePath):
+        entries = _remote_entries(path)
+    else:
+        found = layout_entries(path, broken_links=broken_links) if layouts and not is_native(path) else None
+        entries = found if found is not None else _local_entries(path, broken_links)
     entries.sort(key=lambda e: naming.sort_key(e.parsed))
     if require_checkpoints:
         if not entries:
@@ -215,11 +217,6 @@ def scan(directory: str | os.PathLike[str] | RemotePath, *, require_checkpoints:
         if not any(e.parsed.is_checkpoint or e.kind is Kind.PARTIAL for e in entries):
             raise BadInputError(f"no checkpoints in {path} (no file matches the checkpoint names)")
     return entries
-
-
-def _native(entry: Entry) -> bool:
-    """A name of ckptctl's own layout: a checkpoint, a partial write, or a native DCP directory."""
-    return entry.parsed.is_checkpoint or entry.kind is Kind.PARTIAL or entry.is_directory
 
 
 def layout_of(entries: list[Entry]) -> str | None:
@@ -483,9 +480,9 @@ def unit_at(path: str | os.PathLike[str]) -> Entry | None:
     and every command sees one layout per directory:
 
     - the parent is ckptctl's own layout, and its units are not asked for, when :func:`is_native`
-      (any of ckptctl's checkpoint names, a partial write ``*.tmp``, or a native DCP directory among
-      its regular files and directories). A name with nothing behind it (a dangling symlink, a FIFO)
-      does not decide the layout, and the path's own name counts only as an entry of its parent;
+      (the one rule: a checkpoint of ckptctl's decides; a trace of one -- a dangling link, a FIFO,
+      a partial write -- only when no framework's layout recognises the parent). The path's own
+      name counts only as an entry of its parent;
     - ``path`` is matched by its own name first: a copy hard-linked to another unit (a ``last.ckpt``
       saved as a link) is itself, not the unit it shares an inode with. Another spelling of the same
       path (``.``, ``a/../b``) matches by identity; a symlink never matches the unit it points at
@@ -503,13 +500,102 @@ def unit_at(path: str | os.PathLike[str]) -> Entry | None:
         (e for e in entries if _same_path(e.path, path)), None)
 
 
-def is_native(directory: Path) -> bool:
-    """True when :func:`scan` treats ``directory`` as ckptctl's own layout (it holds one of ckptctl's
-    names as a regular file or directory); False too when it cannot be read."""
+NATIVE_CHECKPOINT = "checkpoint"  # one of ckptctl's names with what ckptctl writes under it
+NATIVE_TRACE = "trace"  # one of ckptctl's names with no checkpoint behind it
+# ckptctl's own partial writes: ``<name>.tmp`` (a sharded save in progress, training.dcp_save),
+# ``<name>.<pid>.<random>.tmp`` (durable.temp_path) and ``<name>.deleting.tmp`` (durable.remove_entry)
+_OWN_TEMP_TAIL = re.compile(r"(?P<name>.+)\.(?:\d+\.[0-9a-f]+|deleting)")
+
+
+def is_native(directory: str | os.PathLike[str]) -> bool:
+    """True when ``directory`` is ckptctl's own layout: THE rule, for every command and predicate.
+
+    :func:`scan` (with or without ``broken_links``), :func:`unit_at`, ``ops.foreign`` (``restore``,
+    ``prune``, ``resume-cmd``) and the loose-files layout all ask this, so one directory is one
+    layout whatever the command: ``list`` never shows as ckptctl's a directory that ``prune`` then
+    prunes as a Hugging Face run, or the other way round.
+
+    1. A *checkpoint* of ckptctl's decides: one of its names with what ckptctl writes under that
+       name behind it (symlinks followed) -- a regular file named like a file (``latest.pt``,
+       ``rolling_step_000100.pt``, an empty or damaged one too: ``restore`` must heal it), or a
+       directory named like a sharded checkpoint (``rolling_step_000500/``, ``latest`` -> one).
+    2. A *trace* of ckptctl's with no checkpoint behind it -- a dangling or looping symlink, a FIFO
+       or device under one of its names, a directory named like a file (``latest.pt/``), a file
+       named like a directory (DeepSpeed's own ``latest``), ckptctl's partial writes
+       (``rolling_step_000400.pt.<pid>.<random>.tmp``, ``rolling_step_000500.tmp/``) -- decides only
+       when no framework's layout (Hugging Face, Lightning, DeepSpeed, ...) recognises the
+       directory. Why: after a crash the user's ``latest.pt`` may dangle while their rolling files
+       are gone or elsewhere; if nobody else claims the directory it is theirs, ckptctl's, and
+       ``restore`` heals the link. But an HF run with a stray dead ``latest.pt`` link is still an
+       HF run: a link to nothing is not a checkpoint, and letting it make the directory "native"
+       would hide every ``checkpoint-N/`` from ``list``, ``restore`` and ``resume-cmd``.
+       The loose-files layout is no framework's claim (it takes any ``*.pt``): a trace beats it,
+       so ``prune`` never starts deleting loose files because a ckptctl link went dead.
+    3. Nothing of ckptctl's (no name of its grammar; a ``*.tmp`` of another tool; restore's
+       ``.replaced-*`` records, which restore keeps in other frameworks' runs too): not native.
+
+    False too when ``directory`` cannot be read (the caller's own check says so in words).
+    """
+    found = _native_names(Path(directory))
+    if NATIVE_CHECKPOINT in found:
+        return True
+    return bool(found) and _framework_layout(Path(directory)) is None
+
+
+def _native_names(directory: Path) -> set[str]:
+    """What ckptctl's names in ``directory`` hold (:data:`NATIVE_CHECKPOINT` / :data:`NATIVE_TRACE`);
+    stops at the first checkpoint. Reads names, and ``stat`` of the few that are ckptctl's."""
+    found: set[str] = set()
     try:
-        return any(_native(e) for e in _local_entries(directory))
-    except BadInputError:
-        return False
+        with os.scandir(directory) as it:
+            for dirent in it:
+                what = _native_name(dirent)
+                if what is not None:
+                    found.add(what)
+                    if what == NATIVE_CHECKPOINT:
+                        break
+    except OSError:
+        return set()
+    return found
+
+
+def _native_name(dirent: os.DirEntry[str]) -> str | None:
+    name = dirent.name
+    if name.endswith(naming.TMP_SUFFIX):
+        stem = name[: -len(naming.TMP_SUFFIX)]
+        tail = _OWN_TEMP_TAIL.fullmatch(stem)
+        own = _grammar_name(stem) or (tail is not None and _grammar_name(tail["name"]))
+        return NATIVE_TRACE if own else None
+    as_file = naming.parse(name).is_checkpoint
+    as_directory = naming.parse(name, directory=True).is_checkpoint
+    if not (as_file or as_directory):
+        return None
+    try:
+        mode = os.stat(dirent.path).st_mode  # follows symlinks: a link to a checkpoint is one
+    except OSError:
+        return NATIVE_TRACE  # a dangling or looping symlink (or a file gone meanwhile)
+    if (as_file and stat_module.S_ISREG(mode)) or (as_directory and stat_module.S_ISDIR(mode)):
+        return NATIVE_CHECKPOINT
+    return NATIVE_TRACE
+
+
+def _grammar_name(name: str) -> bool:
+    return naming.parse(name).is_checkpoint or naming.parse(name, directory=True).is_checkpoint
+
+
+def _framework_layout(directory: Path) -> Layout | None:
+    """The first layout of the registry other than the catch-all (``fallback``: loose files) that
+    recognises ``directory``; None when none does."""
+    from . import registry
+
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return None
+    for layout in registry.layouts():
+        if not getattr(layout, "fallback", False) and layout.recognise(directory, names):
+            return layout
+    return None
 
 
 def _same_path(a: Path, b: Path) -> bool:

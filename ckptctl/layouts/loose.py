@@ -16,8 +16,9 @@ that references something outside the allowlist — "unsafe", never executed —
 step where the file records one (files without a step first, by name). Resuming is the user's
 script's business: the argument is the file's path. See docs/layouts/loose-files.md.
 
-The layout declines a directory that holds ckptctl's own names (those go through
-:mod:`ckptctl.layouts.catalog`), and one that is the inside of a single framework checkpoint
+The layout declines a directory that is ckptctl's own (:func:`ckptctl.layouts.catalog.is_native`,
+the one rule; a trace of ckptctl's -- a dangling ``latest.pt`` -- is enough against this catch-all),
+and one that is the inside of a single framework checkpoint
 (``trainer_state.json``, DCP's ``.metadata``, a sharded model's ``*.index.json`` or
 ``-0000N-of-0000M`` shards, DeepSpeed's ``mp_rank_*`` files, accelerate's ``random_states_*.pkl``):
 listing its files one by one would let ``prune`` delete a shard or an optimizer of one checkpoint.
@@ -40,7 +41,6 @@ from ..formats.scalars import is_scalar, read_scalars
 from ..formats.unpickler import TensorRef
 from .base import CONTENT_OPTIMIZER, CONTENT_WEIGHTS, Layout, Unit, stat_file
 from .metadata import args_dict, as_float, as_int
-from .naming import parse
 
 SUFFIXES = (".pt", ".pth", ".bin", ".tar", ".ckpt", ".safetensors")
 AMBIGUOUS_SUFFIXES = (".bin", ".tar")  # also token files and datasets: a checkpoint only if it starts like one
@@ -62,10 +62,16 @@ class LooseFilesLayout(Layout):
     name = "loose"
     title = "checkpoint files"
 
+    fallback = True  # the catch-all, no framework's claim: a trace of ckptctl's own beats it (catalog.is_native)
+
     def recognise(self, directory: Path, names: list[str]) -> bool:
-        if any(_native(name) or SINGLE_CHECKPOINT_MARKERS.fullmatch(name) for name in names):
+        from .catalog import is_native
+
+        if any(SINGLE_CHECKPOINT_MARKERS.fullmatch(name) for name in names):
             return False
-        return any(_candidate(directory / name) for name in names if name.endswith(SUFFIXES))
+        if not any(_candidate(directory / name) for name in names if name.endswith(SUFFIXES)):
+            return False
+        return not is_native(directory)
 
     def units(self, directory: Path) -> list[Unit]:
         try:
@@ -88,11 +94,6 @@ class LooseFilesLayout(Layout):
     def resume_args(self, unit: Unit, directory: Path) -> list[str]:
         """No framework flag: the file's path, for the user's own script to load."""
         return [str(unit.path)]
-
-
-def _native(name: str) -> bool:
-    """A name of ckptctl's own layout (``latest.pt``, ``rolling_step_000100``): catalog's, not ours."""
-    return parse(name).is_checkpoint or parse(name, directory=True).is_checkpoint
 
 
 def _candidate(path: Path) -> bool:

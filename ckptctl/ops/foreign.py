@@ -1,7 +1,8 @@
 """The write-side operations (prune, restore, resume-cmd) on another framework's layout.
 
-A directory with none of ckptctl's own names is asked of the registry
-(:func:`ckptctl.layouts.registry.detect`); when a layout recognises it, the directory is a
+A directory that is not ckptctl's own (:func:`ckptctl.layouts.catalog.is_native`, the rule every
+command follows) is asked of the registry (:func:`ckptctl.layouts.registry.detect`); when a layout
+recognises it, the directory is a
 :class:`Run`: the layout's units (oldest first), its pointers, and what :meth:`Layout.protect`
 marks. ckptctl's own directories never come here (their code paths are unchanged).
 
@@ -20,7 +21,7 @@ from typing import Callable
 
 from ..errors import BadInputError
 from ..layouts.base import POINTER_OK, Layout, Pointer, Unit
-from ..layouts.catalog import Entry, check_directory
+from ..layouts.catalog import Entry, check_directory, is_native
 from ..layouts.naming import Kind, ParsedName
 
 Verdict = Callable[[Unit], "str | None"]
@@ -57,22 +58,9 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 def has_native_names(directory: Path) -> bool:
-    """True when ``directory`` holds one of ckptctl's own checkpoint names (the native code paths)."""
-    from ..layouts import naming
-
-    try:
-        with os.scandir(directory) as it:
-            for dirent in it:
-                try:
-                    is_dir = dirent.is_dir()
-                except OSError:
-                    continue
-                parsed = naming.parse(dirent.name, directory=True) if is_dir else naming.parse(dirent.name)
-                if parsed.is_checkpoint and parsed.kind is not Kind.CHECKPOINT:
-                    return True
-    except OSError as exc:
-        raise BadInputError(f"cannot read {directory}: {exc.strerror or exc}") from None
-    return False
+    """True when ``directory`` is ckptctl's own layout (its code paths): the one rule,
+    :func:`ckptctl.layouts.catalog.is_native`, that ``list``, ``du`` and ``validate`` follow too."""
+    return is_native(directory)
 
 
 def open_run(directory: str | os.PathLike[str]) -> Run | None:

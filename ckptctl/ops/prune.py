@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..layouts.catalog import Entry, scan
+from ..layouts.naming import Kind
 from ..durable import fsync_directory, remove_entry
 from ..errors import BadInputError, CheckpointError
 from ..locking import DirectoryLock
@@ -106,6 +107,10 @@ def plan_prune(directory: str | os.PathLike[str], policy: Policy, *, now: float 
 
 def _plan_run(run: Run, policy: Policy, now: float | None) -> RetentionPlan:
     entries = scan(run.directory, broken_links=True)
+    # A run's leftovers are none of the layout's entries: stale ``*.tmp`` and restore's ``.replaced-*`` records
+    listed = {os.path.abspath(e.path) for e in entries}
+    entries += [e for e in scan(run.directory, broken_links=True, layouts=False)
+                if e.kind in (Kind.PARTIAL, Kind.REPLACED) and os.path.abspath(e.path) not in listed]  # fmt: skip
     retention = plan_unit_retention(run, entries, policy, now=now)
     if retention.removes_everything:  # cannot happen while the newest complete unit is protected; kept as a guard
         raise BadInputError(f"refusing: this policy would remove every checkpoint of {run.directory} and keep none")
