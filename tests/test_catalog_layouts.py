@@ -142,12 +142,10 @@ def _lookups(path):
     return (entry.unit.name if entry is not None else None, found[1].name if found is not None else None)
 
 
-def test_a_partial_write_of_ckptctl_does_not_hide_a_frameworks_units_for_both_lookups(run):
-    """A trace of ckptctl's, not a checkpoint: a framework's layout still claims the directory
-    (catalog.is_native; tests/test_native_rule.py asks every command)."""
+def test_a_partial_write_of_ckptctl_makes_the_parent_ckptctl_s_for_both_lookups(run):
     (run / "rolling_step_000040.pt.tmp").write_bytes(b"half a checkpoint")
-    assert {e.name for e in catalog.scan(run) if e.unit} == {"ckpt-10", "ckpt-20", "ckpt-30"}
-    assert _lookups(run / "ckpt-10") == ("ckpt-10", "ckpt-10")
+    assert [e.kind for e in catalog.scan(run)] == [Kind.PARTIAL]  # the directory is ckptctl's: no unit
+    assert _lookups(run / "ckpt-10") == (None, None)
 
 
 @pytest.mark.parametrize("make", ["dangling", "fifo"])

@@ -397,9 +397,8 @@ def test_ignore_does_not_hide_a_sibling_key(pair):
 
 
 def test_a_run_directory_side_is_its_newest_unit_unless_the_directory_is_ckptctl_s(tmp_path, monkeypatch):
-    """A run directory names its newest complete unit; a directory that is ckptctl's own
-    (``catalog.is_native``: here a checkpoint of ckptctl's beside the units) is not a run of the
-    layout, as for the unit lookup. A partial write of ckptctl's is a trace, not a checkpoint."""
+    """A run directory names its newest complete unit; a directory ``scan`` treats as ckptctl's own
+    (here: a partial write beside the units) is not a run of the layout, as for the unit lookup."""
     from ckptctl.ops.compare import _newest_unit_of_run
     from tests import fake_layouts
 
@@ -407,6 +406,4 @@ def test_a_run_directory_side_is_its_newest_unit_unless_the_directory_is_ckptctl
     run = fake_layouts.make_fake_run(tmp_path / "run", steps=(10, 20))
     assert _newest_unit_of_run(run)[1].name == "ckpt-20"
     (run / "rolling_step_000040.pt.tmp").write_bytes(b"half a checkpoint")
-    assert _newest_unit_of_run(run)[1].name == "ckpt-20"
-    (run / "rolling_step_000040.pt").write_bytes(b"a checkpoint of ckptctl's")
     assert _newest_unit_of_run(run) is None

@@ -85,6 +85,16 @@ def _dcp(run: Path) -> None:
     write_dcp(run / "rolling_step_000100", step=100)
 
 
+def _own_dcp_tmp(run: Path) -> None:
+    """A sharded save killed before its rename: DCP's files under ``<name>.tmp/`` (the plain-DCP
+    layout recognises a directory of DCP directories)."""
+    from tests.factories import write_dcp
+
+    run.mkdir(exist_ok=True)
+    write_dcp(run / "rolling_step_000500.tmp", step=500)
+    os.utime(run / "rolling_step_000500.tmp", (OLD, OLD))
+
+
 def _file_name_on_a_directory(run: Path) -> None:
     (run / "latest.pt").mkdir(parents=True)
 
@@ -127,11 +137,12 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "FIFO latest.pt + HF": (_all(_fixture("hf_trainer"), _fifo), HF),
     "FIFO latest.pt + loose": (_all(_fixture("loose"), _fifo), NATIVE),
     "own *.tmp alone": (_own_tmp, NATIVE),
-    "own *.tmp + HF": (_all(_fixture("hf_trainer"), _own_tmp), HF),
+    "own *.tmp + HF": (_all(_fixture("hf_trainer"), _own_tmp), NATIVE),
     "own *.tmp + loose": (_all(_fixture("loose"), _own_tmp), NATIVE),
     "other *.tmp + HF": (_all(_fixture("hf_trainer"), _other_tmp), HF),
     "other *.tmp + loose": (_all(_fixture("loose"), _other_tmp), LOOSE),
     "native DCP directory alone": (_dcp, NATIVE),
+    "own sharded save in progress alone": (_own_dcp_tmp, NATIVE),
     "latest.pt/ directory alone": (_file_name_on_a_directory, NATIVE),
     "latest.pt/ directory + loose": (_all(_fixture("loose"), _file_name_on_a_directory), NATIVE),
     "latest.pt file + HF": (_all(_fixture("hf_trainer"), _native_latest), NATIVE),
@@ -268,6 +279,7 @@ BEFORE_REMOVED: dict[str, set[str] | None] = {
     'other *.tmp + HF': {'checkpoint-4', 'notes.tmp'},
     'other *.tmp + loose': {'notes.tmp'},
     'native DCP directory alone': set(),
+    'own sharded save in progress alone': set(),
     'latest.pt/ directory alone': None,
     'latest.pt/ directory + loose': None,
     'latest.pt file + HF': set(),
@@ -292,11 +304,12 @@ AFTER_PLANS: dict[str, tuple[set[str], set[str]] | None] = {
     'FIFO latest.pt + HF': ({'checkpoint-2', 'checkpoint-6'}, {'checkpoint-4'}),
     'FIFO latest.pt + loose': None,
     'own *.tmp alone': (set(), {'rolling_step_000400.pt.77.ab12cd34.tmp'}),
-    'own *.tmp + HF': ({'checkpoint-2', 'checkpoint-6'}, {'checkpoint-4', 'rolling_step_000400.pt.77.ab12cd34.tmp'}),
+    'own *.tmp + HF': (set(), {'rolling_step_000400.pt.77.ab12cd34.tmp'}),
     'own *.tmp + loose': (set(), {'rolling_step_000400.pt.77.ab12cd34.tmp'}),
     'other *.tmp + HF': ({'checkpoint-2', 'checkpoint-6'}, {'checkpoint-4', 'notes.tmp'}),
     'other *.tmp + loose': ({'checkpoint.pth', 'legacy.pt', 'model.pt', 'model.safetensors', 'pytorch_model.bin', 'tutorial.tar'}, {'notes.tmp'}),
     'native DCP directory alone': ({'rolling_step_000100'}, set()),
+    'own sharded save in progress alone': (set(), {'rolling_step_000500.tmp'}),
     'latest.pt/ directory alone': None,
     'latest.pt/ directory + loose': None,
     'latest.pt file + HF': ({'latest.pt'}, set()),
@@ -310,6 +323,9 @@ AFTER_PLANS: dict[str, tuple[set[str], set[str]] | None] = {
 
 # Cases where the directory is now the framework run it is; the plan is that run's own (checked below).
 NOW_A_RUN = {"dangling latest.pt + HF", "dangling latest.pt + Lightning", "looping latest.pt + HF", "FIFO latest.pt + HF"}
+
+# Cases where the directory is now ckptctl's own, as ``list`` already showed it (checked below).
+NOW_OWN = {"own sharded save in progress alone"}
 
 
 def prune_plan(run: Path) -> tuple[set[str], set[str]] | None:
@@ -330,7 +346,7 @@ def test_prune_plan_of_each_case(case, tmp_path):
     assert prune_plan(build(case, tmp_path)) == AFTER_PLANS[case]
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c not in NOW_A_RUN])
+@pytest.mark.parametrize("case", [c for c in CASES if c not in NOW_A_RUN | NOW_OWN])
 def test_prune_removes_no_more_than_before(case):
     before, after = BEFORE_REMOVED[case], AFTER_PLANS[case]
     removed = after[1] if after is not None else set()
@@ -347,6 +363,22 @@ def test_a_run_beside_a_dead_link_is_pruned_like_the_run_alone(case, tmp_path):
     _fixture(fixture)(alone)
     assert with_trace == prune_plan(alone)
     assert with_trace is not None and "latest.pt" not in with_trace[0] | with_trace[1]
+
+
+def test_an_abandoned_sharded_save_is_ckptctls_partial_write_not_a_dcp_run(tmp_path):
+    """``rolling_step_000500.tmp/`` alone: ``list`` showed it as ckptctl's partial write while prune,
+    restore and resume-cmd took it for a plain-DCP run's checkpoint (kept, and resumable from). Now
+    it is ckptctl's everywhere, so prune removes it only as a stale partial write: with
+    ``--stale-after`` and when older than that, never otherwise."""
+    from ckptctl.ops.prune import plan_prune
+
+    run = build("own sharded save in progress alone", tmp_path)
+    assert foreign.open_run(run) is None
+    assert plan_prune(run, Policy(keep_last=1)).deletions == []
+    assert AFTER_PLANS["own sharded save in progress alone"] == (set(), {"rolling_step_000500.tmp"})
+    assert prune_plan(run) == AFTER_PLANS["own sharded save in progress alone"]
+    os.utime(run / "rolling_step_000500.tmp")  # written to just now: a save in progress
+    assert prune_plan(run) == (set(), set())
 
 
 def test_restore_heals_a_dangling_latest_pt_as_ckptctls(tmp_path):
@@ -366,10 +398,10 @@ def test_restore_heals_a_dangling_latest_pt_as_ckptctls(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "expected"), [
-    ("rolling_step_000400.pt.77.ab12cd34.tmp", catalog.NATIVE_TRACE),  # ckptctl.durable's partial write
-    ("latest.pt.123.deadbeef.tmp", catalog.NATIVE_TRACE),
-    ("rolling_step_000500.tmp", catalog.NATIVE_TRACE),  # a sharded save in progress
-    ("rolling_step_000500.deleting.tmp", catalog.NATIVE_TRACE),  # durable.remove_entry's rename
+    ("rolling_step_000400.pt.77.ab12cd34.tmp", "checkpoint"),  # ckptctl.durable's partial write
+    ("latest.pt.123.deadbeef.tmp", "checkpoint"),
+    ("rolling_step_000500.tmp", "checkpoint"),  # a sharded save in progress
+    ("rolling_step_000500.deleting.tmp", "checkpoint"),  # durable.remove_entry's rename
     ("notes.tmp", None),
     ("checkpoint-4.deleting.tmp", None),  # prune removing an HF unit: not ckptctl's checkpoint name
     ("latest.pt.replaced-20261206_120000", None),  # restore's record, kept in any layout's directory
@@ -390,6 +422,6 @@ def test_a_native_name_is_a_checkpoint_only_with_what_ckptctl_writes_under_it(tm
     (tmp_path / "latest").write_text("global_step5")  # DeepSpeed's pointer file
     with os.scandir(tmp_path) as it:
         found = {d.name: catalog._native_name(d) for d in it}
-    assert found == {"rolling_step_000100.pt": catalog.NATIVE_CHECKPOINT, "rolling_step_000200": catalog.NATIVE_CHECKPOINT,
-                     "latest.pt": catalog.NATIVE_CHECKPOINT, "best_model.pt": catalog.NATIVE_TRACE,
-                     "latest": catalog.NATIVE_TRACE}  # fmt: skip
+    assert found == {"rolling_step_000100.pt": "checkpoint", "rolling_step_000200": "checkpoint",
+                     "latest.pt": "checkpoint", "best_model.pt": "trace",
+                     "latest": "trace"}  # fmt: skip

@@ -500,7 +500,7 @@ def unit_at(path: str | os.PathLike[str]) -> Entry | None:
         (e for e in entries if _same_path(e.path, path)), None)
 
 
-NATIVE_CHECKPOINT = "checkpoint"  # one of ckptctl's names with what ckptctl writes under it
+NATIVE_CHECKPOINT = "checkpoint"  # one of ckptctl's names with what ckptctl writes under it (or a write of one)
 NATIVE_TRACE = "trace"  # one of ckptctl's names with no checkpoint behind it
 # ckptctl's own partial writes: ``<name>.tmp`` (a sharded save in progress, training.dcp_save),
 # ``<name>.<pid>.<random>.tmp`` (durable.temp_path) and ``<name>.deleting.tmp`` (durable.remove_entry)
@@ -518,13 +518,17 @@ def is_native(directory: str | os.PathLike[str]) -> bool:
     1. A *checkpoint* of ckptctl's decides: one of its names with what ckptctl writes under that
        name behind it (symlinks followed) -- a regular file named like a file (``latest.pt``,
        ``rolling_step_000100.pt``, an empty or damaged one too: ``restore`` must heal it), or a
-       directory named like a sharded checkpoint (``rolling_step_000500/``, ``latest`` -> one).
+       directory named like a sharded checkpoint (``rolling_step_000500/``, ``latest`` -> one) --
+       or one being written or removed by ckptctl: its partial writes ``<name>.tmp`` (a sharded
+       save in progress), ``<name>.<pid>.<random>.tmp`` (:func:`ckptctl.durable.temp_path`),
+       ``<name>.deleting.tmp``. Those hold ckptctl's data (the plain-DCP layout would otherwise
+       take a half-written ``rolling_step_000500.tmp/`` for a run's checkpoint and prune it by its
+       rules); a ``*.tmp`` whose name is not one of ckptctl's (an editor's, a removal of an HF
+       ``checkpoint-4``) is nobody's evidence.
     2. A *trace* of ckptctl's with no checkpoint behind it -- a dangling or looping symlink, a FIFO
        or device under one of its names, a directory named like a file (``latest.pt/``), a file
-       named like a directory (DeepSpeed's own ``latest``), ckptctl's partial writes
-       (``rolling_step_000400.pt.<pid>.<random>.tmp``, ``rolling_step_000500.tmp/``) -- decides only
-       when no framework's layout (Hugging Face, Lightning, DeepSpeed, ...) recognises the
-       directory. Why: after a crash the user's ``latest.pt`` may dangle while their rolling files
+       named like a directory (DeepSpeed's own ``latest``) -- decides only when no framework's
+       layout (Hugging Face, Lightning, DeepSpeed, torchtitan, ...) recognises the directory. Why: after a crash the user's ``latest.pt`` may dangle while their rolling files
        are gone or elsewhere; if nobody else claims the directory it is theirs, ckptctl's, and
        ``restore`` heals the link. But an HF run with a stray dead ``latest.pt`` link is still an
        HF run: a link to nothing is not a checkpoint, and letting it make the directory "native"
@@ -565,7 +569,7 @@ def _native_name(dirent: os.DirEntry[str]) -> str | None:
         stem = name[: -len(naming.TMP_SUFFIX)]
         tail = _OWN_TEMP_TAIL.fullmatch(stem)
         own = _grammar_name(stem) or (tail is not None and _grammar_name(tail["name"]))
-        return NATIVE_TRACE if own else None
+        return NATIVE_CHECKPOINT if own else None
     as_file = naming.parse(name).is_checkpoint
     as_directory = naming.parse(name, directory=True).is_checkpoint
     if not (as_file or as_directory):
