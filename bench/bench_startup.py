@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Start-up of the command line as a whole process: cached ``ckptctl list`` beside a bare ``--help``.
+
+    python bench/bench_startup.py [--runs 21] [--tree DIR ...] [--no-installed]
+
+Each line is the median wall time of N fresh processes; every round runs every (line, column)
+once, interleaved, so a busy machine slows all columns alike. Columns:
+
+- ``installed``: the ``ckptctl`` console script beside this interpreter (for a ``pip install -e``
+  checkout that includes the editable-install finder on every start);
+- one column per ``--tree DIR``: the source tree DIR on ``PYTHONPATH`` (then this environment's
+  site-packages, without running their ``.pth`` files), started the way the console script starts
+  (``from ckptctl.cli.app import main; main()``): as a regular, non-editable install runs. Pass a
+  checkout of ``main`` (``git archive main | tar -x -C /tmp/base``) as a second tree for a baseline.
+
+Lines: ``python -c pass`` (the interpreter alone), ``--help``, ``--version``, a cached
+``list DIR`` of a demo directory (``ckptctl demo``, made once, cache warmed), the same with
+``--json``, and a list of the Hugging Face Trainer fixture (tests/fixtures/frameworks/hf_trainer,
+copied to a temporary directory). The last line is the ratio list / --help per column
+(issue #14's target: a cached list <= 0.15 s here).
+
+The listing cache lives in a temporary ``CKPTCTL_CACHE_DIR``; everything is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CKPTCTL = Path(sys.executable).with_name("ckptctl")
+BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
+SITE_PACKAGES = [p for p in sys.path if p.endswith("site-packages")]
+LAUNCH = "import sys; from ckptctl.cli.app import main; sys.argv[0] = 'ckptctl'; main()"
+
+
+def _column(name: str, tree: Path | None, env: dict[str, str]):
+    """(title, argv prefix, env) of one column."""
+    if tree is None:
+        return name, [str(CKPTCTL)], env
+    # The base interpreter with the tree, then this environment's site-packages, on its path: no
+    # .pth file runs (an editable install's finder would), as with a package installed normally.
+    tree_env = {**env, "PYTHONPATH": os.pathsep.join([str(tree), *SITE_PACKAGES])}
+    return name, [BASE_PYTHON, "-c", LAUNCH], tree_env
+
+
+def _time(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def _load() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "?"
+    return f"load {one:.2f}/{five:.2f} on {os.cpu_count()} cpus"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=21, help="fresh processes per line and column (median)")
+    parser.add_argument("--tree", action="append", default=[], type=Path,
+                        help="a source tree to run from PYTHONPATH (repeatable; e.g. a checkout of main)")
+    parser.add_argument("--no-installed", action="store_true", help="skip the installed console script column")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
+    env = {**os.environ, "CKPTCTL_CACHE_DIR": str(work / "cache"), "COLUMNS": "100"}
+    env.pop("PYTHONPATH", None)
+    columns = [] if args.no_installed else [_column("installed", None, env)]
+    for tree in args.tree:
+        columns.append(_column(tree.resolve().name or str(tree), tree.resolve(), env))
+    if not columns:
+        raise SystemExit("nothing to measure: give --tree or drop --no-installed")
+    try:
+        demo, hf = work / "demo", work / "hf_trainer"
+        subprocess.run([*columns[0][1], "demo", str(demo)], env=columns[0][2], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        shutil.copytree(ROOT / "tests" / "fixtures" / "frameworks" / "hf_trainer", hf, symlinks=True)
+        time.sleep(1.2)  # the cache stores only files that settled (listing_cache.SETTLE_SECONDS)
+        lines = {
+            "python -c pass": None,
+            "--help": ["--help"],
+            "--version": ["--version"],
+            "list DIR (cached)": ["list", str(demo)],
+            "list DIR --json": ["list", str(demo), "--json"],
+            "list hf_trainer": ["list", str(hf)],
+        }
+        for _, prefix, col_env in columns:  # warm the cache (and the pyc files) of every column
+            for argv in lines.values():
+                if argv is not None:
+                    _time([*prefix, *argv], col_env)
+        times: dict[tuple[str, str], list[float]] = {}
+        print(f"before: {_load()}", file=sys.stderr)
+        for run in range(args.runs):
+            for title, prefix, col_env in columns:
+                for line, argv in lines.items():
+                    full = [sys.executable, "-c", "pass"] if argv is None else [*prefix, *argv]
+                    times.setdefault((line, title), []).append(_time(full, col_env))
+        print(f"after:  {_load()}", file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    width = max(len(line) for line in lines) + 2
+    print(f"median of {args.runs} fresh processes, seconds ({_load()})")
+    print("".ljust(width) + "".join(title[:14].rjust(16) for title, _, _ in columns))
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    for line in lines:
+        print(line.ljust(width) + "".join(f"{medians[(line, title)]:16.3f}" for title, _, _ in columns))
+    print("list / --help".ljust(width)
+          + "".join(f"{medians[('list DIR (cached)', t)] / medians[('--help', t)]:16.2f}" for t, _, _ in columns))
+
+
+if __name__ == "__main__":
+    main()
