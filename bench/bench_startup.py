@@ -17,15 +17,18 @@ Lines: ``python -c pass`` (the interpreter alone), ``--help``, ``--version``, a 
 ``list DIR`` of a demo directory (``ckptctl demo``, made once, cache warmed), the same with
 ``--json``, and a list of the Hugging Face Trainer fixture (tests/fixtures/frameworks/hf_trainer,
 copied to a temporary directory). The last line is the ratio list / --help per column
-(issue #14's target: a cached list <= 0.15 s here).
+(issue #14's target: a cached list <= 0.15 s here). Printed twice: wall time, and the processes'
+CPU time (user + system), which a machine busy with other work sways less.
 
-The listing cache lives in a temporary ``CKPTCTL_CACHE_DIR``; everything is removed at the end.
+The listing cache lives in a temporary ``CKPTCTL_CACHE_DIR``, one per column (a tree's reader
+fingerprint differs from another's); everything is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -44,20 +47,29 @@ LAUNCH = "import sys; from ckptctl.cli.app import main; sys.argv[0] = 'ckptctl';
 def _column(name: str, tree: Path | None, env: dict[str, str]):
     """(title, argv prefix, env) of one column."""
     if tree is None:
-        return name, [str(CKPTCTL)], env
+        return name, [str(CKPTCTL)], dict(env)
     # The base interpreter with the tree, then this environment's site-packages, on its path: no
     # .pth file runs (an editable install's finder would), as with a package installed normally.
     tree_env = {**env, "PYTHONPATH": os.pathsep.join([str(tree), *SITE_PACKAGES])}
     return name, [BASE_PYTHON, "-c", LAUNCH], tree_env
 
 
-def _time(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed = time.perf_counter() - start
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _time(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall, cpu) seconds of one fresh process: cpu (user + system) is less swayed by a busy machine.
+
+    ``cwd`` is a directory without a ``ckptctl`` package: ``python -c`` puts the working directory
+    first on the path, ahead of a column's tree."""
+    cpu, start = _cpu(), time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def _load() -> str:
@@ -82,12 +94,13 @@ def main() -> None:
     columns = [] if args.no_installed else [_column("installed", None, env)]
     for tree in args.tree:
         columns.append(_column(tree.resolve().name or str(tree), tree.resolve(), env))
+    for number, (_, _, col_env) in enumerate(columns):  # a cache per column: each tree has its own fingerprint
+        col_env["CKPTCTL_CACHE_DIR"] = str(work / f"cache-{number}")
     if not columns:
         raise SystemExit("nothing to measure: give --tree or drop --no-installed")
     try:
         demo, hf = work / "demo", work / "hf_trainer"
-        subprocess.run([*columns[0][1], "demo", str(demo)], env=columns[0][2], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        _time([*columns[0][1], "demo", str(demo)], columns[0][2], work)
         shutil.copytree(ROOT / "tests" / "fixtures" / "frameworks" / "hf_trainer", hf, symlinks=True)
         time.sleep(1.2)  # the cache stores only files that settled (listing_cache.SETTLE_SECONDS)
         lines = {
@@ -101,26 +114,28 @@ def main() -> None:
         for _, prefix, col_env in columns:  # warm the cache (and the pyc files) of every column
             for argv in lines.values():
                 if argv is not None:
-                    _time([*prefix, *argv], col_env)
-        times: dict[tuple[str, str], list[float]] = {}
+                    _time([*prefix, *argv], col_env, work)
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         print(f"before: {_load()}", file=sys.stderr)
         for run in range(args.runs):
             for title, prefix, col_env in columns:
                 for line, argv in lines.items():
                     full = [sys.executable, "-c", "pass"] if argv is None else [*prefix, *argv]
-                    times.setdefault((line, title), []).append(_time(full, col_env))
+                    times.setdefault((line, title), []).append(_time(full, col_env, work))
         print(f"after:  {_load()}", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     width = max(len(line) for line in lines) + 2
-    print(f"median of {args.runs} fresh processes, seconds ({_load()})")
-    print("".ljust(width) + "".join(title[:14].rjust(16) for title, _, _ in columns))
-    medians = {key: statistics.median(values) for key, values in times.items()}
-    for line in lines:
-        print(line.ljust(width) + "".join(f"{medians[(line, title)]:16.3f}" for title, _, _ in columns))
-    print("list / --help".ljust(width)
-          + "".join(f"{medians[('list DIR (cached)', t)] / medians[('--help', t)]:16.2f}" for t, _, _ in columns))
+    for which, label in ((0, "wall time"), (1, "cpu time (user + system)")):
+        print(f"{label}: median of {args.runs} fresh processes, seconds ({_load()})")
+        print("".ljust(width) + "".join(title[:14].rjust(16) for title, _, _ in columns))
+        medians = {key: statistics.median(v[which] for v in values) for key, values in times.items()}
+        for line in lines:
+            print(line.ljust(width) + "".join(f"{medians[(line, title)]:16.3f}" for title, _, _ in columns))
+        print("list / --help".ljust(width)
+              + "".join(f"{medians[('list DIR (cached)', t)] / medians[('--help', t)]:16.2f}" for t, _, _ in columns))
+        print()
 
 
 if __name__ == "__main__":
