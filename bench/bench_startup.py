@@ -8,8 +8,8 @@ once, interleaved, so a busy machine slows all columns alike. Columns:
 
 - ``installed``: the ``ckptctl`` console script beside this interpreter (for a ``pip install -e``
   checkout that includes the editable-install finder on every start);
-- one column per ``--tree DIR``: the source tree DIR on ``PYTHONPATH`` (then this environment's
-  site-packages, without running their ``.pth`` files), started the way the console script starts
+- one column per ``--tree DIR``: ``python -S`` with the source tree DIR on ``PYTHONPATH`` (then this
+  environment's site-packages, without running their ``.pth`` files), started the way the console script starts
   (``from ckptctl.cli.app import main; main()``): as a regular, non-editable install runs. Pass a
   checkout of ``main`` (``git archive main | tar -x -C /tmp/base``) as a second tree for a baseline.
 
@@ -20,6 +20,9 @@ copied to a temporary directory). The last line is the ratio list / --help per c
 (issue #14's target: a cached list <= 0.15 s here). Printed twice: wall time, and the processes'
 CPU time (user + system), which a machine busy with other work sways less.
 
+Modules are compiled once, to ``.pyc`` files in a temporary ``PYTHONPYCACHEPREFIX``, as an
+installed package runs (pip compiles at install); ``--no-bytecode`` compiles every module in every
+process instead (an environment with ``PYTHONDONTWRITEBYTECODE=1`` and a ``--no-compile`` install).
 The listing cache lives in a temporary ``CKPTCTL_CACHE_DIR``, one per column (a tree's reader
 fingerprint differs from another's); everything is removed at the end.
 """
@@ -39,7 +42,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CKPTCTL = Path(sys.executable).with_name("ckptctl")
-BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
 SITE_PACKAGES = [p for p in sys.path if p.endswith("site-packages")]
 LAUNCH = "import sys; from ckptctl.cli.app import main; sys.argv[0] = 'ckptctl'; main()"
 
@@ -48,10 +50,10 @@ def _column(name: str, tree: Path | None, env: dict[str, str]):
     """(title, argv prefix, env) of one column."""
     if tree is None:
         return name, [str(CKPTCTL)], dict(env)
-    # The base interpreter with the tree, then this environment's site-packages, on its path: no
-    # .pth file runs (an editable install's finder would), as with a package installed normally.
+    # This interpreter without ``site`` (-S), the tree, then this environment's site-packages on its
+    # path: no .pth file runs (an editable install's finder would), as with a package installed normally.
     tree_env = {**env, "PYTHONPATH": os.pathsep.join([str(tree), *SITE_PACKAGES])}
-    return name, [BASE_PYTHON, "-c", LAUNCH], tree_env
+    return name, [sys.executable, "-S", "-c", LAUNCH], tree_env
 
 
 def _cpu() -> float:
@@ -86,11 +88,19 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], type=Path,
                         help="a source tree to run from PYTHONPATH (repeatable; e.g. a checkout of main)")
     parser.add_argument("--no-installed", action="store_true", help="skip the installed console script column")
+    parser.add_argument("--no-bytecode", action="store_true",
+                        help="compile every module from source in every process (PYTHONDONTWRITEBYTECODE=1, no .pyc)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
     env = {**os.environ, "CKPTCTL_CACHE_DIR": str(work / "cache"), "COLUMNS": "100"}
     env.pop("PYTHONPATH", None)
+    if args.no_bytecode:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONPYCACHEPREFIX"] = str(work / "no-pycache")  # stale .pyc files elsewhere are not read either
+    else:  # as an installed package runs: modules compiled once (into the temporary directory, not the trees)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     columns = [] if args.no_installed else [_column("installed", None, env)]
     for tree in args.tree:
         columns.append(_column(tree.resolve().name or str(tree), tree.resolve(), env))
@@ -128,7 +138,8 @@ def main() -> None:
 
     width = max(len(line) for line in lines) + 2
     for which, label in ((0, "wall time"), (1, "cpu time (user + system)")):
-        print(f"{label}: median of {args.runs} fresh processes, seconds ({_load()})")
+        code = "compiled from source each time" if args.no_bytecode else "with .pyc"
+        print(f"{label}: median of {args.runs} fresh processes, {code}, seconds ({_load()})")
         print("".ljust(width) + "".join(title[:14].rjust(16) for title, _, _ in columns))
         medians = {key: statistics.median(v[which] for v in values) for key, values in times.items()}
         for line in lines:
