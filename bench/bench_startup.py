@@ -22,7 +22,8 @@ CPU time (user + system), which a machine busy with other work sways less.
 
 Modules are compiled once, to ``.pyc`` files in a temporary ``PYTHONPYCACHEPREFIX``, as an
 installed package runs (pip compiles at install); ``--no-bytecode`` compiles every module in every
-process instead (an environment with ``PYTHONDONTWRITEBYTECODE=1`` and a ``--no-compile`` install).
+process that has none (an environment with ``PYTHONDONTWRITEBYTECODE=1`` and a ``--no-compile``
+install: only the standard library's own ``.pyc`` files exist).
 The listing cache lives in a temporary ``CKPTCTL_CACHE_DIR``, one per column (a tree's reader
 fingerprint differs from another's); everything is removed at the end.
 """
@@ -96,8 +97,8 @@ def main() -> None:
     env = {**os.environ, "CKPTCTL_CACHE_DIR": str(work / "cache"), "COLUMNS": "100"}
     env.pop("PYTHONPATH", None)
     if args.no_bytecode:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        env["PYTHONPYCACHEPREFIX"] = str(work / "no-pycache")  # stale .pyc files elsewhere are not read either
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the .pyc files that exist (the standard library's) are still used
+        env.pop("PYTHONPYCACHEPREFIX", None)
     else:  # as an installed package runs: modules compiled once (into the temporary directory, not the trees)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
@@ -138,7 +139,7 @@ def main() -> None:
 
     width = max(len(line) for line in lines) + 2
     for which, label in ((0, "wall time"), (1, "cpu time (user + system)")):
-        code = "compiled from source each time" if args.no_bytecode else "with .pyc"
+        code = "no .pyc beyond the stdlib's" if args.no_bytecode else "with .pyc"
         print(f"{label}: median of {args.runs} fresh processes, {code}, seconds ({_load()})")
         print("".ljust(width) + "".join(title[:14].rjust(16) for title, _, _ in columns))
         medians = {key: statistics.median(v[which] for v in values) for key, values in times.items()}
