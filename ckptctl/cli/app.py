@@ -6,9 +6,9 @@ imported inside the command body, so ``ckptctl --help`` and completion stay fast
 ``app`` (this module's attribute, built on first use) has every command. The console script
 (:func:`main`) builds an app with the one command its arguments name, when they start with a
 known command name and no shell completion is asked: importing and setting up the other commands'
-modules and parameters is most of the start-up of a cached ``ckptctl list``. The top-level help,
-``--version``, an unknown command (its "did you mean") and completion get every command, as
-before; a command's own help, options and errors do not depend on the other commands.
+modules and parameters is most of the start-up of a cached ``ckptctl list``. A lone ``--version``
+gets none. The top-level help, an unknown command (its "did you mean") and completion get every
+command, as before; a command's own help, options and errors do not depend on the other commands.
 """
 
 from __future__ import annotations
@@ -136,9 +136,13 @@ def build_app(names: list[str] | tuple[str, ...] | None = None) -> typer.Typer:
 
 def app_for(args: list[str]) -> typer.Typer:
     """The app that runs ``args``: only the named command's when ``args`` start with a known command
-    name (and no completion is asked), else :data:`app` with every command."""
-    if args and args[0] in COMMANDS and COMPLETE_VAR not in os.environ:
-        return build_app([args[0]])
+    name (and no completion is asked), none for a lone ``--version`` (its eager option prints and
+    exits before a command is looked at), else :data:`app` with every command."""
+    if COMPLETE_VAR not in os.environ:
+        if args and args[0] in COMMANDS:
+            return build_app([args[0]])
+        if args == ["--version"]:
+            return build_app([])
     return __getattr__("app")
 
 
