@@ -245,3 +245,16 @@ def test_an_uncached_list_does_load_the_reader(cached_dir):
     """The probe above could not miss the reader: a listing that reads the files loads it."""
     probe = _main(["list", str(cached_dir), "--no-cache"])
     assert probe["code"] == 0 and {"ckptctl.formats.reader", "ckptctl.formats.unpickler"} <= set(probe["loaded"])
+
+
+def test_a_list_of_a_hugging_face_run_imports_no_other_layout():
+    """The registry imports layouts in recognition order and stops at the first that recognises the run."""
+    from pathlib import Path
+
+    from ckptctl.layouts.registry import LAYOUT_TABLE
+
+    run = Path(__file__).resolve().parent / "fixtures" / "frameworks" / "hf_trainer"
+    probe = _main(["list", str(run), "--json"])
+    assert probe["code"] == 0 and json.loads(probe["stdout"])["layout"] == "hf-trainer"
+    layouts = {f"ckptctl.layouts.{module}" for module, _cls in LAYOUT_TABLE}
+    assert layouts & set(probe["loaded"]) == {"ckptctl.layouts.hf_trainer"}
