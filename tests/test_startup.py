@@ -164,9 +164,11 @@ def _command_modules(probe: dict) -> set[str]:
 
 
 def test_the_command_table_names_every_command_and_module():
-    from ckptctl.cli.app import COMMANDS, app
+    from ckptctl.cli.app import COMMANDS, app, app_for
 
     assert [c.name for c in app.registered_commands] == list(COMMANDS)
+    assert app_for(["lst"]) is app_for(["--help"]) is app_for([]) is app  # built once
+    assert [c.name for c in app_for(["du", "."]).registered_commands] == ["du"]
     for name, (module, function, _panel, _summary) in COMMANDS.items():
         assert getattr(__import__(f"ckptctl.cli.{module}", fromlist=[function]), function).__name__ == function, name
 

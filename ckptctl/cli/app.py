@@ -143,7 +143,7 @@ def app_for(args: list[str]) -> typer.Typer:
             return build_app([args[0]])
         if args == ["--version"]:
             return build_app([])
-    return __getattr__("app")
+    return globals().get("app") or __getattr__("app")
 
 
 def __getattr__(name: str):
