@@ -14,8 +14,8 @@ once, interleaved, so a busy machine slows all columns alike. Columns:
   checkout of ``main`` (``git archive main | tar -x -C /tmp/base``) as a second tree for a baseline.
 
 Lines: ``python -c pass`` (the interpreter alone), ``--help``, ``--version``, a cached
-``list DIR`` of a demo directory (``ckptctl demo``, made once, cache warmed), the same with
-``--json``, and a list of the Hugging Face Trainer fixture (tests/fixtures/frameworks/hf_trainer,
+``list DIR`` of a demo directory (``ckptctl demo``, made once, cache warmed) into a pipe, the same
+with ``--json``, the same on a pseudo-terminal (Rich's table, as a person sees it), and a list of the Hugging Face Trainer fixture (tests/fixtures/frameworks/hf_trainer,
 copied to a temporary directory). The last line is the ratio list / --help per column
 (issue #14's target: a cached list <= 0.15 s here). Printed twice: wall time, and the processes'
 CPU time (user + system), which a machine busy with other work sways less.
@@ -75,6 +75,32 @@ def _time(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float
     return elapsed, cpu
 
 
+def _time_on_terminal(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall, cpu) seconds of one fresh process whose output is a terminal (a pseudo-terminal read to its end)."""
+    import pty
+
+    cpu, start = _cpu(), time.perf_counter()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.chdir(cwd)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    while True:
+        try:
+            if not os.read(fd, 65536):
+                break
+        except OSError:  # EIO: the child closed the terminal
+            break
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed on a terminal ({os.waitstatus_to_exitcode(status)})")
+    return elapsed, cpu
+
+
 def _load() -> str:
     try:
         one, five, _ = os.getloadavg()
@@ -120,19 +146,25 @@ def main() -> None:
             "--version": ["--version"],
             "list DIR (cached)": ["list", str(demo)],
             "list DIR --json": ["list", str(demo), "--json"],
+            "list DIR, terminal": ["list", str(demo)],  # a Rich table on a pseudo-terminal
             "list hf_trainer": ["list", str(hf)],
         }
+        def one(line: str, prefix: list[str], col_env: dict[str, str]) -> tuple[float, float]:
+            argv = lines[line]
+            if argv is None:
+                return _time([sys.executable, "-c", "pass"], col_env, work)
+            timer = _time_on_terminal if line.endswith("terminal") else _time
+            return timer([*prefix, *argv], col_env, work)
+
         for _, prefix, col_env in columns:  # warm the cache (and the pyc files) of every column
-            for argv in lines.values():
-                if argv is not None:
-                    _time([*prefix, *argv], col_env, work)
+            for line in lines:
+                one(line, prefix, col_env)
         times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         print(f"before: {_load()}", file=sys.stderr)
         for run in range(args.runs):
             for title, prefix, col_env in columns:
-                for line, argv in lines.items():
-                    full = [sys.executable, "-c", "pass"] if argv is None else [*prefix, *argv]
-                    times.setdefault((line, title), []).append(_time(full, col_env, work))
+                for line in lines:
+                    times.setdefault((line, title), []).append(one(line, prefix, col_env))
         print(f"after:  {_load()}", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -145,8 +177,8 @@ def main() -> None:
         medians = {key: statistics.median(v[which] for v in values) for key, values in times.items()}
         for line in lines:
             print(line.ljust(width) + "".join(f"{medians[(line, title)]:16.3f}" for title, _, _ in columns))
-        print("list / --help".ljust(width)
-              + "".join(f"{medians[('list DIR (cached)', t)] / medians[('--help', t)]:16.2f}" for t, _, _ in columns))
+        for line, label in (("list DIR (cached)", "list / --help"), ("list DIR, terminal", "terminal / --help")):
+            print(label.ljust(width) + "".join(f"{medians[(line, t)] / medians[('--help', t)]:16.2f}" for t, _, _ in columns))
         print()
 
 
