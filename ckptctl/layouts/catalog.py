@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the readers are imported where a file is read: a cached ``l
     from ..formats.reader import CheckpointFile
     from .metadata import Metadata
 
+
 def read_checkpoint(path, **kwargs) -> CheckpointFile:
     """:func:`ckptctl.formats.reader.read_checkpoint`, imported on the first read (the safe
     reader and its unpickler are most of a listing's imports, and a cached listing reads nothing)."""
