@@ -2,26 +2,24 @@
 
 Command modules import only light core modules at import time; anything heavy (torch) is
 imported inside the command body, so ``ckptctl --help`` and completion stay fast.
+
+``app`` (this module's attribute, built on first use) has every command. The console script
+(:func:`main`) builds an app with the one command its arguments name, when they start with a
+known command name and no shell completion is asked: importing and setting up the other commands'
+modules and parameters is most of the start-up of a cached ``ckptctl list``. A lone ``--version``
+gets none. The top-level help, an unknown command (its "did you mean") and completion get every
+command, as before; a command's own help, options and errors do not depend on the other commands.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import inspect_cmd
-from . import list_cmd
-from . import resume_cmd
-from . import compare_cmd
-from . import demo_cmd
-from . import validate_cmd
-from . import restore_cmd
-from . import prune_cmd
-from . import du_cmd
-from . import export_cmd
-from . import chart_cmd
 from .output import survive_any_encoding
 
 #: The panels of the top-level help, in order. A command registered without ``rich_help_panel``
@@ -73,18 +71,6 @@ def _unbrace(piece: str) -> str:
     return piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
 
 
-app = typer.Typer(
-    name="ckptctl",
-    cls=_Group,
-    help="Operate PyTorch checkpoint directories: list, inspect, validate, restore, prune, compare.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-
 def _print_version(value: bool) -> None:
     if value:
         print(f"ckptctl {package_version()}")
@@ -103,7 +89,6 @@ def package_version() -> str:
         return __version__
 
 
-@app.callback()
 def _before_every_command(
     show_version: bool = typer.Option(False, "--version", help="Print ckptctl's version and exit.",
                                       callback=_print_version, is_eager=True),  # fmt: skip
@@ -112,28 +97,62 @@ def _before_every_command(
     survive_any_encoding()
 
 
-app.command("list", cls=_Command, rich_help_panel="Look",
-            short_help="List checkpoints: step, epoch, val_loss, size, age, status.")(list_cmd.list_command)
-app.command("inspect", cls=_Command, rich_help_panel="Look",
-            short_help="Show one checkpoint's metadata, args, RNG, model, optimizer.")(inspect_cmd.inspect_command)
-app.command("resume-cmd", cls=_Command, rich_help_panel="Fix",
-            short_help="Print the command line that resumes training.")(resume_cmd.resume_command)
-app.command("compare", cls=_Command, rich_help_panel="Look",
-            short_help="Compare two checkpoints: metadata, args, keys, tensors.")(compare_cmd.compare_command)
-app.command("demo", cls=_Command, rich_help_panel="Try",
-            short_help="Train a tiny model with every kind of save, then list it.")(demo_cmd.demo_command)
-app.command("validate", cls=_Command, rich_help_panel="Check",
-            short_help="Check checkpoints for damage (structure, unpickle, CRC-32).")(validate_cmd.validate_command)
-app.command("restore", cls=_Command, rich_help_panel="Fix",
-            short_help="Make a directory resumable again after damage.")(restore_cmd.restore_command)
-app.command("prune", cls=_Command, rich_help_panel="Clean up",
-            short_help="Delete old checkpoints by a retention policy.")(prune_cmd.prune_command)
-app.command("du", cls=_Command, rich_help_panel="Look",
-            short_help="Disk usage by kind, free space, how many more saves fit.")(du_cmd.du_command)
-app.command("export", cls=_Command, rich_help_panel="Ship",
-            short_help="Export a checkpoint's weights as safetensors.")(export_cmd.export_command)
-app.command("chart", cls=_Command, rich_help_panel="Look",
-            short_help="Plot the metrics the checkpoints carry, by step.")(chart_cmd.chart_command)
+#: Every command, in registration order (the order of the help's panels' rows):
+#: name -> (module of this package, its command function, help panel, one-line summary).
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "list": ("list_cmd", "list_command", "Look", "List checkpoints: step, epoch, val_loss, size, age, status."),
+    "inspect": ("inspect_cmd", "inspect_command", "Look", "Show one checkpoint's metadata, args, RNG, model, optimizer."),
+    "resume-cmd": ("resume_cmd", "resume_command", "Fix", "Print the command line that resumes training."),
+    "compare": ("compare_cmd", "compare_command", "Look", "Compare two checkpoints: metadata, args, keys, tensors."),
+    "demo": ("demo_cmd", "demo_command", "Try", "Train a tiny model with every kind of save, then list it."),
+    "validate": ("validate_cmd", "validate_command", "Check", "Check checkpoints for damage (structure, unpickle, CRC-32)."),
+    "restore": ("restore_cmd", "restore_command", "Fix", "Make a directory resumable again after damage."),
+    "prune": ("prune_cmd", "prune_command", "Clean up", "Delete old checkpoints by a retention policy."),
+    "du": ("du_cmd", "du_command", "Look", "Disk usage by kind, free space, how many more saves fit."),
+    "export": ("export_cmd", "export_command", "Ship", "Export a checkpoint's weights as safetensors."),
+    "chart": ("chart_cmd", "chart_command", "Look", "Plot the metrics the checkpoints carry, by step."),
+}  # fmt: skip
+COMPLETE_VAR = "_CKPTCTL_COMPLETE"  # set by the shell's completion script (Typer: _<PROG>_COMPLETE)
+
+
+def build_app(names: list[str] | tuple[str, ...] | None = None) -> typer.Typer:
+    """A Typer app with the commands ``names`` (default: every command, in :data:`COMMANDS` order)."""
+    new = typer.Typer(
+        name="ckptctl",
+        cls=_Group,
+        help="Operate PyTorch checkpoint directories: list, inspect, validate, restore, prune, compare.",
+        no_args_is_help=True,
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    new.callback()(_before_every_command)
+    for name in COMMANDS if names is None else names:
+        module, function, panel, summary = COMMANDS[name]
+        callback = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+        new.command(name, cls=_Command, rich_help_panel=panel, short_help=summary)(callback)
+    return new
+
+
+def app_for(args: list[str]) -> typer.Typer:
+    """The app that runs ``args``: only the named command's when ``args`` start with a known command
+    name (and no completion is asked), none for a lone ``--version`` (its eager option prints and
+    exits before a command is looked at), else :data:`app` with every command."""
+    if COMPLETE_VAR not in os.environ:
+        if args and args[0] in COMMANDS:
+            return build_app([args[0]])
+        if args == ["--version"]:
+            return build_app([])
+    return globals().get("app") or __getattr__("app")
+
+
+def __getattr__(name: str):
+    """``app``: every command, built (and its command modules imported) on first use."""
+    if name == "app":
+        built = build_app()
+        globals()["app"] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     Typer 0.28 raises its usage errors as subclasses of the public ``typer.TyperException`` with
     ``exit_code`` 2 and the failing ``ctx`` when ``standalone_mode=False``.
     """
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(args=argv, prog_name="ckptctl", standalone_mode=False)
+        code = app_for(args)(args=args, prog_name="ckptctl", standalone_mode=False)
     except typer.Abort:
         print("ckptctl: aborted", file=sys.stderr)
         sys.exit(1)

@@ -21,9 +21,7 @@ AWS environment and config files (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``, ``AWS_
 
 from __future__ import annotations
 
-import bisect
 import errno
-import hashlib
 import io
 import re
 from contextlib import contextmanager
@@ -163,6 +161,8 @@ def _info(path: RemotePath, row: dict[str, Any]) -> ObjectInfo:
     size = int(row.get("size") or 0)
     mtime = _mtime(row)
     tag = str(row.get("ETag") or row.get("etag") or row.get("md5Hash") or "")
+    import hashlib  # objects only: a local listing needs neither hashlib nor bisect from this module
+
     digest = hashlib.blake2b(f"{path.url}\0{size}\0{mtime}\0{tag}".encode(), digest_size=8).digest()
     identity = int.from_bytes(digest, "big") >> 1  # a positive "inode": unique per object version
     return ObjectInfo(RemotePath(path.url, path.fs, None if is_dir else size), size, mtime, identity, is_dir)
@@ -239,6 +239,8 @@ class ObjectFile(io.IOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         if size is not None and size >= 0:
+            import bisect
+
             index = bisect.bisect_right(self._starts, self._pos) - 1
             if index >= 0 and self._pos + size <= self._starts[index] + len(self._parts[index]):
                 at = self._pos - self._starts[index]

@@ -15,16 +15,34 @@ import re
 import stat as stat_module
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import naming
 from ..errors import BadInputError, CheckpointError, UnreadableCheckpoint
 from .base import POINTER_DANGLING, POINTER_LOOP, POINTER_OK, Layout, Pointer, Unit
-from .metadata import Metadata, summarize
 from .naming import Kind, ParsedName
-from ..formats.reader import CheckpointFile, read_checkpoint
-from ..formats.dcp import directory_sizes, looks_like_dcp, read_directory
 from ..formats import storage
 from ..formats.storage import ObjectInfo, RemotePath, is_url
+
+if TYPE_CHECKING:  # the readers are imported where a file is read: a cached ``list`` reads none
+    from ..formats.reader import CheckpointFile
+    from .metadata import Metadata
+
+
+def read_checkpoint(path, **kwargs) -> CheckpointFile:
+    """:func:`ckptctl.formats.reader.read_checkpoint`, imported on the first read (the safe
+    reader and its unpickler are most of a listing's imports, and a cached listing reads nothing)."""
+    from ..formats.reader import read_checkpoint as read
+
+    return read(path, **kwargs)
+
+
+def read_directory(path, **kwargs) -> CheckpointFile:
+    """:func:`ckptctl.formats.dcp.read_directory`, imported on the first read of a sharded checkpoint."""
+    from ..formats.dcp import read_directory as read
+
+    return read(path, **kwargs)
+
 
 STATUS_OK = "ok"
 STATUS_UNREADABLE = "unreadable"
@@ -91,6 +109,8 @@ class Entry:
         if self.unit is not None:
             return self._read_unit(spans)
         if self._read is None or (spans and not self._read_has_spans and self._read[0] is not None):
+            from .metadata import summarize
+
             try:
                 if self.is_directory:  # a listing (spans=False) decodes only the top-level values
                     ckpt = read_directory(self.path, all_values=spans)
@@ -111,6 +131,8 @@ class Entry:
         assert unit is not None
         if self._read is not None and not (spans and not self._read_has_spans and self._read[0] is not None):
             return self._read
+        from ..formats.dcp import looks_like_dcp
+
         ckpt: CheckpointFile | None = None
         error: CheckpointError | None = None
         if not unit.is_directory or looks_like_dcp(unit.path):
@@ -322,6 +344,8 @@ def _read_safetensors(path: Path) -> CheckpointFile | None:
 def unit_metadata(unit: Unit, ckpt: CheckpointFile | None = None) -> Metadata:
     """What ``list`` and ``inspect`` show of a layout's checkpoint, from the unit's records (and
     from the file's own keys where the unit says nothing)."""
+    from .metadata import Metadata, summarize
+
     base = summarize(ckpt) if ckpt is not None else None
     metrics = unit.metrics
     train_loss = _first_number(metrics, ("loss", "train_loss"))
@@ -423,6 +447,8 @@ def _directory_entry(path: Path, info: os.stat_result, *, any_name: bool = False
     parsed = naming.parse(path.name, directory=True)
     if parsed.kind is Kind.OTHER and not any_name:
         return None
+    from ..formats.dcp import directory_sizes
+
     size, allocated = directory_sizes(path)
     return Entry(path, parsed, size, info.st_ino, 1, allocated, info.st_mtime, is_directory=True)
 
@@ -462,6 +488,8 @@ def entry_for_file(path: str | os.PathLike[str] | RemotePath) -> Entry:
         unit = unit_at(file_path)
         if unit is not None:
             return unit
+        from ..formats.dcp import looks_like_dcp
+
         if looks_like_dcp(file_path):
             return _directory_entry(file_path, info, any_name=True)  # type: ignore[return-value]
         raise BadInputError(f"is a directory: {file_path} (give a checkpoint file)")

@@ -11,15 +11,29 @@ from __future__ import annotations
 import functools
 import math
 import struct
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..formats.bounded import bounded_str
-from ..formats.reader import CheckpointFile
-from ..formats.scalars import is_scalar, read_scalars
-from ..formats.unpickler import Namespace, NumpyArray, TensorRef
+
+if TYPE_CHECKING:
+    from ..formats.reader import CheckpointFile
+    from ..formats.unpickler import TensorRef
+
+# The reader, the unpickler and the scalar decoder are imported where a checkpoint's object graph is
+# summarised (a file was read, so they are loaded already), not when this module is: a cached
+# ``list`` and another framework's JSON records (``as_int``/``as_float``) never need them.
+_UNPICKLER = "ckptctl.formats.unpickler"
+
+
+def _is_unpickled(value: Any, name: str) -> bool:
+    """``isinstance(value, unpickler.<name>)`` without importing the unpickler: while it is not
+    loaded, nothing can be one of its placeholders."""
+    module = sys.modules.get(_UNPICKLER)
+    return module is not None and isinstance(value, getattr(module, name))
 
 KNOWN_KEYS = (
     "step", "epoch", "model", "optimizer", "train_loss", "val_loss", "rng_state",
@@ -91,6 +105,8 @@ class Metadata:
         """
         if self.ckpt is None or not isinstance(self.root, dict):
             return {}
+        from ..formats.scalars import is_scalar, read_scalars
+
         candidates = [key for key in self.extra_keys if is_scalar(self.root.get(key))][:MAX_EXTRA_SCALARS]
         return read_scalars(self.ckpt, {key: self.root[key] for key in candidates})
 
@@ -118,6 +134,9 @@ def summarize(ckpt: CheckpointFile) -> Metadata:
     ``state_dict``, ``optimizer_states``, ``hyper_parameters``, ...: the ``*_KEYS`` tuples above).
     A file whose root is a saved-args object (HF's ``training_args.bin``) gives its fields as args.
     """
+    from ..formats.scalars import read_scalars
+    from ..formats.unpickler import Namespace
+
     root = ckpt.root if isinstance(ckpt.root, dict) else {}
     rng = root.get("rng_state")
     loss_key = _first_key(root, TRAIN_LOSS_KEYS) or "train_loss"
@@ -179,6 +198,9 @@ def _first_key(root: dict, keys: tuple[str, ...], accept: Any = None) -> str | N
 def _step(ckpt: CheckpointFile, root: dict) -> tuple[str | None, int | None]:
     """(key, step): ``step``, ``global_step``, ``global_steps``, or torchtitan's ``train_state.step``
     (an int, or in older saves a 0-d int tensor, read from its bytes)."""
+    from ..formats.scalars import read_scalars
+    from ..formats.unpickler import TensorRef
+
     for key in STEP_KEYS:
         step = as_int(root.get(key))
         if step is not None:
@@ -204,6 +226,8 @@ def _model_key(root: dict) -> str | None:
 
 def _flat_model(root: dict) -> dict[str, TensorRef]:
     """Top-level tensors under dotted names (``layers.0.attention.wq.weight``): torchtitan's model."""
+    from ..formats.unpickler import TensorRef
+
     return {k: v for k, v in root.items() if type(k) is str and "." in k and isinstance(v, TensorRef)}
 
 
@@ -265,7 +289,7 @@ _SCALAR_FORMATS = {"<f8": "<d", "<f4": "<f", "<i8": "<q", "<i4": "<i", "f8": "<d
 
 def _numpy_scalar(value: Any) -> float | int | None:
     """Decode a pickled numpy scalar (``np.float64(0.5)``) from its raw bytes, without numpy."""
-    if not isinstance(value, NumpyArray) or value.shape != ():
+    if not _is_unpickled(value, "NumpyArray") or value.shape != ():
         return None
     fmt = _SCALAR_FORMATS.get(value.dtype)
     if fmt is None or len(value.raw) != struct.calcsize(fmt):
@@ -291,7 +315,7 @@ def as_datetime(value: Any) -> datetime | None:
 
 def args_dict(value: Any) -> dict[str, Any] | None:
     """Saved ``args`` as a dict, whether a dict or an ``argparse.Namespace`` was saved."""
-    if isinstance(value, Namespace):
+    if _is_unpickled(value, "Namespace"):
         return dict(value.attrs)
     if isinstance(value, dict):
         return {_key(k): v for k, v in value.items()}
@@ -323,6 +347,8 @@ def _tensor_refs(obj: Any) -> Iterator[TensorRef]:
     ``reader.iter_tensors`` also builds each tensor's dotted name; summaries need no names, and
     ``list`` summarises every file, so this walk skips that work.
     """
+    from ..formats.unpickler import Namespace, TensorRef
+
     stack = [obj]
     while stack:
         item = stack.pop()
@@ -426,6 +452,6 @@ def _guess_optimizer(value: dict, state: dict) -> str | None:
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
-    if isinstance(value, TensorRef):
+    if _is_unpickled(value, "TensorRef"):
         return repr(value)
     return value

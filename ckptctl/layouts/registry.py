@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 from .base import Layout
 
@@ -25,14 +26,14 @@ LAYOUT_TABLE: tuple[tuple[str, str], ...] = (
 )
 
 
-def layouts() -> list[Layout]:
-    """Every registered layout, in recognition order."""
+def layouts() -> Iterator[Layout]:
+    """Every registered layout, in recognition order; a layout's module is imported when the
+    iteration reaches it, so :func:`detect` and :func:`by_name` stop importing at the first match
+    (a ``list`` of a Hugging Face run imports none of the other layouts' readers)."""
     import importlib
 
-    found: list[Layout] = []
     for module, cls in LAYOUT_TABLE:
-        found.append(getattr(importlib.import_module(f"{__package__}.{module}"), cls)())
-    return found
+        yield getattr(importlib.import_module(f"{__package__}.{module}"), cls)()
 
 
 def detect(directory: str | os.PathLike[str]) -> Layout | None:

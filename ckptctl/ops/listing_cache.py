@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import stat as stat_module
 import time
 from dataclasses import asdict, dataclass
@@ -159,6 +158,8 @@ class ListingCache:
         listing_fd = _private_directories(self.path.parent, create=True)
         if listing_fd is None:
             return  # not a directory we may trust: no caching
+        import secrets  # only when the cache changed: a cached listing writes nothing
+
         tmp = f".listing-{secrets.token_hex(8)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=listing_fd)
