@@ -222,7 +222,8 @@ def _layout_cells(row: Row, metric: str) -> list[str]:
     data = row.to_json()
     status = row.status if not row.error else f"{row.status}: {row.error}"
     if row.unit is None and row.entry.link is not None:
-        status = f"-> {row.entry.link}: {status}"
+        said = row.error == f"symlink to {row.entry.link}"  # a dead link's error only repeats the arrow
+        status = f"-> {row.entry.link}: {row.status if said else status}"
     value = row.metric(metric)
     if value is None and metric == "val_loss":
         value = row.facts.val_loss

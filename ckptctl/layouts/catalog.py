@@ -275,7 +275,26 @@ def layout_entries(directory: Path, *, broken_links: bool = False) -> list[Entry
         entry = _pointer_entry(pointer, by_name.get(pointer.target) if pointer.target else None)
         if entry is not None and (entry.broken is None or broken_links):
             entries.append(entry)
+    if broken_links:
+        entries += _stray_broken_links(directory, {os.path.normpath(str(e.path)) for e in entries})
     return entries
+
+
+def _stray_broken_links(directory: Path, known: set[str]) -> list[Entry]:
+    """Dangling or looping symlinks under ckptctl's names in another framework's run (a ``latest.pt``
+    left by a crash): the run stays the framework's (:func:`is_native`), but the dead link is shown
+    and validated as broken, not hidden. Other names are the framework's business, not ours."""
+    found: list[Entry] = []
+    try:
+        with os.scandir(directory) as it:
+            links = [d for d in it if d.is_symlink() and os.path.normpath(d.path) not in known]
+    except OSError:
+        return found
+    for dirent in links:
+        entry = _entry(directory, dirent, broken_links=True)
+        if entry is not None and entry.broken is not None and entry.parsed.kind is not Kind.OTHER:
+            found.append(entry)
+    return sorted(found, key=lambda e: e.name)
 
 
 def unit_entry(unit: Unit) -> Entry | None:

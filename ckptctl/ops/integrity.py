@@ -244,6 +244,10 @@ def _layout_targets(entries: list[Any]) -> list[Any]:
             detail = entry.pointer.detail or f"{entry.broken} pointer to {entry.link}"
             _add(result, f"{entry.broken} pointer: {detail}" if not detail.startswith(entry.broken) else detail)
             targets.append(result)
+        elif entry.broken is not None:  # a dead link under ckptctl's name (catalog._stray_broken_links)
+            result = FileResult(entry.path, DEFAULT)
+            _add(result, f"{entry.broken} symlink to {entry.link}")
+            targets.append(result)
     return targets
 
 

@@ -351,3 +351,49 @@ def test_list_of_a_real_layout_imports_neither_torch_nor_numpy():
     probe = _run(["list", str(directory), "--json"])
     assert probe["code"] == 0 and "checkpoint-2" in probe["stdout"]
     assert probe["heavy"] == []
+
+
+# --- a dead link under ckptctl's name in another framework's run ------------------------------------
+
+
+@pytest.fixture
+def hf_with_dead_links(tmp_path) -> Path:
+    """The real HF fixture with a ``latest.pt`` left dangling by a crash, and a dead link of another name."""
+    run = tmp_path / "run"
+    shutil.copytree(FRAMEWORKS / "hf_trainer", run, symlinks=True)
+    os.symlink("nowhere.pt", run / "latest.pt")
+    os.symlink("nowhere.bin", run / "extra.bin")  # not ckptctl's name: the framework's business
+    return run
+
+
+def test_a_dead_ckptctl_link_in_a_framework_run_is_shown_not_hidden(hf_with_dead_links):
+    rows = rows_of(hf_with_dead_links)
+    assert set(rows) == {"latest.pt", "checkpoint-2", "checkpoint-4", "checkpoint-6"}
+    assert rows["latest.pt"]["status"] == "dangling" and rows["latest.pt"]["link"] == "nowhere.pt"
+    text = invoke("list", hf_with_dead_links).stdout
+    assert text.startswith("Hugging Face Trainer run, 3 checkpoints")  # still the framework's run
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("latest.pt")]
+    assert line.rstrip().endswith("-> nowhere.pt: dangling")  # the arrow says it once
+
+
+def test_validate_reports_the_dead_link_as_a_finding(hf_with_dead_links):
+    result = invoke("validate", hf_with_dead_links, "--json")
+    assert result.exit_code == 1, result.output
+    verdicts = {Path(r["path"]).name: r for r in json.loads(result.stdout)["results"]}
+    assert verdicts["latest.pt"]["status"] == "invalid" and "extra.bin" not in verdicts
+    assert any("dangling symlink to nowhere.pt" in p for p in verdicts["latest.pt"]["problems"])
+
+
+def test_prune_plans_the_run_as_without_the_link_and_never_removes_it(hf_with_dead_links, tmp_path):
+    clean = tmp_path / "clean"
+    shutil.copytree(FRAMEWORKS / "hf_trainer", clean, symlinks=True)
+
+    def plan(run: Path) -> dict:
+        result = invoke("prune", run, "--keep-last", "1", "--dry-run", "--json")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        return {"remove": sorted(e["name"] for e in doc["remove"]), "keep": sorted(e["name"] for e in doc["keep"])}
+
+    assert plan(hf_with_dead_links) == plan(clean)
+    assert invoke("prune", hf_with_dead_links, "--keep-last", "1", "--yes").exit_code == 0
+    assert os.path.islink(hf_with_dead_links / "latest.pt") and os.path.islink(hf_with_dead_links / "extra.bin")
