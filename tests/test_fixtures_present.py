@@ -27,6 +27,7 @@ LAYOUTS = [
     "hf_trainer_bin",
     "lightning",
     "lightning_link",
+    "lightning_fsdp",
     "accelerate",
     "accelerate_named",
     "torchtitan",
