@@ -17,7 +17,24 @@ What Lightning writes (``lightning.pytorch.callbacks.model_checkpoint``, read fo
   tensors.
 
 A unit is one ``.ckpt`` regular file (a ``last.ckpt`` copy is a unit too, protected as the last
-one). A ``.ckpt`` symlink is a :class:`~ckptctl.layouts.base.Pointer`, not a unit; a ``last.ckpt``
+one), or one ``.ckpt`` *directory*: strategies that save shards write the checkpoint path as a
+directory (see :func:`directory_kind`):
+
+- ``FSDPStrategy(state_dict_type="sharded")`` (``lightning.pytorch.strategies.fsdp``): DCP files
+  (``.metadata``, ``__0_0.distcp``, one per rank) holding ``model`` and ``optimizer_N``, then
+  ``meta.pt`` (``_METADATA_FILENAME``), a ``torch.save`` of everything else (``epoch``,
+  ``global_step``, ``callbacks``, ``loops``, ``hyper_parameters``): read like a ``.ckpt`` file.
+  Complete when ``meta.pt`` reads and ``.metadata`` names only shard files that are there and long
+  enough (a truncated or missing shard makes it incomplete).
+- ``DeepSpeedStrategy`` (``lightning.pytorch.strategies.deepspeed``): ``engine.save_checkpoint(path,
+  client_state=..., tag="checkpoint")``, so ``checkpoint/mp_rank_00_model_states.pt`` (Lightning's
+  keys merged into DeepSpeed's client state: read for step, epoch, callbacks; the pickle only),
+  ZeRO ``*_optim_states.pt`` (never read: presence and size), ``latest`` (the tag text, which
+  Lightning's load needs) and ``zero_to_fp32.py``. Complete as :func:`ckptctl.layouts.deepspeed.inspect_tag`
+  says, plus ``latest``.
+
+A directory unit's files are every file below it (``du``, ``validate``); ``prune`` removes it whole,
+by one rename then a recursive delete, as every layout's directory units. A ``.ckpt`` symlink is a :class:`~ckptctl.layouts.base.Pointer`, not a unit; a ``last.ckpt``
 copy is also reported as a pointer that designates itself, so ``restore`` can replace it when damaged.
 Reading a unit reads its pickle through the safe reader (``spans=False``: no tensor bytes) plus the
 few bytes of the score tensors (:func:`ckptctl.formats.scalars.read_scalars`); nothing runs code.
@@ -46,8 +63,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import CheckpointError
+from ..formats import dcp
 from ..formats.reader import CheckpointFile, read_checkpoint
 from ..formats.scalars import read_scalars
+from . import deepspeed
 from .base import (
     CONTENT_WEIGHTS,
     POINTER_DAMAGED,
@@ -59,6 +78,8 @@ from .base import (
     Unit,
     stat_file,
 )
+from .deepspeed import unit_files
+from .torchtitan import _check_shards
 
 SUFFIX = ".ckpt"
 EQUALS = "="  # ModelCheckpoint.CHECKPOINT_EQUALS_CHAR
@@ -72,6 +93,11 @@ MAX_SNIFFED = 2  # files read to recognise a directory whose names say nothing
 MAX_CALLBACKS = 16  # ModelCheckpoint states looked at per file
 MAX_BEST_K = 10_000  # best_k_models entries searched for the file's own score
 MAX_HPARAMS = 1000  # hyper-parameters kept per file
+MAX_DIR_NAMES = 100_000  # names listed per checkpoint directory, at most
+META_FILE = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME (FSDP sharded)
+DEEPSPEED_TAG = "checkpoint"  # the tag DeepSpeedStrategy.save_checkpoint passes
+DIR_FSDP = "fsdp-sharded"
+DIR_DEEPSPEED = "deepspeed"
 NOTE_LAST_COPY = "last (copy)"
 PROTECTED_LAST = "protected: last"
 
@@ -170,6 +196,8 @@ class LightningLayout(Layout):
             if not n.endswith(SUFFIX) or n.startswith("."):
                 continue
             by_name = LAST_NAME.fullmatch(n) is not None or parse_name(n).is_template
+            if directory_kind(directory / n) is not None:
+                return True  # a sharded checkpoint directory Lightning wrote (meta.pt, checkpoint/ + latest)
             if (by_name or len(unnamed) < MAX_SNIFFED) and _is_regular_or_link(directory / n):
                 if by_name:
                     return True
@@ -190,10 +218,13 @@ class LightningLayout(Layout):
     def units(self, directory: Path) -> list[Unit]:
         found: list[tuple[Unit, _Read]] = []
         for entry in _ckpt_entries(directory):
-            if not entry.is_file(follow_symlinks=False):
-                continue  # symlinks are pointers; a .ckpt directory (DeepSpeed/FSDP strategies) is not read here
             path = directory / entry.name
-            found.append(self._unit(path))
+            if entry.is_file(follow_symlinks=False):
+                found.append(self._unit(path))
+            elif entry.is_dir(follow_symlinks=False) and (
+                directory_kind(path) is not None or _dir_named(entry.name)
+            ):  # symlinks are pointers; a .ckpt directory is a sharded save (FSDP, DeepSpeed)
+                found.append(self._dir_unit(path))
         _mark_best(found)
         units = [u for u, _ in found]
         units.sort(key=order_key)
@@ -230,6 +261,52 @@ class LightningLayout(Layout):
                 unit.metrics[read.monitor] = own  # this file's own entry in best_k_models: exact
             elif current is not None and not parsed.last:
                 unit.metrics[read.monitor] = current  # a top-k file is saved right after current_score is set
+        if read.version:
+            unit.notes.append(f"pytorch-lightning {read.version}")
+        return unit, read
+
+    def _dir_unit(self, path: Path) -> tuple[Unit, _Read]:
+        """A ``.ckpt`` directory: its files, completeness, and the metadata of its one small file."""
+        parsed = parse_name(path.name)
+        unit = Unit(self.name, path.name, path, True, files=unit_files(path))
+        unit.step, unit.epoch = parsed.step, parsed.epoch
+        unit.metrics = {k: v for k, v in parsed.values.items() if k not in ("epoch", "step")}
+        if parsed.last:
+            unit.notes.append(NOTE_LAST_COPY)
+        if parsed.version is not None:
+            unit.notes.append(f"version v{parsed.version} (Lightning's suffix for a name that existed already)")
+        kind = directory_kind(path)
+        read = _Read()
+        if kind == DIR_FSDP:
+            unit.notes.append("sharded (FSDP): DCP files and meta.pt")
+            read = _inspect_fsdp(path, unit)
+        elif kind == DIR_DEEPSPEED:
+            unit.notes.append("sharded (DeepSpeed): checkpoint/ and latest")
+            read = _inspect_deepspeed(path, unit)
+        else:
+            unit.complete = False
+            unit.missing = [META_FILE]
+            unit.notes.append("neither FSDP's meta.pt and DCP files nor DeepSpeed's checkpoint/: a save that did not finish")
+        if read.error is not None:
+            unit.complete = False
+            problem = f"{read.error.status}: {read.error.reason}"
+            unit.notes.append(problem + (" (not executed)" if read.error.status == "unsafe" else ""))
+            return unit, read
+        if read.step is not None:
+            unit.step = read.step
+        if read.epoch is not None:
+            unit.epoch = read.epoch
+        if read.hparams is not None:
+            unit.hparams = read.hparams
+        unit.monitor = read.monitor
+        own = read.scores.pop("own", None)
+        current = read.scores.get("current_score")
+        unit.metrics.update(read.scores)
+        if read.monitor:
+            if own is not None:
+                unit.metrics[read.monitor] = own
+            elif current is not None and not parsed.last:
+                unit.metrics[read.monitor] = current
         if read.version:
             unit.notes.append(f"pytorch-lightning {read.version}")
         return unit, read
@@ -416,6 +493,13 @@ def _link_pointer(directory: Path, path: Path, by_name: dict[str, Unit], newest:
             pointer.detail = f"{unit.name} is {unit.missing[0] if unit.missing else 'incomplete'}"
             return pointer
         step = unit.step
+    elif os.path.isdir(resolved) and directory_kind(resolved) is not None:  # a sharded save elsewhere
+        outside, _read = LightningLayout()._dir_unit(resolved)
+        if not outside.complete:
+            pointer.status = POINTER_DAMAGED
+            pointer.detail = f"{text} is {outside.missing[0] if outside.missing else 'incomplete'}"
+            return pointer
+        step = outside.step
     elif not os.path.isfile(resolved) or info.st_size == 0:
         pointer.status, pointer.detail = POINTER_DAMAGED, f"{text} is not a checkpoint file"
         return pointer
@@ -429,3 +513,98 @@ def _link_pointer(directory: Path, path: Path, by_name: dict[str, Unit], newest:
         pointer.status = POINTER_STALE
         pointer.detail = f"names step {step}; a complete checkpoint of step {newest} exists"
     return pointer
+
+
+# ---------------------------------------------------------------------- directory units
+
+
+def directory_kind(path: Path) -> str | None:
+    """:data:`DIR_FSDP` for a directory holding ``meta.pt`` or DCP files, :data:`DIR_DEEPSPEED` for
+    one holding DeepSpeed's ``checkpoint/`` tag directory or a ``latest`` tag file; None otherwise
+    (a file, a symlink, an empty or unknown directory). Reads names only."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return None
+        names = set(itertools.islice(os.listdir(path), MAX_DIR_NAMES))
+    except OSError:
+        return None
+    if META_FILE in names or dcp.METADATA_FILE in names or any(n.endswith(dcp.SHARD_SUFFIX) for n in names):
+        return DIR_FSDP
+    if deepspeed.LATEST in names or (DEEPSPEED_TAG in names and deepspeed.is_tag_directory(path / DEEPSPEED_TAG)):
+        return DIR_DEEPSPEED
+    return None
+
+
+def _dir_named(name: str) -> bool:
+    """A ``.ckpt`` directory whose name is Lightning's (a template, ``last``): a unit even empty."""
+    return LAST_NAME.fullmatch(name) is not None or parse_name(name).is_template
+
+
+def _inspect_fsdp(path: Path, unit: Unit) -> _Read:
+    """``meta.pt`` through the safe reader, the DCP shards by ``stat`` against ``.metadata``."""
+    names = {f.path.name for f in unit.files if f.path.parent == path}
+    read = _Read()
+    if META_FILE in names:
+        read = _read_file(path / META_FILE)
+        if read.error is not None:
+            unit.missing.append(f"{META_FILE} ({read.error.status}: {read.error.reason})")
+            unit.complete = False
+            read = _Read()  # the shards are still worth a look; the note below says why it is incomplete
+            unit.notes.append(f"{META_FILE}: unreadable, step and scores from the name only")
+    else:
+        unit.missing.append(META_FILE)
+        unit.complete = False
+        unit.notes.append(f"no {META_FILE}: Lightning writes it after the shards (a save that did not finish)")
+    if dcp.METADATA_FILE not in names:
+        unit.missing.append(dcp.METADATA_FILE)
+        unit.complete = False
+        return read
+    try:
+        _check_shards(unit, path, dcp._load_metadata(path))
+    except CheckpointError as exc:
+        unit.complete = False
+        unit.notes.append(f".metadata: {exc.status}: {exc.reason}")
+    except OSError as exc:
+        unit.complete = False
+        unit.notes.append(f".metadata: unreadable: {exc.strerror or exc}")
+    return read
+
+
+def _inspect_deepspeed(path: Path, unit: Unit) -> _Read:
+    """The tag directory as the DeepSpeed layout checks it; Lightning's keys from its model states."""
+    read = _Read()
+    tag = DEEPSPEED_TAG
+    if os.path.lexists(path / deepspeed.LATEST):
+        named, problem = deepspeed._read_tag(path / deepspeed.LATEST)
+        if named is None:
+            unit.complete = False
+            unit.missing.append(f"{deepspeed.LATEST} ({problem})")
+        else:
+            tag = named
+    else:
+        unit.complete = False
+        unit.missing.append(deepspeed.LATEST)
+        unit.notes.append("no latest: DeepSpeed's load_checkpoint(dir) then loads nothing")
+    tag_dir = path / tag
+    if not tag_dir.is_dir():
+        unit.complete = False
+        unit.missing.append(f"{tag}/mp_rank_00_model_states.pt")
+        return read
+    state = deepspeed.inspect_tag(tag_dir)
+    if not state.complete:
+        unit.complete = False
+        unit.missing.extend(f"{tag}/{name}" for name in state.missing)
+    unit.notes.extend(state.notes)
+    if state.step is not None and unit.step is None:
+        unit.step = state.step
+    model = sorted(n for n in _names(tag_dir) if deepspeed.MODEL_STATES.match(n))
+    if model and state.complete:
+        read = _read_file(tag_dir / model[0])
+    return read
+
+
+def _names(path: Path) -> list[str]:
+    try:
+        return list(itertools.islice(os.listdir(path), MAX_DIR_NAMES))
+    except OSError:
+        return []

@@ -752,7 +752,7 @@ def validate_unit(unit: Any, level: str = DEFAULT, *, jobs: int = 1, progress: P
     _check_level(level)
     results: list[FileResult] = []
     directory = Path(unit.path)
-    if unit.is_directory and looks_like_dcp(directory):
+    if unit.is_directory and (looks_like_dcp(directory) or _dcp_with_extras(directory)):
         result, _ckpt = _check_file(directory, level, jobs, progress)
         result.notes = [note for note in result.notes if not note.startswith("not a layout name")]
         results.append(result)
@@ -811,6 +811,15 @@ def unit_summary(unit: Any, results: list[FileResult]) -> dict[str, Any]:
         "failed": [r.name for r in failed],
         "notes": list(unit.notes),
     }
+
+
+def _dcp_with_extras(directory: Path) -> bool:
+    """A layout's directory unit whose own top level is a DCP checkpoint plus files of its own
+    (Lightning's FSDP sharded save: ``.metadata``, ``__0_0.distcp`` and ``meta.pt``): the DCP part
+    is checked as one, each other file by its format."""
+    from ..formats.dcp import METADATA_FILE
+
+    return os.path.isfile(directory / METADATA_FILE) and not os.path.islink(directory / METADATA_FILE)
 
 
 def _dcp_names(directory: Path) -> list[str]:
