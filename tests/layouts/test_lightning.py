@@ -431,11 +431,14 @@ def test_mixed_native_and_lightning_directory(tmp_path):
     assert sorted(u.name for u in LightningLayout().units(directory)) == [E0, E1]
 
 
-def test_ckpt_directories_and_empty_directories_are_not_units(tmp_path):
+def test_an_empty_ckpt_directory_is_no_evidence_but_an_incomplete_unit(tmp_path):
     directory = tmp_path / "run"
-    (directory / "epoch=0-step=4.ckpt").mkdir(parents=True)  # DeepSpeed/FSDP strategies save directories
-    assert not LightningLayout().recognise(directory, sorted(os.listdir(directory)))
-    assert LightningLayout().units(directory) == []
+    (directory / "epoch=0-step=4.ckpt").mkdir(parents=True)  # a sharded save that stopped after mkdir
+    assert not LightningLayout().recognise(directory, sorted(os.listdir(directory)))  # nothing says Lightning
+    (unit,) = LightningLayout().units(directory)
+    assert unit.is_directory and not unit.complete and unit.missing == ["meta.pt"] and unit.step == 4
+    (directory / "notes.ckpt").mkdir()  # a directory whose name says nothing and holds nothing: not a unit
+    assert [u.name for u in LightningLayout().units(directory)] == ["epoch=0-step=4.ckpt"]
     assert not LightningLayout().recognise(tmp_path, [])
 
 
