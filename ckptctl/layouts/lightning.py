@@ -547,10 +547,12 @@ def _inspect_fsdp(path: Path, unit: Unit) -> _Read:
     if META_FILE in names:
         read = _read_file(path / META_FILE)
         if read.error is not None:
-            unit.missing.append(f"{META_FILE} ({read.error.status}: {read.error.reason})")
+            problem = f"{read.error.status}: {read.error.reason}"
+            unit.missing.append(f"{META_FILE} ({problem})")
             unit.complete = False
-            read = _Read()  # the shards are still worth a look; the note below says why it is incomplete
-            unit.notes.append(f"{META_FILE}: unreadable, step and scores from the name only")
+            unit.notes.append(f"{META_FILE}: {problem}" + (" (not executed)" if read.error.status == "unsafe" else "")
+                              + "; step and scores from the name only")
+            read = _Read()  # the shards are still worth a look
     else:
         unit.missing.append(META_FILE)
         unit.complete = False
@@ -559,14 +561,18 @@ def _inspect_fsdp(path: Path, unit: Unit) -> _Read:
         unit.missing.append(dcp.METADATA_FILE)
         unit.complete = False
         return read
+    shards = Unit(unit.layout, unit.name, path, True)  # _check_shards lists what it finds in ``missing``
     try:
-        _check_shards(unit, path, dcp._load_metadata(path))
+        _check_shards(shards, path, dcp._load_metadata(path))
     except CheckpointError as exc:
         unit.complete = False
         unit.notes.append(f".metadata: {exc.status}: {exc.reason}")
     except OSError as exc:
         unit.complete = False
         unit.notes.append(f".metadata: unreadable: {exc.strerror or exc}")
+    unit.complete = unit.complete and shards.complete
+    unit.missing.extend(shards.missing)
+    unit.notes.extend(shards.notes)
     return read
 
 
