@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import CheckpointError
 from ..formats.bounded import bounded_str
 from ..formats.checkpoint import CheckpointFile, iter_tensors
-from ..formats.dcp import METADATA_FILE, looks_like_dcp, read_directory
+from ..formats.dcp import METADATA_FILE, SHARD_SUFFIX, looks_like_dcp, read_directory
 from ..formats.reader import read_checkpoint
 from ..formats.unpickler import StorageRef, TensorRef
 from ..layouts.base import CONTENT_OPTIMIZER, CONTENT_WEIGHTS, Layout, Unit
@@ -154,7 +154,13 @@ def read_files(unit: Unit) -> list[FileRead]:
     if unit.is_directory and looks_like_dcp(unit.path):
         return [_read_one(unit.path, CONTENT_WEIGHTS, unit.size_bytes, dcp=True)]
     reads = []
-    for index, unit_file in enumerate(unit.files):
+    files = unit.files
+    if unit.is_directory and os.path.isfile(unit.path / METADATA_FILE) and not os.path.islink(unit.path / METADATA_FILE):
+        # a DCP checkpoint plus files of the layout's own (Lightning's FSDP sharded save: meta.pt)
+        inside = [f for f in files if f.path.parent == unit.path and (f.path.name == METADATA_FILE or f.path.name.endswith(SHARD_SUFFIX))]
+        reads.append(_read_one(unit.path, CONTENT_WEIGHTS, sum(f.size_bytes for f in inside), dcp=True))
+        files = [f for f in files if f not in inside]
+    for index, unit_file in enumerate(files):
         if index >= MAX_FILES_READ:
             reads.append(FileRead(unit_file.path, unit_file.content, unit_file.size_bytes, "other", "not read",
                                   f"more than {MAX_FILES_READ} files in one checkpoint"))  # fmt: skip

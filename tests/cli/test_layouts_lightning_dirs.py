@@ -137,3 +137,15 @@ def test_deepspeed_directories_list_validate_prune_resume(tmp_path):
     doc = json.loads(invoke("prune", run, "--keep-last", "2", "--yes", "--json").stdout)
     assert doc["removed"] == ["epoch=0-step=5.ckpt"] and not os.path.lexists(run / "epoch=0-step=5.ckpt")
     assert (run / "epoch=1-step=10.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt").is_file()
+
+
+def test_inspect_and_compare_read_the_dcp_part_as_one_and_meta_pt(tmp_path):
+    run = fsdp_run(tmp_path)
+    result = invoke("inspect", run / E0, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["layout"], doc["unit"]["step"]) == ("lightning", 4)
+    assert "unreadable" not in result.stdout  # no shard file read as a zip of its own
+    result = invoke("compare", run / E0, run / E1)
+    assert result.exit_code in (0, 1), result.output  # the weights differ; nothing unreadable
+    assert "error" not in result.output and "unreadable" not in result.output
