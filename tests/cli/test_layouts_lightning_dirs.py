@@ -149,3 +149,23 @@ def test_inspect_and_compare_read_the_dcp_part_as_one_and_meta_pt(tmp_path):
     result = invoke("compare", run / E0, run / E1)
     assert result.exit_code in (0, 1), result.output  # the weights differ; nothing unreadable
     assert "error" not in result.output and "unreadable" not in result.output
+
+
+def test_restore_repoints_a_dangling_last_link_at_the_newest_directory(tmp_path):
+    run = fsdp_run(tmp_path)
+    (run / "last.ckpt").unlink()
+    os.symlink("epoch=9-step=99.ckpt", run / "last.ckpt")
+    result = invoke("restore", run, "--yes")
+    assert result.exit_code == 0, result.output
+    assert os.readlink(run / "last.ckpt") == E1 and rows(run)["last.ckpt"]["status"] == "ok"
+
+
+def test_restore_refuses_to_replace_a_damaged_last_directory_copy(tmp_path):
+    run = fsdp_run(tmp_path)
+    (run / "last.ckpt").unlink()
+    shutil.copytree(run / E1, run / "last.ckpt")
+    (run / "last.ckpt" / "meta.pt").unlink()
+    result = invoke("restore", run, "--yes")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is a directory, not a file" in result.output
+    assert sorted(os.listdir(run / "last.ckpt")) == [".metadata", "__0_0.distcp"]  # nothing changed
