@@ -19,7 +19,7 @@ from ckptctl.layouts.metadata import optimizer_summary, summarize
 from tests.factories import write_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks"
-LIGHTNING = sorted(FIXTURES.glob("lightning*/*.ckpt"))
+LIGHTNING = sorted(p for p in FIXTURES.glob("lightning*/*.ckpt") if p.is_file())  # lightning_fsdp: directories
 runner = CliRunner()
 
 
