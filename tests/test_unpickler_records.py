@@ -36,7 +36,7 @@ P2 = b"\x80\x02"
 TRAINING_ARGS = sorted(FIXTURES.glob("hf_trainer*/checkpoint-*/training_args.bin"))
 DS_OPTIM = sorted(FIXTURES.glob("deepspeed/global_step*/zero_pp_rank_0_mp_rank_00_optim_states.pt"))
 BYTESIO_STEPS = sorted(FIXTURES.glob("torchtitan_bytesio/checkpoint/step-*"))
-LIGHTNING = sorted(FIXTURES.glob("lightning*/*.ckpt"))
+LIGHTNING = sorted(p for p in FIXTURES.glob("lightning*/*.ckpt") if p.is_file())  # lightning_fsdp: directories
 
 
 def _newobj_build(module: str, name: str, state: bytes) -> bytes:
