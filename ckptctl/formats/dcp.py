@@ -171,7 +171,9 @@ def read_directory(path: str | os.PathLike[str], *, all_values: bool = True) -> 
 # leave its identity unchanged). Only successful parses are kept: damaged or hostile ones are
 # refused again on every read. The budget checks are re-run on every use, under the current BUDGET.
 # The memory is bounded by the ``.metadata`` bytes remembered (a parsed graph is ~14x its file):
-# once full nothing more is added (the layout-then-catalog order would defeat an LRU).
+# once full nothing more is added (the layout-then-catalog order would defeat an LRU). A parse is
+# kept after use: a listing may read a unit three times (layout, catalog, a tensor-valued step);
+# the process ends with the command, and a training process's own saves are too fresh to be kept.
 
 SETTLE_SECONDS = 1.0
 MEMO_BYTES = 16 * MiB  # of .metadata files remembered: ~200 MB of parsed graphs at most
