@@ -180,3 +180,21 @@ def test_forget_parsed_drops_everything(tmp_path, settled):
     _remember(run, "step-30")
     dcp.forget_parsed()
     assert dcp._memo == {} and dcp._memo_bytes == 0
+
+
+def test_bench_run_is_a_torchtitan_run_with_its_steps_and_metrics(tmp_path):
+    """bench/bench_list_torchtitan.py builds what torchtitan saves (no timing here)."""
+    import importlib.util
+
+    from ckptctl.layouts import registry
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_list_torchtitan.py"
+    spec = importlib.util.spec_from_file_location("bench_list_torchtitan", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = bench.write_run(tmp_path / "run" / "checkpoint", 2, 1)
+    layout = registry.detect(folder)
+    assert layout is not None and layout.name == "torchtitan"
+    units = layout.units(folder)
+    assert [(u.name, u.step, u.complete) for u in units] == [("step-500", 500, True), ("step-1000", 1000, True)]
+    assert units[1].metrics == {"last_epoch": 1000, "ntokens_seen": 1000 * 8192}
