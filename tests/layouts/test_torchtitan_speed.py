@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ckptctl.errors import UnreadableCheckpoint
-from ckptctl.formats import dcp
+from ckptctl.formats import dcp, parse_memo
 from ckptctl.formats.unpickler import DCP_RECORDS
 from ckptctl.ops.listing import list_checkpoints
 from tests.factories import SystemCall
@@ -38,6 +38,13 @@ def fresh_memo():
 def settled(monkeypatch):
     """Every file counts as settled (the copies in tmp_path were written a moment ago)."""
     monkeypatch.setattr(dcp, "SETTLE_SECONDS", -3600.0)
+
+
+@pytest.fixture
+def listing():
+    """Inside a listing: what list_checkpoints enters around its scan and reads."""
+    with parse_memo.remembering():
+        yield
 
 
 @pytest.fixture
@@ -80,14 +87,24 @@ def test_rows_equal_a_full_parse_and_each_metadata_is_parsed_once(name, tmp_path
     parses[0] = 0
     assert rows(run) == expected
     assert parses[0] == units
-    assert len(dcp._memo) == units
+    assert parse_memo.memo == {} and parse_memo.remembered_bytes == 0  # forgotten when the listing ends
 
 
 def test_a_fresh_metadata_is_not_remembered(tmp_path, parses):
     """A ctime younger than SETTLE_SECONDS: a write in the same timestamp tick could keep the identity."""
     run = copy("torchtitan", tmp_path)
     assert len(rows(run)) == 3
-    assert parses[0] == 6 and dcp._memo == {}
+    assert parses[0] == 6
+
+
+def test_outside_a_listing_nothing_is_remembered(tmp_path, settled, parses):
+    """du, prune, validate and a training process read a unit once: they keep nothing."""
+    from ckptctl.layouts.torchtitan import TorchtitanLayout
+
+    run = copy("torchtitan", tmp_path)
+    TorchtitanLayout().units(run)
+    TorchtitanLayout().units(run)
+    assert parses[0] == 6 and parse_memo.memo == {} and parse_memo.active == 0
 
 
 def test_over_the_memory_bound_nothing_more_is_remembered(tmp_path, monkeypatch, settled, parses):
@@ -104,10 +121,10 @@ def _remember(run: Path, step: str):
     """Parse ``run/step`` once (the layout's read): its parse is now remembered."""
     dcp._load_metadata(run / step)
     info = (run / step / ".metadata").stat()
-    assert (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns) in dcp._memo
+    assert (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns) in parse_memo.memo
 
 
-def test_rewritten_metadata_same_size_new_mtime_is_parsed_afresh(tmp_path, settled):
+def test_rewritten_metadata_same_size_new_mtime_is_parsed_afresh(tmp_path, settled, listing):
     run = copy("torchtitan", tmp_path)
     meta = run / "step-30" / ".metadata"
     _remember(run, "step-30")
@@ -125,7 +142,7 @@ def test_rewritten_metadata_same_size_new_mtime_is_parsed_afresh(tmp_path, settl
     assert row["status"] in ("unreadable", "unsafe") and row["step"] == 30
 
 
-def test_replaced_metadata_same_size_same_mtime_is_parsed_afresh(tmp_path, settled):
+def test_replaced_metadata_same_size_same_mtime_is_parsed_afresh(tmp_path, settled, listing):
     """Another file renamed over it, even with the old mtime copied: a new inode and ctime."""
     run = copy("torchtitan", tmp_path)
     meta = run / "step-30" / ".metadata"
@@ -142,12 +159,13 @@ def test_replaced_metadata_same_size_same_mtime_is_parsed_afresh(tmp_path, settl
 def test_replaced_by_another_steps_metadata_shows_that_content(tmp_path, monkeypatch, settled):
     """A valid .metadata replaced by another valid one: list shows what the new one says, as a full parse does."""
     run = copy("torchtitan", tmp_path)
-    rows(run)  # every .metadata parsed and (settled) remembered
-    assert len(dcp._memo) == 3
-    shutil.copyfile(run / "step-10" / ".metadata", run / "step-30" / ".metadata.new")
-    os.replace(run / "step-30" / ".metadata.new", run / "step-30" / ".metadata")
-    shutil.copyfile(run / "step-10" / "__0_0.distcp", run / "step-30" / "__0_0.distcp")
-    after = rows(run)
+    with parse_memo.remembering():  # one listing around both: the first one's parses are still remembered
+        rows(run)
+        assert len(parse_memo.memo) == 3
+        shutil.copyfile(run / "step-10" / ".metadata", run / "step-30" / ".metadata.new")
+        os.replace(run / "step-30" / ".metadata.new", run / "step-30" / ".metadata")
+        shutil.copyfile(run / "step-10" / "__0_0.distcp", run / "step-30" / "__0_0.distcp")
+        after = rows(run)
     assert after == full_parse_rows(run, monkeypatch)
     assert {r["name"]: r["step"] for r in after}["step-30"] == 10  # train_state.step of the copy
 
@@ -156,13 +174,14 @@ def test_replaced_by_another_steps_metadata_shows_that_content(tmp_path, monkeyp
 def test_damaged_and_hostile_metadata_are_never_remembered(content, tmp_path, settled, parses):
     run = copy("torchtitan", tmp_path)
     (run / "step-30" / ".metadata").write_bytes(content)
-    first = {r["name"]: r for r in rows(run)}["step-30"]
-    second = {r["name"]: r for r in rows(run)}["step-30"]
+    with parse_memo.remembering():
+        first = {r["name"]: r for r in rows(run)}["step-30"]
+        second = {r["name"]: r for r in rows(run)}["step-30"]
+        assert len(parse_memo.memo) == 2  # step-10 and step-20 only
     assert first == second and first["status"] in ("unreadable", "unsafe") and first["complete"] is False
-    assert all(key[2] != len(content) for key in dcp._memo)
 
 
-def test_the_budget_applies_again_to_a_remembered_parse(tmp_path, monkeypatch, settled):
+def test_the_budget_applies_again_to_a_remembered_parse(tmp_path, monkeypatch, settled, listing):
     run = copy("torchtitan", tmp_path)
     _remember(run, "step-30")
     monkeypatch.setattr(dcp, "BUDGET", dcp.DcpBudget(items_base=-(10**9)))  # a limit below any count
@@ -175,11 +194,11 @@ def test_the_budget_applies_again_to_a_remembered_parse(tmp_path, monkeypatch, s
         dcp._load_metadata(run / "step-20")
 
 
-def test_forget_parsed_drops_everything(tmp_path, settled):
+def test_forget_parsed_drops_everything(tmp_path, settled, listing):
     run = copy("torchtitan", tmp_path)
     _remember(run, "step-30")
     dcp.forget_parsed()
-    assert dcp._memo == {} and dcp._memo_bytes == 0
+    assert parse_memo.memo == {} and parse_memo.remembered_bytes == 0
 
 
 def test_bench_run_is_a_torchtitan_run_with_its_steps_and_metrics(tmp_path):
