@@ -19,12 +19,14 @@ import io
 import math
 import os
 import stat as stat_module
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import CheckpointError, PartialCheckpoint, UnreadableCheckpoint, UnsafeCheckpoint
+from . import parse_memo
 from .checkpoint import CheckpointFile
 from .safe_open import not_regular, open_regular
 from .unpickler import DCP_RECORDS, DTYPE_ITEMSIZE, DtypeRef, StorageRef, TensorRef, safe_loads
@@ -157,13 +159,55 @@ def read_directory(path: str | os.PathLike[str], *, all_values: bool = True) -> 
     return CheckpointFile(path, "dcp", size, root, storages, {}, None, notes, spans_read=False)
 
 
+# ------------------------------------------------------------------ parsed .metadata, remembered
+#
+# One ``ckptctl list`` of a torchtitan run parses each ``.metadata`` twice: the layout (completeness,
+# step, metrics) and the catalog's read (status, the object graph). The safe parse is most of the
+# listing (about 0.2 s for a 1 MB ``.metadata``), so while a listing runs (parse_memo.remembering)
+# the parsed result is remembered by the identity of the file read — (device, inode, size,
+# mtime_ns, ctime_ns) from ``fstat`` of the open descriptor, the rule of ckptctl.ops.listing_cache —
+# and a later read of the same bytes reuses it. Only in memory, never on disk, forgotten when the
+# listing ends. A rewritten or replaced ``.metadata`` has another identity (ctime cannot be set
+# back: ``utime`` moves it to now), so it is always parsed afresh; a file whose ctime is younger
+# than SETTLE_SECONDS is never remembered (a write within one timestamp tick could leave its
+# identity unchanged). Only successful parses are kept: damaged or hostile ones are refused again
+# on every read. The budget checks are re-run on every use, under the current BUDGET. The memory
+# is bounded by the ``.metadata`` bytes remembered (a parsed graph is ~14x its file): once full
+# nothing more is added (the layout-then-catalog order would defeat an LRU).
+
+SETTLE_SECONDS = 1.0
+MEMO_BYTES = 16 * MiB  # of .metadata files remembered: ~200 MB of parsed graphs at most
+
+
+def forget_parsed() -> None:
+    """Drop every remembered ``.metadata`` parse (tests)."""
+    parse_memo.forget()
+
+
+def _remember(identity: tuple[int, int, int, int, int], root: Any, now_ns: int) -> None:
+    size, ctime_ns = identity[2], identity[4]
+    if not parse_memo.active or ctime_ns > now_ns - SETTLE_SECONDS * 1e9:
+        return
+    if parse_memo.remembered_bytes + size > MEMO_BYTES:
+        return
+    parse_memo.memo[identity] = root
+    parse_memo.remembered_bytes += size
+
+
 def _load_metadata(path: Path) -> Any:
     budget = BUDGET
     meta_path = path / METADATA_FILE
+    now_ns = time.time_ns()  # before reading: a write after this moment gets a later ctime
     try:
         with open_regular(meta_path) as fh:  # a FIFO here would block a plain open() forever
+            info = os.fstat(fh.fileno())
+            identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+            root = parse_memo.memo.get(identity) if parse_memo.active else None
+            if root is not None and info.st_size <= budget.metadata_bytes:
+                _check_item_count(root, budget.items(info.st_size))
+                return root
             # read(n) allocates n bytes up front: ask for what the file holds, not for the limit
-            data = fh.read(min(os.fstat(fh.fileno()).st_size, budget.metadata_bytes) + 1)
+            data = fh.read(min(info.st_size, budget.metadata_bytes) + 1)
     except FileNotFoundError:
         raise PartialCheckpoint("no .metadata: a sharded save that did not finish") from None
     except UnreadableCheckpoint as exc:
@@ -181,6 +225,8 @@ def _load_metadata(path: Path) -> Any:
         if not isinstance(root.fields.get(key), dict):
             raise UnreadableCheckpoint(f"malformed .metadata: no {key}")
     _check_item_count(root, budget.items(len(data)))
+    if len(data) == info.st_size:  # the bytes parsed are the ones the identity describes
+        _remember(identity, root, now_ns)
     return root
 
 

@@ -203,6 +203,14 @@ def list_checkpoints(directory: str | os.PathLike[str], kinds: list[str] | None 
     ``total_bytes`` is the whole directory's apparent size (as before); ``shown_bytes`` the size on
     disk of the rows listed (after ``kinds``), the figure the CLI's footer shows.
     """
+    from ..formats.parse_memo import remembering  # light: loads no reader
+
+    with remembering():  # a DCP unit is read by its layout, then by the catalog: one parse of its .metadata
+        return _list(directory, kinds, sort, use_cache, include_own)
+
+
+def _list(directory: str | os.PathLike[str], kinds: list[str] | None, sort: str, use_cache: bool,
+          include_own: bool) -> Listing:  # fmt: skip
     wanted = _kinds(kinds)
     entries = scan(directory, require_checkpoints=True, broken_links=True)
     layout = layout_of(entries)
