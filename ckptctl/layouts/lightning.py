@@ -247,22 +247,7 @@ class LightningLayout(Layout):
             unit.missing = [f"{read.error.status}: {read.error.reason}"]
             unit.notes.append(f"{read.error.status}: {read.error.reason}" + (" (not executed)" if read.error.status == "unsafe" else ""))
             return unit, read
-        if read.step is not None:
-            unit.step = read.step
-        if read.epoch is not None:
-            unit.epoch = read.epoch
-        unit.hparams = read.hparams
-        unit.monitor = read.monitor
-        own = read.scores.pop("own", None)
-        current = read.scores.get("current_score")
-        unit.metrics.update(read.scores)
-        if read.monitor:
-            if own is not None:
-                unit.metrics[read.monitor] = own  # this file's own entry in best_k_models: exact
-            elif current is not None and not parsed.last:
-                unit.metrics[read.monitor] = current  # a top-k file is saved right after current_score is set
-        if read.version:
-            unit.notes.append(f"pytorch-lightning {read.version}")
+        _apply(unit, read, parsed)
         return unit, read
 
     def _dir_unit(self, path: Path) -> tuple[Unit, _Read]:
@@ -292,23 +277,7 @@ class LightningLayout(Layout):
             problem = f"{read.error.status}: {read.error.reason}"
             unit.notes.append(problem + (" (not executed)" if read.error.status == "unsafe" else ""))
             return unit, read
-        if read.step is not None:
-            unit.step = read.step
-        if read.epoch is not None:
-            unit.epoch = read.epoch
-        if read.hparams is not None:
-            unit.hparams = read.hparams
-        unit.monitor = read.monitor
-        own = read.scores.pop("own", None)
-        current = read.scores.get("current_score")
-        unit.metrics.update(read.scores)
-        if read.monitor:
-            if own is not None:
-                unit.metrics[read.monitor] = own
-            elif current is not None and not parsed.last:
-                unit.metrics[read.monitor] = current
-        if read.version:
-            unit.notes.append(f"pytorch-lightning {read.version}")
+        _apply(unit, read, parsed)
         return unit, read
 
     # ------------------------------------------------------------------ pointers
@@ -357,6 +326,28 @@ class LightningLayout(Layout):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _apply(unit: Unit, read: _Read, parsed: ParsedLightningName) -> None:
+    """What a readable checkpoint's Lightning metadata says, over what its name said (file and
+    directory units alike)."""
+    if read.step is not None:
+        unit.step = read.step
+    if read.epoch is not None:
+        unit.epoch = read.epoch
+    if read.hparams is not None:
+        unit.hparams = read.hparams
+    unit.monitor = read.monitor
+    own = read.scores.pop("own", None)
+    current = read.scores.get("current_score")
+    unit.metrics.update(read.scores)
+    if read.monitor:
+        if own is not None:
+            unit.metrics[read.monitor] = own  # this file's own entry in best_k_models: exact
+        elif current is not None and not parsed.last:
+            unit.metrics[read.monitor] = current  # a top-k file is saved right after current_score is set
+    if read.version:
+        unit.notes.append(f"pytorch-lightning {read.version}")
 
 
 def order_key(unit: Unit) -> tuple[int, int, bool, str]:
