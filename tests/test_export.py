@@ -245,6 +245,7 @@ bias = torch.arange(4, dtype=torch.float32) * 0.5
 state = {"model": {"w": distribute_tensor(full, mesh, [Shard(0)]), "b": distribute_tensor(bias, mesh, [Shard(0)])},
          "step": 12}
 dcp.save(state, checkpoint_id=sys.argv[1])
+dist.barrier()  # torch can abort a rank that destroys its group right after a collective
 dist.destroy_process_group()
 '''
 

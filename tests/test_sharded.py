@@ -424,6 +424,7 @@ for step in range(1, 41):
     rows = 8 if step <= 2 else 131072  # steps 1-2 small and complete; later ones 32 MB, killed mid-way
     full = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64) + step
     mgr.save({"model": {"w": distribute_tensor(full, mesh, [Shard(0)])}, "step": step, "epoch": 0}, step=step)
+dist.barrier()  # torch can abort a rank that destroys its group right after a collective
 dist.destroy_process_group()
 '''
 
