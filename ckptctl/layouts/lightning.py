@@ -76,6 +76,7 @@ from .base import (
     Layout,
     Pointer,
     Unit,
+    UnitFile,
     stat_file,
 )
 from .deepspeed import unit_files
@@ -230,9 +231,9 @@ class LightningLayout(Layout):
         units.sort(key=order_key)
         return units
 
-    def _unit(self, path: Path) -> tuple[Unit, _Read]:
-        parsed = parse_name(path.name)
-        unit = Unit(self.name, path.name, path, False, files=[stat_file(path, CONTENT_WEIGHTS)])
+    def _named_unit(self, path: Path, parsed: ParsedLightningName, is_directory: bool, files: list[UnitFile]) -> Unit:
+        """A unit (file or directory) with what its name says: step, epoch, logged values, notes."""
+        unit = Unit(self.name, path.name, path, is_directory, files=files)
         unit.step, unit.epoch = parsed.step, parsed.epoch
         unit.metrics = {k: v for k, v in parsed.values.items() if k not in ("epoch", "step")}
         if parsed.last:
@@ -241,6 +242,11 @@ class LightningLayout(Layout):
             unit.notes.append(f"version v{parsed.version} (Lightning's suffix for a name that existed already)")
         for odd in parsed.odd[:4]:
             unit.notes.append(f"name: {odd} is not a number")
+        return unit
+
+    def _unit(self, path: Path) -> tuple[Unit, _Read]:
+        parsed = parse_name(path.name)
+        unit = self._named_unit(path, parsed, False, [stat_file(path, CONTENT_WEIGHTS)])
         read = _read_file(path)
         if read.error is not None:
             unit.complete = False
@@ -253,13 +259,7 @@ class LightningLayout(Layout):
     def _dir_unit(self, path: Path) -> tuple[Unit, _Read]:
         """A ``.ckpt`` directory: its files, completeness, and the metadata of its one small file."""
         parsed = parse_name(path.name)
-        unit = Unit(self.name, path.name, path, True, files=unit_files(path))
-        unit.step, unit.epoch = parsed.step, parsed.epoch
-        unit.metrics = {k: v for k, v in parsed.values.items() if k not in ("epoch", "step")}
-        if parsed.last:
-            unit.notes.append(NOTE_LAST_COPY)
-        if parsed.version is not None:
-            unit.notes.append(f"version v{parsed.version} (Lightning's suffix for a name that existed already)")
+        unit = self._named_unit(path, parsed, True, unit_files(path))
         kind = directory_kind(path)
         read = _Read()
         if kind == DIR_FSDP:
