@@ -12,4 +12,13 @@ def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
 
     ``plural_noun`` is for irregular nouns ("entry"/"entries"); the default adds an "s".
     """
-    return f"{count} {noun if count == 1 else (plural_noun or noun + 's')}"
+    return f"{count} {_noun(count, noun, plural_noun)}"
+
+
+def count(n: int, noun: str, plural_noun: str | None = None) -> str:
+    """:func:`plural` with thousands separators, for figures that grow large: ``3,067,300 files``."""
+    return f"{n:,} {_noun(n, noun, plural_noun)}"
+
+
+def _noun(n: int, noun: str, plural_noun: str | None) -> str:
+    return noun if n == 1 else (plural_noun or noun + "s")

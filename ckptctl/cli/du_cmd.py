@@ -133,7 +133,8 @@ def _cells(kind: KindUsage) -> list[str]:
 
 def _notes(usage: Usage, filesystem: bool = True) -> list[str]:
     """The lines under the tables; ``filesystem=False`` when the terminal's disk bar already said it."""
-    from ..ops.usage import ON_DISK_LABEL, count, on_disk_total
+    from ..ops.usage import ON_DISK_LABEL, on_disk_total
+    from ..wording import count
 
     fs = usage.filesystem
     total = usage.total
@@ -166,7 +167,7 @@ def _notes(usage: Usage, filesystem: bool = True) -> list[str]:
 
 
 def _projection_note(usage: Usage) -> str:
-    from ..ops.usage import count
+    from ..wording import count
 
     p = usage.projection
     if usage.layout is not None:

@@ -301,7 +301,7 @@ class DeepSpeedLayout(Layout):
 
     def recognise(self, directory: Path, names: list[str]) -> bool:
         if LATEST in names and _nonempty_file(directory / LATEST) is not None:
-            tag = _read_tag(directory / LATEST)[0]
+            tag = read_tag(directory / LATEST)[0]
             if tag is not None and is_tag_directory(directory / tag):
                 return True
         candidates = sorted(names, key=lambda n: (GLOBAL_STEP.match(n) is None, n))[:RECOGNISE_PROBES]
@@ -333,7 +333,7 @@ class DeepSpeedLayout(Layout):
                 return []
             return [_latest(path, None, POINTER_DAMAGED,
                             "missing: engine.load_checkpoint(dir) without a tag loads nothing")]  # fmt: skip
-        tag, problem = _read_tag(path)
+        tag, problem = read_tag(path)
         if tag is None:
             return [_latest(path, None, POINTER_DAMAGED, problem)]
         by_name = {u.name: u for u in units}
@@ -362,7 +362,7 @@ def _latest(path: Path, tag: str | None, status: str = POINTER_OK, detail: str |
     return Pointer(LATEST, path, tag, status, detail, tag_file=True)
 
 
-def _read_tag(path: Path) -> tuple[str | None, str | None]:
+def read_tag(path: Path) -> tuple[str | None, str | None]:
     """The tag ``latest`` names, or (None, why not). Reads at most MAX_LATEST_BYTES + 1 bytes."""
     try:
         with open_regular(path) as fh:

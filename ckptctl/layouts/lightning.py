@@ -80,7 +80,7 @@ from .base import (
     stat_file,
 )
 from .deepspeed import unit_files
-from .torchtitan import _check_shards
+from .torchtitan import check_shards
 
 SUFFIX = ".ckpt"
 EQUALS = "="  # ModelCheckpoint.CHECKPOINT_EQUALS_CHAR
@@ -552,9 +552,9 @@ def _inspect_fsdp(path: Path, unit: Unit) -> _Read:
         unit.missing.append(dcp.METADATA_FILE)
         unit.complete = False
         return read
-    shards = Unit(unit.layout, unit.name, path, True)  # _check_shards lists what it finds in ``missing``
+    shards = Unit(unit.layout, unit.name, path, True)  # check_shards lists what it finds in ``missing``
     try:
-        _check_shards(shards, path, dcp._load_metadata(path))
+        check_shards(shards, path, dcp._load_metadata(path))
     except CheckpointError as exc:
         unit.complete = False
         unit.notes.append(f".metadata: {exc.status}: {exc.reason}")
@@ -572,7 +572,7 @@ def _inspect_deepspeed(path: Path, unit: Unit) -> _Read:
     read = _Read()
     tag = DEEPSPEED_TAG
     if os.path.lexists(path / deepspeed.LATEST):
-        named, problem = deepspeed._read_tag(path / deepspeed.LATEST)
+        named, problem = deepspeed.read_tag(path / deepspeed.LATEST)
         if named is None:
             unit.complete = False
             unit.missing.append(f"{deepspeed.LATEST} ({problem})")

@@ -177,7 +177,7 @@ def _unit(layout: str, path: Path, name: str) -> Unit:
         return unit
     try:
         metadata = dcp._load_metadata(path)
-        _check_shards(unit, path, metadata)
+        check_shards(unit, path, metadata)
         if unit.complete:
             _read_values(unit, path, metadata, name_step)
     except UnsafeCheckpoint as exc:
@@ -226,7 +226,7 @@ def _files(path: Path) -> list[UnitFile]:
     return files
 
 
-def _check_shards(unit: Unit, path: Path, metadata: Any) -> None:
+def check_shards(unit: Unit, path: Path, metadata: Any) -> None:
     """Every shard file ``.metadata`` references: present (else ``missing``), regular, long enough."""
     needed: dict[str, int] = {}
     for _fqn, _offset, rel, start, length in dcp._storage_items(metadata):
@@ -297,7 +297,7 @@ def _value(shard: Path, start: int, length: int, entry: Any, fqn: str) -> Any:
     """
     if length > MAX_VALUE_BYTES:
         return None
-    with open_regular(shard) as fh:  # never blocks on a FIFO swapped in since _check_shards
+    with open_regular(shard) as fh:  # never blocks on a FIFO swapped in since check_shards
         fh.seek(start)
         blob = fh.read(length)
     if len(blob) != length:

@@ -32,6 +32,7 @@ from pathlib import Path
 from ..layouts.base import CONTENT_OTHER, CONTENTS, Unit
 from ..layouts.catalog import Entry, layout_of, scan
 from ..errors import BadInputError
+from ..wording import count
 from ..layouts.naming import GROUP_OF, Kind
 from ..formats.storage import is_url, location
 
@@ -392,11 +393,6 @@ def file_counts(usage: Usage) -> str:
         return text + (f", {count(other.files, 'other file')}" if other is not None and other.files else "")
     parts = [f"{kind.files:,} {kind.kind}" for kind in usage.kinds.values() if kind.files]
     return count(usage.total.files, "file") + (f" ({', '.join(parts)})" if parts else "")
-
-
-def count(n: int, noun: str) -> str:
-    """``n`` (with thousands separators) and ``noun``, plural unless ``n`` is one: ``3,067,300 files``."""
-    return f"{n:,} {noun if n == 1 else noun + 's'}"
 
 
 def summary_line(usage: Usage) -> str:

@@ -17,6 +17,7 @@ from ckptctl.layouts.base import CONTENT_OTHER, CONTENT_WEIGHTS, POINTER_DAMAGED
 from ckptctl.layouts.lightning import NOTE_LAST_COPY, PROTECTED_LAST, LightningLayout, directory_kind
 from ckptctl.ops.integrity import unit_verdict, validate_unit
 from tests.factories import write_hostile_checkpoint
+from tests.layouts.test_lightning import _read as read_layout
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "frameworks"
 E0 = "epoch=0-step=4-val_loss=0.56.ckpt"
@@ -34,11 +35,9 @@ def _fsdp(tmp_path: Path) -> Path:
 
 
 def _read(directory: Path):
-    layout = LightningLayout()
-    units = layout.units(directory)
-    pointers = layout.pointers(directory, units)
-    layout.protect(units, pointers)
-    return {u.name: u for u in units}, {p.name: p for p in pointers}
+    """Units and pointers by name, as the layout reads and protects them (test_lightning's reader)."""
+    _layout, units, pointers, _list = read_layout(directory)
+    return units, pointers
 
 
 def _deepspeed_dir(path: Path, *, epoch: int, step: int, score: float, best: str) -> Path:
